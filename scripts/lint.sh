@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Static checks: rustfmt, clippy -D warnings over the server's feature powerset (with
+# cargo-hack, installed from crates.io when missing) and the lab, and shellcheck.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "${ROOT}/scripts/lib.sh"
+
+require_cargo_hack() {
+  if cargo hack --version >/dev/null 2>&1; then return 0; fi
+  log "cargo-hack not found: installing it with 'cargo install cargo-hack --locked'"
+  cargo install cargo-hack --locked >&2 || die "could not install cargo-hack"
+}
+
+require_shellcheck() {
+  command -v shellcheck >/dev/null 2>&1 && return 0
+  apt_install shellcheck
+}
+
+main() {
+  require_cargo
+  cd "${ROOT}"
+  log "cargo fmt --check"
+  cargo fmt --all -- --check
+  require_cargo_hack
+  log "clippy -D warnings on every feature combination of the server (the umbrella 'full' is their union)"
+  cargo hack clippy --locked -p perflab --all-targets --feature-powerset --exclude-features full -- -D warnings
+  cargo clippy --locked -p perflab --all-targets --features full -- -D warnings
+  cargo clippy --locked -p lab --all-targets -- -D warnings
+  require_shellcheck
+  log "shellcheck"
+  shellcheck -x scripts/*.sh .ci/run
+}
+
+main "$@"

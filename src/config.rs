@@ -1,0 +1,191 @@
+//! Typed configuration, read once from the environment (Kubernetes sets it there).
+//! Every value is validated here; a bad one stops the process with a message naming it.
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Largest accepted request body, in bytes; bigger ones get 413.
+pub const BODY_LIMIT: usize = 4096;
+
+/// The server's settings. See the README's configuration table.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL` (required): a libpq-style URL or key=value string.
+    pub database_url: String,
+    /// `LISTEN_ADDR` (default `0.0.0.0:8080`).
+    pub listen_addr: SocketAddr,
+    /// `POOL_SIZE` (default 16): connections in the pool, used by the `pool` feature.
+    pub pool_size: u32,
+    /// `DB_TIMEOUT_MS` (default 2000): bound on getting a connection and on each query;
+    /// past it the request is answered 503.
+    pub db_timeout: Duration,
+    /// `HEADER_READ_TIMEOUT_MS` (default 5000): a client must send its request head within it.
+    pub header_read_timeout: Duration,
+    /// `SHUTDOWN_GRACE_MS` (default 10000): how long in-flight requests may run after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration value that is missing or invalid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let database_url = match lookup("DATABASE_URL") {
+            Some(url) if !url.trim().is_empty() => url,
+            _ => {
+                return Err(err(
+                    "DATABASE_URL",
+                    "is required, e.g. postgres://user:password@127.0.0.1:5432/db",
+                ))
+            }
+        };
+        if let Err(e) = database_url.parse::<tokio_postgres::Config>() {
+            return Err(err(
+                "DATABASE_URL",
+                format!("is not a valid PostgreSQL URL: {e}"),
+            ));
+        }
+        let listen_addr = match lookup("LISTEN_ADDR") {
+            None => SocketAddr::from(([0, 0, 0, 0], 8080)),
+            Some(raw) => raw.trim().parse().map_err(|_| {
+                err(
+                    "LISTEN_ADDR",
+                    format!("{raw:?} is not an address like 0.0.0.0:8080"),
+                )
+            })?,
+        };
+        Ok(Self {
+            database_url,
+            listen_addr,
+            pool_size: number(&lookup, "POOL_SIZE", 16, 1, 10_000)?,
+            db_timeout: millis(&lookup, "DB_TIMEOUT_MS", 2_000, 60_000)?,
+            header_read_timeout: millis(&lookup, "HEADER_READ_TIMEOUT_MS", 5_000, 600_000)?,
+            shutdown_grace: millis(&lookup, "SHUTDOWN_GRACE_MS", 10_000, 600_000)?,
+        })
+    }
+}
+
+fn err(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+fn number(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
+    let Some(raw) = lookup(variable) else {
+        return Ok(default);
+    };
+    match raw.trim().parse::<u32>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(err(
+            variable,
+            format!("{raw:?} is not a whole number from {min} to {max}"),
+        )),
+    }
+}
+
+fn millis(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: u32,
+    max: u32,
+) -> Result<Duration, ConfigError> {
+    number(lookup, variable, default, 1, max).map(|ms| Duration::from_millis(u64::from(ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const URL: (&str, &str) = ("DATABASE_URL", "postgres://u:p@127.0.0.1:5432/db");
+
+    #[test]
+    fn defaults_apply_when_only_the_url_is_set() {
+        let c = parse(&[URL]).expect("valid");
+        assert_eq!(c.listen_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.pool_size, 16);
+        assert!(c.db_timeout <= Duration::from_secs(5));
+        assert_eq!(c.header_read_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn missing_url_is_an_error_naming_it() {
+        let e = parse(&[]).unwrap_err();
+        assert_eq!(e.variable, "DATABASE_URL");
+        assert_eq!(
+            parse(&[("DATABASE_URL", "  ")]).unwrap_err().variable,
+            "DATABASE_URL"
+        );
+    }
+
+    #[test]
+    fn malformed_url_is_rejected() {
+        let e = parse(&[("DATABASE_URL", "postgres://u@h:notaport/db")]).unwrap_err();
+        assert_eq!(e.variable, "DATABASE_URL");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("LISTEN_ADDR", "localhost"),
+            ("POOL_SIZE", "0"),
+            ("POOL_SIZE", "many"),
+            ("DB_TIMEOUT_MS", "-1"),
+            ("DB_TIMEOUT_MS", "999999999"),
+            ("HEADER_READ_TIMEOUT_MS", ""),
+            ("SHUTDOWN_GRACE_MS", "1.5"),
+        ] {
+            let e = parse(&[URL, (var, value)]).unwrap_err();
+            assert_eq!(e.variable, var, "{var}={value}");
+            assert!(e.to_string().starts_with(var));
+        }
+    }
+
+    #[test]
+    fn explicit_values_are_used() {
+        let c = parse(&[
+            URL,
+            ("LISTEN_ADDR", "127.0.0.1:9000"),
+            ("POOL_SIZE", "4"),
+            ("DB_TIMEOUT_MS", "250"),
+        ])
+        .expect("valid");
+        assert_eq!(c.listen_addr.port(), 9000);
+        assert_eq!(c.pool_size, 4);
+        assert_eq!(c.db_timeout, Duration::from_millis(250));
+    }
+}

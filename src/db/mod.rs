@@ -1,0 +1,206 @@
+//! PostgreSQL access, with two seams swapped by features:
+//! - how a connection is obtained (`source`): a new connection per request, or a bb8
+//!   pool with `pool`;
+//! - how statements are sent (`session`): ad hoc every time, or prepared once per
+//!   connection with `prepared` (a pooled connection carries its prepared statements).
+//!
+//! Everything here is bounded by `DB_TIMEOUT_MS`: past it the caller gets a 503.
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
+
+use crate::config::Config;
+use crate::error::AppError;
+
+#[cfg_attr(feature = "prepared", path = "session_prepared.rs")]
+#[cfg_attr(not(feature = "prepared"), path = "session_adhoc.rs")]
+mod session;
+
+#[cfg_attr(feature = "pool", path = "source_pool.rs")]
+#[cfg_attr(not(feature = "pool"), path = "source_direct.rs")]
+mod source;
+
+/// Reads one profile. Written once, used by both session implementations.
+pub const SELECT_USER: &str =
+    "SELECT id, name, email, updated_at, version FROM users WHERE id = $1";
+
+/// Changes one email and bumps `version`; autocommit makes it durable before the reply.
+pub const UPDATE_EMAIL: &str = "UPDATE users SET email = $2, updated_at = now(), \
+     version = version + 1 WHERE id = $1 RETURNING id, name, email, updated_at, version";
+
+/// A user profile as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub email: String,
+    /// RFC 3339, UTC, microseconds.
+    pub updated_at: String,
+    /// How many PATCHes this row has had.
+    pub version: i64,
+}
+
+/// Connections held by the pool, for `/metrics` (`None` without `pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    pub connections: u32,
+    pub idle: u32,
+}
+
+/// The database handle shared by all requests.
+pub struct Db {
+    source: source::Source,
+    timeout: Duration,
+}
+
+impl Db {
+    /// Prepares the connection source. It does not connect: the server starts (and
+    /// `/readyz` says 503) while PostgreSQL is still down.
+    pub fn new(config: &Config) -> Result<Self, AppError> {
+        let mut pg: tokio_postgres::Config = config
+            .database_url
+            .parse()
+            .map_err(|e| AppError::Internal(format!("DATABASE_URL: {e}")))?;
+        pg.connect_timeout(config.db_timeout);
+        // PostgreSQL gives up on a statement when the client would: a write answered 503
+        // is then rolled back rather than applied behind the client's back.
+        if pg.get_options().is_none() {
+            pg.options(format!(
+                "-c statement_timeout={}",
+                config.db_timeout.as_millis()
+            ));
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("perflab");
+        }
+        Ok(Self {
+            source: source::Source::new(pg, config.pool_size, config.db_timeout),
+            timeout: config.db_timeout,
+        })
+    }
+
+    /// `GET /users/{id}`: the profile, or `None` when there is no such user.
+    pub async fn user(&self, id: i64) -> Result<Option<User>, AppError> {
+        self.bounded(async {
+            let session = self.source.get().await?;
+            let in_flight = session.health().in_flight();
+            let rows = session.select_user(id).await.map_err(classify)?;
+            in_flight.done();
+            rows.first().map(user_from_row).transpose()
+        })
+        .await
+    }
+
+    /// `PATCH /users/{id}`: the updated profile, or `None` when there is no such user.
+    pub async fn update_email(&self, id: i64, email: &str) -> Result<Option<User>, AppError> {
+        self.bounded(async {
+            let session = self.source.get().await?;
+            let in_flight = session.health().in_flight();
+            let rows = session.update_email(id, email).await.map_err(classify)?;
+            in_flight.done();
+            rows.first().map(user_from_row).transpose()
+        })
+        .await
+    }
+
+    /// `/readyz`: one round trip to PostgreSQL.
+    pub async fn ping(&self) -> Result<(), AppError> {
+        self.bounded(async {
+            let session = self.source.get().await?;
+            let in_flight = session.health().in_flight();
+            session.ping().await.map_err(classify)?;
+            in_flight.done();
+            Ok(())
+        })
+        .await
+    }
+
+    pub fn pool_state(&self) -> Option<PoolState> {
+        self.source.state()
+    }
+
+    async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, AppError>>,
+    ) -> Result<T, AppError> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(AppError::Unavailable(format!(
+                "database did not answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+/// Whether a connection can still be trusted. A request abandoned mid-flight (its
+/// timeout fired) leaves a reply owed on the connection, maybe forever: such a
+/// connection is poisoned, and the pool drops it instead of handing it out again.
+#[derive(Debug, Default)]
+pub struct Health {
+    poisoned: AtomicBool,
+}
+
+impl Health {
+    /// Marks the start of a round trip; unless `done` is called, dropping the guard
+    /// poisons the connection.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        InFlight(Some(&self.poisoned))
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
+    }
+}
+
+/// See [`Health::in_flight`].
+pub struct InFlight<'a>(Option<&'a AtomicBool>);
+
+impl InFlight<'_> {
+    pub fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn user_from_row(row: &Row) -> Result<User, AppError> {
+    let decode = |e: tokio_postgres::Error| AppError::Internal(format!("decoding a row: {e}"));
+    let updated_at: SystemTime = row.try_get(3).map_err(decode)?;
+    Ok(User {
+        id: row.try_get(0).map_err(decode)?,
+        name: row.try_get(1).map_err(decode)?,
+        email: row.try_get(2).map_err(decode)?,
+        updated_at: humantime::format_rfc3339_micros(updated_at).to_string(),
+        version: row.try_get(4).map_err(decode)?,
+    })
+}
+
+/// Database trouble (unreachable, restarting, out of connections) is a 503: the client
+/// may retry. A statement PostgreSQL rejects for another reason is our bug: a 500.
+pub(crate) fn classify(e: tokio_postgres::Error) -> AppError {
+    let Some(code) = e.code() else {
+        return AppError::Unavailable(format!("database unavailable: {e}"));
+    };
+    let transient = code.code().starts_with("08")
+        || code.code().starts_with("53")
+        || code.code().starts_with("57P")
+        || *code == SqlState::QUERY_CANCELED
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED;
+    if transient {
+        AppError::Unavailable(format!("database unavailable: {e}"))
+    } else {
+        AppError::Internal(format!("database error: {e}"))
+    }
+}

@@ -1,0 +1,34 @@
+//! No pool: every request opens its own connection and closes it when done (the naive
+//! baseline; PostgreSQL forks a backend for each one).
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use super::session::Session;
+use super::{classify, PoolState};
+use crate::error::AppError;
+
+pub struct Source {
+    config: tokio_postgres::Config,
+}
+
+impl Source {
+    pub fn new(config: tokio_postgres::Config, _pool_size: u32, _timeout: Duration) -> Self {
+        Self { config }
+    }
+
+    /// A fresh connection; dropping the session closes it.
+    pub async fn get(&self) -> Result<Session, AppError> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(classify)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+        Session::open(client).await.map_err(classify)
+    }
+
+    pub fn state(&self) -> Option<PoolState> {
+        None
+    }
+}

@@ -1,0 +1,118 @@
+//! The one error type of a request, and the one place it becomes an HTTP status.
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+/// Everything that can go wrong while answering a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppError {
+    /// 400: the request is malformed (bad id, bad JSON, unknown or missing fields).
+    BadRequest(String),
+    /// 404: no such route or no such user.
+    NotFound(String),
+    /// 405: the route exists, the method does not; carries the `Allow` value.
+    MethodNotAllowed(&'static str),
+    /// 413: the body is larger than the limit.
+    PayloadTooLarge(usize),
+    /// 415: the body is not declared as JSON.
+    UnsupportedMediaType,
+    /// 422: well-formed but invalid (e.g. an email without `@`).
+    Unprocessable(String),
+    /// 503: the database is down, slow or out of connections.
+    Unavailable(String),
+    /// 500: a bug or an unexpected failure.
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            AppError::BadRequest(m)
+            | AppError::NotFound(m)
+            | AppError::Unprocessable(m)
+            | AppError::Unavailable(m) => m.clone(),
+            AppError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
+            AppError::PayloadTooLarge(limit) => format!("body larger than {limit} bytes"),
+            AppError::UnsupportedMediaType => "content type must be application/json".into(),
+            AppError::Internal(_) => "internal error".into(),
+        }
+    }
+
+    /// The JSON response for this error.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        if let AppError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let message = self.message();
+        let body = crate::json::encode(&ErrorBody { error: &message })
+            .unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec());
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let AppError::MethodNotAllowed(allow) = self {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status(), self.message())
+    }
+}
+
+impl std::error::Error for AppError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_mapped_in_one_place() {
+        assert_eq!(AppError::BadRequest("x".into()).status(), 400);
+        assert_eq!(AppError::NotFound("x".into()).status(), 404);
+        assert_eq!(AppError::MethodNotAllowed("GET").status(), 405);
+        assert_eq!(AppError::PayloadTooLarge(1).status(), 413);
+        assert_eq!(AppError::UnsupportedMediaType.status(), 415);
+        assert_eq!(AppError::Unprocessable("x".into()).status(), 422);
+        assert_eq!(AppError::Unavailable("x".into()).status(), 503);
+        assert_eq!(AppError::Internal("x".into()).status(), 500);
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow_header() {
+        let r = AppError::MethodNotAllowed("GET, PATCH").into_response();
+        assert_eq!(r.headers()[ALLOW], "GET, PATCH");
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn internal_details_are_not_leaked() {
+        assert_eq!(
+            AppError::Internal("secret".into()).message(),
+            "internal error"
+        );
+    }
+}

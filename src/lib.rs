@@ -1,0 +1,26 @@
+//! perflab: a user-profile API served by hyper 1.x and tokio in front of PostgreSQL,
+//! in which every optimisation is a Cargo feature.
+//!
+//! Module map:
+//! - [`config`]: typed configuration, parsed once from the environment.
+//! - [`server`]: the accept loop, per-connection timeouts and graceful shutdown.
+//! - [`routes`]: maps a request to a handler; no feature branches here.
+//! - [`users`]: the `/users/{id}` resource (GET and PATCH) and its validation.
+//! - [`error`]: the one error type and its mapping to HTTP status codes.
+//! - [`db`]: PostgreSQL access; swaps connect-per-request vs `pool` and ad-hoc vs `prepared`.
+//! - [`json`]: request decoding and response encoding; swaps serde_json vs `simd-json`.
+//! - [`metrics`]: Prometheus metrics with `metrics`, a no-op without it.
+//! - [`alloc`]: the global allocator; mimalloc with `mimalloc`, the system one without.
+//! - [`build_info`]: what this binary was built with, for `/version` and the start-up log.
+
+pub mod alloc;
+pub mod build_info;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod json;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod telemetry;
+pub mod users;

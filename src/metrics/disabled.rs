@@ -1,0 +1,13 @@
+//! Metrics compiled out: nothing is counted and `/metrics` does not exist.
+use std::time::Duration;
+
+use crate::db::PoolState;
+
+/// Records one answered request (no-op in this build).
+#[inline(always)]
+pub fn observe(_route: &'static str, _method: &str, _status: u16, _elapsed: Duration) {}
+
+/// The Prometheus exposition, or `None` when metrics are not built in.
+pub fn render(_pool: Option<PoolState>) -> Option<String> {
+    None
+}

@@ -1,0 +1,104 @@
+//! The accept loop: HTTP/1.1 with keep-alive, a header read timeout so stalled clients
+//! cannot hold the server, and graceful shutdown (stop accepting, let in-flight requests
+//! finish within `SHUTDOWN_GRACE_MS`, then return).
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::build_info;
+use crate::config::Config;
+use crate::db::Db;
+use crate::routes::{self, AppState};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Binds `LISTEN_ADDR` and serves until `shutdown` completes.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen_addr))?;
+    run(listener, &config, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind `127.0.0.1:0`).
+pub async fn run(
+    listener: TcpListener,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let state = Arc::new(AppState {
+        db: Db::new(config)?,
+    });
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        version = build_info::VERSION,
+        features = ?build_info::enabled_features(),
+        json = crate::json::IMPLEMENTATION,
+        pool_size = config.pool_size,
+        "perflab listening"
+    );
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let state = Arc::clone(&state);
+                    let service = service_fn(move |req| routes::handle(Arc::clone(&state), req));
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!(
+            grace_ms = config.shutdown_grace.as_millis() as u64,
+            "grace period over, closing remaining connections"
+        ),
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,186 @@
+//! The `/users/{id}` resource: GET reads a profile, PATCH changes its email.
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use serde::Deserialize;
+
+use crate::config::BODY_LIMIT;
+use crate::error::AppError;
+use crate::json;
+use crate::routes::{json_response, AppState, Reply};
+
+/// The only accepted PATCH body: `{"email": "..."}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailChange {
+    pub email: String,
+}
+
+/// Longest email accepted, in bytes (RFC 5321's path limit).
+pub const EMAIL_MAX_BYTES: usize = 254;
+
+pub async fn handle(state: &AppState, id: &str, req: Request<Incoming>) -> Result<Reply, AppError> {
+    match *req.method() {
+        Method::GET => {
+            let id = parse_id(id)?;
+            match state.db.user(id).await? {
+                Some(user) => json_response(StatusCode::OK, &user),
+                None => Err(no_such_user(id)),
+            }
+        }
+        Method::PATCH => {
+            let id = parse_id(id)?;
+            check_json_content_type(req.headers())?;
+            let body = read_body(req).await?;
+            let change: EmailChange = json::decode(body)
+                .map_err(|e| AppError::BadRequest(format!("invalid body: {e}")))?;
+            validate_email(&change.email).map_err(AppError::Unprocessable)?;
+            match state.db.update_email(id, &change.email).await? {
+                Some(user) => json_response(StatusCode::OK, &user),
+                None => Err(no_such_user(id)),
+            }
+        }
+        _ => Err(AppError::MethodNotAllowed("GET, PATCH")),
+    }
+}
+
+fn no_such_user(id: i64) -> AppError {
+    AppError::NotFound(format!("no user with id {id}"))
+}
+
+/// A user id is a positive 64-bit integer written in plain decimal digits.
+pub fn parse_id(raw: &str) -> Result<i64, AppError> {
+    let bad = || {
+        AppError::BadRequest(format!(
+            "user id must be a positive 64-bit integer, got {raw:?}"
+        ))
+    };
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match raw.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(bad()),
+    }
+}
+
+/// Says why an email is refused, or accepts it.
+pub fn validate_email(email: &str) -> Result<(), String> {
+    if email.is_empty() {
+        return Err("email must not be empty".into());
+    }
+    if email.len() > EMAIL_MAX_BYTES {
+        return Err(format!("email is longer than {EMAIL_MAX_BYTES} bytes"));
+    }
+    if email.chars().any(char::is_whitespace) {
+        return Err("email must not contain whitespace".into());
+    }
+    match email.split_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Ok(()),
+        Some(_) => Err("email needs text on both sides of `@`".into()),
+        None => Err("email must contain `@`".into()),
+    }
+}
+
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), AppError> {
+    let value = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = value.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(AppError::UnsupportedMediaType)
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Vec<u8>, AppError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(AppError::PayloadTooLarge(BODY_LIMIT));
+    }
+    let collected = Limited::new(req.into_body(), BODY_LIMIT)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                AppError::PayloadTooLarge(BODY_LIMIT)
+            } else {
+                AppError::BadRequest(format!("could not read the body: {e}"))
+            }
+        })?;
+    Ok(Vec::from(collected.to_bytes()))
+}
+
+/// For benches and tests: the body bytes a client sends for an email change.
+pub fn email_change_body(email: &str) -> Bytes {
+    Bytes::from(format!("{{\"email\":{}}}", serde_json::Value::from(email)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_must_be_positive_decimal_i64() {
+        assert_eq!(parse_id("1").unwrap(), 1);
+        assert_eq!(parse_id("9223372036854775807").unwrap(), i64::MAX);
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "1.0",
+            "abc",
+            "9223372036854775808",
+            " 1",
+            "1/2",
+        ] {
+            assert_eq!(parse_id(bad).unwrap_err().status(), 400, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn emails_are_refused_with_a_reason() {
+        assert!(validate_email("a@b").is_ok());
+        assert!(validate_email("").unwrap_err().contains("empty"));
+        assert!(validate_email("ab.example.com").unwrap_err().contains('@'));
+        assert!(validate_email("a b@c").unwrap_err().contains("whitespace"));
+        assert!(validate_email("@c").is_err());
+        assert!(validate_email("a@").is_err());
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(validate_email(&long).unwrap_err().contains("254"));
+        let exact = format!("{}@b", "a".repeat(252));
+        assert!(validate_email(&exact).is_ok());
+    }
+
+    #[test]
+    fn content_type_must_be_json() {
+        let mut h = HeaderMap::new();
+        assert!(check_json_content_type(&h).is_err());
+        h.insert(CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert!(check_json_content_type(&h).is_err());
+        h.insert(
+            CONTENT_TYPE,
+            "Application/JSON; charset=utf-8".parse().unwrap(),
+        );
+        assert!(check_json_content_type(&h).is_ok());
+    }
+
+    #[test]
+    fn body_decoding_rejects_unknown_and_missing_fields() {
+        let ok: EmailChange = json::decode(b"{\"email\":\"a@b\"}".to_vec()).unwrap();
+        assert_eq!(ok.email, "a@b");
+        assert!(json::decode::<EmailChange>(b"{}".to_vec()).is_err());
+        assert!(json::decode::<EmailChange>(b"{\"email\":\"a@b\",\"x\":1}".to_vec()).is_err());
+        assert!(json::decode::<EmailChange>(b"{\"email\":".to_vec()).is_err());
+        assert!(json::decode::<EmailChange>(b"{\"email\":5}".to_vec()).is_err());
+    }
+}
