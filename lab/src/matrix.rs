@@ -1,0 +1,605 @@
+//! `matrix.toml`: the rows to compare, the workloads and the load settings. Parsed and
+//! validated in full before any work starts; every error names its line.
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// Features the server crate knows (the umbrella `full` is refused: rows list features
+/// explicitly, so `/version` can be compared with them).
+pub const KNOWN_FEATURES: &[&str] = &["pool", "prepared", "mimalloc", "simd-json", "metrics"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatrix {
+    load: RawLoad,
+    #[serde(default)]
+    local: RawLocal,
+    #[serde(default)]
+    postgres: BTreeMap<String, toml::Value>,
+    workload: Vec<Spanned<RawWorkload>>,
+    row: Vec<Spanned<RawRow>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    users: Spanned<i64>,
+    warmup_secs: Spanned<f64>,
+    duration_secs: Spanned<f64>,
+    repetitions: Spanned<u32>,
+    slo_p99_ms: Spanned<f64>,
+    error_budget: Spanned<f64>,
+    min_achieved: Spanned<f64>,
+    connections: Spanned<u32>,
+    start_qps: Spanned<f64>,
+    max_qps: Spanned<f64>,
+    precision: Spanned<f64>,
+    max_steps: Spanned<u32>,
+    pgbench_clients: Spanned<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    server_cpus: Option<Spanned<String>>,
+    postgres_cpus: Option<Spanned<String>>,
+    oha_cpus: Option<Spanned<String>>,
+    pool_size: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    name: String,
+    get_percent: Spanned<u32>,
+    patch_percent: Spanned<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRow {
+    name: Spanned<String>,
+    features: Spanned<Vec<String>>,
+    index: bool,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    postgres: BTreeMap<String, toml::Value>,
+}
+
+/// A validated matrix.
+#[derive(Debug, Clone, Serialize)]
+pub struct Matrix {
+    pub load: Load,
+    pub local: Local,
+    /// PostgreSQL settings for the whole run (ALTER SYSTEM + reload).
+    pub postgres: BTreeMap<String, String>,
+    pub workloads: Vec<Workload>,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Load {
+    pub users: i64,
+    pub warmup_secs: f64,
+    pub duration_secs: f64,
+    pub repetitions: u32,
+    pub slo_p99_ms: f64,
+    /// Largest accepted fraction of failed requests (non-2xx or transport errors).
+    pub error_budget: f64,
+    /// Smallest accepted ratio of good replies to offered requests.
+    pub min_achieved: f64,
+    /// oha connections, shared out between the GET and PATCH processes by the mix.
+    pub connections: u32,
+    pub start_qps: f64,
+    pub max_qps: f64,
+    /// The search stops once the failing rate is within this factor of the passing one.
+    pub precision: f64,
+    pub max_steps: u32,
+    pub pgbench_clients: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Local {
+    pub server_cpus: String,
+    pub postgres_cpus: String,
+    pub oha_cpus: String,
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Workload {
+    pub name: String,
+    pub get_percent: u32,
+    pub patch_percent: u32,
+}
+
+impl Workload {
+    pub fn get_share(&self) -> f64 {
+        f64::from(self.get_percent) / 100.0
+    }
+    pub fn writes(&self) -> bool {
+        self.patch_percent > 0
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Row {
+    pub name: String,
+    pub features: Vec<String>,
+    pub index: bool,
+    pub note: Option<String>,
+    pub postgres: BTreeMap<String, String>,
+}
+
+impl Row {
+    /// A file-name-safe name for the row's artifacts.
+    pub fn slug(&self) -> String {
+        let mut s: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        while s.contains("--") {
+            s = s.replace("--", "-");
+        }
+        let s = s.trim_matches('-').to_string();
+        if s.is_empty() {
+            "row".into()
+        } else {
+            s
+        }
+    }
+
+    pub fn features_label(&self) -> String {
+        if self.features.is_empty() {
+            "(none)".into()
+        } else {
+            self.features.join(", ")
+        }
+    }
+}
+
+impl Matrix {
+    pub fn load_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Parses and validates; errors read `line N: ...`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let raw: RawMatrix = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+            anyhow::anyhow!("line {line}: {}", e.message())
+        })?;
+        let at = |span: Range<usize>| line_of(text, span.start);
+        let l = &raw.load;
+        positive_f(text, &l.warmup_secs, "warmup_secs", true)?;
+        positive_f(text, &l.duration_secs, "duration_secs", false)?;
+        positive_f(text, &l.slo_p99_ms, "slo_p99_ms", false)?;
+        positive_f(text, &l.start_qps, "start_qps", false)?;
+        positive_f(text, &l.max_qps, "max_qps", false)?;
+        if *l.users.get_ref() < 1 {
+            bail!("line {}: users must be at least 1", at(l.users.span()));
+        }
+        if *l.repetitions.get_ref() < 1 {
+            bail!(
+                "line {}: repetitions must be at least 1",
+                at(l.repetitions.span())
+            );
+        }
+        if *l.connections.get_ref() < 2 {
+            bail!(
+                "line {}: connections must be at least 2",
+                at(l.connections.span())
+            );
+        }
+        if *l.max_steps.get_ref() < 1 {
+            bail!(
+                "line {}: max_steps must be at least 1",
+                at(l.max_steps.span())
+            );
+        }
+        if *l.pgbench_clients.get_ref() < 1 {
+            bail!(
+                "line {}: pgbench_clients must be at least 1",
+                at(l.pgbench_clients.span())
+            );
+        }
+        fraction(text, &l.error_budget, "error_budget")?;
+        fraction(text, &l.min_achieved, "min_achieved")?;
+        if *l.precision.get_ref() <= 1.0 || *l.precision.get_ref() > 2.0 {
+            bail!(
+                "line {}: precision must be above 1.0 and at most 2.0 (e.g. 1.1 = within 10%)",
+                at(l.precision.span())
+            );
+        }
+        if l.max_qps.get_ref() < l.start_qps.get_ref() {
+            bail!("line {}: max_qps is below start_qps", at(l.max_qps.span()));
+        }
+        let load = Load {
+            users: *l.users.get_ref(),
+            warmup_secs: *l.warmup_secs.get_ref(),
+            duration_secs: *l.duration_secs.get_ref(),
+            repetitions: *l.repetitions.get_ref(),
+            slo_p99_ms: *l.slo_p99_ms.get_ref(),
+            error_budget: *l.error_budget.get_ref(),
+            min_achieved: *l.min_achieved.get_ref(),
+            connections: *l.connections.get_ref(),
+            start_qps: *l.start_qps.get_ref(),
+            max_qps: *l.max_qps.get_ref(),
+            precision: *l.precision.get_ref(),
+            max_steps: *l.max_steps.get_ref(),
+            pgbench_clients: *l.pgbench_clients.get_ref(),
+        };
+
+        let cpus = |v: &Option<Spanned<String>>, default: &str| -> Result<String> {
+            match v {
+                None => Ok(default.to_string()),
+                Some(s) => {
+                    parse_cpu_list(s.get_ref())
+                        .map_err(|e| anyhow::anyhow!("line {}: {e}", at(s.span())))?;
+                    Ok(s.get_ref().clone())
+                }
+            }
+        };
+        let local = Local {
+            server_cpus: cpus(&raw.local.server_cpus, "0")?,
+            postgres_cpus: cpus(&raw.local.postgres_cpus, "1")?,
+            oha_cpus: cpus(&raw.local.oha_cpus, "1")?,
+            pool_size: match &raw.local.pool_size {
+                None => 16,
+                Some(p) if (1..=1000).contains(p.get_ref()) => *p.get_ref(),
+                Some(p) => bail!("line {}: pool_size must be 1 to 1000", at(p.span())),
+            },
+        };
+
+        if raw.workload.is_empty() {
+            bail!("line 1: at least one [[workload]] is needed");
+        }
+        let mut workloads = Vec::new();
+        for w in &raw.workload {
+            let line = at(w.span());
+            let inner = w.get_ref();
+            if inner.name.trim().is_empty() {
+                bail!("line {line}: workload name is empty");
+            }
+            let (g, p) = (*inner.get_percent.get_ref(), *inner.patch_percent.get_ref());
+            if g + p != 100 {
+                bail!(
+                    "line {}: workload {:?}: get_percent + patch_percent = {} (must be 100)",
+                    at(inner.get_percent.span()),
+                    inner.name,
+                    g + p
+                );
+            }
+            if workloads.iter().any(|x: &Workload| x.name == inner.name) {
+                bail!("line {line}: workload {:?} is declared twice", inner.name);
+            }
+            workloads.push(Workload {
+                name: inner.name.clone(),
+                get_percent: g,
+                patch_percent: p,
+            });
+        }
+
+        if raw.row.is_empty() {
+            bail!("line 1: at least one [[row]] is needed");
+        }
+        let mut rows: Vec<Row> = Vec::new();
+        for r in &raw.row {
+            let inner = r.get_ref();
+            let name = inner.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                bail!("line {}: row name is empty", at(inner.name.span()));
+            }
+            if rows.iter().any(|x| x.name == name) {
+                bail!(
+                    "line {}: row {name:?} is declared twice",
+                    at(inner.name.span())
+                );
+            }
+            let mut features: Vec<String> = Vec::new();
+            for f in inner.features.get_ref() {
+                if f == "full" {
+                    bail!(
+                        "line {}: row {name:?}: list the features instead of the umbrella `full` ({})",
+                        at(inner.features.span()),
+                        KNOWN_FEATURES.join(", ")
+                    );
+                }
+                if !KNOWN_FEATURES.contains(&f.as_str()) {
+                    bail!(
+                        "line {}: row {name:?}: unknown feature {f:?} (known: {})",
+                        at(inner.features.span()),
+                        KNOWN_FEATURES.join(", ")
+                    );
+                }
+                if features.contains(f) {
+                    bail!(
+                        "line {}: row {name:?}: feature {f:?} listed twice",
+                        at(inner.features.span())
+                    );
+                }
+                features.push(f.clone());
+            }
+            // The server reports features in its own fixed order; use the same.
+            features.sort_by_key(|f| KNOWN_FEATURES.iter().position(|k| k == f));
+            let row = Row {
+                name,
+                features,
+                index: inner.index,
+                note: inner.note.clone(),
+                postgres: settings(&inner.postgres)
+                    .map_err(|e| anyhow::anyhow!("line {}: {e}", at(r.span())))?,
+            };
+            if rows.iter().any(|x| x.slug() == row.slug()) {
+                bail!(
+                    "line {}: row {:?} has the same file name as another row",
+                    at(r.span()),
+                    row.name
+                );
+            }
+            rows.push(row);
+        }
+        Ok(Matrix {
+            load,
+            local,
+            postgres: settings(&raw.postgres).map_err(|e| anyhow::anyhow!("[postgres]: {e}"))?,
+            workloads,
+            rows,
+        })
+    }
+
+    /// Keeps only the named rows (in matrix order); an unknown name is an error.
+    pub fn select(&mut self, only: &[String]) -> Result<()> {
+        if only.is_empty() {
+            return Ok(());
+        }
+        for name in only {
+            if !self
+                .rows
+                .iter()
+                .any(|r| &r.name == name || &r.slug() == name)
+            {
+                bail!(
+                    "--only {name:?}: no such row (rows: {})",
+                    self.rows
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        self.rows
+            .retain(|r| only.iter().any(|n| n == &r.name || n == &r.slug()));
+        Ok(())
+    }
+
+    /// Short durations for a smoke run.
+    pub fn quick(&mut self) {
+        self.load.warmup_secs = self.load.warmup_secs.min(0.5);
+        self.load.duration_secs = self.load.duration_secs.min(1.5);
+        self.load.repetitions = 1;
+        self.load.max_steps = self.load.max_steps.min(3);
+        self.load.precision = self.load.precision.max(1.5);
+        self.load.users = self.load.users.min(10_000);
+    }
+}
+
+fn settings(map: &BTreeMap<String, toml::Value>) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        if !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            || k.is_empty()
+        {
+            bail!("{k:?} is not a PostgreSQL setting name");
+        }
+        let value = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => if *b { "on" } else { "off" }.to_string(),
+            _ => bail!("setting {k:?} must be a string, number or boolean"),
+        };
+        out.insert(k.clone(), value);
+    }
+    Ok(out)
+}
+
+fn positive_f(text: &str, v: &Spanned<f64>, name: &str, zero_ok: bool) -> Result<()> {
+    let x = *v.get_ref();
+    if !x.is_finite() || x < 0.0 || (!zero_ok && x == 0.0) {
+        bail!(
+            "line {}: {name} must be {}",
+            line_of(text, v.span().start),
+            if zero_ok {
+                "zero or more"
+            } else {
+                "above zero"
+            }
+        );
+    }
+    Ok(())
+}
+
+fn fraction(text: &str, v: &Spanned<f64>, name: &str) -> Result<()> {
+    let x = *v.get_ref();
+    if !(0.0..=1.0).contains(&x) {
+        bail!(
+            "line {}: {name} must be a fraction from 0 to 1",
+            line_of(text, v.span().start)
+        );
+    }
+    Ok(())
+}
+
+/// Parses a taskset-style CPU list ("0", "0-1", "0,2") into CPU numbers.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let (a, b): (usize, usize) = match (a.parse(), b.parse()) {
+            (Ok(a), Ok(b)) if a <= b => (a, b),
+            _ => bail!("{s:?} is not a CPU list like \"0\", \"0-1\" or \"0,2\""),
+        };
+        cpus.extend(a..=b);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const GOOD: &str = r#"
+[load]
+users = 1000
+warmup_secs = 1
+duration_secs = 2
+repetitions = 3
+slo_p99_ms = 50
+error_budget = 0.001
+min_achieved = 0.95
+connections = 64
+start_qps = 100
+max_qps = 50000
+precision = 1.1
+max_steps = 8
+pgbench_clients = 16
+
+[[workload]]
+name = "read-heavy"
+get_percent = 90
+patch_percent = 10
+
+[[row]]
+name = "Baseline"
+features = []
+index = false
+
+[[row]]
+name = "+pool"
+features = ["prepared", "pool"]
+index = true
+postgres = { work_mem = "8MB", jit = false }
+"#;
+
+    fn err(text: &str) -> String {
+        Matrix::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_good_matrix_parses() {
+        let m = Matrix::parse(GOOD).expect("valid");
+        assert_eq!(m.rows.len(), 2);
+        assert_eq!(m.rows[1].features, vec!["pool", "prepared"], "server order");
+        assert_eq!(m.rows[1].postgres["jit"], "off");
+        assert_eq!(m.local.server_cpus, "0");
+        assert_eq!(m.workloads[0].get_share(), 0.9);
+        assert_eq!(m.rows[1].slug(), "pool");
+    }
+
+    #[test]
+    fn the_default_matrix_is_valid() {
+        let m = Matrix::parse(include_str!("../../matrix.toml")).expect("matrix.toml");
+        assert!(m.rows.len() >= 7);
+        assert!(
+            m.rows[0].features.is_empty() && !m.rows[0].index,
+            "baseline first"
+        );
+        let names: Vec<_> = m
+            .workloads
+            .iter()
+            .map(|w| (w.get_percent, w.patch_percent))
+            .collect();
+        assert_eq!(names, vec![(90, 10), (10, 90)]);
+    }
+
+    #[test]
+    fn unknown_feature_names_its_line() {
+        let bad = GOOD.replace("[\"prepared\", \"pool\"]", "[\"pool\", \"turbo\"]");
+        let e = err(&bad);
+        assert!(e.starts_with("line 29:"), "{e}");
+        assert!(e.contains("turbo"), "{e}");
+    }
+
+    #[test]
+    fn a_mix_must_sum_to_100() {
+        let e = err(&GOOD.replace("patch_percent = 10", "patch_percent = 20"));
+        assert!(e.starts_with("line 19:") && e.contains("110"), "{e}");
+    }
+
+    #[test]
+    fn missing_and_unknown_fields_are_errors_with_lines() {
+        let e = err(&GOOD.replace("index = false\n", ""));
+        assert!(e.contains("index") && e.starts_with("line "), "{e}");
+        let e = err(&GOOD.replace("users = 1000", "users = 1000\nuser_count = 5"));
+        assert!(e.contains("user_count") && e.starts_with("line 4"), "{e}");
+        let e = err(&GOOD.replace("slo_p99_ms = 50\n", ""));
+        assert!(e.contains("slo_p99_ms"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (from, to, needle) in [
+            ("error_budget = 0.001", "error_budget = 2", "error_budget"),
+            ("duration_secs = 2", "duration_secs = 0", "duration_secs"),
+            ("repetitions = 3", "repetitions = 0", "repetitions"),
+            ("precision = 1.1", "precision = 1.0", "precision"),
+            ("users = 1000", "users = 0", "users"),
+            ("name = \"+pool\"", "name = \"Baseline\"", "twice"),
+            ("[\"prepared\", \"pool\"]", "[\"full\"]", "umbrella"),
+            ("[\"prepared\", \"pool\"]", "[\"pool\", \"pool\"]", "twice"),
+            ("duration_secs = 2", "duration_secs = \"2s\"", "line 5"),
+        ] {
+            let e = err(&GOOD.replace(from, to));
+            assert!(e.contains(needle), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0").unwrap(), vec![0]);
+        assert_eq!(parse_cpu_list("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert!(parse_cpu_list("a").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        let e = err(&format!("{GOOD}\n[local]\nserver_cpus = \"x\"\n"));
+        assert!(e.contains("CPU list"), "{e}");
+    }
+
+    #[test]
+    fn only_and_quick() {
+        let mut m = Matrix::parse(GOOD).unwrap();
+        assert!(m.select(&["nope".into()]).is_err());
+        m.select(&["+pool".into()]).unwrap();
+        assert_eq!(m.rows.len(), 1);
+        m.quick();
+        assert_eq!(m.load.repetitions, 1);
+        assert!(m.load.duration_secs <= 2.0);
+    }
+}

@@ -1,0 +1,347 @@
+//! One measured step: the verdict on an offered rate (achieved rate, errors, exact mix,
+//! merged p99), the CPU each party used, and the write-integrity check.
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::matrix::Load;
+use crate::oha::SideResult;
+use crate::stats::Latencies;
+
+/// Largest accepted distance between the achieved and the requested GET share.
+pub const MIX_TOLERANCE: f64 = 0.01;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SideCounts {
+    pub method: String,
+    pub rate: f64,
+    pub connections: u32,
+    pub replies: u64,
+    pub good: u64,
+    pub status: BTreeMap<u16, u64>,
+    pub transport_errors: BTreeMap<String, u64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// CPU-seconds per wall second (1.0 = one core busy).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Cpu {
+    pub server: Option<f64>,
+    pub postgres: Option<f64>,
+    pub oha: f64,
+    pub server_peak_rss_kib: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Integrity {
+    /// PATCHes answered 200.
+    pub acked: u64,
+    /// PATCHes answered otherwise or not at all (each may or may not have been applied).
+    pub unacked: u64,
+    /// Increase of sum(version) in PostgreSQL over the step.
+    pub applied: i64,
+    /// (GET 200, PATCH 200) by the server's own counters, with `metrics`.
+    pub server_counts: Option<(u64, u64)>,
+    pub oha_counts: (u64, u64),
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub offered: f64,
+    pub secs: f64,
+    pub wall_secs: f64,
+    /// Good (2xx) replies per second of the step.
+    pub achieved: f64,
+    pub achieved_ratio: f64,
+    pub error_rate: f64,
+    /// Share of GETs among all replies (the achieved mix).
+    pub get_share: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub sides: Vec<SideCounts>,
+    pub cpu: Cpu,
+    pub integrity: Option<Integrity>,
+    pub passed: bool,
+    /// Why the step failed (empty when it passed).
+    pub reasons: Vec<String>,
+}
+
+/// Judges a step from what the oha processes saw.
+pub fn evaluate(
+    offered: f64,
+    secs: f64,
+    target_get_share: f64,
+    sides: &[(crate::oha::Side, SideResult)],
+    load: &Load,
+) -> Step {
+    let mut all = Latencies::new();
+    let mut good = 0;
+    let mut replies = 0;
+    let mut failed = 0;
+    let mut get_replies = 0;
+    let mut counts = Vec::new();
+    for (side, r) in sides {
+        // Both histograms have the same bounds, so merging cannot fail.
+        let _ = all.merge(&r.latencies);
+        good += r.good();
+        replies += r.replies();
+        failed += (r.replies() - r.good()) + r.transport_errors();
+        if side.method == "GET" {
+            get_replies += r.replies();
+        }
+        counts.push(SideCounts {
+            method: side.method.to_string(),
+            rate: side.rate,
+            connections: side.connections,
+            replies: r.replies(),
+            good: r.good(),
+            status: r.status.clone(),
+            transport_errors: r.errors.clone(),
+            p99_ms: r.latencies.quantile_ms(0.99),
+        });
+    }
+    let attempted = replies + sides.iter().map(|(_, r)| r.transport_errors()).sum::<u64>();
+    let achieved = good as f64 / secs;
+    let achieved_ratio = if offered > 0.0 {
+        achieved / offered
+    } else {
+        0.0
+    };
+    let error_rate = if attempted > 0 {
+        failed as f64 / attempted as f64
+    } else {
+        1.0
+    };
+    let get_share = if replies > 0 {
+        get_replies as f64 / replies as f64
+    } else {
+        0.0
+    };
+    let p99_ms = all.quantile_ms(0.99);
+    let mut reasons = Vec::new();
+    if achieved_ratio < load.min_achieved {
+        reasons.push(format!(
+            "achieved {:.0}/s is {:.1}% of offered (< {:.0}%)",
+            achieved,
+            achieved_ratio * 100.0,
+            load.min_achieved * 100.0
+        ));
+    }
+    if error_rate > load.error_budget {
+        reasons.push(format!(
+            "{:.2}% errors (> {:.2}%)",
+            error_rate * 100.0,
+            load.error_budget * 100.0
+        ));
+    }
+    match p99_ms {
+        Some(p) if p <= load.slo_p99_ms => {}
+        Some(p) => reasons.push(format!("p99 {:.1} ms > {} ms", p, load.slo_p99_ms)),
+        None => reasons.push("no replies".into()),
+    }
+    if (get_share - target_get_share).abs() > MIX_TOLERANCE {
+        reasons.push(format!(
+            "mix {:.1}% GET (want {:.0}% ± {:.0})",
+            get_share * 100.0,
+            target_get_share * 100.0,
+            MIX_TOLERANCE * 100.0
+        ));
+    }
+    Step {
+        offered,
+        secs,
+        wall_secs: secs,
+        achieved,
+        achieved_ratio,
+        error_rate,
+        get_share,
+        p50_ms: all.quantile_ms(0.5),
+        p99_ms,
+        sides: counts,
+        cpu: Cpu::default(),
+        integrity: None,
+        passed: reasons.is_empty(),
+        reasons,
+    }
+}
+
+/// Every acknowledged write must have been applied exactly once. A PATCH that failed
+/// or got no reply may or may not have been applied, so with failures the applied count
+/// must lie between the acknowledged count and acknowledged + failed. The server's own
+/// counters (with `metrics`) must match oha's when no reply was lost in transit.
+pub fn check_integrity(
+    acked: u64,
+    unacked: u64,
+    applied: i64,
+    oha_counts: (u64, u64),
+    server_counts: Option<(u64, u64)>,
+    transport_errors: u64,
+) -> Integrity {
+    let mut problems = Vec::new();
+    let lo = acked as i64;
+    let hi = (acked + unacked) as i64;
+    if applied < lo {
+        problems.push(format!(
+            "{} acknowledged writes were lost ({applied} applied, {acked} acknowledged)",
+            lo - applied
+        ));
+    } else if applied > hi {
+        problems.push(format!("{} writes applied that no request explains ({applied} applied, {acked} acknowledged, {unacked} failed)", applied - hi));
+    }
+    if let Some((sg, sp)) = server_counts {
+        let (og, op) = oha_counts;
+        let agree = if transport_errors == 0 {
+            sg == og && sp == op
+        } else {
+            sg >= og && sp >= op
+        };
+        if !agree {
+            problems.push(format!(
+                "server counted {sg} GET / {sp} PATCH 200s, oha {og} / {op}"
+            ));
+        }
+    }
+    let ok = problems.is_empty();
+    let message = if ok {
+        if unacked == 0 {
+            format!("{acked} acknowledged writes, {applied} applied")
+        } else {
+            format!("{acked} acknowledged + {unacked} failed writes, {applied} applied")
+        }
+    } else {
+        problems.join("; ")
+    };
+    Integrity {
+        acked,
+        unacked,
+        applied,
+        server_counts,
+        oha_counts,
+        ok,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::Matrix;
+    use crate::oha::Side;
+
+    fn load() -> Load {
+        Matrix::parse(include_str!("../../tests/ci-matrix.toml"))
+            .unwrap()
+            .load
+    }
+
+    fn side(method: &'static str, ok: u64, errors: u64, latency: f64) -> (Side, SideResult) {
+        let mut r = SideResult::default();
+        r.status.insert(200, ok);
+        if errors > 0 {
+            r.status.insert(503, errors);
+        }
+        for _ in 0..ok + errors {
+            r.latencies.record_secs(latency);
+        }
+        (
+            Side {
+                method,
+                rate: 0.0,
+                connections: 1,
+            },
+            r,
+        )
+    }
+
+    #[test]
+    fn an_exact_mix_within_slo_passes() {
+        let s = evaluate(
+            1000.0,
+            2.0,
+            0.9,
+            &[side("GET", 1800, 0, 0.002), side("PATCH", 200, 0, 0.004)],
+            &load(),
+        );
+        assert!(s.passed, "{:?}", s.reasons);
+        assert_eq!(s.achieved, 1000.0);
+        assert!((s.get_share - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn each_criterion_fails_a_step() {
+        let l = load();
+        let short = evaluate(
+            1000.0,
+            2.0,
+            0.9,
+            &[side("GET", 1600, 0, 0.002), side("PATCH", 180, 0, 0.002)],
+            &l,
+        );
+        assert!(
+            !short.passed && short.reasons[0].contains("offered"),
+            "{:?}",
+            short.reasons
+        );
+        let errors = evaluate(
+            1000.0,
+            2.0,
+            0.9,
+            &[side("GET", 1800, 0, 0.002), side("PATCH", 150, 50, 0.002)],
+            &l,
+        );
+        assert!(
+            errors.reasons.iter().any(|r| r.contains("errors")),
+            "{:?}",
+            errors.reasons
+        );
+        let slow = evaluate(
+            1000.0,
+            2.0,
+            0.9,
+            &[side("GET", 1800, 0, 0.002), side("PATCH", 200, 0, 0.5)],
+            &l,
+        );
+        assert!(
+            slow.reasons.iter().any(|r| r.contains("p99")),
+            "{:?}",
+            slow.reasons
+        );
+        let mix = evaluate(
+            1000.0,
+            2.0,
+            0.9,
+            &[side("GET", 1900, 0, 0.002), side("PATCH", 100, 0, 0.002)],
+            &l,
+        );
+        assert!(
+            mix.reasons.iter().any(|r| r.contains("mix")),
+            "{:?}",
+            mix.reasons
+        );
+    }
+
+    #[test]
+    fn integrity_rules() {
+        assert!(check_integrity(100, 0, 100, (900, 100), Some((900, 100)), 0).ok);
+        assert!(
+            !check_integrity(100, 0, 99, (900, 100), None, 0).ok,
+            "a lost write"
+        );
+        assert!(
+            !check_integrity(100, 0, 101, (900, 100), None, 0).ok,
+            "a phantom write"
+        );
+        assert!(
+            check_integrity(100, 5, 103, (900, 100), None, 2).ok,
+            "failed writes may land"
+        );
+        assert!(
+            !check_integrity(100, 0, 100, (900, 100), Some((899, 100)), 0).ok,
+            "counters disagree"
+        );
+        let i = check_integrity(100, 0, 98, (0, 100), None, 0);
+        assert!(i.message.contains("lost"), "{}", i.message);
+    }
+}

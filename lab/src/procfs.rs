@@ -1,0 +1,94 @@
+//! CPU and memory accounting from /proc, so each measurement can say what was busy:
+//! the server, PostgreSQL (every backend, including exited ones via the postmaster's
+//! reaped-children time) and oha (our reaped children).
+use std::fs;
+
+/// Clock ticks per second of /proc's time fields (USER_HZ; 100 on Linux).
+pub const TICKS_PER_SEC: f64 = 100.0;
+
+struct Stat {
+    ppid: u32,
+    utime: u64,
+    stime: u64,
+    cutime: u64,
+    cstime: u64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+fn parse_stat(text: &str) -> Option<Stat> {
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14 → index 11.
+    Some(Stat {
+        ppid: f.get(1)?.parse().ok()?,
+        utime: f.get(11)?.parse().ok()?,
+        stime: f.get(12)?.parse().ok()?,
+        cutime: f.get(13)?.parse().ok()?,
+        cstime: f.get(14)?.parse().ok()?,
+    })
+}
+
+/// CPU time (user + system) of one live process, in ticks.
+pub fn process_ticks(pid: u32) -> Option<u64> {
+    stat(pid).map(|s| s.utime + s.stime)
+}
+
+/// CPU time of the children this process has reaped (oha runs), in ticks.
+pub fn reaped_children_ticks() -> u64 {
+    stat(std::process::id()).map_or(0, |s| s.cutime + s.cstime)
+}
+
+/// CPU time of a PostgreSQL cluster: the postmaster, its live children, and the
+/// children it has already reaped (connection-per-request backends exit quickly).
+pub fn postgres_ticks(postmaster: u32) -> Option<u64> {
+    let pm = stat(postmaster)?;
+    let mut total = pm.utime + pm.stime + pm.cutime + pm.cstime;
+    for pid in children(postmaster) {
+        if let Some(s) = stat(pid) {
+            total += s.utime + s.stime;
+        }
+    }
+    Some(total)
+}
+
+/// Live direct children of `parent`.
+pub fn children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat(*pid).is_some_and(|s| s.ppid == parent))
+        .collect()
+}
+
+/// Peak resident set size (VmHWM) in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_awkward_command_names() {
+        let line = "1234 (post (gres) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0 100 1000 100";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.ppid, 1);
+        assert_eq!((s.utime, s.stime, s.cutime, s.cstime), (250, 50, 7, 3));
+    }
+
+    #[test]
+    fn reads_our_own_process() {
+        assert!(process_ticks(std::process::id()).is_some());
+        assert!(peak_rss_kib(std::process::id()).unwrap() > 0);
+    }
+}

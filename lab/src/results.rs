@@ -1,0 +1,132 @@
+//! The results of a run, as written to `results/<timestamp>/summary.json` and read back
+//! by the renderer and by `lab verify`.
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{spread, Spread};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Environment {
+    pub date: String,
+    pub git_commit: String,
+    pub target: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub rustc: String,
+    pub postgres: String,
+    pub oha: String,
+    pub pgbench: String,
+    pub users: i64,
+    pub quick: bool,
+    pub matrix_file: String,
+    pub duration_secs: f64,
+    pub repetitions: u32,
+    pub slo_p99_ms: f64,
+    pub error_budget: f64,
+    pub min_achieved: f64,
+    pub connections: u32,
+    pub server_cpus: String,
+    pub postgres_cpus: String,
+    pub oha_cpus: String,
+    pub pool_size: u32,
+    pub elapsed_secs: f64,
+}
+
+/// One search: the best passing step of one row, workload and repetition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchResult {
+    pub repetition: u32,
+    /// Good replies per second at the highest passing offered rate (0 when none passed).
+    pub qps: f64,
+    pub offered: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub get_share: Option<f64>,
+    pub cpu_server: Option<f64>,
+    pub cpu_postgres: Option<f64>,
+    pub cpu_oha: Option<f64>,
+    pub server_peak_rss_kib: Option<u64>,
+    /// Why the next rate up failed.
+    pub limit: Option<String>,
+    pub steps: usize,
+    pub integrity_failures: Vec<String>,
+    pub writes_checked: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadResult {
+    pub name: String,
+    pub searches: Vec<SearchResult>,
+}
+
+impl WorkloadResult {
+    pub fn qps(&self) -> Option<Spread> {
+        spread(&self.searches.iter().map(|s| s.qps).collect::<Vec<_>>())
+    }
+    pub fn p99(&self) -> Option<Spread> {
+        spread(
+            &self
+                .searches
+                .iter()
+                .filter_map(|s| s.p99_ms)
+                .collect::<Vec<_>>(),
+        )
+    }
+    /// The repetition whose QPS is the median (the lower one for an even count).
+    pub fn median_search(&self) -> Option<&SearchResult> {
+        let mut v: Vec<&SearchResult> = self.searches.iter().collect();
+        v.sort_by(|a, b| a.qps.total_cmp(&b.qps));
+        v.get(v.len().saturating_sub(1) / 2).copied()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RowResult {
+    pub name: String,
+    pub features: Vec<String>,
+    pub index: bool,
+    pub note: Option<String>,
+    /// Problems that kept the row from being measured (build, start-up, wrong features).
+    pub failures: Vec<String>,
+    pub workloads: Vec<WorkloadResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReferenceResult {
+    pub workload: String,
+    pub repetition: u32,
+    pub tps: f64,
+    pub p99_ms: Option<f64>,
+    pub clients: u32,
+    pub cpu_postgres: Option<f64>,
+    pub cpu_pgbench: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub environment: Environment,
+    pub workloads: Vec<String>,
+    pub rows: Vec<RowResult>,
+    pub reference: Vec<ReferenceResult>,
+    pub reference_error: Option<String>,
+    pub matrix: serde_json::Value,
+}
+
+impl Summary {
+    pub fn integrity_failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for row in &self.rows {
+            for w in &row.workloads {
+                for s in &w.searches {
+                    for f in &s.integrity_failures {
+                        out.push(format!(
+                            "{} / {} / repetition {}: {f}",
+                            row.name, w.name, s.repetition
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The main job: measures every build in matrix.toml and writes results.md, results.svg,
+# results/<timestamp>/ and the README's results table. A thin entry point: it checks and
+# installs prerequisites and owns the throwaway PostgreSQL; the lab binary (lab/) does
+# the validation, builds, measurement, statistics and rendering.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "${ROOT}/scripts/lib.sh"
+
+usage() {
+  cat <<'USAGE'
+usage: scripts/run-matrix.sh [options]
+
+Measures every row of matrix.toml (max QPS and p99 for each workload) and writes
+results.md, results.svg, results/<timestamp>/ and the README's results table.
+
+options:
+  --target local        where to run (default: local; this machine, throwaway PostgreSQL)
+  --matrix FILE         the matrix to run (default: matrix.toml)
+  --only ROW            measure only this row (name or file name); repeatable
+  --quick               short durations, one repetition: a smoke run (~3 min)
+  --database-url URL    use this PostgreSQL (superuser) instead of a throwaway cluster
+  --out DIR             where results.md, results.svg and results/ go (default: repo root)
+  --readme FILE         the README whose table is replaced (default: README.md in the repo;
+                        with --out elsewhere, none unless given)
+  -h, --help            this help
+USAGE
+}
+
+main() {
+  local target="local" matrix="${ROOT}/matrix.toml" out="${ROOT}" readme="" database_url=""
+  local -a pass=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      -h | --help) usage; exit 0 ;;
+      --target) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; target="$2"; shift ;;
+      --matrix) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; matrix="$2"; shift ;;
+      --only) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; pass+=(--only "$2"); shift ;;
+      --quick) pass+=(--quick) ;;
+      --database-url) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; database_url="$2"; shift ;;
+      --out) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; out="$2"; shift ;;
+      --readme) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; readme="$2"; shift ;;
+      *) printf 'error: unknown option %s\n\n' "$1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+  done
+  case "${target}" in
+    local) ;;
+    k8s) die "--target k8s is not available yet (see the Kubernetes issue); run locally without --target" ;;
+    *) printf 'error: unknown target %s (local or k8s)\n' "${target}" >&2; exit 2 ;;
+  esac
+  if [[ -z "${readme}" && "${out}" == "${ROOT}" ]]; then
+    readme="${ROOT}/README.md"
+  fi
+
+  require_cargo
+  cd "${ROOT}"
+  log "building the harness (lab)"
+  cargo build --locked --release --quiet -p lab
+  local lab="${ROOT}/target/release/lab"
+  # Validate everything before starting or installing anything.
+  "${lab}" validate --matrix "${matrix}" "${pass[@]}"
+
+  command -v taskset >/dev/null 2>&1 || apt_install util-linux
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  require_oha
+  find_pg_bin
+  require_psql_tools
+
+  local -a db_args=()
+  if [[ -z "${database_url}" ]]; then
+    trap pg_stop EXIT
+    trap 'exit 130' INT TERM
+    pg_start
+    database_url="${PG_URL}"
+    db_args=(--pg-data "${PG_DIR}/data")
+  fi
+  local -a readme_args=()
+  if [[ -n "${readme}" ]]; then readme_args=(--readme "${readme}"); fi
+  mkdir -p "${out}"
+  "${lab}" run --matrix "${matrix}" "${pass[@]}" --database-url "${database_url}" \
+    "${db_args[@]}" --out "${out}" "${readme_args[@]}" --oha "$(command -v oha)"
+}
+
+main "$@"
