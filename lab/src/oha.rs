@@ -40,7 +40,7 @@ impl SideResult {
     }
 }
 
-/// One process of a pair.
+/// One process of a pair; `rate` 0 runs it closed loop.
 #[derive(Debug, Clone, Serialize)]
 pub struct Side {
     pub method: &'static str,
