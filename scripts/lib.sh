@@ -72,8 +72,18 @@ require_psql_tools() {
   fi
 }
 
+# A loopback port nobody listens on (bash only: no python needed).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+  local port tries=0
+  while [[ "${tries}" -lt 100 ]]; do
+    port=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+      printf '%s\n' "${port}"
+      return 0
+    fi
+    tries=$((tries + 1))
+  done
+  die "no free loopback port found"
 }
 
 # Runs a command as the cluster's owner: `postgres` when we are root (the server

@@ -64,7 +64,6 @@ main() {
   "${lab}" validate --matrix "${matrix}" "${pass[@]}"
 
   command -v taskset >/dev/null 2>&1 || apt_install util-linux
-  command -v python3 >/dev/null 2>&1 || apt_install python3
   require_oha
   find_pg_bin
   require_psql_tools

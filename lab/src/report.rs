@@ -95,6 +95,9 @@ fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
         pct(m.cpu_postgres),
         pct(m.cpu_oha)
     ));
+    if let Some(kib) = m.server_peak_rss_kib {
+        parts.push(format!("server peak RSS {:.0} MiB", kib as f64 / 1024.0));
+    }
     if oha.is_some_and(|o| o / n(&env.oha_cpus) >= 0.8) {
         parts.push("oha near its own limit: a lower bound".into());
     }

@@ -120,7 +120,7 @@ mod tests {
     fn finds_slow_builds_by_descending() {
         let (best, _, tried) = run(40.0, None, 20);
         let best = best.expect("passes at low rate");
-        assert!(best <= 40.0 && best >= 30.0, "{best} {tried:?}");
+        assert!((30.0..=40.0).contains(&best), "{best} {tried:?}");
         assert_eq!(tried[0], 200.0);
         assert!(tried[1] < 200.0);
     }

@@ -137,6 +137,22 @@ impl Db {
     }
 }
 
+/// What both session implementations share (they differ only in how they send the
+/// API's two statements).
+impl session::Session {
+    pub async fn ping(&self) -> Result<(), tokio_postgres::Error> {
+        self.client().simple_query("").await.map(|_| ())
+    }
+
+    /// True once the connection is known to be unusable, without a round trip: its
+    /// socket closed, or a request on it was abandoned mid-flight. Only the pool asks,
+    /// so builds without `pool` leave it unused.
+    #[allow(dead_code)]
+    pub fn is_broken(&self) -> bool {
+        self.client().is_closed() || self.health().is_poisoned()
+    }
+}
+
 /// Whether a connection can still be trusted. A request abandoned mid-flight (its
 /// timeout fired) leaves a reply owed on the connection, maybe forever: such a
 /// connection is poisoned, and the pool drops it instead of handing it out again.

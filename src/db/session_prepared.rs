@@ -36,19 +36,11 @@ impl Session {
         self.client.query(&self.update_email, &[&id, &email]).await
     }
 
-    pub async fn ping(&self) -> Result<(), Error> {
-        self.client.simple_query("").await.map(|_| ())
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     pub fn health(&self) -> &Health {
         &self.health
-    }
-
-    /// True once the connection is known to be unusable, without a round trip: its
-    /// socket closed, or a request on it was abandoned mid-flight. Only the pool asks,
-    /// so builds without `pool` leave it unused.
-    #[allow(dead_code)]
-    pub fn is_broken(&self) -> bool {
-        self.client.is_closed() || self.health.is_poisoned()
     }
 }
