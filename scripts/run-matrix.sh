@@ -17,7 +17,7 @@ Measures every row of matrix.toml (max QPS and p99 for each workload) and writes
 results.md, results.svg, results/<timestamp>/ and the README's results table.
 
 options:
-  --target local        where to run (default: local; this machine, throwaway PostgreSQL)
+  --target local|k8s    where to run (default: local; this machine, throwaway PostgreSQL)
   --matrix FILE         the matrix to run (default: matrix.toml)
   --only ROW            measure only this row (name or file name); repeatable
   --quick               short durations, one repetition: a smoke run (~3 min)
@@ -25,13 +25,17 @@ options:
   --out DIR             where results.md, results.svg and results/ go (default: repo root)
   --readme FILE         the README whose table is replaced (default: README.md in the repo;
                         with --out elsewhere, none unless given)
+  --dry-run             k8s: render and check every overlay and print every command,
+                        without touching a cluster (the only k8s mode built so far)
+  --registry REG        k8s: registry for the images (default: localhost)
+  --load kind|k3d|minikube  k8s: load images into a local cluster instead of pushing
   -h, --help            this help
 USAGE
 }
 
 main() {
   local target="local" matrix="${ROOT}/matrix.toml" out="${ROOT}" readme="" database_url=""
-  local -a pass=()
+  local -a pass=() k8s_args=()
   while [[ $# -gt 0 ]]; do
     case "$1" in
       -h | --help) usage; exit 0 ;;
@@ -40,6 +44,9 @@ main() {
       --only) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; pass+=(--only "$2"); shift ;;
       --quick) pass+=(--quick) ;;
       --database-url) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; database_url="$2"; shift ;;
+      --dry-run) k8s_args+=(--dry-run) ;;
+      --registry) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; k8s_args+=(--registry "$2"); shift ;;
+      --load) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; k8s_args+=(--load "$2"); shift ;;
       --out) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; out="$2"; shift ;;
       --readme) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; readme="$2"; shift ;;
       *) printf 'error: unknown option %s\n\n' "$1" >&2; usage >&2; exit 2 ;;
@@ -47,8 +54,13 @@ main() {
     shift
   done
   case "${target}" in
-    local) ;;
-    k8s) die "--target k8s is not available yet (see the Kubernetes issue); run locally without --target" ;;
+    local)
+      if [[ ${#k8s_args[@]} -gt 0 ]]; then
+        printf 'error: --dry-run, --registry and --load go with --target k8s\n' >&2
+        exit 2
+      fi
+      ;;
+    k8s) ;;
     *) printf 'error: unknown target %s (local or k8s)\n' "${target}" >&2; exit 2 ;;
   esac
   if [[ -z "${readme}" && "${out}" == "${ROOT}" ]]; then
@@ -62,6 +74,12 @@ main() {
   local lab="${ROOT}/target/release/lab"
   # Validate everything before starting or installing anything.
   "${lab}" validate --matrix "${matrix}" "${pass[@]}"
+
+  if [[ "${target}" == "k8s" ]]; then
+    command -v kubectl >/dev/null 2>&1 || die "kubectl not found: install kubectl 1.32 (it carries kustomize)"
+    "${lab}" k8s --matrix "${matrix}" "${pass[@]}" "${k8s_args[@]}"
+    return
+  fi
 
   command -v taskset >/dev/null 2>&1 || apt_install util-linux
   require_oha

@@ -37,6 +37,25 @@ run_feature_tests() {
   done
 }
 
+require_kubernetes_validate() {
+  command -v kubernetes-validate >/dev/null 2>&1 && return 0
+  command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip
+  log "installing kubernetes-validate from PyPI (offline Kubernetes schema checks)"
+  python3 -m pip install --quiet kubernetes-validate >&2 || die "could not install kubernetes-validate"
+}
+
+run_k8s_checks() {
+  command -v kubectl >/dev/null 2>&1 || die "kubectl not found: install kubectl 1.32 (it carries kustomize)"
+  require_kubernetes_validate
+  log "k8s: --target k8s --dry-run renders and checks every overlay of matrix.toml"
+  "${ROOT}/scripts/run-matrix.sh" --target k8s --dry-run >/dev/null
+  local rendered
+  for rendered in "${ROOT}"/target/k8s/*/rendered.yaml; do
+    kubernetes-validate --strict -k 1.32.0 --quiet "${rendered}"
+  done
+  log "k8s: every rendered overlay is valid for Kubernetes 1.32"
+}
+
 run_quick_matrix() {
   require_oha
   OUT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/perflab-matrix.XXXXXX")"
@@ -68,6 +87,7 @@ main() {
   cargo test --locked -p lab
   run_feature_tests
   pg_stop
+  run_k8s_checks
   if [[ "${matrix}" -eq 1 ]]; then
     run_quick_matrix
   fi

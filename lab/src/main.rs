@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod environment;
 mod http;
+mod k8s;
 mod matrix;
 mod measure;
 mod oha;
@@ -84,6 +85,24 @@ enum Cmd {
         readme: Option<PathBuf>,
         #[arg(long, default_value = "oha")]
         oha: PathBuf,
+    },
+    /// The Kubernetes target: generates, renders and checks one overlay per row, and
+    /// prints every command of the run (only --dry-run exists yet).
+    K8s {
+        #[command(flatten)]
+        m: MatrixArgs,
+        /// Print the commands and render the manifests without touching a cluster.
+        #[arg(long)]
+        dry_run: bool,
+        /// Registry the images are pushed to (`REG/perflab-server:<commit>-<features>`).
+        #[arg(long, default_value = "localhost")]
+        registry: String,
+        /// Load the images into a local cluster instead of pushing: kind, k3d or minikube.
+        #[arg(long, value_parser = ["kind", "k3d", "minikube"])]
+        load: Option<String>,
+        /// Where the generated overlays go (ignored by git).
+        #[arg(long, default_value = "target/k8s")]
+        out: PathBuf,
     },
     /// Checks that a run produced results.md and a README table with numbers for every row.
     Verify {
@@ -186,6 +205,30 @@ fn real_main() -> Result<bool> {
             }
             Ok(failures.is_empty() && failed_rows.is_empty())
         }
+        Cmd::K8s {
+            m,
+            dry_run,
+            registry,
+            load,
+            out,
+        } => {
+            let matrix = load_matrix(&m)?;
+            let root = repo_root()?;
+            let out = if out.is_absolute() {
+                out
+            } else {
+                root.join(out)
+            };
+            k8s_plan(
+                &root,
+                &matrix,
+                &m,
+                dry_run,
+                &registry,
+                load.as_deref(),
+                &out,
+            )
+        }
         Cmd::Verify { m, out, readme } => {
             let matrix = load_matrix(&m)?;
             let names: Vec<String> = matrix.rows.iter().map(|r| r.name.clone()).collect();
@@ -216,6 +259,102 @@ fn real_main() -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+fn k8s_plan(
+    root: &std::path::Path,
+    matrix: &matrix::Matrix,
+    m: &MatrixArgs,
+    dry_run: bool,
+    registry: &str,
+    load: Option<&str>,
+    out: &std::path::Path,
+) -> Result<bool> {
+    if !dry_run {
+        bail!("the live Kubernetes run is not built yet: use --dry-run to render, check and print the whole run");
+    }
+    let images = k8s::Images {
+        registry: registry.to_string(),
+        commit: environment::git_commit(root).replace("+uncommitted changes", "-dirty"),
+    };
+    let l = &matrix.load;
+    let mut args: Vec<String> = vec![
+        "--users".into(),
+        l.users.to_string(),
+        "--duration-secs".into(),
+        l.duration_secs.to_string(),
+        "--slo-p99-ms".into(),
+        l.slo_p99_ms.to_string(),
+        "--connections".into(),
+        l.connections.to_string(),
+    ];
+    for w in &matrix.workloads {
+        args.push("--workload".into());
+        args.push(format!("{}={}/{}", w.name, w.get_percent, w.patch_percent));
+    }
+    if m.quick {
+        args.push("--quick".into());
+    }
+    let say = |cmd: String| println!("+ {cmd}");
+    say(format!("cargo build --release --locked -p lab  # then: buildah bud -t {} -f k8s/images/Containerfile.loadgen .", images.loadgen()));
+    for row in &matrix.rows {
+        let dir = k8s::write_overlay(root, out, matrix, row, &images, &args)?;
+        let yaml = k8s::render(&dir)?;
+        std::fs::write(dir.join("rendered.yaml"), &yaml)?;
+        k8s::check_rendered(&yaml, row, &images).with_context(|| format!("row {:?}", row.name))?;
+        let image = images.server(row);
+        println!(
+            "# row {:?} ({}): overlay {}, rendered and checked",
+            row.name,
+            row.features_label(),
+            dir.display()
+        );
+        let features = if row.features.is_empty() {
+            String::new()
+        } else {
+            format!(" --features {}", row.features.join(","))
+        };
+        say(format!(
+            "cargo build --release --locked -p perflab{features}  # static binary for the image"
+        ));
+        say(format!(
+            "buildah bud --layers -f k8s/images/Containerfile.server -t {image} ."
+        ));
+        match load {
+            Some("kind") => say(format!("buildah push {image} oci-archive:target/k8s/image.tar && kind load image-archive target/k8s/image.tar")),
+            Some("k3d") => say(format!("buildah push {image} docker-archive:target/k8s/image.tar && k3d image import target/k8s/image.tar")),
+            Some(_) => say(format!("minikube image load {image}")),
+            None => say(format!("buildah push {image}")),
+        }
+        let ns = "kubectl -n perflab";
+        say(format!(
+            "{ns} delete job perflab-seed perflab-loadgen --ignore-not-found --wait"
+        ));
+        say(format!("kubectl apply -k {}", dir.display()));
+        say(format!(
+            "{ns} rollout status statefulset/postgres --timeout=300s"
+        ));
+        say(format!(
+            "{ns} rollout status deployment/perflab --timeout=300s"
+        ));
+        say(format!("{ns} port-forward deploy/perflab 18080:8080 & curl -fsS http://127.0.0.1:18080/version  # must list exactly: {}", row.features_label()));
+        say(format!("{ns} wait job/perflab-seed --for=jsonpath='{{.status.conditions[?(@.status==\"True\")].type}}' --timeout=600s  # Complete or Failed, never waits out a failure"));
+        say(format!("{ns} wait job/perflab-loadgen --for=jsonpath='{{.status.conditions[?(@.status==\"True\")].type}}' --timeout=3600s"));
+        say(format!(
+            "{ns} logs job/perflab-loadgen > results/<timestamp>/{}-loadgen.json",
+            row.slug()
+        ));
+        say(format!(
+            "kubectl delete -k {} --wait  # tear the row down",
+            dir.display()
+        ));
+    }
+    println!(
+        "# {} rows rendered and checked into {}",
+        matrix.rows.len(),
+        out.display()
+    );
+    Ok(true)
 }
 
 fn main() -> ExitCode {
