@@ -23,6 +23,19 @@ USAGE
 cleanup() {
   pg_stop
   if [[ -n "${OUT_DIR:-}" ]]; then rm -rf "${OUT_DIR}"; fi
+  if [[ -n "${TEST_LOG:-}" ]]; then rm -f "${TEST_LOG}"; fi
+}
+
+# Runs cargo test, keeping its summary lines for the closing count.
+cargo_test() {
+  cargo test --locked "$@" 2>&1 | tee -a "${TEST_LOG}"
+}
+
+# One closing line over every cargo test run and the end-to-end checks.
+print_totals() {
+  local e2e_passed="$1"
+  awk -v extra="${e2e_passed}" '/^test result:/ { p += $4; f += $6 }
+    END { printf "%d passed, %d failed\n", p + extra, f }' "${TEST_LOG}"
 }
 
 run_feature_tests() {
@@ -30,9 +43,9 @@ run_feature_tests() {
   for features in "${FEATURE_SETS[@]}"; do
     log "API tests with features: ${features:-(none)}"
     if [[ -z "${features}" ]]; then
-      cargo test --locked -p perflab
+      cargo_test -p perflab
     else
-      cargo test --locked -p perflab --features "${features}"
+      cargo_test -p perflab --features "${features}"
     fi
   done
 }
@@ -79,19 +92,24 @@ main() {
   done
   require_cargo
   cd "${ROOT}"
+  TEST_LOG="$(mktemp "${TMPDIR:-/tmp}/perflab-test.XXXXXX")"
   trap cleanup EXIT
   trap 'exit 130' INT TERM
   pg_start
   export TEST_DATABASE_URL="${PG_URL}"
   log "lab unit tests"
-  cargo test --locked -p lab
+  cargo_test -p lab
   run_feature_tests
   pg_stop
+  local e2e=0
   run_k8s_checks
+  e2e=$((e2e + 1))
   if [[ "${matrix}" -eq 1 ]]; then
     run_quick_matrix
+    e2e=$((e2e + 1))
   fi
   log "all tests passed"
+  print_totals "${e2e}"
 }
 
 main "$@"

@@ -463,13 +463,17 @@ fn measure_step(
     let paired: Vec<(Side, crate::oha::SideResult)> = plan.into_iter().zip(results).collect();
     let mut step = evaluate(rate, l.duration_secs, w.get_share(), &paired, l);
     step.wall_secs = wall;
+    // Per second of load: after the load window oha only writes its per-request log
+    // (that CPU stays in oha's figure, which so errs on the high side).
     let per_sec = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / procfs::TICKS_PER_SEC / wall),
+        (Some(a), Some(b)) => {
+            Some(b.saturating_sub(a) as f64 / procfs::TICKS_PER_SEC / l.duration_secs)
+        }
         _ => None,
     };
     step.cpu.server = per_sec(srv0, srv1);
     step.cpu.postgres = per_sec(pg0, pg1);
-    step.cpu.oha = oha1.saturating_sub(oha0) as f64 / procfs::TICKS_PER_SEC / wall;
+    step.cpu.oha = oha1.saturating_sub(oha0) as f64 / procfs::TICKS_PER_SEC / l.duration_secs;
     step.cpu.server_peak_rss_kib = procfs::peak_rss_kib(server.pid);
     if let Some(before) = writes_before {
         let applied = pg::applied_writes(&mut ctx.db)? - before;
