@@ -55,50 +55,67 @@ fn p99_cell(w: &WorkloadResult) -> String {
     }
 }
 
-fn pct(v: Option<f64>) -> String {
-    v.map_or("n/a".into(), |x| format!("{:.0}%", x * 100.0))
-}
-
-/// What limited a build: the busiest CPU set at its best step, and why the next rate failed.
+/// What limited a build: the busiest CPUs at its best step, and why the next rate failed.
+/// CPU use is in cores (1.0 = one core busy); parties may share CPUs (e.g. PostgreSQL
+/// floating over all of them), so the whole machine is judged as well as each party.
 fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
     let Some(m) = w.median_search() else {
         return String::new();
     };
     let env = &s.environment;
-    let n = |cpus: &str| crate::matrix::parse_cpu_list(cpus).map_or(1.0, |v| v.len().max(1) as f64);
+    let cpus = |list: &str| crate::matrix::parse_cpu_list(list).unwrap_or_default();
+    // Judge saturation where the build gave out (the first failing rate above the best),
+    // else at the best step.
+    let (server, postgres, oha) = match m.limit_cpu {
+        Some((s, p, o)) => (s, p, Some(o)),
+        None => (m.cpu_server, m.cpu_postgres, m.cpu_oha),
+    };
+    let parties = [
+        ("server", server, cpus(&env.server_cpus)),
+        ("PostgreSQL", postgres, cpus(&env.postgres_cpus)),
+        ("oha", oha, cpus(&env.oha_cpus)),
+    ];
+    let mut all: Vec<usize> = parties.iter().flat_map(|(_, _, c)| c.clone()).collect();
+    all.sort_unstable();
+    all.dedup();
+    let total: f64 = parties.iter().filter_map(|(_, u, _)| *u).sum();
     let mut parts = Vec::new();
-    let server = m.cpu_server.map(|c| c / n(&env.server_cpus));
-    let (pg, oha) = (m.cpu_postgres, m.cpu_oha);
-    let mut busiest: Vec<(String, f64)> = vec![];
-    if let Some(sv) = server {
-        busiest.push(("server".into(), sv));
-    }
-    if env.postgres_cpus == env.oha_cpus {
-        let shared = pg.unwrap_or(0.0) + oha.unwrap_or(0.0);
-        busiest.push(("PostgreSQL+oha CPU".into(), shared / n(&env.postgres_cpus)));
+    let saturated: Vec<String> = parties
+        .iter()
+        .filter_map(|(who, u, c)| {
+            let u = (*u)?;
+            (!c.is_empty() && u / c.len() as f64 >= 0.85).then(|| {
+                format!(
+                    "{who} ({:.0}% of its {} CPU)",
+                    u / c.len() as f64 * 100.0,
+                    c.len()
+                )
+            })
+        })
+        .collect();
+    if !saturated.is_empty() {
+        parts.push(format!("saturated: {}", saturated.join(", ")));
+    } else if !all.is_empty() && total / all.len() as f64 >= 0.85 {
+        parts.push(format!(
+            "all {} CPUs busy ({:.0}%)",
+            all.len(),
+            total / all.len() as f64 * 100.0
+        ));
     } else {
-        if let Some(p) = pg {
-            busiest.push(("PostgreSQL".into(), p / n(&env.postgres_cpus)));
-        }
-        if let Some(o) = oha {
-            busiest.push(("oha".into(), o / n(&env.oha_cpus)));
-        }
+        parts.push("no CPU saturated".into());
     }
-    busiest.sort_by(|a, b| b.1.total_cmp(&a.1));
-    match busiest.first() {
-        Some((who, u)) if *u >= 0.8 => parts.push(format!("{who} saturated ({:.0}%)", u * 100.0)),
-        _ => parts.push("no CPU saturated".into()),
-    }
+    let cores = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.2}"));
     parts.push(format!(
-        "CPU server {} / PG {} / oha {}",
-        pct(m.cpu_server),
-        pct(m.cpu_postgres),
-        pct(m.cpu_oha)
+        "CPU cores used at the limit: server {} / PG {} / oha {}",
+        cores(server),
+        cores(postgres),
+        cores(oha)
     ));
     if let Some(kib) = m.server_peak_rss_kib {
         parts.push(format!("server peak RSS {:.0} MiB", kib as f64 / 1024.0));
     }
-    if oha.is_some_and(|o| o / n(&env.oha_cpus) >= 0.8) {
+    let oha_cpus = cpus(&env.oha_cpus).len().max(1) as f64;
+    if oha.is_some_and(|o| o / oha_cpus >= 0.8) {
         parts.push("oha near its own limit: a lower bound".into());
     }
     if let Some(limit) = &m.limit {
@@ -227,11 +244,11 @@ fn reference_line(s: &Summary) -> String {
         }
         if let Some(r) = runs.first() {
             notes.push(format!(
-                "{}: {} clients, CPU PG {} / pgbench {}",
+                "{}: {} clients, CPU cores used: PG {} / pgbench {:.2}",
                 short(w),
                 r.clients,
-                pct(r.cpu_postgres),
-                pct(Some(r.cpu_pgbench))
+                r.cpu_postgres.map_or("n/a".into(), |x| format!("{x:.2}")),
+                r.cpu_pgbench
             ));
         }
     }
@@ -444,6 +461,7 @@ mod tests {
             cpu_oha: Some(0.2),
             server_peak_rss_kib: Some(10_000),
             limit: Some("p99 80 ms > 50 ms".into()),
+            limit_cpu: None,
             steps: 5,
             integrity_failures: vec![],
             writes_checked: 100,
@@ -512,7 +530,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("read +2400%, write +2400%"), "{t}");
-        assert!(t.contains("server saturated (95%)"), "{t}");
+        assert!(t.contains("saturated: server (95% of its 1 CPU)"), "{t}");
         assert!(t.contains("| *PostgreSQL alone (pgbench)* |"), "{t}");
         check_table(&t, &["Baseline".into(), "+pool".into()], 2).unwrap();
         assert!(check_table(&t, &["Missing".into()], 2).is_err());

@@ -48,6 +48,9 @@ pub struct SearchResult {
     pub server_peak_rss_kib: Option<u64>,
     /// Why the next rate up failed.
     pub limit: Option<String>,
+    /// CPU cores used (server, PostgreSQL, oha) at that failing step: what saturated.
+    #[serde(default)]
+    pub limit_cpu: Option<(Option<f64>, Option<f64>, f64)>,
     pub steps: usize,
     pub integrity_failures: Vec<String>,
     pub writes_checked: u64,

@@ -393,7 +393,7 @@ fn search(
     let best = s
         .best()
         .and_then(|b| steps.iter().find(|st| st.passed && st.offered == b));
-    let limit = match s.best() {
+    let limit_step = match s.best() {
         Some(b) => steps
             .iter()
             .filter(|st| !st.passed && st.offered > b)
@@ -402,8 +402,10 @@ fn search(
             .iter()
             .filter(|st| !st.passed)
             .min_by(|a, c| a.offered.total_cmp(&c.offered)),
-    }
-    .map(|st| format!("{} at {:.0}/s offered", st.reasons.join(", "), st.offered));
+    };
+    let limit =
+        limit_step.map(|st| format!("{} at {:.0}/s offered", st.reasons.join(", "), st.offered));
+    let limit_cpu = limit_step.map(|st| (st.cpu.server, st.cpu.postgres, st.cpu.oha));
     Ok(SearchResult {
         repetition: rep,
         qps: best.map_or(0.0, |b| b.achieved),
@@ -415,6 +417,7 @@ fn search(
         cpu_oha: best.map(|b| b.cpu.oha),
         server_peak_rss_kib: best.and_then(|b| b.cpu.server_peak_rss_kib),
         limit,
+        limit_cpu,
         steps: s.steps() as usize,
         integrity_failures,
         writes_checked,
@@ -463,17 +466,15 @@ fn measure_step(
     let paired: Vec<(Side, crate::oha::SideResult)> = plan.into_iter().zip(results).collect();
     let mut step = evaluate(rate, l.duration_secs, w.get_share(), &paired, l);
     step.wall_secs = wall;
-    // Per second of load: after the load window oha only writes its per-request log
-    // (that CPU stays in oha's figure, which so errs on the high side).
+    // Every party's CPU over the same window: from just before oha starts to just after
+    // it exits (oha's figure includes writing its per-request log after the load).
     let per_sec = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => {
-            Some(b.saturating_sub(a) as f64 / procfs::TICKS_PER_SEC / l.duration_secs)
-        }
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / procfs::TICKS_PER_SEC / wall),
         _ => None,
     };
     step.cpu.server = per_sec(srv0, srv1);
     step.cpu.postgres = per_sec(pg0, pg1);
-    step.cpu.oha = oha1.saturating_sub(oha0) as f64 / procfs::TICKS_PER_SEC / l.duration_secs;
+    step.cpu.oha = oha1.saturating_sub(oha0) as f64 / procfs::TICKS_PER_SEC / wall;
     step.cpu.server_peak_rss_kib = procfs::peak_rss_kib(server.pid);
     if let Some(before) = writes_before {
         let applied = pg::applied_writes(&mut ctx.db)? - before;
