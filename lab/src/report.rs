@@ -95,7 +95,7 @@ fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
         .collect();
     if !saturated.is_empty() {
         parts.push(format!("saturated: {}", saturated.join(", ")));
-    } else if !all.is_empty() && total / all.len() as f64 >= 0.85 {
+    } else if !all.is_empty() && total / all.len() as f64 >= 0.8 {
         parts.push(format!(
             "all {} CPUs busy ({:.0}%)",
             all.len(),
