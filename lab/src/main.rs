@@ -11,9 +11,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod driver;
 mod environment;
 mod http;
 mod k8s;
+mod loadgen;
 mod matrix;
 mod measure;
 mod oha;
@@ -103,6 +105,23 @@ enum Cmd {
         /// Where the generated overlays go (ignored by git).
         #[arg(long, default_value = "target/k8s")]
         out: PathBuf,
+    },
+    /// Inside the load-generator Job (Kubernetes): measures one row against --url as the
+    /// plan says and prints one result line for the runner.
+    Loadgen {
+        /// The server under test, `http://host:port`.
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = loadgen::default_plan().as_os_str())]
+        plan: PathBuf,
+        #[arg(long, default_value = "oha")]
+        oha: PathBuf,
+        /// A writable folder for oha's inputs and outputs.
+        #[arg(long, default_value = "/work")]
+        work: PathBuf,
+        /// How long to wait for the server to resolve and be ready.
+        #[arg(long, default_value_t = 300)]
+        ready_timeout_secs: u64,
     },
     /// Checks that a run produced results.md and a README table with numbers for every row.
     Verify {
@@ -228,6 +247,25 @@ fn real_main() -> Result<bool> {
                 load.as_deref(),
                 &out,
             )
+        }
+        Cmd::Loadgen {
+            url,
+            plan,
+            oha,
+            work,
+            ready_timeout_secs,
+        } => {
+            let report = loadgen::run(&loadgen::Options {
+                url,
+                plan,
+                oha,
+                work,
+                ready_within: std::time::Duration::from_secs(ready_timeout_secs),
+            })?;
+            if let Some(e) = &report.error {
+                eprintln!("!!! {e}");
+            }
+            Ok(report.error.is_none())
         }
         Cmd::Verify { m, out, readme } => {
             let matrix = load_matrix(&m)?;

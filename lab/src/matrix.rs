@@ -82,7 +82,7 @@ pub struct Matrix {
     pub rows: Vec<Row>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Load {
     pub users: i64,
     pub warmup_secs: f64,
@@ -111,7 +111,7 @@ pub struct Local {
     pub pool_size: u32,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Workload {
     pub name: String,
     pub get_percent: u32,
@@ -127,7 +127,7 @@ impl Workload {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Row {
     pub name: String,
     pub features: Vec<String>,

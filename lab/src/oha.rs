@@ -51,7 +51,7 @@ pub struct Side {
 /// Everything oha needs that does not change from step to step.
 pub struct Oha {
     pub binary: PathBuf,
-    pub cpus: String,
+    pub cpus: Option<String>,
     pub urls_file: PathBuf,
     pub bodies_file: PathBuf,
 }
@@ -74,11 +74,15 @@ impl Oha {
             let json = base.with_extension("json");
             let db = base.with_extension("sqlite");
             let _ = std::fs::remove_file(&db);
-            let mut cmd = Command::new("taskset");
-            cmd.arg("-c")
-                .arg(&self.cpus)
-                .arg(&self.binary)
-                .args([
+            let mut cmd = match &self.cpus {
+                Some(cpus) => {
+                    let mut c = Command::new("taskset");
+                    c.arg("-c").arg(cpus).arg(&self.binary);
+                    c
+                }
+                None => Command::new(&self.binary),
+            };
+            cmd.args([
                     "--no-tui",
                     "--latency-correction",
                     "-w",

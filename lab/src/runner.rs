@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::matrix::{Matrix, Row, Workload};
-use crate::measure::{check_integrity, evaluate, Step};
-use crate::oha::{Oha, Side};
+use crate::driver::{write_inputs, Driver, Probe, Tally, Ticks};
+use crate::matrix::{Matrix, Row};
+use crate::oha::Oha;
 use crate::pgbench::Pgbench;
 use crate::results::*;
-use crate::search::Search;
 use crate::server::{self, Server};
 use crate::{environment, pg, procfs, report};
 
@@ -37,14 +36,19 @@ struct Ctx<'a> {
     raw: PathBuf,
     db: postgres::Client,
     postmaster: Option<u32>,
+    clock: Clock,
+}
+
+/// Progress lines with elapsed time and an estimate of what is left.
+struct Clock {
     started: Instant,
     measuring: Option<Instant>,
     searches_done: usize,
     searches_total: usize,
 }
 
-impl Ctx<'_> {
-    fn progress(&self, what: &str) {
+impl Clock {
+    fn say(&self, what: &str) {
         let elapsed = self.started.elapsed().as_secs_f64();
         let measuring = self.measuring.map_or(0.0, |m| m.elapsed().as_secs_f64());
         let left = if self.searches_done > 0 {
@@ -59,9 +63,37 @@ impl Ctx<'_> {
         eprintln!("[{:>5.1} min{left}] {what}", elapsed / 60.0);
         let _ = std::io::stderr().flush();
     }
+}
 
+impl Ctx<'_> {
     fn pg_ticks(&self) -> Option<u64> {
         self.postmaster.and_then(procfs::postgres_ticks)
+    }
+}
+
+/// On this machine everything is visible: the server's and PostgreSQL's processes, and
+/// the database itself.
+struct LocalProbe<'a> {
+    server: &'a Server,
+    db: &'a mut postgres::Client,
+    postmaster: Option<u32>,
+}
+
+impl Probe for LocalProbe<'_> {
+    fn ticks(&mut self) -> Ticks {
+        Ticks {
+            server: procfs::process_ticks(self.server.pid),
+            postgres: self.postmaster.and_then(procfs::postgres_ticks),
+        }
+    }
+    fn server_peak_rss_kib(&mut self) -> Option<u64> {
+        procfs::peak_rss_kib(self.server.pid)
+    }
+    fn applied_writes(&mut self) -> Result<Option<i64>> {
+        pg::applied_writes(self.db).map(Some)
+    }
+    fn served_counts(&mut self) -> Result<Option<(u64, u64)>> {
+        self.server.remote.served_counts().map(Some)
     }
 }
 
@@ -105,10 +137,10 @@ pub fn run(o: &Options) -> Result<Summary> {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let urls_file = raw.join("urls.txt");
     let bodies_file = raw.join("bodies.txt");
-    write_inputs(&urls_file, &bodies_file, addr, m.load.users)?;
+    write_inputs(&urls_file, &bodies_file, &format!("http://{addr}"), m.load.users)?;
     let oha = Oha {
         binary: o.oha.clone(),
-        cpus: m.local.oha_cpus.clone(),
+        cpus: Some(m.local.oha_cpus.clone()),
         urls_file: urls_file.clone(),
         bodies_file: bodies_file.clone(),
     };
@@ -121,10 +153,12 @@ pub fn run(o: &Options) -> Result<Summary> {
         raw: raw.clone(),
         db,
         postmaster,
-        started,
-        measuring: None,
-        searches_done: 0,
-        searches_total: m.rows.len() * m.workloads.len() * m.load.repetitions as usize,
+        clock: Clock {
+            started,
+            measuring: None,
+            searches_done: 0,
+            searches_total: m.rows.len() * m.workloads.len() * m.load.repetitions as usize,
+        },
     };
     let mut rows: Vec<RowResult> = m
         .rows
@@ -146,18 +180,18 @@ pub fn run(o: &Options) -> Result<Summary> {
     let mut reference = Vec::new();
     let mut reference_error = None;
 
-    ctx.measuring = Some(Instant::now());
+    ctx.clock.measuring = Some(Instant::now());
     for rep in 1..=m.load.repetitions {
         for (i, row) in m.rows.iter().enumerate() {
             let Ok(binary) = &binaries[i] else {
-                ctx.searches_done += m.workloads.len();
+                ctx.clock.searches_done += m.workloads.len();
                 continue;
             };
             if !rows[i].failures.is_empty() {
-                ctx.searches_done += m.workloads.len();
+                ctx.clock.searches_done += m.workloads.len();
                 continue;
             }
-            ctx.progress(&format!(
+            ctx.clock.say(&format!(
                 "repetition {rep}/{}, row {}/{} {:?}",
                 m.load.repetitions,
                 i + 1,
@@ -259,7 +293,7 @@ fn measure_row(
     settings.extend(row.postgres.clone());
     pg::apply_settings(&mut ctx.db, &settings)?;
     let took = pg::seed(&mut ctx.db, ctx.m.load.users, row.index)?;
-    ctx.progress(&format!(
+    ctx.clock.say(&format!(
         "  seeded {} users (index: {}) in {:.1} s",
         ctx.m.load.users,
         row.index,
@@ -275,7 +309,7 @@ fn measure_row(
         &log,
     )?;
     server.wait_ready(Duration::from_secs(30))?;
-    let reported = server.features()?;
+    let reported = server.remote.features()?;
     if reported != row.features {
         bail!(
             "refusing to measure: /version reports features {:?}, the row asks for {:?}",
@@ -296,210 +330,24 @@ fn measure_row(
             .map(|s| s.qps)
             .filter(|q| *q > 0.0)
             .reduce(f64::max);
-        let result = search(ctx, &server, row, w, rep, hint)?;
+        let progress = |m: &str| ctx.clock.say(m);
+        let driver = Driver {
+            oha: &ctx.oha,
+            load: &ctx.m.load,
+            raw: &ctx.raw,
+            progress: &progress,
+        };
+        let mut probe = LocalProbe {
+            server: &server,
+            db: &mut ctx.db,
+            postmaster: ctx.postmaster,
+        };
+        let result = driver.search(&mut probe, row, w, rep, hint, &mut Tally::default())?;
         out.workloads[wi].searches.push(result);
-        ctx.searches_done += 1;
+        ctx.clock.searches_done += 1;
     }
     server.stop(Duration::from_secs(20))?;
     Ok(())
-}
-
-fn sides(w: &Workload, rate: f64, connections: u32) -> Vec<Side> {
-    let mut v = Vec::new();
-    let share = w.get_share();
-    let conns = |s: f64| ((f64::from(connections) * s).round() as u32).max(8);
-    if w.get_percent > 0 {
-        v.push(Side {
-            method: "GET",
-            rate: rate * share,
-            connections: conns(share),
-        });
-    }
-    if w.patch_percent > 0 {
-        v.push(Side {
-            method: "PATCH",
-            rate: rate * (1.0 - share),
-            connections: conns(1.0 - share),
-        });
-    }
-    v
-}
-
-fn search(
-    ctx: &mut Ctx,
-    server: &Server,
-    row: &Row,
-    w: &Workload,
-    rep: u32,
-    hint: Option<f64>,
-) -> Result<SearchResult> {
-    let l = &ctx.m.load;
-    let metrics = row.features.iter().any(|f| f == "metrics");
-    // Warm-up and probe: a closed-loop run (every connection busy) warms caches and
-    // connections, and its throughput (an upper bound of what passes the SLO) seeds
-    // the first repetition's search. Not measured.
-    let mut hint = hint;
-    if l.warmup_secs > 0.0 {
-        let probe = ctx.oha.run(
-            &sides(w, 0.0, l.connections),
-            l.warmup_secs,
-            &ctx.raw,
-            "probe",
-        )?;
-        let good: u64 = probe.iter().map(|r| r.good()).sum();
-        let rate = good as f64 / l.warmup_secs;
-        ctx.progress(&format!(
-            "  {} {} rep {rep} probe (closed loop): {rate:.0}/s good",
-            row.name, w.name
-        ));
-        if hint.is_none() && rate >= crate::search::MIN_QPS {
-            hint = Some(rate);
-        }
-    }
-    let mut s = Search::new(l.start_qps, hint, l.max_qps, l.precision, l.max_steps);
-    let mut steps: Vec<Step> = Vec::new();
-    let mut integrity_failures = Vec::new();
-    let mut writes_checked = 0;
-    while let Some(rate) = s.next_rate() {
-        let tag = format!("rep{rep}-{}-{}-step{}", row.slug(), w.name, steps.len() + 1);
-        let step = measure_step(ctx, server, w, rate, metrics, &tag)?;
-        if let Some(i) = &step.integrity {
-            writes_checked += i.acked;
-            if !i.ok {
-                eprintln!("!!! INTEGRITY FAILURE at {tag}: {}", i.message);
-                integrity_failures.push(format!("at {:.0} offered: {}", rate, i.message));
-            }
-        }
-        ctx.progress(&format!(
-            "  {} {} rep {rep} step {}: offered {:.0}/s → {:.0}/s good, p99 {} ms, mix {:.1}% GET, errors {:.2}% → {}",
-            row.name,
-            w.name,
-            steps.len() + 1,
-            rate,
-            step.achieved,
-            step.p99_ms.map_or("n/a".into(), |p| format!("{p:.1}")),
-            step.get_share * 100.0,
-            step.error_rate * 100.0,
-            if step.passed { "pass".to_string() } else { format!("FAIL ({})", step.reasons.join("; ")) }
-        ));
-        s.record(rate, step.passed);
-        steps.push(step);
-    }
-    std::fs::write(
-        ctx.raw
-            .join(format!("rep{rep}-{}-{}-steps.json", row.slug(), w.name)),
-        serde_json::to_string_pretty(&steps)?,
-    )?;
-    let best = s
-        .best()
-        .and_then(|b| steps.iter().find(|st| st.passed && st.offered == b));
-    let limit_step = match s.best() {
-        Some(b) => steps
-            .iter()
-            .filter(|st| !st.passed && st.offered > b)
-            .min_by(|a, c| a.offered.total_cmp(&c.offered)),
-        None => steps
-            .iter()
-            .filter(|st| !st.passed)
-            .min_by(|a, c| a.offered.total_cmp(&c.offered)),
-    };
-    let limit =
-        limit_step.map(|st| format!("{} at {:.0}/s offered", st.reasons.join(", "), st.offered));
-    let limit_cpu = limit_step.map(|st| (st.cpu.server, st.cpu.postgres, st.cpu.oha));
-    Ok(SearchResult {
-        repetition: rep,
-        qps: best.map_or(0.0, |b| b.achieved),
-        offered: best.map(|b| b.offered),
-        p99_ms: best.and_then(|b| b.p99_ms),
-        get_share: best.map(|b| b.get_share),
-        cpu_server: best.and_then(|b| b.cpu.server),
-        cpu_postgres: best.and_then(|b| b.cpu.postgres),
-        cpu_oha: best.map(|b| b.cpu.oha),
-        server_peak_rss_kib: best.and_then(|b| b.cpu.server_peak_rss_kib),
-        limit,
-        limit_cpu,
-        steps: s.steps() as usize,
-        integrity_failures,
-        writes_checked,
-    })
-}
-
-fn measure_step(
-    ctx: &mut Ctx,
-    server: &Server,
-    w: &Workload,
-    rate: f64,
-    metrics: bool,
-    tag: &str,
-) -> Result<Step> {
-    let l = &ctx.m.load;
-    let plan = sides(w, rate, l.connections);
-    let writes_before = if w.writes() {
-        Some(pg::applied_writes(&mut ctx.db)?)
-    } else {
-        None
-    };
-    let served_before = if metrics {
-        Some(server.served_counts()?)
-    } else {
-        None
-    };
-    let (srv0, pg0, oha0) = (
-        procfs::process_ticks(server.pid),
-        ctx.pg_ticks(),
-        procfs::reaped_children_ticks(),
-    );
-    let t0 = Instant::now();
-    let results = ctx.oha.run(&plan, l.duration_secs, &ctx.raw, tag)?;
-    let wall = t0.elapsed().as_secs_f64();
-    let (srv1, pg1, oha1) = (
-        procfs::process_ticks(server.pid),
-        ctx.pg_ticks(),
-        procfs::reaped_children_ticks(),
-    );
-    for side in &plan {
-        let _ = std::fs::remove_file(
-            ctx.raw
-                .join(format!("{tag}-{}.sqlite", side.method.to_lowercase())),
-        );
-    }
-    let paired: Vec<(Side, crate::oha::SideResult)> = plan.into_iter().zip(results).collect();
-    let mut step = evaluate(rate, l.duration_secs, w.get_share(), &paired, l);
-    step.wall_secs = wall;
-    // Every party's CPU over the same window: from just before oha starts to just after
-    // it exits (oha's figure includes writing its per-request log after the load).
-    let per_sec = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / procfs::TICKS_PER_SEC / wall),
-        _ => None,
-    };
-    step.cpu.server = per_sec(srv0, srv1);
-    step.cpu.postgres = per_sec(pg0, pg1);
-    step.cpu.oha = oha1.saturating_sub(oha0) as f64 / procfs::TICKS_PER_SEC / wall;
-    step.cpu.server_peak_rss_kib = procfs::peak_rss_kib(server.pid);
-    if let Some(before) = writes_before {
-        let applied = pg::applied_writes(&mut ctx.db)? - before;
-        let find = |m: &str| paired.iter().find(|(s, _)| s.method == m).map(|(_, r)| r);
-        let (get, patch) = (find("GET"), find("PATCH"));
-        let acked = patch.map_or(0, |p| p.count(200));
-        let unacked = patch.map_or(0, |p| p.replies() - p.count(200) + p.transport_errors());
-        let transport: u64 = paired.iter().map(|(_, r)| r.transport_errors()).sum();
-        let served = match served_before {
-            Some((g0, p0)) => {
-                let (g1, p1) = server.served_counts()?;
-                Some((g1 - g0, p1 - p0))
-            }
-            None => None,
-        };
-        step.integrity = Some(check_integrity(
-            acked,
-            unacked,
-            applied,
-            (get.map_or(0, |g| g.count(200)), acked),
-            served,
-            transport,
-        ));
-    }
-    Ok(step)
 }
 
 fn measure_reference(ctx: &mut Ctx, rep: u32) -> Result<Vec<ReferenceResult>> {
@@ -528,7 +376,7 @@ fn measure_reference(ctx: &mut Ctx, rep: u32) -> Result<Vec<ReferenceResult>> {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / procfs::TICKS_PER_SEC / wall),
             _ => None,
         };
-        ctx.progress(&format!(
+        ctx.clock.say(&format!(
             "  pgbench reference {} rep {rep}: {tps:.0} TPS ({n} transactions), p99 {} ms",
             w.name,
             p99.map_or("n/a".into(), |p| format!("{p:.1}"))
@@ -549,28 +397,4 @@ fn measure_reference(ctx: &mut Ctx, rep: u32) -> Result<Vec<ReferenceResult>> {
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
-}
-
-/// Every id once (oha picks a random line per request, so ids are uniform) and a set
-/// of distinct valid emails (oha picks a random body line per PATCH).
-fn write_inputs(urls: &Path, bodies: &Path, addr: SocketAddr, users: i64) -> Result<()> {
-    let mut u = std::io::BufWriter::new(std::fs::File::create(urls)?);
-    for id in 1..=users {
-        writeln!(u, "http://{addr}/users/{id}")?;
-    }
-    u.flush()?;
-    let mut b = std::io::BufWriter::new(std::fs::File::create(bodies)?);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for i in 0..10_000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        writeln!(
-            b,
-            "{{\"email\":\"bench{i}.{:x}@example.com\"}}",
-            x & 0xffff_ffff
-        )?;
-    }
-    b.flush()?;
-    Ok(())
 }

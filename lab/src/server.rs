@@ -40,9 +40,46 @@ pub fn build(root: &Path, row: &Row, bin_dir: &Path) -> Result<PathBuf> {
 
 pub struct Server {
     child: Option<Child>,
-    pub addr: SocketAddr,
+    pub remote: Remote,
     pub pid: u32,
     log: PathBuf,
+}
+
+/// The server's own endpoints, wherever it runs.
+pub struct Remote {
+    pub addr: SocketAddr,
+}
+
+impl Remote {
+    /// Whether `/readyz` answers 200 (the database answers through the server).
+    pub fn ready(&self) -> bool {
+        http::get(self.addr, "/readyz", Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
+    }
+
+    /// The features the running binary reports on `/version`.
+    pub fn features(&self) -> Result<Vec<String>> {
+        let r = http::get(self.addr, "/version", Duration::from_secs(5))?;
+        if r.status != 200 {
+            bail!("/version answered {}", r.status);
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.body).context("/version is not JSON")?;
+        let list = v["features"]
+            .as_array()
+            .context("/version has no features list")?;
+        Ok(list
+            .iter()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect())
+    }
+
+    /// (GET 200, PATCH 200) on `/users/{id}` from the server's own `/metrics`.
+    pub fn served_counts(&self) -> Result<(u64, u64)> {
+        let r = http::get(self.addr, "/metrics", Duration::from_secs(5))?;
+        if r.status != 200 {
+            bail!("/metrics answered {}", r.status);
+        }
+        Ok(parse_counts(&r.body))
+    }
 }
 
 impl Server {
@@ -71,7 +108,7 @@ impl Server {
         let pid = child.id(); // taskset execs the server: same pid
         Ok(Self {
             child: Some(child),
-            addr,
+            remote: Remote { addr },
             pid,
             log: log.to_path_buf(),
         })
@@ -95,10 +132,8 @@ impl Server {
                     );
                 }
             }
-            if let Ok(r) = http::get(self.addr, "/readyz", Duration::from_secs(2)) {
-                if r.status == 200 {
-                    return Ok(());
-                }
+            if self.remote.ready() {
+                return Ok(());
             }
             if start.elapsed() > within {
                 bail!(
@@ -108,31 +143,6 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    /// The features the running binary reports on `/version`.
-    pub fn features(&self) -> Result<Vec<String>> {
-        let r = http::get(self.addr, "/version", Duration::from_secs(5))?;
-        if r.status != 200 {
-            bail!("/version answered {}", r.status);
-        }
-        let v: serde_json::Value = serde_json::from_str(&r.body).context("/version is not JSON")?;
-        let list = v["features"]
-            .as_array()
-            .context("/version has no features list")?;
-        Ok(list
-            .iter()
-            .filter_map(|f| f.as_str().map(String::from))
-            .collect())
-    }
-
-    /// (GET 200, PATCH 200) on `/users/{id}` from the server's own `/metrics`.
-    pub fn served_counts(&self) -> Result<(u64, u64)> {
-        let r = http::get(self.addr, "/metrics", Duration::from_secs(5))?;
-        if r.status != 200 {
-            bail!("/metrics answered {}", r.status);
-        }
-        Ok(parse_counts(&r.body))
     }
 
     /// SIGTERM, then wait for a clean exit (code 0) within `grace`.

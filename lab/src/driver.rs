@@ -1,0 +1,286 @@
+//! The search of one row and workload, shared by both targets: a closed-loop warm-up
+//! probe, then the open-loop rate search whose steps are judged by `measure::evaluate`.
+//! What differs between targets (whose CPU can be read, whether the database can be
+//! asked how many writes it applied) is behind [`Probe`].
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::matrix::{Load, Row, Workload};
+use crate::measure::{check_integrity, evaluate, Step};
+use crate::oha::{Oha, Side, SideResult};
+use crate::procfs;
+use crate::results::SearchResult;
+use crate::search::Search;
+
+/// CPU clock ticks consumed so far, where the target can read them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ticks {
+    pub server: Option<u64>,
+    pub postgres: Option<u64>,
+}
+
+/// What a target can observe around a step.
+pub trait Probe {
+    fn ticks(&mut self) -> Ticks;
+    fn server_peak_rss_kib(&mut self) -> Option<u64>;
+    /// sum(version) over all users, where the database is reachable.
+    fn applied_writes(&mut self) -> Result<Option<i64>>;
+    /// (GET 200, PATCH 200) by the server's own counters, when it has `metrics`.
+    fn served_counts(&mut self) -> Result<Option<(u64, u64)>>;
+}
+
+/// PATCHes sent over a whole search, the probe included: what a per-Job integrity
+/// check compares with the database's applied count.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Tally {
+    pub acked: u64,
+    pub unacked: u64,
+}
+
+impl Tally {
+    fn add(&mut self, results: &[(Side, SideResult)]) {
+        for (side, r) in results {
+            if side.method == "PATCH" {
+                self.acked += r.count(200);
+                self.unacked += r.replies() - r.count(200) + r.transport_errors();
+            }
+        }
+    }
+}
+
+pub struct Driver<'a> {
+    pub oha: &'a Oha,
+    pub load: &'a Load,
+    /// Where oha's raw outputs and the step files go.
+    pub raw: &'a Path,
+    pub progress: &'a dyn Fn(&str),
+}
+
+/// The GET and PATCH processes of a mix at `rate` (0: closed loop), connections shared
+/// out by the mix.
+pub fn sides(w: &Workload, rate: f64, connections: u32) -> Vec<Side> {
+    let mut v = Vec::new();
+    let share = w.get_share();
+    let conns = |s: f64| ((f64::from(connections) * s).round() as u32).max(8);
+    if w.get_percent > 0 {
+        v.push(Side {
+            method: "GET",
+            rate: rate * share,
+            connections: conns(share),
+        });
+    }
+    if w.patch_percent > 0 {
+        v.push(Side {
+            method: "PATCH",
+            rate: rate * (1.0 - share),
+            connections: conns(1.0 - share),
+        });
+    }
+    v
+}
+
+impl Driver<'_> {
+    /// Probe, then search the highest rate that passes; `hint` is an earlier
+    /// repetition's result for the same row and workload.
+    pub fn search(
+        &self,
+        probe: &mut dyn Probe,
+        row: &Row,
+        w: &Workload,
+        rep: u32,
+        hint: Option<f64>,
+        tally: &mut Tally,
+    ) -> Result<SearchResult> {
+        let l = self.load;
+        let metrics = row.features.iter().any(|f| f == "metrics");
+        // Warm-up and probe: a closed-loop run (every connection busy) warms caches and
+        // connections, and its throughput (an upper bound of what passes the SLO) seeds
+        // the first repetition's search. Not measured.
+        let mut hint = hint;
+        if l.warmup_secs > 0.0 {
+            let plan = sides(w, 0.0, l.connections);
+            let results = self.oha.run(&plan, l.warmup_secs, self.raw, "probe")?;
+            let paired: Vec<_> = plan.into_iter().zip(results).collect();
+            tally.add(&paired);
+            let good: u64 = paired.iter().map(|(_, r)| r.good()).sum();
+            let rate = good as f64 / l.warmup_secs;
+            (self.progress)(&format!(
+                "  {} {} rep {rep} probe (closed loop): {rate:.0}/s good",
+                row.name, w.name
+            ));
+            if hint.is_none() && rate >= crate::search::MIN_QPS {
+                hint = Some(rate);
+            }
+        }
+        let mut s = Search::new(l.start_qps, hint, l.max_qps, l.precision, l.max_steps);
+        let mut steps: Vec<Step> = Vec::new();
+        let mut integrity_failures = Vec::new();
+        let mut writes_checked = 0;
+        while let Some(rate) = s.next_rate() {
+            let tag = format!("rep{rep}-{}-{}-step{}", row.slug(), w.name, steps.len() + 1);
+            let step = self.measure_step(probe, w, rate, metrics, &tag, tally)?;
+            if let Some(i) = &step.integrity {
+                writes_checked += i.acked;
+                if !i.ok {
+                    eprintln!("!!! INTEGRITY FAILURE at {tag}: {}", i.message);
+                    integrity_failures.push(format!("at {:.0} offered: {}", rate, i.message));
+                }
+            }
+            (self.progress)(&format!(
+                "  {} {} rep {rep} step {}: offered {:.0}/s → {:.0}/s good, p99 {} ms, mix {:.1}% GET, errors {:.2}% → {}",
+                row.name,
+                w.name,
+                steps.len() + 1,
+                rate,
+                step.achieved,
+                step.p99_ms.map_or("n/a".into(), |p| format!("{p:.1}")),
+                step.get_share * 100.0,
+                step.error_rate * 100.0,
+                if step.passed { "pass".to_string() } else { format!("FAIL ({})", step.reasons.join("; ")) }
+            ));
+            s.record(rate, step.passed);
+            steps.push(step);
+        }
+        std::fs::write(
+            self.raw
+                .join(format!("rep{rep}-{}-{}-steps.json", row.slug(), w.name)),
+            serde_json::to_string_pretty(&steps)?,
+        )?;
+        Ok(summarize(&s, &steps, rep, integrity_failures, writes_checked))
+    }
+
+    fn measure_step(
+        &self,
+        probe: &mut dyn Probe,
+        w: &Workload,
+        rate: f64,
+        metrics: bool,
+        tag: &str,
+        tally: &mut Tally,
+    ) -> Result<Step> {
+        let l = self.load;
+        let plan = sides(w, rate, l.connections);
+        let writes_before = if w.writes() {
+            probe.applied_writes()?
+        } else {
+            None
+        };
+        let served_before = if metrics {
+            probe.served_counts()?
+        } else {
+            None
+        };
+        let (t0, oha0) = (probe.ticks(), procfs::reaped_children_ticks());
+        let start = Instant::now();
+        let results = self.oha.run(&plan, l.duration_secs, self.raw, tag)?;
+        let wall = start.elapsed().as_secs_f64();
+        let (t1, oha1) = (probe.ticks(), procfs::reaped_children_ticks());
+        for side in &plan {
+            let _ = std::fs::remove_file(
+                self.raw
+                    .join(format!("{tag}-{}.sqlite", side.method.to_lowercase())),
+            );
+        }
+        let paired: Vec<(Side, SideResult)> = plan.into_iter().zip(results).collect();
+        tally.add(&paired);
+        let mut step = evaluate(rate, l.duration_secs, w.get_share(), &paired, l);
+        step.wall_secs = wall;
+        // Every party's CPU over the same window: from just before oha starts to just
+        // after it exits (oha's figure includes writing its per-request log).
+        let per_sec = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / procfs::TICKS_PER_SEC / wall),
+            _ => None,
+        };
+        step.cpu.server = per_sec(t0.server, t1.server);
+        step.cpu.postgres = per_sec(t0.postgres, t1.postgres);
+        step.cpu.oha = oha1.saturating_sub(oha0) as f64 / procfs::TICKS_PER_SEC / wall;
+        step.cpu.server_peak_rss_kib = probe.server_peak_rss_kib();
+        let applied = match writes_before {
+            Some(before) => probe.applied_writes()?.map(|after| after - before),
+            None => None,
+        };
+        let served = match served_before {
+            Some((g0, p0)) => probe.served_counts()?.map(|(g1, p1)| (g1 - g0, p1 - p0)),
+            None => None,
+        };
+        if w.writes() && (applied.is_some() || served.is_some()) {
+            let find = |m: &str| paired.iter().find(|(s, _)| s.method == m).map(|(_, r)| r);
+            let (get, patch) = (find("GET"), find("PATCH"));
+            let acked = patch.map_or(0, |p| p.count(200));
+            let unacked = patch.map_or(0, |p| p.replies() - p.count(200) + p.transport_errors());
+            let transport: u64 = paired.iter().map(|(_, r)| r.transport_errors()).sum();
+            step.integrity = Some(check_integrity(
+                acked,
+                unacked,
+                applied,
+                (get.map_or(0, |g| g.count(200)), acked),
+                served,
+                transport,
+            ));
+        }
+        Ok(step)
+    }
+}
+
+/// The search's result: its best passing step, and what failed just above it.
+fn summarize(
+    s: &Search,
+    steps: &[Step],
+    rep: u32,
+    integrity_failures: Vec<String>,
+    writes_checked: u64,
+) -> SearchResult {
+    let best = s
+        .best()
+        .and_then(|b| steps.iter().find(|st| st.passed && st.offered == b));
+    let limit_step = steps
+        .iter()
+        .filter(|st| !st.passed && s.best().is_none_or(|b| st.offered > b))
+        .min_by(|a, c| a.offered.total_cmp(&c.offered));
+    let limit =
+        limit_step.map(|st| format!("{} at {:.0}/s offered", st.reasons.join(", "), st.offered));
+    let limit_cpu = limit_step.map(|st| (st.cpu.server, st.cpu.postgres, st.cpu.oha));
+    SearchResult {
+        repetition: rep,
+        qps: best.map_or(0.0, |b| b.achieved),
+        offered: best.map(|b| b.offered),
+        p99_ms: best.and_then(|b| b.p99_ms),
+        get_share: best.map(|b| b.get_share),
+        cpu_server: best.and_then(|b| b.cpu.server),
+        cpu_postgres: best.and_then(|b| b.cpu.postgres),
+        cpu_oha: best.map(|b| b.cpu.oha),
+        server_peak_rss_kib: best.and_then(|b| b.cpu.server_peak_rss_kib),
+        limit,
+        limit_cpu,
+        steps: s.steps() as usize,
+        integrity_failures,
+        writes_checked,
+    }
+}
+
+/// Every id once (oha picks a random line per request, so ids are uniform) and a set
+/// of distinct valid emails (oha picks a random body line per PATCH).
+pub fn write_inputs(urls: &Path, bodies: &Path, base: &str, users: i64) -> Result<()> {
+    use std::io::Write as _;
+    let mut u = std::io::BufWriter::new(std::fs::File::create(urls)?);
+    for id in 1..=users {
+        writeln!(u, "{base}/users/{id}")?;
+    }
+    u.flush()?;
+    let mut b = std::io::BufWriter::new(std::fs::File::create(bodies)?);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..10_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        writeln!(
+            b,
+            "{{\"email\":\"bench{i}.{:x}@example.com\"}}",
+            x & 0xffff_ffff
+        )?;
+    }
+    b.flush()?;
+    Ok(())
+}
