@@ -26,9 +26,11 @@ options:
   --readme FILE         the README whose table is replaced (default: README.md in the repo;
                         with --out elsewhere, none unless given)
   --dry-run             k8s: render and check every overlay and print every command,
-                        without touching a cluster (the only k8s mode built so far)
-  --registry REG        k8s: registry for the images (default: localhost)
+                        without building images or touching a cluster
+  --registry REG        k8s: registry the images are pushed to (default: localhost)
   --load kind|k3d|minikube  k8s: load images into a local cluster instead of pushing
+  --engine auto|docker|buildah  k8s: image builder (default: docker if its daemon
+                        answers, else buildah)
   -h, --help            this help
 USAGE
 }
@@ -47,6 +49,7 @@ main() {
       --dry-run) k8s_args+=(--dry-run) ;;
       --registry) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; k8s_args+=(--registry "$2"); shift ;;
       --load) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; k8s_args+=(--load "$2"); shift ;;
+      --engine) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; k8s_args+=(--engine "$2"); shift ;;
       --out) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; out="$2"; shift ;;
       --readme) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; readme="$2"; shift ;;
       *) printf 'error: unknown option %s\n\n' "$1" >&2; usage >&2; exit 2 ;;
@@ -56,7 +59,7 @@ main() {
   case "${target}" in
     local)
       if [[ ${#k8s_args[@]} -gt 0 ]]; then
-        printf 'error: --dry-run, --registry and --load go with --target k8s\n' >&2
+        printf 'error: --dry-run, --registry, --load and --engine go with --target k8s\n' >&2
         exit 2
       fi
       ;;
@@ -77,7 +80,18 @@ main() {
 
   if [[ "${target}" == "k8s" ]]; then
     command -v kubectl >/dev/null 2>&1 || die "kubectl not found: install kubectl 1.32 (it carries kustomize)"
-    "${lab}" k8s --matrix "${matrix}" "${pass[@]}" "${k8s_args[@]}"
+    local -a k8s_out=(--out "${out}")
+    if [[ -n "${readme}" ]]; then k8s_out+=(--readme "${readme}"); fi
+    if [[ " ${k8s_args[*]} " != *" --dry-run "* ]]; then
+      # A live run builds images: oha goes into the load generator's.
+      require_oha
+      if ! command -v docker >/dev/null 2>&1 && ! command -v buildah >/dev/null 2>&1; then
+        apt_install buildah
+      fi
+      mkdir -p "${out}"
+    fi
+    "${lab}" k8s --matrix "${matrix}" "${pass[@]}" "${k8s_args[@]}" "${k8s_out[@]}" \
+      --oha "$(command -v oha || echo oha)"
     return
   fi
 

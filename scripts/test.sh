@@ -69,6 +69,23 @@ run_k8s_checks() {
   log "k8s: every rendered overlay is valid for Kubernetes 1.32"
 }
 
+# The images, built and run with podman under the pods' constraints (no cluster needed).
+run_container_test() {
+  "${ROOT}/scripts/container-test.sh"
+}
+
+# A real --quick run on the cluster KUBECONFIG points at; skipped without one.
+run_live_k8s() {
+  local out
+  out="$(mktemp -d "${TMPDIR:-/tmp}/perflab-k8s.XXXXXX")"
+  log "live Kubernetes test: a --quick run of tests/ci-matrix.toml on $(kubectl config current-context)"
+  "${ROOT}/scripts/run-matrix.sh" --target k8s --quick --matrix "${ROOT}/tests/ci-matrix.toml" \
+    --out "${out}" ${PERFLAB_K8S_LOAD:+--load "${PERFLAB_K8S_LOAD}"} \
+    ${PERFLAB_K8S_REGISTRY:+--registry "${PERFLAB_K8S_REGISTRY}"}
+  cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/ci-matrix.toml" --quick --out "${out}"
+  rm -rf "${out}"
+}
+
 run_quick_matrix() {
   require_oha
   OUT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/perflab-matrix.XXXXXX")"
@@ -104,6 +121,14 @@ main() {
   local e2e=0
   run_k8s_checks
   e2e=$((e2e + 1))
+  run_container_test
+  e2e=$((e2e + 1))
+  if [[ -n "${KUBECONFIG:-}" ]]; then
+    run_live_k8s
+    e2e=$((e2e + 1))
+  else
+    log "live Kubernetes test skipped: KUBECONFIG is not set (see README, 'Kubernetes')"
+  fi
   if [[ "${matrix}" -eq 1 ]]; then
     run_quick_matrix
     e2e=$((e2e + 1))

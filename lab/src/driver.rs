@@ -148,7 +148,13 @@ impl Driver<'_> {
                 .join(format!("rep{rep}-{}-{}-steps.json", row.slug(), w.name)),
             serde_json::to_string_pretty(&steps)?,
         )?;
-        Ok(summarize(&s, &steps, rep, integrity_failures, writes_checked))
+        Ok(summarize(
+            &s,
+            &steps,
+            rep,
+            integrity_failures,
+            writes_checked,
+        ))
     }
 
     fn measure_step(

@@ -59,7 +59,7 @@ pub fn write_overlay(
     m: &Matrix,
     row: &Row,
     images: &Images,
-    workload_args: &[String],
+    plan_json: &str,
 ) -> Result<PathBuf> {
     let dir = out.join(row.slug());
     std::fs::create_dir_all(&dir)?;
@@ -67,6 +67,7 @@ pub fn write_overlay(
         std::fs::copy(root.join("sql").join(f), dir.join(f))
             .with_context(|| format!("copying sql/{f}"))?;
     }
+    std::fs::write(dir.join("plan.json"), plan_json)?;
     let password_file = dir.join("password");
     if !password_file.exists() {
         std::fs::write(&password_file, random_password()?)?;
@@ -114,16 +115,17 @@ pub fn write_overlay(
     k.push_str("configMapGenerator:\n  - name: perflab-sql\n    files:\n      - schema.sql\n      - seed.sql\n      - index.sql\n");
     let _ = writeln!(
         k,
-        "  - name: perflab-run\n    literals:\n      - users={}\n      - index={}\n      - pool_size={}",
+        "  - name: perflab-run\n    files:\n      - plan.json\n    literals:\n      - users={}\n      - index={}\n      - pool_size={}",
         m.load.users, row.index, m.local.pool_size
     );
     k.push_str("secretGenerator:\n  - name: postgres-credentials\n    files:\n      - password\n");
-    let mut args = vec![
-        "loadgen".to_string(),
-        "--url".into(),
-        "http://perflab:8080".into(),
+    let args = [
+        "loadgen",
+        "--url",
+        "http://perflab:8080",
+        "--plan",
+        "/etc/perflab/plan.json",
     ];
-    args.extend(workload_args.iter().cloned());
     let _ = writeln!(
         k,
         "patches:\n  - target:\n      kind: Job\n      name: perflab-loadgen\n    patch: |-\n      - op: replace\n        path: /spec/template/spec/containers/0/args\n        value: {}",
@@ -138,6 +140,47 @@ fn random_password() -> Result<String> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The rendered objects in the order the run applies them: everything PostgreSQL needs
+/// (namespace, settings, Secret, StatefulSet, Services, NetworkPolicy), the seed Job,
+/// the app, the load-generator Job. Each part is a YAML stream for `kubectl apply -f`.
+pub struct Parts {
+    pub stack: String,
+    pub seed: String,
+    pub app: String,
+    pub loadgen: String,
+}
+
+pub fn split(yaml: &str) -> Result<Parts> {
+    let mut p = Parts {
+        stack: String::new(),
+        seed: String::new(),
+        app: String::new(),
+        loadgen: String::new(),
+    };
+    for o in docs(yaml)? {
+        let name = o["metadata"]["name"].as_str().unwrap_or("");
+        let kind = o["kind"].as_str().unwrap_or("");
+        let part = match (kind, name) {
+            ("Job", "perflab-seed") => &mut p.seed,
+            ("Job", "perflab-loadgen") => &mut p.loadgen,
+            ("Deployment" | "Service", "perflab") => &mut p.app,
+            _ => &mut p.stack,
+        };
+        part.push_str("---\n");
+        part.push_str(&serde_yaml::to_string(&o)?);
+    }
+    for (what, part) in [
+        ("seed Job", &p.seed),
+        ("app", &p.app),
+        ("load-generator Job", &p.loadgen),
+    ] {
+        if part.is_empty() {
+            bail!("the rendering has no {what}");
+        }
+    }
+    Ok(p)
 }
 
 /// Renders an overlay with `kubectl kustomize`.
@@ -338,17 +381,11 @@ mod tests {
             registry: "reg.example".into(),
             commit: "abc123".into(),
         };
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out =
-            std::env::temp_dir().join(format!("perflab-k8s-test-{}-{row}", std::process::id()));
-        let dir = write_overlay(
-            &root,
-            &out,
-            &m,
-            &m.rows[row],
-            &images,
-            &["--users".into(), "5".into()],
-        )
-        .unwrap();
+            std::env::temp_dir().join(format!("perflab-k8s-test-{}-{row}-{n}", std::process::id()));
+        let dir = write_overlay(&root, &out, &m, &m.rows[row], &images, "{}").unwrap();
         let yaml = render(&dir).expect("kubectl kustomize renders the overlay");
         let _ = std::fs::remove_dir_all(&out);
         (yaml, m.rows[row].clone(), images)
@@ -362,6 +399,18 @@ mod tests {
             check_rendered(&yaml, &row, &images).unwrap_or_else(|e| panic!("{}: {e:#}", row.name));
             assert!(yaml.contains(&format!("image: {}", images.server(&row))));
         }
+    }
+
+    #[test]
+    fn the_rendering_splits_into_the_runs_parts() {
+        let (yaml, _, _) = setup(2);
+        let p = split(&yaml).unwrap();
+        assert!(p.stack.contains("kind: StatefulSet") && p.stack.contains("kind: Namespace"));
+        assert!(p.stack.contains("kind: NetworkPolicy") && p.stack.contains("kind: Secret"));
+        assert!(p.seed.contains("name: perflab-seed") && !p.seed.contains("Deployment"));
+        assert!(p.app.contains("kind: Deployment") && p.app.contains("kind: Service"));
+        assert!(p.loadgen.contains("/etc/perflab/plan.json"));
+        assert!(split("kind: ConfigMap\nmetadata:\n  name: x\n").is_err());
     }
 
     #[test]

@@ -157,7 +157,11 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
     let start = Instant::now();
     while !remote.ready() {
         if start.elapsed() > o.ready_within {
-            bail!("{} ({addr}) was not ready within {:?}", o.url, o.ready_within);
+            bail!(
+                "{} ({addr}) was not ready within {:?}",
+                o.url,
+                o.ready_within
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -169,17 +173,19 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
             plan.row.features
         );
     }
-    std::fs::create_dir_all(&o.work)?;
+    std::fs::create_dir_all(&o.work)
+        .and_then(|()| std::fs::create_dir_all(o.work.join("raw")))
+        .with_context(|| format!("creating {} (it must be writable)", o.work.display()))?;
     write_inputs(
         &oha.urls_file,
         &oha.bodies_file,
         &format!("http://{addr}"),
         plan.load.users,
-    )?;
+    )
+    .with_context(|| format!("writing oha's inputs into {}", o.work.display()))?;
     let started = Instant::now();
     let progress = |m: &str| eprintln!("[{:>5.1} min] {m}", started.elapsed().as_secs_f64() / 60.0);
     let raw = o.work.join("raw");
-    std::fs::create_dir_all(&raw)?;
     let driver = Driver {
         oha,
         load: &plan.load,

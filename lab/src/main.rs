@@ -14,7 +14,9 @@ use clap::{Parser, Subcommand};
 mod driver;
 mod environment;
 mod http;
+mod images;
 mod k8s;
+mod k8s_run;
 mod loadgen;
 mod matrix;
 mod measure;
@@ -27,6 +29,7 @@ mod results;
 mod runner;
 mod search;
 mod server;
+mod shell;
 mod stats;
 
 #[derive(Parser)]
@@ -51,6 +54,38 @@ struct MatrixArgs {
     /// Short durations and one repetition: a smoke run, not for publishing.
     #[arg(long)]
     quick: bool,
+}
+
+#[derive(clap::Args, Clone)]
+struct ImageArgs {
+    /// Registry in the image names (`REG/perflab-server:<commit>-<features>`).
+    #[arg(long, default_value = "localhost")]
+    registry: String,
+    /// docker, buildah, or auto (docker when its daemon answers).
+    #[arg(long, default_value = "auto")]
+    engine: String,
+    /// The oha binary for the load-generator image.
+    #[arg(long, default_value = "oha")]
+    oha: PathBuf,
+}
+
+impl ImageArgs {
+    fn images(&self, root: &std::path::Path) -> k8s::Images {
+        k8s::Images {
+            registry: self.registry.clone(),
+            commit: environment::git_commit(root).replace("+uncommitted changes", "-dirty"),
+        }
+    }
+    fn oha(&self) -> Result<PathBuf> {
+        if self.oha.components().count() > 1 {
+            return Ok(self.oha.clone());
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|d| d.join(&self.oha))
+            .find(|p| p.is_file())
+            .with_context(|| format!("{} not found on PATH", self.oha.display()))
+    }
 }
 
 #[derive(Subcommand)]
@@ -93,18 +128,33 @@ enum Cmd {
     K8s {
         #[command(flatten)]
         m: MatrixArgs,
+        #[command(flatten)]
+        img: ImageArgs,
         /// Print the commands and render the manifests without touching a cluster.
         #[arg(long)]
         dry_run: bool,
-        /// Registry the images are pushed to (`REG/perflab-server:<commit>-<features>`).
-        #[arg(long, default_value = "localhost")]
-        registry: String,
         /// Load the images into a local cluster instead of pushing: kind, k3d or minikube.
         #[arg(long, value_parser = ["kind", "k3d", "minikube"])]
         load: Option<String>,
         /// Where the generated overlays go (ignored by git).
         #[arg(long, default_value = "target/k8s")]
+        overlays: PathBuf,
+        /// Where results.md, results.svg and results/<timestamp>/ go.
+        #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// The README whose results block is replaced.
+        #[arg(long)]
+        readme: Option<PathBuf>,
+        /// Upper bound of each wait for a rollout or the seed Job, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Builds and checks the images of the selected rows and the load generator's.
+    Images {
+        #[command(flatten)]
+        m: MatrixArgs,
+        #[command(flatten)]
+        img: ImageArgs,
     },
     /// Inside the load-generator Job (Kubernetes): measures one row against --url as the
     /// plan says and prints one result line for the runner.
@@ -122,6 +172,25 @@ enum Cmd {
         /// How long to wait for the server to resolve and be ready.
         #[arg(long, default_value_t = 300)]
         ready_timeout_secs: u64,
+    },
+    /// Prints the load generator's plan for the first selected row (what a Job reads).
+    Plan {
+        #[command(flatten)]
+        m: MatrixArgs,
+    },
+    /// Reads a load-generator log back as the Kubernetes run does and writes
+    /// results.md, results.svg and the summary from it (for the container test).
+    Ingest {
+        #[command(flatten)]
+        m: MatrixArgs,
+        /// The load generator's stdout.
+        #[arg(long)]
+        log: PathBuf,
+        /// Increase of sum(version) in the database over the whole Job.
+        #[arg(long)]
+        applied: i64,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Checks that a run produced results.md and a README table with numbers for every row.
     Verify {
@@ -226,27 +295,122 @@ fn real_main() -> Result<bool> {
         }
         Cmd::K8s {
             m,
+            img,
             dry_run,
-            registry,
             load,
+            overlays,
+            out,
+            readme,
+            timeout_secs,
+        } => {
+            let matrix = load_matrix(&m)?;
+            let root = repo_root()?;
+            let abs = |p: PathBuf| if p.is_absolute() { p } else { root.join(p) };
+            let oha = if dry_run {
+                img.oha().unwrap_or_else(|_| img.oha.clone())
+            } else {
+                img.oha()?
+            };
+            let summary = k8s_run::run(&k8s_run::Options {
+                root: root.clone(),
+                matrix_path: m.matrix.clone(),
+                matrix,
+                quick: m.quick,
+                dry_run,
+                registry: img.registry.clone(),
+                load,
+                engine: img.engine.clone(),
+                overlays: abs(overlays),
+                out: abs(out),
+                readme: readme.map(abs),
+                oha,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            })?;
+            if dry_run {
+                println!(
+                    "# dry run: {} rows rendered, checked and planned; nothing was applied",
+                    summary.rows.len()
+                );
+                return Ok(true);
+            }
+            let failures = summary.integrity_failures();
+            let failed_rows: Vec<&str> = summary
+                .rows
+                .iter()
+                .filter(|r| !r.failures.is_empty())
+                .map(|r| r.name.as_str())
+                .collect();
+            for f in &failures {
+                eprintln!("!!! integrity: {f}");
+            }
+            if !failed_rows.is_empty() {
+                eprintln!(
+                    "!!! rows that could not be measured: {}",
+                    failed_rows.join(", ")
+                );
+            }
+            Ok(failures.is_empty() && failed_rows.is_empty())
+        }
+        Cmd::Plan { m } => {
+            let matrix = load_matrix(&m)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&k8s_run::plan(&matrix, 1)?)?
+            );
+            Ok(true)
+        }
+        Cmd::Ingest {
+            m,
+            log,
+            applied,
             out,
         } => {
             let matrix = load_matrix(&m)?;
             let root = repo_root()?;
-            let out = if out.is_absolute() {
-                out
-            } else {
-                root.join(out)
-            };
-            k8s_plan(
-                &root,
+            let text = std::fs::read_to_string(&log)
+                .with_context(|| format!("reading {}", log.display()))?;
+            let report = loadgen::Report::from_log(&text)?;
+            let rows = k8s_run::ingest(&matrix, report, applied)?;
+            let summary = k8s_run::summary(
                 &matrix,
-                &m,
-                dry_run,
-                &registry,
-                load.as_deref(),
-                &out,
-            )
+                &root,
+                &m.matrix,
+                m.quick,
+                "(container test)",
+                0.0,
+                rows,
+            )?;
+            let raw = out.join("results").join("ingested");
+            std::fs::create_dir_all(&raw)?;
+            runner::write_outputs(&out, None, &raw, &summary)?;
+            let failures = summary.integrity_failures();
+            for f in &failures {
+                eprintln!("!!! integrity: {f}");
+            }
+            Ok(failures.is_empty())
+        }
+        Cmd::Images { m, img } => {
+            let matrix = load_matrix(&m)?;
+            let root = repo_root()?;
+            let names = img.images(&root);
+            let engine = images::Engine::choose(&img.engine)?;
+            let sh = shell::Shell { dry_run: false };
+            let mut tags = vec![];
+            let tag = names.loadgen();
+            let info = images::loadgen(&sh, engine, &root, &img.oha()?, &tag)?;
+            tags.push((tag, info));
+            for row in &matrix.rows {
+                let tag = names.server(row);
+                let info = images::server(&sh, engine, &root, row, &tag)?;
+                tags.push((tag, info));
+            }
+            for (tag, i) in &tags {
+                println!(
+                    "{tag}\t{}\tuser {}\tentrypoint {}",
+                    i.size, i.user, i.entrypoint
+                );
+            }
+            Ok(true)
         }
         Cmd::Loadgen {
             url,
@@ -297,102 +461,6 @@ fn real_main() -> Result<bool> {
             Ok(true)
         }
     }
-}
-
-fn k8s_plan(
-    root: &std::path::Path,
-    matrix: &matrix::Matrix,
-    m: &MatrixArgs,
-    dry_run: bool,
-    registry: &str,
-    load: Option<&str>,
-    out: &std::path::Path,
-) -> Result<bool> {
-    if !dry_run {
-        bail!("the live Kubernetes run is not built yet: use --dry-run to render, check and print the whole run");
-    }
-    let images = k8s::Images {
-        registry: registry.to_string(),
-        commit: environment::git_commit(root).replace("+uncommitted changes", "-dirty"),
-    };
-    let l = &matrix.load;
-    let mut args: Vec<String> = vec![
-        "--users".into(),
-        l.users.to_string(),
-        "--duration-secs".into(),
-        l.duration_secs.to_string(),
-        "--slo-p99-ms".into(),
-        l.slo_p99_ms.to_string(),
-        "--connections".into(),
-        l.connections.to_string(),
-    ];
-    for w in &matrix.workloads {
-        args.push("--workload".into());
-        args.push(format!("{}={}/{}", w.name, w.get_percent, w.patch_percent));
-    }
-    if m.quick {
-        args.push("--quick".into());
-    }
-    let say = |cmd: String| println!("+ {cmd}");
-    say(format!("cargo build --release --locked -p lab  # then: buildah bud -t {} -f k8s/images/Containerfile.loadgen .", images.loadgen()));
-    for row in &matrix.rows {
-        let dir = k8s::write_overlay(root, out, matrix, row, &images, &args)?;
-        let yaml = k8s::render(&dir)?;
-        std::fs::write(dir.join("rendered.yaml"), &yaml)?;
-        k8s::check_rendered(&yaml, row, &images).with_context(|| format!("row {:?}", row.name))?;
-        let image = images.server(row);
-        println!(
-            "# row {:?} ({}): overlay {}, rendered and checked",
-            row.name,
-            row.features_label(),
-            dir.display()
-        );
-        let features = if row.features.is_empty() {
-            String::new()
-        } else {
-            format!(" --features {}", row.features.join(","))
-        };
-        say(format!(
-            "cargo build --release --locked -p perflab{features}  # static binary for the image"
-        ));
-        say(format!(
-            "buildah bud --layers -f k8s/images/Containerfile.server -t {image} ."
-        ));
-        match load {
-            Some("kind") => say(format!("buildah push {image} oci-archive:target/k8s/image.tar && kind load image-archive target/k8s/image.tar")),
-            Some("k3d") => say(format!("buildah push {image} docker-archive:target/k8s/image.tar && k3d image import target/k8s/image.tar")),
-            Some(_) => say(format!("minikube image load {image}")),
-            None => say(format!("buildah push {image}")),
-        }
-        let ns = "kubectl -n perflab";
-        say(format!(
-            "{ns} delete job perflab-seed perflab-loadgen --ignore-not-found --wait"
-        ));
-        say(format!("kubectl apply -k {}", dir.display()));
-        say(format!(
-            "{ns} rollout status statefulset/postgres --timeout=300s"
-        ));
-        say(format!(
-            "{ns} rollout status deployment/perflab --timeout=300s"
-        ));
-        say(format!("{ns} port-forward deploy/perflab 18080:8080 & curl -fsS http://127.0.0.1:18080/version  # must list exactly: {}", row.features_label()));
-        say(format!("{ns} wait job/perflab-seed --for=jsonpath='{{.status.conditions[?(@.status==\"True\")].type}}' --timeout=600s  # Complete or Failed, never waits out a failure"));
-        say(format!("{ns} wait job/perflab-loadgen --for=jsonpath='{{.status.conditions[?(@.status==\"True\")].type}}' --timeout=3600s"));
-        say(format!(
-            "{ns} logs job/perflab-loadgen > results/<timestamp>/{}-loadgen.json",
-            row.slug()
-        ));
-        say(format!(
-            "kubectl delete -k {} --wait  # tear the row down",
-            dir.display()
-        ));
-    }
-    println!(
-        "# {} rows rendered and checked into {}",
-        matrix.rows.len(),
-        out.display()
-    );
-    Ok(true)
 }
 
 fn main() -> ExitCode {

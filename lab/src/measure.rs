@@ -209,7 +209,9 @@ pub fn check_integrity(
         }
     }
     let ok = problems.is_empty();
-    let applied_text = applied.map_or("applied count checked per Job".into(), |a| format!("{a} applied"));
+    let applied_text = applied.map_or("applied count checked per Job".into(), |a| {
+        format!("{a} applied")
+    });
     let message = if ok {
         if unacked == 0 {
             format!("{acked} acknowledged writes, {applied_text}")

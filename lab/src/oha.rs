@@ -83,22 +83,22 @@ impl Oha {
                 None => Command::new(&self.binary),
             };
             cmd.args([
-                    "--no-tui",
-                    "--latency-correction",
-                    "-w",
-                    "--disable-compression",
-                ])
-                .arg("-z")
-                .arg(format!("{}ms", (secs * 1000.0).round() as u64))
-                .arg("-q")
-                .arg(format!("{:.3}", side.rate))
-                .arg("-c")
-                .arg(side.connections.to_string())
-                .args(["--output-format", "json", "-o"])
-                .arg(&json)
-                .arg("--db-url")
-                .arg(&db)
-                .args(["-m", side.method]);
+                "--no-tui",
+                "--latency-correction",
+                "-w",
+                "--disable-compression",
+            ])
+            .arg("-z")
+            .arg(format!("{}ms", (secs * 1000.0).round() as u64))
+            .arg("-q")
+            .arg(format!("{:.3}", side.rate))
+            .arg("-c")
+            .arg(side.connections.to_string())
+            .args(["--output-format", "json", "-o"])
+            .arg(&json)
+            .arg("--db-url")
+            .arg(&db)
+            .args(["-m", side.method]);
             if side.method == "PATCH" {
                 cmd.args(["-T", "application/json", "-Z"])
                     .arg(&self.bodies_file);

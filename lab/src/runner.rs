@@ -137,7 +137,12 @@ pub fn run(o: &Options) -> Result<Summary> {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let urls_file = raw.join("urls.txt");
     let bodies_file = raw.join("bodies.txt");
-    write_inputs(&urls_file, &bodies_file, &format!("http://{addr}"), m.load.users)?;
+    write_inputs(
+        &urls_file,
+        &bodies_file,
+        &format!("http://{addr}"),
+        m.load.users,
+    )?;
     let oha = Oha {
         binary: o.oha.clone(),
         cpus: Some(m.local.oha_cpus.clone()),
@@ -254,28 +259,33 @@ pub fn run(o: &Options) -> Result<Summary> {
         reference_error,
         matrix: serde_json::to_value(m)?,
     };
-    write_outputs(o, &raw, &summary)?;
+    write_outputs(&o.out, o.readme.as_deref(), &raw, &summary)?;
     // The per-step inputs are large and derived; the summary and oha's JSON stay.
     let _ = std::fs::remove_file(&urls_file);
     Ok(summary)
 }
 
-pub fn write_outputs(o: &Options, raw: &Path, summary: &Summary) -> Result<()> {
+pub fn write_outputs(
+    out: &Path,
+    readme: Option<&Path>,
+    raw: &Path,
+    summary: &Summary,
+) -> Result<()> {
     std::fs::write(
         raw.join("summary.json"),
         serde_json::to_string_pretty(summary)?,
     )?;
-    std::fs::write(o.out.join("results.md"), report::results_md(summary))?;
-    std::fs::write(o.out.join("results.svg"), report::chart_svg(summary))?;
-    if let Some(readme) = &o.readme {
+    std::fs::write(out.join("results.md"), report::results_md(summary))?;
+    std::fs::write(out.join("results.svg"), report::chart_svg(summary))?;
+    if let Some(readme) = readme {
         let text = std::fs::read_to_string(readme)
             .with_context(|| format!("reading {}", readme.display()))?;
         std::fs::write(readme, report::update_readme(&text, summary)?)?;
     }
     eprintln!(
         "==> wrote {}, {} and {}",
-        o.out.join("results.md").display(),
-        o.out.join("results.svg").display(),
+        out.join("results.md").display(),
+        out.join("results.svg").display(),
         raw.join("summary.json").display()
     );
     Ok(())
