@@ -9,7 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "${ROOT}/scripts/lib.sh"
 
 # Feature sets the API tests run under: none, each alone, all.
-FEATURE_SETS=("" pool prepared mimalloc simd-json metrics full)
+FEATURE_SETS=("" pool prepared mimalloc simd-json metrics pipeline coalesce full)
 
 usage() {
   cat <<'USAGE'

@@ -14,6 +14,8 @@ pub fn enabled_features() -> Vec<&'static str> {
         ("mimalloc", cfg!(feature = "mimalloc")),
         ("simd-json", cfg!(feature = "simd-json")),
         ("metrics", cfg!(feature = "metrics")),
+        ("pipeline", cfg!(feature = "pipeline")),
+        ("coalesce", cfg!(feature = "coalesce")),
     ];
     all.iter()
         .filter(|(_, on)| *on)

@@ -23,6 +23,16 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// `SHUTDOWN_GRACE_MS` (default 10000): how long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `PIPELINE_CONNECTIONS` (default 8): connections that concurrent requests share and
+    /// pipeline their queries on, used by the `pipeline` feature.
+    pub pipeline_connections: u32,
+    /// `COALESCE_MAX_BATCH` (default 256): most requests one batch serves (`coalesce`).
+    pub coalesce_max_batch: u32,
+    /// `COALESCE_READERS` (default 4): workers running batched GETs (`coalesce`).
+    pub coalesce_readers: u32,
+    /// `COALESCE_WRITERS` (default 4): workers running batched PATCHes, each owning the
+    /// ids with `id % COALESCE_WRITERS` equal to its number (`coalesce`).
+    pub coalesce_writers: u32,
 }
 
 /// A configuration value that is missing or invalid.
@@ -79,6 +89,10 @@ impl Config {
             db_timeout: millis(&lookup, "DB_TIMEOUT_MS", 2_000, 60_000)?,
             header_read_timeout: millis(&lookup, "HEADER_READ_TIMEOUT_MS", 5_000, 600_000)?,
             shutdown_grace: millis(&lookup, "SHUTDOWN_GRACE_MS", 10_000, 600_000)?,
+            pipeline_connections: number(&lookup, "PIPELINE_CONNECTIONS", 8, 1, 1_000)?,
+            coalesce_max_batch: number(&lookup, "COALESCE_MAX_BATCH", 256, 1, 10_000)?,
+            coalesce_readers: number(&lookup, "COALESCE_READERS", 4, 1, 256)?,
+            coalesce_writers: number(&lookup, "COALESCE_WRITERS", 4, 1, 256)?,
         })
     }
 }

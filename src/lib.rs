@@ -12,6 +12,7 @@
 //! - [`metrics`]: Prometheus metrics with `metrics`, a no-op without it.
 //! - [`alloc`]: the global allocator; mimalloc with `mimalloc`, the system one without.
 //! - [`build_info`]: what this binary was built with, for `/version` and the start-up log.
+//! - [`process`]: the server's own CPU time and peak memory, for `/stats`.
 
 pub mod alloc;
 pub mod build_info;
@@ -20,6 +21,7 @@ pub mod db;
 pub mod error;
 pub mod json;
 pub mod metrics;
+pub mod process;
 pub mod routes;
 pub mod server;
 pub mod telemetry;

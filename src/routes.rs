@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::build_info::VersionInfo;
 use crate::db::Db;
 use crate::error::AppError;
+use crate::process::ProcessStats;
 use crate::{json, metrics, users};
 
 /// What every request handler can reach.
@@ -56,6 +57,7 @@ async fn dispatch(
         "/readyz" => "/readyz",
         "/version" => "/version",
         "/metrics" => "/metrics",
+        "/stats" => "/stats",
         _ => {
             return (
                 "other",
@@ -73,6 +75,7 @@ async fn dispatch(
             Err(e) => Err(e),
         },
         "/version" => json_response(StatusCode::OK, &VersionInfo::current()),
+        "/stats" => json_response(StatusCode::OK, &ProcessStats::current()),
         _ => match metrics::render(state.db.pool_state()) {
             Some(text) => Ok(text_response(text)),
             None => Err(AppError::NotFound(

@@ -231,6 +231,8 @@ async fn health_readiness_and_version() {
         ("mimalloc", cfg!(feature = "mimalloc")),
         ("simd-json", cfg!(feature = "simd-json")),
         ("metrics", cfg!(feature = "metrics")),
+        ("pipeline", cfg!(feature = "pipeline")),
+        ("coalesce", cfg!(feature = "coalesce")),
     ]
     .into_iter()
     .filter(|(_, on)| *on)
@@ -363,4 +365,16 @@ async fn concurrent_patches_are_each_applied_exactly_once() {
         total, 60,
         "every acknowledged write, and nothing else, was applied"
     );
+}
+
+#[tokio::test]
+async fn stats_report_the_servers_own_cpu_and_memory() {
+    let (_db, server) = setup().await;
+    let r = server.get("/stats").await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert!(v["cpu_ticks"].as_u64().is_some(), "{v}");
+    assert!(v["peak_rss_kib"].as_u64().unwrap_or(0) > 0, "{v}");
+    let post = send(server.addr, "POST", "/stats", &[], Bytes::new()).await;
+    assert_eq!(post.status, 405);
 }

@@ -65,8 +65,9 @@ impl Report {
     }
 }
 
-/// Neither the server's nor PostgreSQL's processes are visible from the Job; the
-/// server's counters are, through `/metrics`.
+/// Neither the server's nor PostgreSQL's processes are visible from the Job: the
+/// server reports its own CPU time and peak memory on `/stats`, and its counters on
+/// `/metrics`; PostgreSQL's CPU is not seen.
 struct RemoteProbe<'a> {
     remote: &'a Remote,
     metrics: bool,
@@ -74,10 +75,13 @@ struct RemoteProbe<'a> {
 
 impl Probe for RemoteProbe<'_> {
     fn ticks(&mut self) -> Ticks {
-        Ticks::default()
+        Ticks {
+            server: self.remote.stats().ok().and_then(|s| s.0),
+            postgres: None,
+        }
     }
     fn server_peak_rss_kib(&mut self) -> Option<u64> {
-        None
+        self.remote.stats().ok().and_then(|s| s.1)
     }
     fn applied_writes(&mut self) -> Result<Option<i64>> {
         Ok(None)

@@ -10,7 +10,15 @@ use toml::Spanned;
 
 /// Features the server crate knows (the umbrella `full` is refused: rows list features
 /// explicitly, so `/version` can be compared with them).
-pub const KNOWN_FEATURES: &[&str] = &["pool", "prepared", "mimalloc", "simd-json", "metrics"];
+pub const KNOWN_FEATURES: &[&str] = &[
+    "pool",
+    "prepared",
+    "mimalloc",
+    "simd-json",
+    "metrics",
+    "pipeline",
+    "coalesce",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

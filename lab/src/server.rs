@@ -72,6 +72,16 @@ impl Remote {
             .collect())
     }
 
+    /// The server's own (CPU ticks, peak RSS in KiB) from `/stats`.
+    pub fn stats(&self) -> Result<(Option<u64>, Option<u64>)> {
+        let r = http::get(self.addr, "/stats", Duration::from_secs(5))?;
+        if r.status != 200 {
+            bail!("/stats answered {}", r.status);
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.body).context("/stats is not JSON")?;
+        Ok((v["cpu_ticks"].as_u64(), v["peak_rss_kib"].as_u64()))
+    }
+
     /// (GET 200, PATCH 200) on `/users/{id}` from the server's own `/metrics`.
     pub fn served_counts(&self) -> Result<(u64, u64)> {
         let r = http::get(self.addr, "/metrics", Duration::from_secs(5))?;

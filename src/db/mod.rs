@@ -1,8 +1,11 @@
-//! PostgreSQL access, with two seams swapped by features:
-//! - how a connection is obtained (`source`): a new connection per request, or a bb8
-//!   pool with `pool`;
+//! PostgreSQL access, with three seams swapped by features:
+//! - how a connection is obtained (`source`): a new connection per request, a bb8
+//!   pool with `pool`, or a few connections shared and pipelined with `pipeline` (which
+//!   takes precedence over `pool` when both are on);
 //! - how statements are sent (`session`): ad hoc every time, or prepared once per
-//!   connection with `prepared` (a pooled connection carries its prepared statements).
+//!   connection with `prepared` (a pooled connection carries its prepared statements);
+//! - how requests become statements (`exec`): one statement per request, or, with
+//!   `coalesce`, concurrent requests gathered into one statement per batch.
 //!
 //! Everything here is bounded by `DB_TIMEOUT_MS`: past it the caller gets a 503.
 use std::future::Future;
@@ -20,9 +23,20 @@ use crate::error::AppError;
 #[cfg_attr(not(feature = "prepared"), path = "session_adhoc.rs")]
 mod session;
 
-#[cfg_attr(feature = "pool", path = "source_pool.rs")]
-#[cfg_attr(not(feature = "pool"), path = "source_direct.rs")]
+#[cfg_attr(feature = "pipeline", path = "source_pipeline.rs")]
+#[cfg_attr(
+    all(feature = "pool", not(feature = "pipeline")),
+    path = "source_pool.rs"
+)]
+#[cfg_attr(
+    not(any(feature = "pool", feature = "pipeline")),
+    path = "source_direct.rs"
+)]
 mod source;
+
+#[cfg_attr(feature = "coalesce", path = "exec_coalesce.rs")]
+#[cfg_attr(not(feature = "coalesce"), path = "exec_single.rs")]
+mod exec;
 
 /// Reads one profile. Written once, used by both session implementations.
 pub const SELECT_USER: &str =
@@ -31,6 +45,17 @@ pub const SELECT_USER: &str =
 /// Changes one email and bumps `version`; autocommit makes it durable before the reply.
 pub const UPDATE_EMAIL: &str = "UPDATE users SET email = $2, updated_at = now(), \
      version = version + 1 WHERE id = $1 RETURNING id, name, email, updated_at, version";
+
+/// Reads a batch of profiles (`coalesce`): one row per existing id.
+pub const SELECT_USERS: &str =
+    "SELECT id, name, email, updated_at, version FROM users WHERE id = ANY($1)";
+
+/// Applies a batch of email changes (`coalesce`) in one statement and one commit. Each
+/// id appears once, with its last email and the number `n` of PATCHes folded into it.
+pub const UPDATE_EMAILS: &str = "UPDATE users AS u SET email = b.email, updated_at = now(), \
+     version = u.version + b.n \
+     FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS b(id, email, n) \
+     WHERE u.id = b.id RETURNING u.id, u.name, u.email, u.updated_at, u.version";
 
 /// A user profile as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,6 +78,12 @@ pub struct PoolState {
 
 /// The database handle shared by all requests.
 pub struct Db {
+    core: std::sync::Arc<Core>,
+    exec: exec::Exec,
+}
+
+/// Connections and the statements on them, one request or one batch at a time.
+pub(crate) struct Core {
     source: source::Source,
     timeout: Duration,
 }
@@ -77,14 +108,38 @@ impl Db {
         if pg.get_application_name().is_none() {
             pg.application_name("perflab");
         }
-        Ok(Self {
-            source: source::Source::new(pg, config.pool_size, config.db_timeout),
+        let core = std::sync::Arc::new(Core {
+            source: source::Source::new(pg, config),
             timeout: config.db_timeout,
-        })
+        });
+        let exec = exec::Exec::new(&core, config);
+        Ok(Self { core, exec })
     }
 
     /// `GET /users/{id}`: the profile, or `None` when there is no such user.
     pub async fn user(&self, id: i64) -> Result<Option<User>, AppError> {
+        self.exec.user(&self.core, id).await
+    }
+
+    /// `PATCH /users/{id}`: the updated profile, or `None` when there is no such user.
+    /// The change is committed before this returns.
+    pub async fn update_email(&self, id: i64, email: &str) -> Result<Option<User>, AppError> {
+        self.exec.update_email(&self.core, id, email).await
+    }
+
+    /// `/readyz`: one round trip to PostgreSQL.
+    pub async fn ping(&self) -> Result<(), AppError> {
+        self.core.ping().await
+    }
+
+    pub fn pool_state(&self) -> Option<PoolState> {
+        self.core.source.state()
+    }
+}
+
+impl Core {
+    /// One profile by one statement.
+    pub(crate) async fn user(&self, id: i64) -> Result<Option<User>, AppError> {
         self.bounded(async {
             let session = self.source.get().await?;
             let in_flight = session.health().in_flight();
@@ -95,8 +150,12 @@ impl Db {
         .await
     }
 
-    /// `PATCH /users/{id}`: the updated profile, or `None` when there is no such user.
-    pub async fn update_email(&self, id: i64, email: &str) -> Result<Option<User>, AppError> {
+    /// One email change by one statement (autocommit: durable when it returns).
+    pub(crate) async fn update_email(
+        &self,
+        id: i64,
+        email: &str,
+    ) -> Result<Option<User>, AppError> {
         self.bounded(async {
             let session = self.source.get().await?;
             let in_flight = session.health().in_flight();
@@ -107,8 +166,42 @@ impl Db {
         .await
     }
 
-    /// `/readyz`: one round trip to PostgreSQL.
-    pub async fn ping(&self) -> Result<(), AppError> {
+    /// Profiles of `ids` by one statement; ids with no user have no entry.
+    #[allow(dead_code)] // only `coalesce` builds batch
+    pub(crate) async fn users(&self, ids: &[i64]) -> Result<Vec<User>, AppError> {
+        self.bounded(async {
+            let session = self.source.get().await?;
+            let in_flight = session.health().in_flight();
+            let rows = session.select_users(ids).await.map_err(classify)?;
+            in_flight.done();
+            rows.iter().map(user_from_row).collect()
+        })
+        .await
+    }
+
+    /// Applies `counts[i]` PATCHes ending with `emails[i]` to each distinct `ids[i]` by
+    /// one statement, one commit; returns the rows as they are after it.
+    #[allow(dead_code)] // only `coalesce` builds batch
+    pub(crate) async fn update_emails(
+        &self,
+        ids: &[i64],
+        emails: &[&str],
+        counts: &[i64],
+    ) -> Result<Vec<User>, AppError> {
+        self.bounded(async {
+            let session = self.source.get().await?;
+            let in_flight = session.health().in_flight();
+            let rows = session
+                .update_emails(ids, emails, counts)
+                .await
+                .map_err(classify)?;
+            in_flight.done();
+            rows.iter().map(user_from_row).collect()
+        })
+        .await
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), AppError> {
         self.bounded(async {
             let session = self.source.get().await?;
             let in_flight = session.health().in_flight();
@@ -119,11 +212,7 @@ impl Db {
         .await
     }
 
-    pub fn pool_state(&self) -> Option<PoolState> {
-        self.source.state()
-    }
-
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         work: impl Future<Output = Result<T, AppError>>,
     ) -> Result<T, AppError> {

@@ -3,7 +3,7 @@
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Error, Row};
 
-use super::{Health, SELECT_USER, UPDATE_EMAIL};
+use super::{Health, SELECT_USER, SELECT_USERS, UPDATE_EMAIL, UPDATE_EMAILS};
 
 /// One connection, ready to run the API's statements.
 pub struct Session {
@@ -28,6 +28,30 @@ impl Session {
     pub async fn update_email(&self, id: i64, email: &str) -> Result<Vec<Row>, Error> {
         self.client
             .query_typed(UPDATE_EMAIL, &[(&id, Type::INT8), (&email, Type::TEXT)])
+            .await
+    }
+
+    pub async fn select_users(&self, ids: &[i64]) -> Result<Vec<Row>, Error> {
+        self.client
+            .query_typed(SELECT_USERS, &[(&ids, Type::INT8_ARRAY)])
+            .await
+    }
+
+    pub async fn update_emails(
+        &self,
+        ids: &[i64],
+        emails: &[&str],
+        counts: &[i64],
+    ) -> Result<Vec<Row>, Error> {
+        self.client
+            .query_typed(
+                UPDATE_EMAILS,
+                &[
+                    (&ids, Type::INT8_ARRAY),
+                    (&emails, Type::TEXT_ARRAY),
+                    (&counts, Type::INT8_ARRAY),
+                ],
+            )
             .await
     }
 

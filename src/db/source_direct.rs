@@ -1,11 +1,11 @@
 //! No pool: every request opens its own connection and closes it when done (the naive
 //! baseline; PostgreSQL forks a backend for each one).
-use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
 use super::session::Session;
 use super::{classify, PoolState};
+use crate::config::Config;
 use crate::error::AppError;
 
 pub struct Source {
@@ -13,7 +13,7 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(config: tokio_postgres::Config, _pool_size: u32, _timeout: Duration) -> Self {
+    pub fn new(config: tokio_postgres::Config, _settings: &Config) -> Self {
         Self { config }
     }
 

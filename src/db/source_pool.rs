@@ -16,6 +16,7 @@ use tokio_postgres::NoTls;
 
 use super::session::Session;
 use super::{classify, PoolState};
+use crate::config::Config;
 use crate::error::AppError;
 
 pub struct Source {
@@ -23,7 +24,8 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(config: tokio_postgres::Config, pool_size: u32, timeout: Duration) -> Self {
+    pub fn new(config: tokio_postgres::Config, settings: &Config) -> Self {
+        let (pool_size, timeout) = (settings.pool_size, settings.db_timeout);
         let manager = Manager {
             inner: PostgresConnectionManager::new(config, NoTls),
             connect_timeout: timeout,

@@ -7,6 +7,10 @@ use crate::db::PoolState;
 #[inline(always)]
 pub fn observe(_route: &'static str, _method: &str, _status: u16, _elapsed: Duration) {}
 
+/// Records one coalesced batch (no-op in this build).
+#[inline(always)]
+pub fn observe_batch(_kind: &'static str, _size: usize) {}
+
 /// The Prometheus exposition, or `None` when metrics are not built in.
 pub fn render(_pool: Option<PoolState>) -> Option<String> {
     None

@@ -3,7 +3,9 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::db::PoolState;
 
@@ -13,6 +15,9 @@ struct Metrics {
     latency: HistogramVec,
     pool_connections: IntGauge,
     pool_idle: IntGauge,
+    batches: IntCounterVec,
+    batched: IntCounterVec,
+    batch_max: IntGaugeVec,
 }
 
 static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(build);
@@ -38,6 +43,27 @@ fn build() -> Option<Metrics> {
     let pool_connections =
         IntGauge::new("db_pool_connections", "Connections held by the pool.").ok()?;
     let pool_idle = IntGauge::new("db_pool_idle_connections", "Idle pooled connections.").ok()?;
+    let batches = IntCounterVec::new(
+        Opts::new("db_batches_total", "Batches run by the coalescing workers."),
+        &["kind"],
+    )
+    .ok()?;
+    let batched = IntCounterVec::new(
+        Opts::new(
+            "db_batched_requests_total",
+            "Requests served by the coalescing workers' batches.",
+        ),
+        &["kind"],
+    )
+    .ok()?;
+    let batch_max = IntGaugeVec::new(
+        Opts::new("db_batch_size_max", "Largest batch so far."),
+        &["kind"],
+    )
+    .ok()?;
+    registry.register(Box::new(batches.clone())).ok()?;
+    registry.register(Box::new(batched.clone())).ok()?;
+    registry.register(Box::new(batch_max.clone())).ok()?;
     registry.register(Box::new(requests.clone())).ok()?;
     registry.register(Box::new(latency.clone())).ok()?;
     registry.register(Box::new(pool_connections.clone())).ok()?;
@@ -48,6 +74,9 @@ fn build() -> Option<Metrics> {
         latency,
         pool_connections,
         pool_idle,
+        batches,
+        batched,
+        batch_max,
     })
 }
 
@@ -61,6 +90,17 @@ pub fn observe(route: &'static str, method: &str, status: u16, elapsed: Duration
     m.latency
         .with_label_values(&[route, method])
         .observe(elapsed.as_secs_f64());
+}
+
+/// Records one batch of `size` requests run by a coalescing worker (`kind`: read/write).
+pub fn observe_batch(kind: &'static str, size: usize) {
+    let Some(m) = METRICS.as_ref() else { return };
+    m.batches.with_label_values(&[kind]).inc();
+    m.batched.with_label_values(&[kind]).inc_by(size as u64);
+    let max = m.batch_max.with_label_values(&[kind]);
+    if max.get() < size as i64 {
+        max.set(size as i64);
+    }
 }
 
 /// The Prometheus text exposition of every metric.

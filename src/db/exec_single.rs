@@ -1,0 +1,27 @@
+//! One statement per request (every build without `coalesce`).
+use std::sync::Arc;
+
+use super::{Core, User};
+use crate::config::Config;
+use crate::error::AppError;
+
+pub struct Exec;
+
+impl Exec {
+    pub fn new(_core: &Arc<Core>, _config: &Config) -> Self {
+        Self
+    }
+
+    pub async fn user(&self, core: &Core, id: i64) -> Result<Option<User>, AppError> {
+        core.user(id).await
+    }
+
+    pub async fn update_email(
+        &self,
+        core: &Core,
+        id: i64,
+        email: &str,
+    ) -> Result<Option<User>, AppError> {
+        core.update_email(id, email).await
+    }
+}

@@ -1,0 +1,55 @@
+//! The server's own CPU time and peak memory, from /proc/self, for `GET /stats`: a load
+//! generator that cannot see this process (on Kubernetes it runs on another node) reads
+//! them around each step, as the local harness reads /proc directly.
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessStats {
+    /// User + system CPU time in clock ticks (USER_HZ, 100 per second on Linux).
+    pub cpu_ticks: Option<u64>,
+    /// Peak resident set size (VmHWM) in KiB.
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl ProcessStats {
+    pub fn current() -> Self {
+        Self {
+            cpu_ticks: std::fs::read_to_string("/proc/self/stat")
+                .ok()
+                .and_then(|t| cpu_ticks(&t)),
+            peak_rss_kib: std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|t| peak_rss_kib(&t)),
+        }
+    }
+}
+
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    // Fields after the command name, which may hold spaces: utime and stime are the
+    // 14th and 15th fields of the line, the 12th and 13th after the name.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn peak_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_proc_fields() {
+        let stat = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 4 0 1 1 1";
+        assert_eq!(cpu_ticks(stat), Some(325));
+        assert_eq!(peak_rss_kib("Name:\tx\nVmHWM:\t  12345 kB\n"), Some(12345));
+        let now = ProcessStats::current();
+        assert!(now.cpu_ticks.is_some() && now.peak_rss_kib.unwrap_or(0) > 0);
+    }
+}
