@@ -13,6 +13,7 @@ use crate::oha::{Oha, Side, SideResult};
 use crate::procfs;
 use crate::results::SearchResult;
 use crate::search::Search;
+use crate::server::Scrape;
 
 /// CPU clock ticks consumed so far, where the target can read them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,8 +28,8 @@ pub trait Probe {
     fn server_peak_rss_kib(&mut self) -> Option<u64>;
     /// sum(version) over all users, where the database is reachable.
     fn applied_writes(&mut self) -> Result<Option<i64>>;
-    /// (GET 200, PATCH 200) by the server's own counters, when it has `metrics`.
-    fn served_counts(&mut self) -> Result<Option<(u64, u64)>>;
+    /// The server's own counters, when it has `metrics`.
+    fn scrape(&mut self) -> Result<Option<Scrape>>;
 }
 
 /// PATCHes sent over a whole search, the probe included: what a per-Job integrity
@@ -173,11 +174,7 @@ impl Driver<'_> {
         } else {
             None
         };
-        let served_before = if metrics {
-            probe.served_counts()?
-        } else {
-            None
-        };
+        let served_before = if metrics { probe.scrape()? } else { None };
         let (t0, oha0) = (probe.ticks(), procfs::reaped_children_ticks());
         let start = Instant::now();
         let results = self.oha.run(&plan, l.duration_secs, self.raw, tag)?;
@@ -207,10 +204,24 @@ impl Driver<'_> {
             Some(before) => probe.applied_writes()?.map(|after| after - before),
             None => None,
         };
-        let served = match served_before {
-            Some((g0, p0)) => probe.served_counts()?.map(|(g1, p1)| (g1 - g0, p1 - p0)),
+        let after = match served_before {
+            Some(_) => probe.scrape()?,
             None => None,
         };
+        let served = served_before
+            .zip(after)
+            .map(|(a, b)| (b.served.0 - a.served.0, b.served.1 - a.served.1));
+        if let Some((a, b)) = served_before.zip(after) {
+            let avg = |x: (u64, u64), y: (u64, u64)| {
+                let batches = y.0.saturating_sub(x.0);
+                (batches > 0).then(|| y.1.saturating_sub(x.1) as f64 / batches as f64)
+            };
+            let read = avg(a.read_batches, b.read_batches);
+            let write = avg(a.write_batches, b.write_batches);
+            if read.is_some() || write.is_some() {
+                step.avg_batch = Some((read, write));
+            }
+        }
         if w.writes() && (applied.is_some() || served.is_some()) {
             let find = |m: &str| paired.iter().find(|(s, _)| s.method == m).map(|(_, r)| r);
             let (get, patch) = (find("GET"), find("PATCH"));
@@ -258,6 +269,7 @@ fn summarize(
         cpu_postgres: best.and_then(|b| b.cpu.postgres),
         cpu_oha: best.map(|b| b.cpu.oha),
         server_peak_rss_kib: best.and_then(|b| b.cpu.server_peak_rss_kib),
+        avg_batch: best.and_then(|b| b.avg_batch),
         limit,
         limit_cpu,
         steps: s.steps() as usize,

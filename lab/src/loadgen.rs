@@ -18,7 +18,7 @@ use crate::driver::{write_inputs, Driver, Probe, Tally, Ticks};
 use crate::matrix::{Load, Row, Workload};
 use crate::oha::Oha;
 use crate::results::SearchResult;
-use crate::server::Remote;
+use crate::server::{Remote, Scrape};
 
 /// The marker of the one line of the Job's log that carries its result.
 pub const MARKER: &str = "PERFLAB-RESULT ";
@@ -86,9 +86,9 @@ impl Probe for RemoteProbe<'_> {
     fn applied_writes(&mut self) -> Result<Option<i64>> {
         Ok(None)
     }
-    fn served_counts(&mut self) -> Result<Option<(u64, u64)>> {
+    fn scrape(&mut self) -> Result<Option<Scrape>> {
         if self.metrics {
-            self.remote.served_counts().map(Some)
+            self.remote.scrape().map(Some)
         } else {
             Ok(None)
         }

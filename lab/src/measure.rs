@@ -67,6 +67,8 @@ pub struct Step {
     pub sides: Vec<SideCounts>,
     pub cpu: Cpu,
     pub integrity: Option<Integrity>,
+    /// Average requests per coalesced batch (reads, writes), with `coalesce` + `metrics`.
+    pub avg_batch: Option<(Option<f64>, Option<f64>)>,
     pub passed: bool,
     /// Why the step failed (empty when it passed).
     pub reasons: Vec<String>,
@@ -167,6 +169,7 @@ pub fn evaluate(
         sides: counts,
         cpu: Cpu::default(),
         integrity: None,
+        avg_batch: None,
         passed: reasons.is_empty(),
         reasons,
     }

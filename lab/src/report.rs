@@ -126,6 +126,14 @@ fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
     if let Some(kib) = m.server_peak_rss_kib {
         parts.push(format!("server peak RSS {:.0} MiB", kib as f64 / 1024.0));
     }
+    if let Some((reads, writes)) = m.avg_batch {
+        let f = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.1}"));
+        parts.push(format!(
+            "avg batch: {} GETs, {} PATCHes",
+            f(reads),
+            f(writes)
+        ));
+    }
     let oha_cpus = cpus(&env.oha_cpus).len().max(1) as f64;
     if oha.is_some_and(|o| o / oha_cpus >= 0.8) {
         parts.push("oha near its own limit: a lower bound".into());
@@ -486,6 +494,7 @@ mod tests {
             cpu_postgres: Some(0.3),
             cpu_oha: Some(0.2),
             server_peak_rss_kib: Some(10_000),
+            avg_batch: Some((Some(3.5), None)),
             limit: Some("p99 80 ms > 50 ms".into()),
             limit_cpu: None,
             steps: 5,

@@ -46,6 +46,9 @@ pub struct SearchResult {
     pub cpu_postgres: Option<f64>,
     pub cpu_oha: Option<f64>,
     pub server_peak_rss_kib: Option<u64>,
+    /// Average requests per coalesced batch (reads, writes) at the best step.
+    #[serde(default)]
+    pub avg_batch: Option<(Option<f64>, Option<f64>)>,
     /// Why the next rate up failed.
     pub limit: Option<String>,
     /// CPU cores used (server, PostgreSQL, oha) at that failing step: what saturated.

@@ -14,7 +14,7 @@ use crate::matrix::{Matrix, Row};
 use crate::oha::Oha;
 use crate::pgbench::Pgbench;
 use crate::results::*;
-use crate::server::{self, Server};
+use crate::server::{self, Scrape, Server};
 use crate::{environment, pg, procfs, report};
 
 pub struct Options {
@@ -92,8 +92,8 @@ impl Probe for LocalProbe<'_> {
     fn applied_writes(&mut self) -> Result<Option<i64>> {
         pg::applied_writes(self.db).map(Some)
     }
-    fn served_counts(&mut self) -> Result<Option<(u64, u64)>> {
-        self.server.remote.served_counts().map(Some)
+    fn scrape(&mut self) -> Result<Option<Scrape>> {
+        self.server.remote.scrape().map(Some)
     }
 }
 

@@ -82,13 +82,13 @@ impl Remote {
         Ok((v["cpu_ticks"].as_u64(), v["peak_rss_kib"].as_u64()))
     }
 
-    /// (GET 200, PATCH 200) on `/users/{id}` from the server's own `/metrics`.
-    pub fn served_counts(&self) -> Result<(u64, u64)> {
+    /// The server's own counters from `/metrics`.
+    pub fn scrape(&self) -> Result<Scrape> {
         let r = http::get(self.addr, "/metrics", Duration::from_secs(5))?;
         if r.status != 200 {
             bail!("/metrics answered {}", r.status);
         }
-        Ok(parse_counts(&r.body))
+        Ok(Scrape::parse(&r.body))
     }
 }
 
@@ -193,17 +193,41 @@ impl Drop for Server {
     }
 }
 
-fn parse_counts(text: &str) -> (u64, u64) {
-    let value = |method: &str| -> u64 {
-        let series = format!(
-            r#"http_requests_total{{method="{method}",route="/users/{{id}}",status="200"}}"#
-        );
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
-    };
-    (value("GET"), value("PATCH"))
+/// What the harness reads from the server's `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Scrape {
+    /// (GET 200, PATCH 200) on `/users/{id}`.
+    pub served: (u64, u64),
+    /// (batches, requests batched) for reads and for writes, with `coalesce`.
+    pub read_batches: (u64, u64),
+    pub write_batches: (u64, u64),
+}
+
+impl Scrape {
+    fn parse(text: &str) -> Self {
+        let value = |series: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        };
+        let served = |method: &str| {
+            value(&format!(
+                r#"http_requests_total{{method="{method}",route="/users/{{id}}",status="200"}}"#
+            ))
+        };
+        let batches = |kind: &str| {
+            (
+                value(&format!(r#"db_batches_total{{kind="{kind}"}}"#)),
+                value(&format!(r#"db_batched_requests_total{{kind="{kind}"}}"#)),
+            )
+        };
+        Self {
+            served: (served("GET"), served("PATCH")),
+            read_batches: batches("read"),
+            write_batches: batches("write"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -213,7 +237,13 @@ mod tests {
         let text = "# HELP x\nhttp_requests_total{method=\"GET\",route=\"/users/{id}\",status=\"200\"} 1234\n\
                     http_requests_total{method=\"PATCH\",route=\"/users/{id}\",status=\"200\"} 56\n\
                     http_requests_total{method=\"PATCH\",route=\"/users/{id}\",status=\"404\"} 7\n";
-        assert_eq!(super::parse_counts(text), (1234, 56));
-        assert_eq!(super::parse_counts(""), (0, 0));
+        let s = super::Scrape::parse(text);
+        assert_eq!(s.served, (1234, 56));
+        assert_eq!(s.read_batches, (0, 0));
+        assert_eq!(super::Scrape::parse("").served, (0, 0));
+        let b = super::Scrape::parse(
+            "db_batches_total{kind=\"write\"} 10\ndb_batched_requests_total{kind=\"write\"} 45\n",
+        );
+        assert_eq!(b.write_batches, (10, 45));
     }
 }
