@@ -263,6 +263,7 @@ pub fn run(o: &Options) -> Result<Summary> {
         }
     }
 
+    let mut oha_version: Option<String> = None;
     for rep in 1..=m.load.repetitions {
         for (i, row) in m.rows.iter().enumerate() {
             if !rows[i].failures.is_empty() {
@@ -301,7 +302,10 @@ pub fn run(o: &Options) -> Result<Summary> {
                 &format!("--timeout={}s", o.timeout.as_secs()),
             ]);
             match result {
-                Ok(report) => merge(&mut rows[i], report),
+                Ok(report) => {
+                    oha_version.get_or_insert_with(|| report.oha.clone());
+                    merge(&mut rows[i], report)
+                }
                 Err(e) => {
                     let msg = format!("repetition {rep}: {e:#}");
                     eprintln!("!!! row {:?} failed: {msg}", row.name);
@@ -314,7 +318,7 @@ pub fn run(o: &Options) -> Result<Summary> {
         }
     }
 
-    let summary = summary(
+    let mut summary = summary(
         m,
         &o.root,
         &o.matrix_path,
@@ -323,6 +327,9 @@ pub fn run(o: &Options) -> Result<Summary> {
         started.elapsed().as_secs_f64(),
         rows,
     )?;
+    if let Some(v) = oha_version {
+        summary.environment.oha = format!("{v} (load-generator image)");
+    }
     if !o.dry_run {
         runner::write_outputs(&o.out, o.readme.as_deref(), &raw, &summary)?;
     }
