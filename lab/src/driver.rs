@@ -270,6 +270,7 @@ fn summarize(
         cpu_oha: best.map(|b| b.cpu.oha),
         server_peak_rss_kib: best.and_then(|b| b.cpu.server_peak_rss_kib),
         avg_batch: best.and_then(|b| b.avg_batch),
+        cpu_postgres_job: None,
         limit,
         limit_cpu,
         steps: s.steps() as usize,

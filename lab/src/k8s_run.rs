@@ -154,6 +154,23 @@ impl Kube<'_> {
             .with_context(|| format!("sum(version) answered {:?}", out.trim()))
     }
 
+    /// CPU time of the PostgreSQL container so far, in µs, from its cgroup.
+    fn postgres_cpu_usec(&self) -> Option<u64> {
+        let out = self
+            .ctl(&[
+                "exec",
+                "statefulset/postgres",
+                "-c",
+                "postgres",
+                "--",
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/cpu.stat 2>/dev/null || cat /sys/fs/cgroup/cpuacct/cpuacct.usage",
+            ])
+            .ok()?;
+        cgroup_cpu_usec(&out)
+    }
+
     /// The run's PostgreSQL settings, as locally: ALTER SYSTEM and a reload.
     fn apply_settings(&self, settings: &BTreeMap<String, String>) -> Result<()> {
         for (k, v) in settings {
@@ -418,6 +435,14 @@ pub fn plan(m: &Matrix, rep: u32) -> Result<Plan> {
     })
 }
 
+/// CPU time in µs from cgroup v2 `cpu.stat` (`usage_usec`) or v1 `cpuacct.usage` (ns).
+fn cgroup_cpu_usec(text: &str) -> Option<u64> {
+    if let Some(v) = text.lines().find_map(|l| l.strip_prefix("usage_usec ")) {
+        return v.trim().parse().ok();
+    }
+    text.trim().parse::<u64>().ok().map(|ns| ns / 1000)
+}
+
 fn row_result(r: &Row) -> RowResult {
     RowResult {
         name: r.name.clone(),
@@ -522,9 +547,11 @@ fn measure_row(
     kube.apply(&files[2])?;
     kube.rollout("deployment/perflab", o.timeout)?;
     let before = kube.applied_writes()?;
+    let (pg0, t0) = (kube.postgres_cpu_usec(), Instant::now());
     kube.apply(&files[3])?;
     // The Job's own deadline (activeDeadlineSeconds) bounds the search; wait a bit more.
     kube.wait_job("perflab-loadgen", Duration::from_secs(3700))?;
+    let (pg1, wall) = (kube.postgres_cpu_usec(), t0.elapsed().as_secs_f64());
     let log = kube.ctl(&["logs", "job/perflab-loadgen"])?;
     let after = kube.applied_writes()?;
     if o.dry_run {
@@ -546,6 +573,13 @@ fn measure_row(
         bail!("the load generator could not measure: {e}");
     }
     check_job_writes(&mut report, after - before);
+    // PostgreSQL's CPU is only visible from its own pod: averaged over the whole Job.
+    if let (Some(a), Some(b)) = (pg0, pg1) {
+        let cores = b.saturating_sub(a) as f64 / 1e6 / wall.max(1e-3);
+        for (_, s) in &mut report.searches {
+            s.cpu_postgres_job = Some(cores);
+        }
+    }
     Ok(report)
 }
 
@@ -606,6 +640,16 @@ mod tests {
             assert_eq!(failures.len(), 1, "applied {applied}");
             assert!(failures[0].contains("whole Job"));
         }
+    }
+
+    #[test]
+    fn reads_cgroup_cpu_time() {
+        assert_eq!(
+            cgroup_cpu_usec("usage_usec 1500\nuser_usec 1000\n"),
+            Some(1500)
+        );
+        assert_eq!(cgroup_cpu_usec("2500000\n"), Some(2500));
+        assert_eq!(cgroup_cpu_usec(""), None);
     }
 
     #[test]

@@ -123,6 +123,9 @@ fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
         cores(postgres),
         cores(oha)
     ));
+    if let Some(pg) = m.cpu_postgres_job {
+        parts.push(format!("PG {pg:.2} cores averaged over the whole Job"));
+    }
     if let Some(kib) = m.server_peak_rss_kib {
         parts.push(format!("server peak RSS {:.0} MiB", kib as f64 / 1024.0));
     }
@@ -495,6 +498,7 @@ mod tests {
             cpu_oha: Some(0.2),
             server_peak_rss_kib: Some(10_000),
             avg_batch: Some((Some(3.5), None)),
+            cpu_postgres_job: None,
             limit: Some("p99 80 ms > 50 ms".into()),
             limit_cpu: None,
             steps: 5,

@@ -46,6 +46,10 @@ pub struct SearchResult {
     pub cpu_postgres: Option<f64>,
     pub cpu_oha: Option<f64>,
     pub server_peak_rss_kib: Option<u64>,
+    /// PostgreSQL's CPU (cores) averaged over the whole load-generator Job, on
+    /// Kubernetes, where it cannot be read per step.
+    #[serde(default)]
+    pub cpu_postgres_job: Option<f64>,
     /// Average requests per coalesced batch (reads, writes) at the best step.
     #[serde(default)]
     pub avg_batch: Option<(Option<f64>, Option<f64>)>,
