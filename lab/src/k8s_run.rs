@@ -132,14 +132,16 @@ impl Kube<'_> {
             .unwrap_or_else(|e| format!("(no log: {e:#})"))
     }
 
+    /// Runs a command in the PostgreSQL container.
+    fn in_postgres(&self, cmd: &[&str]) -> Result<String> {
+        let mut v = vec!["exec", "statefulset/postgres", "-c", "postgres", "--"];
+        v.extend_from_slice(cmd);
+        self.ctl(&v)
+    }
+
     /// sum(version) over all users, asked inside the PostgreSQL pod.
     fn applied_writes(&self) -> Result<i64> {
-        let out = self.ctl(&[
-            "exec",
-            "statefulset/postgres",
-            "-c",
-            "postgres",
-            "--",
+        let out = self.in_postgres(&[
             "psql",
             "-U",
             "postgres",
@@ -157,12 +159,7 @@ impl Kube<'_> {
     /// CPU time of the PostgreSQL container so far, in µs, from its cgroup.
     fn postgres_cpu_usec(&self) -> Option<u64> {
         let out = self
-            .ctl(&[
-                "exec",
-                "statefulset/postgres",
-                "-c",
-                "postgres",
-                "--",
+            .in_postgres(&[
                 "sh",
                 "-c",
                 "cat /sys/fs/cgroup/cpu.stat 2>/dev/null || cat /sys/fs/cgroup/cpuacct/cpuacct.usage",
@@ -174,12 +171,7 @@ impl Kube<'_> {
     /// The run's PostgreSQL settings, as locally: ALTER SYSTEM and a reload.
     fn apply_settings(&self, settings: &BTreeMap<String, String>) -> Result<()> {
         for (k, v) in settings {
-            self.ctl(&[
-                "exec",
-                "statefulset/postgres",
-                "-c",
-                "postgres",
-                "--",
+            self.in_postgres(&[
                 "psql",
                 "-U",
                 "postgres",

@@ -271,27 +271,7 @@ fn real_main() -> Result<bool> {
                 pg_data,
                 oha,
             };
-            let summary = runner::run(&options)?;
-            let failures = summary.integrity_failures();
-            let failed_rows: Vec<&str> = summary
-                .rows
-                .iter()
-                .filter(|r| !r.failures.is_empty())
-                .map(|r| r.name.as_str())
-                .collect();
-            if !failures.is_empty() {
-                eprintln!(
-                    "!!! INTEGRITY FAILURES ({}): see results.md",
-                    failures.len()
-                );
-            }
-            if !failed_rows.is_empty() {
-                eprintln!(
-                    "!!! rows that could not be measured: {}",
-                    failed_rows.join(", ")
-                );
-            }
-            Ok(failures.is_empty() && failed_rows.is_empty())
+            Ok(outcome(&runner::run(&options)?))
         }
         Cmd::K8s {
             m,
@@ -333,23 +313,7 @@ fn real_main() -> Result<bool> {
                 );
                 return Ok(true);
             }
-            let failures = summary.integrity_failures();
-            let failed_rows: Vec<&str> = summary
-                .rows
-                .iter()
-                .filter(|r| !r.failures.is_empty())
-                .map(|r| r.name.as_str())
-                .collect();
-            for f in &failures {
-                eprintln!("!!! integrity: {f}");
-            }
-            if !failed_rows.is_empty() {
-                eprintln!(
-                    "!!! rows that could not be measured: {}",
-                    failed_rows.join(", ")
-                );
-            }
-            Ok(failures.is_empty() && failed_rows.is_empty())
+            Ok(outcome(&summary))
         }
         Cmd::Plan { m } => {
             let matrix = load_matrix(&m)?;
@@ -461,6 +425,28 @@ fn real_main() -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// Says what went wrong in a run; true when every row was measured and every
+/// integrity check passed.
+fn outcome(summary: &results::Summary) -> bool {
+    let failures = summary.integrity_failures();
+    for f in &failures {
+        eprintln!("!!! INTEGRITY FAILURE (see results.md): {f}");
+    }
+    let failed_rows: Vec<&str> = summary
+        .rows
+        .iter()
+        .filter(|r| !r.failures.is_empty())
+        .map(|r| r.name.as_str())
+        .collect();
+    if !failed_rows.is_empty() {
+        eprintln!(
+            "!!! rows that could not be measured: {}",
+            failed_rows.join(", ")
+        );
+    }
+    failures.is_empty() && failed_rows.is_empty()
 }
 
 fn main() -> ExitCode {
