@@ -207,35 +207,25 @@ pub fn run(o: &Options) -> Result<Summary> {
     }
 
     // The cluster must have a load-generator node, or the Job would never schedule.
+    let version = sh
+        .run(&["kubectl", "version", "-o", "json"])
+        .context("no cluster answers: is KUBECONFIG set?")?;
+    let nodes = sh.run(&[
+        "kubectl",
+        "get",
+        "nodes",
+        "-l",
+        "loadgen=true",
+        "-o",
+        "name",
+    ])?;
+    if !o.dry_run && nodes.trim().is_empty() {
+        bail!("no node is labelled loadgen=true: prepare one with\n  kubectl label node NODE loadgen=true\n  kubectl taint node NODE loadgen=true:NoSchedule");
+    }
     let server_version = if o.dry_run {
-        sh.run(&["kubectl", "version", "-o", "json"])?;
-        sh.run(&[
-            "kubectl",
-            "get",
-            "nodes",
-            "-l",
-            "loadgen=true",
-            "-o",
-            "name",
-        ])?;
         "dry run".to_string()
     } else {
-        let v = sh
-            .run(&["kubectl", "version", "-o", "json"])
-            .context("no cluster answers: is KUBECONFIG set?")?;
-        let nodes = sh.run(&[
-            "kubectl",
-            "get",
-            "nodes",
-            "-l",
-            "loadgen=true",
-            "-o",
-            "name",
-        ])?;
-        if nodes.trim().is_empty() {
-            bail!("no node is labelled loadgen=true: prepare one with\n  kubectl label node NODE loadgen=true\n  kubectl taint node NODE loadgen=true:NoSchedule");
-        }
-        serde_json::from_str::<serde_json::Value>(&v)
+        serde_json::from_str::<serde_json::Value>(&version)
             .ok()
             .and_then(|j| j["serverVersion"]["gitVersion"].as_str().map(String::from))
             .unwrap_or_else(|| "unknown".into())
@@ -255,7 +245,7 @@ pub fn run(o: &Options) -> Result<Summary> {
     images::loadgen(&sh, engine, &o.root, &o.oha, &lg)
         .and_then(|_| images::publish(&sh, engine, &o.root, &lg, o.load.as_deref()))
         .context("the load-generator image")?;
-    let mut rows: Vec<RowResult> = m.rows.iter().map(row_result).collect();
+    let mut rows: Vec<RowResult> = m.rows.iter().map(RowResult::new).collect();
     for (i, row) in m.rows.iter().enumerate() {
         let tag = images.server(row);
         let built = images::server(&sh, engine, &o.root, row, &tag).and_then(|info| {
@@ -409,7 +399,7 @@ pub fn ingest(m: &Matrix, report: Report, applied: i64) -> Result<Vec<RowResult>
         .find(|r| r.name == report.row)
         .with_context(|| format!("the report is for row {:?}, not in the matrix", report.row))?;
     check_job_writes(&mut report, applied);
-    let mut rows: Vec<RowResult> = m.rows.iter().map(row_result).collect();
+    let mut rows: Vec<RowResult> = m.rows.iter().map(RowResult::new).collect();
     let i = m.rows.iter().position(|r| r == row).unwrap_or(0);
     merge(&mut rows[i], report);
     Ok(rows)
@@ -433,17 +423,6 @@ fn cgroup_cpu_usec(text: &str) -> Option<u64> {
         return v.trim().parse().ok();
     }
     text.trim().parse::<u64>().ok().map(|ns| ns / 1000)
-}
-
-fn row_result(r: &Row) -> RowResult {
-    RowResult {
-        name: r.name.clone(),
-        features: r.features.clone(),
-        index: r.index,
-        note: r.note.clone(),
-        failures: vec![],
-        workloads: vec![],
-    }
 }
 
 /// Adds one Job's searches to the row.
@@ -646,7 +625,7 @@ mod tests {
 
     #[test]
     fn merging_keeps_workloads_apart() {
-        let mut row = row_result(&Row {
+        let mut row = RowResult::new(&Row {
             name: "r".into(),
             features: vec![],
             index: true,

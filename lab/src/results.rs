@@ -101,6 +101,20 @@ pub struct RowResult {
     pub workloads: Vec<WorkloadResult>,
 }
 
+impl RowResult {
+    /// A row not measured yet.
+    pub fn new(r: &crate::matrix::Row) -> Self {
+        Self {
+            name: r.name.clone(),
+            features: r.features.clone(),
+            index: r.index,
+            note: r.note.clone(),
+            failures: vec![],
+            workloads: vec![],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReferenceResult {
     pub workload: String,

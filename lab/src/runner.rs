@@ -165,18 +165,7 @@ pub fn run(o: &Options) -> Result<Summary> {
             searches_total: m.rows.len() * m.workloads.len() * m.load.repetitions as usize,
         },
     };
-    let mut rows: Vec<RowResult> = m
-        .rows
-        .iter()
-        .map(|r| RowResult {
-            name: r.name.clone(),
-            features: r.features.clone(),
-            index: r.index,
-            note: r.note.clone(),
-            failures: vec![],
-            workloads: vec![],
-        })
-        .collect();
+    let mut rows: Vec<RowResult> = m.rows.iter().map(RowResult::new).collect();
     for (row, bin) in rows.iter_mut().zip(&binaries) {
         if let Err(e) = bin {
             row.failures.push(format!("build failed: {e}"));
