@@ -71,17 +71,22 @@ impl Report {
 struct RemoteProbe<'a> {
     remote: &'a Remote,
     metrics: bool,
+    /// From the latest `/stats` sample.
+    peak_rss_kib: Option<u64>,
 }
 
 impl Probe for RemoteProbe<'_> {
+    /// One `/stats` request per sample: the peak RSS comes with the CPU ticks.
     fn ticks(&mut self) -> Ticks {
+        let (cpu, rss) = self.remote.stats().unwrap_or((None, None));
+        self.peak_rss_kib = rss;
         Ticks {
-            server: self.remote.stats().ok().and_then(|s| s.0),
+            server: cpu,
             postgres: None,
         }
     }
     fn server_peak_rss_kib(&mut self) -> Option<u64> {
-        self.remote.stats().ok().and_then(|s| s.1)
+        self.peak_rss_kib
     }
     fn applied_writes(&mut self) -> Result<Option<i64>> {
         Ok(None)
@@ -199,6 +204,7 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
     let mut probe = RemoteProbe {
         remote: &remote,
         metrics: plan.row.features.iter().any(|f| f == "metrics"),
+        peak_rss_kib: None,
     };
     for w in &plan.workloads {
         let hint = plan.hints.get(&w.name).copied();
