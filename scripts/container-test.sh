@@ -16,13 +16,48 @@ MATRIX="${ROOT}/tests/ci-matrix.toml"
 ROW="all"
 APP_PORT=""
 APP_NAME="perflab-ct-$$"
+LOADGEN_NAME="perflab-ct-loadgen-$$"
 
+# Removes the containers, waits until podman's own processes (conmon and the
+# `podman container cleanup` it starts on exit) have let go of the private store, resets
+# the store the way podman expects, then removes the folder. Every step runs; a problem
+# is a warning.
 cleanup() {
-  if [[ -n "${CT_DIR:-}" ]]; then
-    podman rm -f "${APP_NAME}" >/dev/null 2>&1 || true
-    if [[ -n "${KEEP_CT:-}" ]]; then log "kept ${CT_DIR}"; else rm -rf "${CT_DIR}"; fi
+  local status=$?
+  set +e
+  trap '' INT TERM
+  # Only ever the private store: never touch the machine's own containers.
+  if [[ -n "${CT_DIR:-}" && -d "${CT_DIR}" && "${CONTAINERS_STORAGE_CONF:-}" == "${CT_DIR}/storage.conf" ]]; then
+    cleanup_step "removing the containers" \
+      podman rm --force --ignore --time 0 "${APP_NAME}" "${LOADGEN_NAME}" >/dev/null
+    cleanup_step "waiting for podman to release ${CT_DIR}" wait_store_released
+    cleanup_step "resetting the private container store" podman system reset --force >/dev/null 2>&1
+    cleanup_step "waiting for podman to release ${CT_DIR}" wait_store_released
   fi
-  pg_stop
+  if [[ -n "${CT_DIR:-}" && -d "${CT_DIR}" ]]; then
+    if [[ -n "${KEEP_CT:-}" ]]; then
+      log "kept ${CT_DIR}"
+    else
+      cleanup_step "removing ${CT_DIR}" remove_dir "${CT_DIR}"
+    fi
+  fi
+  cleanup_step "stopping PostgreSQL" pg_stop
+  return "${status}"
+}
+
+# Waits (up to 30 s) until no process names the private store on its command line:
+# conmon and podman's exit-time clean-up carry --root/--runroot under CT_DIR. Kills
+# what is still there after that, with a warning.
+wait_store_released() {
+  local i
+  for ((i = 0; i < 60; i++)); do
+    pgrep -f -- "${CT_DIR}/" >/dev/null 2>&1 || return 0
+    sleep 0.5
+  done
+  warn "clean-up: processes still hold ${CT_DIR}: $(pgrep -a -f -- "${CT_DIR}/" | tr '\n' ';')"
+  pkill -KILL -f -- "${CT_DIR}/" 2>/dev/null
+  sleep 1
+  ! pgrep -f -- "${CT_DIR}/" >/dev/null 2>&1
 }
 
 require_containers() {
@@ -36,14 +71,17 @@ require_containers() {
 # Settings for a root sandbox without systemd: runc, cgroupfs, no raised rlimits or pid
 # limits, and a private vfs image store under CT_DIR (see README, "Containers in CI").
 container_config() {
-  mkdir -p "${CT_DIR}/storage" "${CT_DIR}/run"
-  cat >"${CT_DIR}/containers.conf" <<'EOF'
+  mkdir -p "${CT_DIR}/storage" "${CT_DIR}/run" "${CT_DIR}/tmp"
+  cat >"${CT_DIR}/containers.conf" <<EOF
 [containers]
 default_ulimits = []
 pids_limit = 0
+log_driver = "k8s-file"
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
+tmp_dir = "${CT_DIR}/tmp"
+volume_path = "${CT_DIR}/storage/volumes"
 EOF
   cat >"${CT_DIR}/storage.conf" <<EOF
 [storage]
@@ -59,6 +97,59 @@ EOF
 POD_FLAGS=(--pull=never --network host --user 65532:65532 --read-only --cap-drop ALL
   --security-opt no-new-privileges --cpus 1 --memory 1g)
 
+# start_app IMAGE: runs the server image with the pod's constraints on a free loopback
+# port (APP_PORT) and waits until it listens; a port lost to a race is retried.
+start_app() {
+  local image="$1" attempt i
+  for attempt in 1 2 3 4 5; do
+    APP_PORT="$(free_port)"
+    log "containers: the app image on 127.0.0.1:${APP_PORT} with the pod's constraints"
+    # "localhost" in the URL: the image must resolve names (its /etc/nsswitch.conf).
+    podman run -d --name "${APP_NAME}" "${POD_FLAGS[@]}" \
+      -e "DATABASE_URL=postgres://postgres@localhost:${PG_PORT}/postgres" \
+      -e "LISTEN_ADDR=127.0.0.1:${APP_PORT}" -e RUST_LOG=info "${image}" >/dev/null
+    for ((i = 0; i < 100; i++)); do
+      if podman logs "${APP_NAME}" 2>&1 | grep -q "listening"; then return 0; fi
+      [[ "$(podman inspect "${APP_NAME}" --format '{{.State.Running}}')" == "true" ]] || break
+      sleep 0.1
+    done
+    if podman logs "${APP_NAME}" 2>&1 | grep -q "cannot listen" && [[ "${attempt}" -lt 5 ]]; then
+      log "containers: port ${APP_PORT} was taken before the app could bind it (attempt ${attempt}/5); trying another"
+      podman rm --force --time 0 "${APP_NAME}" >/dev/null
+      continue
+    fi
+    podman logs "${APP_NAME}" 2>&1 | tail -n 20 >&2
+    die "the app container did not start listening"
+  done
+}
+
+# run_loadgen IMAGE: the load generator, as its Job: read-only root, a writable /work
+# like the Job's emptyDir, the plan mounted where the ConfigMap goes. It waits for
+# /readyz and refuses to measure unless /version lists the row's features. Detached and
+# polled (at most 10 minutes), so Ctrl-C reaches the clean-up at once.
+run_loadgen() {
+  local image="$1" i code
+  mkdir -p "${CT_DIR}/work"
+  chown 65532:65532 "${CT_DIR}/work"
+  log "containers: a --quick search of row ${ROW} from the load-generator image"
+  podman run -d --name "${LOADGEN_NAME}" "${POD_FLAGS[@]}" -v "${CT_DIR}/work:/work" \
+    -v "${CT_DIR}/plan.json:/etc/perflab/plan.json:ro" "${image}" \
+    loadgen --url "http://localhost:${APP_PORT}" >/dev/null
+  for ((i = 0; i < 600; i++)); do
+    [[ "$(podman inspect "${LOADGEN_NAME}" --format '{{.State.Running}}')" == "true" ]] || break
+    sleep 1
+  done
+  podman logs "${LOADGEN_NAME}" >"${CT_DIR}/loadgen.log" 2>"${CT_DIR}/loadgen.err"
+  code="$(podman inspect "${LOADGEN_NAME}" --format '{{.State.ExitCode}}')"
+  if [[ "${i}" -ge 600 || "${code}" != "0" ]]; then
+    tail -n 20 "${CT_DIR}/loadgen.err" >&2
+    podman logs "${APP_NAME}" 2>&1 | tail -n 20 >&2
+    die "the load-generator container failed (exit ${code}, $((i)) s)"
+  fi
+  cat "${CT_DIR}/loadgen.err" >&2
+  podman rm --force --time 0 "${LOADGEN_NAME}" >/dev/null
+}
+
 main() {
   require_cargo
   require_oha
@@ -70,7 +161,8 @@ main() {
   local lab="${ROOT}/target/release/lab"
   CT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/perflab-ct.XXXXXX")"
   trap cleanup EXIT
-  trap 'exit 130' INT TERM
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   container_config
 
   log "containers: building the images of row ${ROW} and the load generator (buildah)"
@@ -96,30 +188,16 @@ main() {
   users="$(sed -n 's/.*"users": \([0-9]*\).*/\1/p' "${CT_DIR}/plan.json" | head -n1)"
   "${lab}" seed --database-url "${PG_URL}" --users "${users}"
 
-  APP_PORT="$(free_port)"
-  log "containers: the app image on 127.0.0.1:${APP_PORT} with the pod's constraints"
-  # "localhost" in the URL: the image must resolve names (its /etc/nsswitch.conf).
-  podman run -d --name "${APP_NAME}" "${POD_FLAGS[@]}" \
-    -e "DATABASE_URL=postgres://postgres@localhost:${PG_PORT}/postgres" \
-    -e "LISTEN_ADDR=127.0.0.1:${APP_PORT}" -e RUST_LOG=info "${server}" >/dev/null
+  start_app "${server}"
   local constraints
   constraints="$(podman inspect "${APP_NAME}" \
     --format '{{.HostConfig.ReadonlyRootfs}} {{.Config.User}} {{.HostConfig.CapDrop}} {{.HostConfig.NanoCpus}}')"
   log "containers: app runs with read-only rootfs, user, dropped caps, CPU: ${constraints}"
   [[ "${constraints}" == "true 65532:65532 "*"1000000000" ]] || die "the app container lacks a constraint: ${constraints}"
 
-  # The load generator, as its Job: read-only root, a writable /work like the Job's
-  # emptyDir, the plan mounted where the ConfigMap goes. It waits for /readyz and
-  # refuses to measure unless /version lists the row's features.
-  mkdir -p "${CT_DIR}/work"
-  chown 65532:65532 "${CT_DIR}/work"
   local before after
   before="$(psql "${PG_URL}" -tAc 'SELECT coalesce(sum(version), 0) FROM users')"
-  log "containers: a --quick search of row ${ROW} from the load-generator image"
-  timeout 600 podman run --rm "${POD_FLAGS[@]}" -v "${CT_DIR}/work:/work" \
-    -v "${CT_DIR}/plan.json:/etc/perflab/plan.json:ro" "${loadgen}" \
-    loadgen --url "http://localhost:${APP_PORT}" >"${CT_DIR}/loadgen.log" \
-    || { podman logs "${APP_NAME}" | tail -n 20 >&2; die "the load-generator container failed"; }
+  run_loadgen "${loadgen}"
   after="$(psql "${PG_URL}" -tAc 'SELECT coalesce(sum(version), 0) FROM users')"
   podman logs "${APP_NAME}" 2>&1 | grep -q "listening" || die "the app did not log that it listened"
 

@@ -6,6 +6,28 @@
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+
+# cleanup_step WHAT CMD...: one step of a clean-up trap. It always returns 0, so every
+# later step runs; a failure is a warning, never the result of the run.
+cleanup_step() {
+  local what="$1"
+  shift
+  "$@" || warn "clean-up: ${what} failed (exit $?)"
+  return 0
+}
+
+# remove_dir DIR: rm -rf that retries for a few seconds (a process that is exiting may
+# still be writing into it) and warns instead of failing.
+remove_dir() {
+  local dir="$1" try
+  [[ -n "${dir}" && -e "${dir}" ]] || return 0
+  for try in 1 2 3 4 5; do
+    rm -rf -- "${dir}" 2>/dev/null && return 0
+    sleep "${try}"
+  done
+  rm -rf -- "${dir}"
+}
 
 is_root() { [[ "$(id -u)" -eq 0 ]]; }
 
@@ -72,18 +94,30 @@ require_psql_tools() {
   fi
 }
 
-# A loopback port nobody listens on (bash only: no python needed).
+# A loopback port to listen on: drawn outside the kernel's ephemeral range (where any
+# outgoing connection's local end could hold it), with nothing accepting on it. Another
+# program can still win the race before we bind: callers retry with a new port.
 free_port() {
-  local port tries=0
-  while [[ "${tries}" -lt 100 ]]; do
-    port=$((20000 + RANDOM % 40000))
+  local low=32768 high=60999 lo hi port tries=0
+  if [[ -r /proc/sys/net/ipv4/ip_local_port_range ]]; then
+    read -r low high </proc/sys/net/ipv4/ip_local_port_range
+  fi
+  if ((low > 11000)); then
+    lo=10000 hi=$((low - 1))
+  elif ((high < 64535)); then
+    lo=$((high + 1)) hi=65535
+  else
+    lo=10000 hi=65535
+  fi
+  while ((tries < 100)); do
+    port=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
       printf '%s\n' "${port}"
       return 0
     fi
     tries=$((tries + 1))
   done
-  die "no free loopback port found"
+  die "no free loopback port found in ${lo}-${hi}"
 }
 
 # Runs a command as the cluster's owner: `postgres` when we are root (the server
@@ -97,7 +131,8 @@ as_pg_owner() {
 }
 
 # pg_start [extra postgres -c settings...]: starts a throwaway cluster on a free
-# loopback port; sets PG_DIR, PG_PORT, PG_URL. Pair it with pg_stop in a trap.
+# loopback port; sets PG_DIR, PG_PORT, PG_URL. Pair it with pg_stop in a trap. A start
+# that loses its port to another program retries on another port.
 pg_start() {
   find_pg_bin
   if is_root && ! id postgres >/dev/null 2>&1; then
@@ -107,26 +142,54 @@ pg_start() {
   PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/perflab-pg.XXXXXX")"
   chmod 755 "${PG_DIR}"
   if is_root; then chown postgres: "${PG_DIR}"; fi
-  PG_PORT="$(free_port)"
-  log "starting a throwaway PostgreSQL ($("${PG_BIN}/postgres" --version | awk '{print $3}')) in ${PG_DIR} on 127.0.0.1:${PG_PORT}"
   as_pg_owner "${PG_BIN}/initdb" -D "${PG_DIR}/data" -U postgres -A trust -E UTF8 --no-sync >"${PG_DIR}/initdb.log" 2>&1 \
     || { cat "${PG_DIR}/initdb.log" >&2; die "initdb failed"; }
-  local opts="-c listen_addresses=127.0.0.1 -p ${PG_PORT} -k ${PG_DIR} -c max_connections=300 -c shared_buffers=256MB"
-  local setting
+  local extra="" setting attempt
   for setting in "$@"; do
-    opts="${opts} -c ${setting}"
+    extra="${extra} -c ${setting}"
   done
-  as_pg_owner "${PG_BIN}/pg_ctl" -D "${PG_DIR}/data" -l "${PG_DIR}/server.log" -o "${opts}" -w -t 60 start >/dev/null \
-    || { cat "${PG_DIR}/server.log" >&2; die "PostgreSQL did not start"; }
-  PG_URL="postgres://postgres@127.0.0.1:${PG_PORT}/postgres"
+  for attempt in 1 2 3 4 5; do
+    PG_PORT="$(free_port)"
+    log "starting a throwaway PostgreSQL ($("${PG_BIN}/postgres" --version | awk '{print $3}')) in ${PG_DIR} on 127.0.0.1:${PG_PORT}"
+    rm -f "${PG_DIR}/server.log"
+    if as_pg_owner "${PG_BIN}/pg_ctl" -D "${PG_DIR}/data" -l "${PG_DIR}/server.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -p ${PG_PORT} -k ${PG_DIR} -c max_connections=300 -c shared_buffers=256MB${extra}" \
+      start >/dev/null; then
+      PG_URL="postgres://postgres@127.0.0.1:${PG_PORT}/postgres"
+      return 0
+    fi
+    if grep -q "Address already in use" "${PG_DIR}/server.log" && [[ "${attempt}" -lt 5 ]]; then
+      log "port ${PG_PORT} was taken before PostgreSQL could bind it (attempt ${attempt}/5); trying another"
+      continue
+    fi
+    cat "${PG_DIR}/server.log" >&2
+    die "PostgreSQL did not start"
+  done
 }
 
+# pg_stop: stops the throwaway cluster (immediate shutdown, then SIGKILL if the
+# postmaster is still there) and removes its folder. Never fails: problems are warnings.
 pg_stop() {
-  if [[ -n "${PG_DIR:-}" && -d "${PG_DIR}" ]]; then
-    as_pg_owner "${PG_BIN}/pg_ctl" -D "${PG_DIR}/data" -m immediate -w stop >/dev/null 2>&1 || true
-    rm -rf "${PG_DIR}"
-    PG_DIR=""
+  [[ -n "${PG_DIR:-}" ]] || return 0
+  local dir="${PG_DIR}" pid=""
+  PG_DIR=""
+  if [[ -f "${dir}/data/postmaster.pid" ]]; then
+    pid="$(head -n1 "${dir}/data/postmaster.pid" 2>/dev/null || true)"
+    as_pg_owner "${PG_BIN}/pg_ctl" -D "${dir}/data" -m immediate -w -t 30 stop >/dev/null 2>&1 \
+      || warn "clean-up: pg_ctl stop failed for ${dir}"
+    if [[ "${pid}" =~ ^[0-9]+$ ]] && kill -0 "${pid}" 2>/dev/null; then
+      warn "clean-up: PostgreSQL (pid ${pid}) still runs; killing it"
+      kill -KILL "${pid}" 2>/dev/null || true
+    fi
   fi
+  # A postmaster whose pid file is gone (killed mid-start) is found by its data folder.
+  if pgrep -f -- "-D ${dir}/data" >/dev/null 2>&1; then
+    warn "clean-up: killing PostgreSQL processes left in ${dir}"
+    pkill -KILL -f -- "-D ${dir}/data" 2>/dev/null || true
+    sleep 1
+  fi
+  remove_dir "${dir}" || warn "clean-up: could not remove ${dir}"
+  return 0
 }
 
 # Installs oha 1.16.0 from crates.io when it is missing (~7 minutes on 2 cores).

@@ -102,8 +102,9 @@ main() {
 
   local -a db_args=()
   if [[ -z "${database_url}" ]]; then
-    trap pg_stop EXIT
-    trap 'exit 130' INT TERM
+    trap 'trap "" INT TERM; cleanup_step "stopping PostgreSQL" pg_stop' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
     pg_start
     database_url="${PG_URL}"
     db_args=(--pg-data "${PG_DIR}/data")

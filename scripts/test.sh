@@ -20,10 +20,88 @@ Runs every test against a real, throwaway PostgreSQL cluster.
 USAGE
 }
 
+# Everything this run creates lives under RUN_TMP (the TMPDIR of every child) and every
+# process it starts carries PERFLAB_TEST_RUN in its environment, so the closing check can
+# find whatever would outlive the run.
+start_run_scope() {
+  RUN_TMP="$(mktemp -d "${TMPDIR:-/tmp}/perflab-test.XXXXXX")"
+  chmod 755 "${RUN_TMP}"
+  RUN_ID="$(basename "${RUN_TMP}")"
+  TMP_BEFORE="$(tmp_entries)"
+  export TMPDIR="${RUN_TMP}"
+  export PERFLAB_TEST_RUN="${RUN_ID}"
+  TEST_LOG="${RUN_TMP}/test.log"
+  : >"${TEST_LOG}"
+}
+
+# The top-level entries of the machine's temporary folders, to compare before and after.
+tmp_entries() {
+  local dir
+  for dir in /tmp /var/tmp /run; do
+    [[ -d "${dir}" ]] && find "${dir}" -mindepth 1 -maxdepth 1 -printf '%p\n' 2>/dev/null
+  done | sort
+}
+
+# Prints "pid command" for every live process of this run: its environment carries
+# PERFLAB_TEST_RUN=RUN_ID, or its command line names RUN_TMP. Pure bash, so the scan
+# starts no process that could match itself.
+run_processes() {
+  local dir pid entry cmd
+  local -a envs args
+  for dir in /proc/[0-9]*; do
+    pid="${dir#/proc/}"
+    [[ "${pid}" == "$$" || "${pid}" == "${BASHPID}" ]] && continue
+    mapfile -d '' -t args <"${dir}/cmdline" 2>/dev/null || continue
+    cmd="${args[*]}"
+    if [[ "${cmd}" == *"${RUN_TMP}"* ]]; then
+      printf '%s %s\n' "${pid}" "${cmd}"
+      continue
+    fi
+    mapfile -d '' -t envs <"${dir}/environ" 2>/dev/null || continue
+    for entry in "${envs[@]}"; do
+      if [[ "${entry}" == "PERFLAB_TEST_RUN=${RUN_ID}" ]]; then
+        printf '%s %s\n' "${pid}" "${cmd}"
+        break
+      fi
+    done
+  done
+}
+
+# The closing check: no process of the run is alive and no temporary folder of it
+# remains. What it finds is reported, then killed or removed.
+check_leftovers() {
+  local procs pids left
+  procs="$(run_processes)"
+  if [[ -n "${procs}" ]]; then
+    warn "processes of this run outlived it; killing them:"
+    printf '  %s\n' "${procs}" >&2
+    pids="$(awk '{print $1}' <<<"${procs}")"
+    # shellcheck disable=SC2086  # one pid per word
+    kill -TERM ${pids} 2>/dev/null
+    sleep 2
+    # shellcheck disable=SC2086
+    kill -KILL ${pids} 2>/dev/null
+  fi
+  remove_dir "${RUN_TMP}" || warn "clean-up: could not remove ${RUN_TMP}"
+  left="$(comm -13 <(printf '%s\n' "${TMP_BEFORE}") <(tmp_entries) | grep -E 'perflab|libpod|containers|buildah|podman' || true)"
+  if [[ -n "${left}" ]]; then
+    warn "temporary folders of this run remain: $(tr '\n' ' ' <<<"${left}")"
+  fi
+  if [[ -z "${procs}" && -z "${left}" && ! -e "${RUN_TMP}" ]]; then
+    log "clean: no process of this run is left, and no temporary folder"
+  fi
+}
+
+# The EXIT trap: every step runs whatever failed before; the run's status is kept.
 cleanup() {
-  pg_stop
-  if [[ -n "${OUT_DIR:-}" ]]; then rm -rf "${OUT_DIR}"; fi
-  if [[ -n "${TEST_LOG:-}" ]]; then rm -f "${TEST_LOG}"; fi
+  local status=$?
+  set +e
+  trap '' INT TERM
+  unset PERFLAB_TEST_RUN
+  [[ -n "${RUN_TMP:-}" ]] || return 0
+  cleanup_step "stopping PostgreSQL" pg_stop
+  cleanup_step "the closing check" check_leftovers
+  return "${status}"
 }
 
 # Runs cargo test, keeping its summary lines for the closing count.
@@ -88,13 +166,14 @@ run_live_k8s() {
 
 run_quick_matrix() {
   require_oha
-  OUT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/perflab-matrix.XXXXXX")"
-  cp "${ROOT}/README.md" "${OUT_DIR}/README.md"
-  log "end-to-end: a --quick run of tests/ci-matrix.toml into ${OUT_DIR}"
+  local out_dir
+  out_dir="$(mktemp -d "${TMPDIR:-/tmp}/perflab-matrix.XXXXXX")"
+  cp "${ROOT}/README.md" "${out_dir}/README.md"
+  log "end-to-end: a --quick run of tests/ci-matrix.toml into ${out_dir}"
   "${ROOT}/scripts/run-matrix.sh" --quick --matrix "${ROOT}/tests/ci-matrix.toml" \
-    --out "${OUT_DIR}" --readme "${OUT_DIR}/README.md"
+    --out "${out_dir}" --readme "${out_dir}/README.md"
   cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/ci-matrix.toml" \
-    --out "${OUT_DIR}" --readme "${OUT_DIR}/README.md"
+    --out "${out_dir}" --readme "${out_dir}/README.md"
 }
 
 main() {
@@ -109,9 +188,10 @@ main() {
   done
   require_cargo
   cd "${ROOT}"
-  TEST_LOG="$(mktemp "${TMPDIR:-/tmp}/perflab-test.XXXXXX")"
+  start_run_scope
   trap cleanup EXIT
-  trap 'exit 130' INT TERM
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   pg_start
   export TEST_DATABASE_URL="${PG_URL}"
   log "lab unit tests"

@@ -23,6 +23,7 @@ mod measure;
 mod oha;
 mod pg;
 mod pgbench;
+mod ports;
 mod procfs;
 mod report;
 mod results;

@@ -133,7 +133,7 @@ pub fn run(o: &Options) -> Result<Summary> {
     let postgres_version = pg::server_version(&mut db);
 
     // Inputs for oha: every id once (oha picks a random line: uniform ids) and bodies.
-    let port = free_port()?;
+    let port = crate::ports::free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let urls_file = raw.join("urls.txt");
     let bodies_file = raw.join("bodies.txt");
@@ -391,9 +391,4 @@ fn measure_reference(ctx: &mut Ctx, rep: u32) -> Result<Vec<ReferenceResult>> {
         });
     }
     Ok(out)
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
