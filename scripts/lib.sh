@@ -167,6 +167,24 @@ pg_start() {
   done
 }
 
+# alive PID: the process exists and is not a zombie (an exited process nobody reaped).
+alive() {
+  local stat
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != "Z" ]]
+}
+
+# wait_gone PID SECONDS: waits until the process is gone; false if it outlives SECONDS.
+wait_gone() {
+  local pid="$1" i
+  for ((i = 0; i < $2 * 10; i++)); do
+    alive "${pid}" || return 0
+    sleep 0.1
+  done
+  ! alive "${pid}"
+}
+
 # pg_stop: stops the throwaway cluster (immediate shutdown, then SIGKILL if the
 # postmaster is still there) and removes its folder. Never fails: problems are warnings.
 pg_stop() {
@@ -177,7 +195,7 @@ pg_stop() {
     pid="$(head -n1 "${dir}/data/postmaster.pid" 2>/dev/null || true)"
     as_pg_owner "${PG_BIN}/pg_ctl" -D "${dir}/data" -m immediate -w -t 30 stop >/dev/null 2>&1 \
       || warn "clean-up: pg_ctl stop failed for ${dir}"
-    if [[ "${pid}" =~ ^[0-9]+$ ]] && kill -0 "${pid}" 2>/dev/null; then
+    if [[ "${pid}" =~ ^[0-9]+$ ]] && ! wait_gone "${pid}" 10; then
       warn "clean-up: PostgreSQL (pid ${pid}) still runs; killing it"
       kill -KILL "${pid}" 2>/dev/null || true
     fi

@@ -51,6 +51,7 @@ run_processes() {
   for dir in /proc/[0-9]*; do
     pid="${dir#/proc/}"
     [[ "${pid}" == "$$" || "${pid}" == "${BASHPID}" ]] && continue
+    alive "${pid}" || continue
     mapfile -d '' -t args <"${dir}/cmdline" 2>/dev/null || continue
     cmd="${args[*]}"
     if [[ "${cmd}" == *"${RUN_TMP}"* ]]; then
