@@ -52,13 +52,13 @@ run_processes() {
     pid="${dir#/proc/}"
     [[ "${pid}" == "$$" || "${pid}" == "${BASHPID}" ]] && continue
     alive "${pid}" || continue
-    mapfile -d '' -t args <"${dir}/cmdline" 2>/dev/null || continue
+    mapfile -d '' -t args 2>/dev/null <"${dir}/cmdline" || continue
     cmd="${args[*]}"
     if [[ "${cmd}" == *"${RUN_TMP}"* ]]; then
       printf '%s %s\n' "${pid}" "${cmd}"
       continue
     fi
-    mapfile -d '' -t envs <"${dir}/environ" 2>/dev/null || continue
+    mapfile -d '' -t envs 2>/dev/null <"${dir}/environ" || continue
     for entry in "${envs[@]}"; do
       if [[ "${entry}" == "PERFLAB_TEST_RUN=${RUN_ID}" ]]; then
         printf '%s %s\n' "${pid}" "${cmd}"

@@ -7,6 +7,10 @@ use std::time::Duration;
 /// Largest accepted request body, in bytes; bigger ones get 413.
 pub const BODY_LIMIT: usize = 4096;
 
+/// Largest buffered request head (and read buffer) per connection, in bytes; a longer
+/// head is answered 431 and the connection closed.
+pub const HEAD_BUFFER_LIMIT: usize = 16 * 1024;
+
 /// The server's settings. See the README's configuration table.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -21,6 +25,12 @@ pub struct Config {
     pub db_timeout: Duration,
     /// `HEADER_READ_TIMEOUT_MS` (default 5000): a client must send its request head within it.
     pub header_read_timeout: Duration,
+    /// `BODY_READ_TIMEOUT_MS` (default 5000): a client must send a request body within
+    /// it (once its head is in); past it, 408 and the connection is closed.
+    pub body_read_timeout: Duration,
+    /// `MAX_CONNECTIONS` (default 4096): open client connections; past it a new
+    /// connection is closed at once.
+    pub max_connections: u32,
     /// `SHUTDOWN_GRACE_MS` (default 10000): how long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
     /// `PIPELINE_CONNECTIONS` (default 8): connections that concurrent requests share and
@@ -88,6 +98,8 @@ impl Config {
             pool_size: number(&lookup, "POOL_SIZE", 16, 1, 10_000)?,
             db_timeout: millis(&lookup, "DB_TIMEOUT_MS", 2_000, 60_000)?,
             header_read_timeout: millis(&lookup, "HEADER_READ_TIMEOUT_MS", 5_000, 600_000)?,
+            body_read_timeout: millis(&lookup, "BODY_READ_TIMEOUT_MS", 5_000, 600_000)?,
+            max_connections: number(&lookup, "MAX_CONNECTIONS", 4_096, 1, 1_000_000)?,
             shutdown_grace: millis(&lookup, "SHUTDOWN_GRACE_MS", 10_000, 600_000)?,
             pipeline_connections: number(&lookup, "PIPELINE_CONNECTIONS", 8, 1, 1_000)?,
             coalesce_max_batch: number(&lookup, "COALESCE_MAX_BATCH", 256, 1, 10_000)?,

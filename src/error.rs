@@ -1,7 +1,7 @@
 //! The one error type of a request, and the one place it becomes an HTTP status.
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
@@ -14,6 +14,8 @@ pub enum AppError {
     NotFound(String),
     /// 405: the route exists, the method does not; carries the `Allow` value.
     MethodNotAllowed(&'static str),
+    /// 408: the body did not arrive within `BODY_READ_TIMEOUT_MS`; the connection closes.
+    RequestTimeout(std::time::Duration),
     /// 413: the body is larger than the limit.
     PayloadTooLarge(usize),
     /// 415: the body is not declared as JSON.
@@ -37,6 +39,7 @@ impl AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -47,11 +50,17 @@ impl AppError {
 
     pub fn message(&self) -> String {
         match self {
-            AppError::BadRequest(m)
-            | AppError::NotFound(m)
-            | AppError::Unprocessable(m)
-            | AppError::Unavailable(m) => m.clone(),
+            AppError::BadRequest(m) | AppError::NotFound(m) | AppError::Unprocessable(m) => {
+                m.clone()
+            }
+            // The cause (PostgreSQL's or the OS's own text) goes to the log, not the client.
+            AppError::Unavailable(_) => {
+                "service unavailable: the database did not answer; retry later".into()
+            }
             AppError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
+            AppError::RequestTimeout(t) => {
+                format!("the body did not arrive within {} ms", t.as_millis())
+            }
             AppError::PayloadTooLarge(limit) => format!("body larger than {limit} bytes"),
             AppError::UnsupportedMediaType => "content type must be application/json".into(),
             AppError::Internal(_) => "internal error".into(),
@@ -60,8 +69,10 @@ impl AppError {
 
     /// The JSON response for this error.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        if let AppError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+        match &self {
+            AppError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            AppError::Unavailable(detail) => tracing::warn!(%detail, "unavailable"),
+            _ => {}
         }
         let message = self.message();
         let body = crate::json::encode(&ErrorBody { error: &message })
@@ -70,8 +81,17 @@ impl AppError {
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let AppError::MethodNotAllowed(allow) = self {
-            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        match self {
+            AppError::MethodNotAllowed(allow) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            AppError::Unavailable(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            AppError::RequestTimeout(_) => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }
@@ -95,6 +115,10 @@ mod tests {
         assert_eq!(AppError::NotFound("x".into()).status(), 404);
         assert_eq!(AppError::MethodNotAllowed("GET").status(), 405);
         assert_eq!(AppError::PayloadTooLarge(1).status(), 413);
+        assert_eq!(
+            AppError::RequestTimeout(std::time::Duration::from_secs(1)).status(),
+            408
+        );
         assert_eq!(AppError::UnsupportedMediaType.status(), 415);
         assert_eq!(AppError::Unprocessable("x".into()).status(), 422);
         assert_eq!(AppError::Unavailable("x".into()).status(), 503);
@@ -114,5 +138,11 @@ mod tests {
             AppError::Internal("secret".into()).message(),
             "internal error"
         );
+        let cause =
+            "database unavailable: error connecting to server: Connection refused (os error 111)";
+        let e = AppError::Unavailable(cause.into());
+        assert!(!e.message().contains("os error"), "{}", e.message());
+        assert_eq!(e.message(), AppError::Unavailable("other".into()).message());
+        assert_eq!(e.into_response().headers()[RETRY_AFTER], "1");
     }
 }

@@ -20,6 +20,8 @@ use crate::{json, metrics, users};
 /// What every request handler can reach.
 pub struct AppState {
     pub db: Db,
+    /// `BODY_READ_TIMEOUT_MS`: how long a request body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
 }
 
 pub type Reply = Response<Full<Bytes>>;
@@ -65,8 +67,8 @@ async fn dispatch(
             )
         }
     };
-    if req.method() != Method::GET {
-        return (route, Err(AppError::MethodNotAllowed("GET")));
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return (route, Err(AppError::MethodNotAllowed("GET, HEAD")));
     }
     let result = match route {
         "/healthz" => json_response(StatusCode::OK, &Status { status: "ok" }),

@@ -1,5 +1,6 @@
-//! The accept loop: HTTP/1.1 with keep-alive, a header read timeout so stalled clients
-//! cannot hold the server, and graceful shutdown (stop accepting, let in-flight requests
+//! The accept loop: HTTP/1.1 with keep-alive; stalled or greedy clients cannot hold the
+//! server (a header read timeout, a body read timeout, a bounded head buffer and a cap on
+//! open connections); and graceful shutdown (stop accepting, let in-flight requests
 //! finish within `SHUTDOWN_GRACE_MS`, then return).
 use std::future::Future;
 use std::sync::Arc;
@@ -10,9 +11,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::build_info;
-use crate::config::Config;
+use crate::config::{Config, HEAD_BUFFER_LIMIT};
 use crate::db::Db;
 use crate::routes::{self, AppState};
 
@@ -34,7 +36,9 @@ pub async fn run(
 ) -> Result<(), BoxError> {
     let state = Arc::new(AppState {
         db: Db::new(config)?,
+        body_read_timeout: config.body_read_timeout,
     });
+    let connections = Arc::new(Semaphore::new(config.max_connections as usize));
     tracing::info!(
         addr = %listener.local_addr()?,
         version = build_info::VERSION,
@@ -46,6 +50,7 @@ pub async fn run(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(HEAD_BUFFER_LIMIT)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -53,6 +58,12 @@ pub async fn run(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    // Past MAX_CONNECTIONS a new connection is closed at once.
+                    let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                        tracing::debug!("connection refused: MAX_CONNECTIONS reached");
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let state = Arc::clone(&state);
                     let service = service_fn(move |req| routes::handle(Arc::clone(&state), req));
@@ -61,6 +72,7 @@ pub async fn run(
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {

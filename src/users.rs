@@ -23,7 +23,8 @@ pub const EMAIL_MAX_BYTES: usize = 254;
 
 pub async fn handle(state: &AppState, id: &str, req: Request<Incoming>) -> Result<Reply, AppError> {
     match *req.method() {
-        Method::GET => {
+        // HEAD is GET without the body (RFC 9110); hyper leaves the body out.
+        Method::GET | Method::HEAD => {
             let id = parse_id(id)?;
             match state.db.user(id).await? {
                 Some(user) => json_response(StatusCode::OK, &user),
@@ -33,7 +34,7 @@ pub async fn handle(state: &AppState, id: &str, req: Request<Incoming>) -> Resul
         Method::PATCH => {
             let id = parse_id(id)?;
             check_json_content_type(req.headers())?;
-            let body = read_body(req).await?;
+            let body = read_body(req, state.body_read_timeout).await?;
             let change: EmailChange = json::decode(body)
                 .map_err(|e| AppError::BadRequest(format!("invalid body: {e}")))?;
             validate_email(&change.email).map_err(AppError::Unprocessable)?;
@@ -42,7 +43,7 @@ pub async fn handle(state: &AppState, id: &str, req: Request<Incoming>) -> Resul
                 None => Err(no_such_user(id)),
             }
         }
-        _ => Err(AppError::MethodNotAllowed("GET, PATCH")),
+        _ => Err(AppError::MethodNotAllowed("GET, HEAD, PATCH")),
     }
 }
 
@@ -77,6 +78,11 @@ pub fn validate_email(email: &str) -> Result<(), String> {
     if email.chars().any(char::is_whitespace) {
         return Err("email must not contain whitespace".into());
     }
+    // NUL would reach PostgreSQL, which refuses it in text: reject every control
+    // character here, before any statement.
+    if email.chars().any(char::is_control) {
+        return Err("email must not contain control characters".into());
+    }
     match email.split_once('@') {
         Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Ok(()),
         Some(_) => Err("email needs text on both sides of `@`".into()),
@@ -97,7 +103,11 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), AppError> {
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Vec<u8>, AppError> {
+/// The body, at most `BODY_LIMIT` bytes, arriving within `timeout` (else 408).
+async fn read_body(
+    req: Request<Incoming>,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, AppError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -106,9 +116,10 @@ async fn read_body(req: Request<Incoming>) -> Result<Vec<u8>, AppError> {
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
         return Err(AppError::PayloadTooLarge(BODY_LIMIT));
     }
-    let collected = Limited::new(req.into_body(), BODY_LIMIT)
-        .collect()
+    let collect = Limited::new(req.into_body(), BODY_LIMIT).collect();
+    let collected = tokio::time::timeout(timeout, collect)
         .await
+        .map_err(|_| AppError::RequestTimeout(timeout))?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 AppError::PayloadTooLarge(BODY_LIMIT)
@@ -153,6 +164,13 @@ mod tests {
         assert!(validate_email("").unwrap_err().contains("empty"));
         assert!(validate_email("ab.example.com").unwrap_err().contains('@'));
         assert!(validate_email("a b@c").unwrap_err().contains("whitespace"));
+        for bad in ["a\u{0}@b", "a@b\u{7f}", "a\u{1b}[0m@b", "a@\u{85}b"] {
+            let e = validate_email(bad).unwrap_err();
+            assert!(
+                e.contains("control") || e.contains("whitespace"),
+                "{bad:?}: {e}"
+            );
+        }
         assert!(validate_email("@c").is_err());
         assert!(validate_email("a@").is_err());
         let long = format!("{}@example.com", "a".repeat(250));

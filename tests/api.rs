@@ -124,6 +124,20 @@ async fn patch_rejects_bad_bodies_with_the_right_status() {
             "whitespace",
         ),
         (
+            "NUL",
+            json.to_vec(),
+            "{\"email\":\"a\\u0000@b.c\"}".into(),
+            422,
+            "control",
+        ),
+        (
+            "escape",
+            json.to_vec(),
+            "{\"email\":\"a\\u001b@b.c\"}".into(),
+            422,
+            "control",
+        ),
+        (
             "too long",
             json.to_vec(),
             format!("{{\"email\":\"{}@example.com\"}}", "x".repeat(250)),
@@ -192,12 +206,30 @@ async fn other_methods_are_405_with_allow() {
     for method in ["POST", "PUT", "DELETE"] {
         let r = send(server.addr, method, "/users/1", &[], Bytes::new()).await;
         assert_eq!(r.status, 405, "{method}");
-        assert_eq!(r.headers["allow"], "GET, PATCH");
+        assert_eq!(r.headers["allow"], "GET, HEAD, PATCH");
         assert!(!r.error_message().is_empty());
     }
     let r = send(server.addr, "POST", "/healthz", &[], Bytes::new()).await;
     assert_eq!(r.status, 405);
-    assert_eq!(r.headers["allow"], "GET");
+    assert_eq!(r.headers["allow"], "GET, HEAD");
+}
+
+#[tokio::test]
+async fn head_is_get_without_a_body() {
+    let (_db, server) = setup().await;
+    for (path, status) in [("/users/42", 200), ("/users/101", 404), ("/healthz", 200)] {
+        let get = server.get(path).await;
+        let head = send(server.addr, "HEAD", path, &[], Bytes::new()).await;
+        assert_eq!(head.status, status, "HEAD {path}");
+        assert_eq!(get.status, status, "GET {path}");
+        assert!(head.body.is_empty(), "HEAD {path} carried a body");
+        assert_eq!(head.headers["content-type"], get.headers["content-type"]);
+        assert_eq!(
+            head.headers["content-length"],
+            get.body.len().to_string().as_str(),
+            "HEAD {path}: the length GET would send"
+        );
+    }
 }
 
 #[tokio::test]
@@ -251,7 +283,7 @@ fn sample(text: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn metrics_exist_only_when_built_in() {
     let (_db, server) = setup().await;
-    let series = r#"http_requests_total{method="PATCH",route="/users/{id}",status="200"}"#;
+    let series = r#"perflab_http_requests_total{method="PATCH",route="/users/{id}",status="200"}"#;
     let before = server.get("/metrics").await;
     assert_eq!(server.get("/users/1").await.status, 200);
     assert_eq!(
@@ -272,9 +304,9 @@ async fn metrics_exist_only_when_built_in() {
             sample(&text, series) >= sample(&earlier, series) + 1.0,
             "{text}"
         );
-        assert!(text.contains("http_request_duration_seconds_bucket"));
+        assert!(text.contains("perflab_http_request_duration_seconds_bucket"));
         if cfg!(feature = "pool") {
-            assert!(text.contains("db_pool_connections"));
+            assert!(text.contains("perflab_db_pool_connections"));
         }
     } else {
         assert_eq!(before.status, 404);

@@ -69,7 +69,10 @@ mod tests {
         assert_eq!(candidates((1_024, 50_000)), (50_001, 65_535));
         let port = free_port().expect("a port");
         let (lo, _) = ephemeral_range();
-        assert!(port >= FLOOR && (lo <= FLOOR + 1_000 || port < lo), "{port}");
+        assert!(
+            port >= FLOOR && (lo <= FLOOR + 1_000 || port < lo),
+            "{port}"
+        );
         std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port binds");
     }
 }

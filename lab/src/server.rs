@@ -213,13 +213,13 @@ impl Scrape {
         };
         let served = |method: &str| {
             value(&format!(
-                r#"http_requests_total{{method="{method}",route="/users/{{id}}",status="200"}}"#
+                r#"perflab_http_requests_total{{method="{method}",route="/users/{{id}}",status="200"}}"#
             ))
         };
         let batches = |kind: &str| {
             (
-                value(&format!(r#"db_batches_total{{kind="{kind}"}}"#)),
-                value(&format!(r#"db_batched_requests_total{{kind="{kind}"}}"#)),
+                value(&format!(r#"perflab_db_batch_size_count{{kind="{kind}"}}"#)),
+                value(&format!(r#"perflab_db_batch_size_sum{{kind="{kind}"}}"#)),
             )
         };
         Self {
@@ -234,15 +234,15 @@ impl Scrape {
 mod tests {
     #[test]
     fn reads_the_servers_counters() {
-        let text = "# HELP x\nhttp_requests_total{method=\"GET\",route=\"/users/{id}\",status=\"200\"} 1234\n\
-                    http_requests_total{method=\"PATCH\",route=\"/users/{id}\",status=\"200\"} 56\n\
-                    http_requests_total{method=\"PATCH\",route=\"/users/{id}\",status=\"404\"} 7\n";
+        let text = "# HELP x\nperflab_http_requests_total{method=\"GET\",route=\"/users/{id}\",status=\"200\"} 1234\n\
+                    perflab_http_requests_total{method=\"PATCH\",route=\"/users/{id}\",status=\"200\"} 56\n\
+                    perflab_http_requests_total{method=\"PATCH\",route=\"/users/{id}\",status=\"404\"} 7\n";
         let s = super::Scrape::parse(text);
         assert_eq!(s.served, (1234, 56));
         assert_eq!(s.read_batches, (0, 0));
         assert_eq!(super::Scrape::parse("").served, (0, 0));
         let b = super::Scrape::parse(
-            "db_batches_total{kind=\"write\"} 10\ndb_batched_requests_total{kind=\"write\"} 45\n",
+            "perflab_db_batch_size_count{kind=\"write\"} 10\nperflab_db_batch_size_sum{kind=\"write\"} 45\n",
         );
         assert_eq!(b.write_batches, (10, 45));
     }

@@ -15,8 +15,13 @@
 //!   (`id % COALESCE_WRITERS`), so two batches never lock the same row, and one worker
 //!   runs one batch at a time.
 //! - **One bad row fails only its requests**: when PostgreSQL rejects a batch statement
-//!   (not when the database is unavailable), the batch is split in halves and retried,
-//!   down to the one id at fault.
+//!   (an error it raised, so nothing committed; not when the database is unavailable),
+//!   the batch is split in halves and retried, down to the one id at fault. Once the
+//!   statement has returned it has committed: a row that then fails to decode is a 500
+//!   for its own id's requests, and nothing is run again (a write is applied once).
+//! - **A panicking batch does not take its worker down**: each batch runs as its own
+//!   task; if it panics, its requests are answered 500, the panic is logged and counted
+//!   (`perflab_batch_panics_total`), and the worker goes on with the next batch.
 //! - A request whose caller has already given up (timed out) is dropped from its batch
 //!   before the batch runs: a write answered 503 is then never applied.
 //! - On shutdown, the server stops accepting and waits for in-flight requests; the
@@ -27,7 +32,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Core, User};
+use super::{BatchError, Core, Decoded, User};
 use crate::config::Config;
 use crate::error::AppError;
 use crate::metrics;
@@ -61,6 +66,25 @@ fn stopped() -> AppError {
     AppError::Unavailable("the batch worker stopped".into())
 }
 
+/// A request whose reply was dropped unanswered: its batch panicked.
+fn batch_failed() -> AppError {
+    AppError::Internal("the batch serving this request failed".into())
+}
+
+/// Runs one batch as its own task, so a panic in it ends that batch only: its requests'
+/// reply channels are dropped (they are answered 500), and the worker carries on.
+async fn supervised(
+    kind: &'static str,
+    batch: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    if let Err(e) = tokio::spawn(batch).await {
+        if e.is_panic() {
+            tracing::error!(kind, error = %e, "a batch panicked; its requests get 500, the worker goes on");
+            metrics::observe_batch_panic(kind);
+        }
+    }
+}
+
 impl Exec {
     /// Starts the workers (on the current tokio runtime).
     pub fn new(core: &Arc<Core>, config: &Config) -> Self {
@@ -92,7 +116,7 @@ impl Exec {
         self.readers[i]
             .send(Read { id, reply })
             .map_err(|_| stopped())?;
-        core.bounded(async { answer.await.unwrap_or_else(|_| Err(stopped())) })
+        core.bounded(async { answer.await.unwrap_or_else(|_| Err(batch_failed())) })
             .await
     }
 
@@ -105,7 +129,7 @@ impl Exec {
                 reply,
             })
             .map_err(|_| stopped())?;
-        core.bounded(async { answer.await.unwrap_or_else(|_| Err(stopped())) })
+        core.bounded(async { answer.await.unwrap_or_else(|_| Err(batch_failed())) })
             .await
     }
 }
@@ -123,28 +147,37 @@ async fn read_worker(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Read>, max
             continue;
         }
         metrics::observe_batch("read", batch.len());
-        if batch.len() == 1 {
-            // Light load: one request is one plain statement, as without `coalesce`.
+        let taken = std::mem::replace(&mut batch, Vec::with_capacity(max));
+        supervised("read", read_batch(core.clone(), taken)).await;
+    }
+}
+
+async fn read_batch(core: Arc<Core>, mut batch: Vec<Read>) {
+    if batch.len() == 1 {
+        // Light load: one request is one plain statement, as without `coalesce`.
+        for r in batch.drain(..) {
+            let answer = core.user(r.id).await;
+            let _ = r.reply.send(answer);
+        }
+        return;
+    }
+    let mut ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    match core.users(&ids).await {
+        Ok(rows) => {
             for r in batch.drain(..) {
-                let answer = core.user(r.id).await;
+                let answer = match rows.rows.get(&r.id) {
+                    Some(Ok(user)) => Ok(Some(user.clone())),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => rows.undecodable.clone().map_or(Ok(None), Err),
+                };
                 let _ = r.reply.send(answer);
             }
-            continue;
         }
-        let mut ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        match core.users(&ids).await {
-            Ok(users) => {
-                let by_id: HashMap<i64, User> = users.into_iter().map(|u| (u.id, u)).collect();
-                for r in batch.drain(..) {
-                    let _ = r.reply.send(Ok(by_id.get(&r.id).cloned()));
-                }
-            }
-            Err(e) => {
-                for r in batch.drain(..) {
-                    let _ = r.reply.send(Err(e.clone()));
-                }
+        Err(e) => {
+            for r in batch.drain(..) {
+                let _ = r.reply.send(Err(e.clone()));
             }
         }
     }
@@ -158,7 +191,9 @@ async fn write_worker(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Write>, m
             continue;
         }
         metrics::observe_batch("write", batch.len());
-        apply(&core, fold(batch.drain(..))).await;
+        let groups = fold(batch.drain(..));
+        let core = core.clone();
+        supervised("write", async move { apply(&core, groups).await }).await;
     }
 }
 
@@ -200,18 +235,16 @@ async fn apply(core: &Core, groups: Vec<Group>) {
         let counts: Vec<i64> = part.iter().map(|g| g.writes.len() as i64).collect();
         match core.update_emails(&ids, &emails, &counts).await {
             Ok(rows) => {
-                let after: HashMap<i64, User> = rows.into_iter().map(|u| (u.id, u)).collect();
                 for g in part {
-                    let id = g.id;
-                    answer(g, after.get(&id));
+                    answer_applied(g, &rows);
                 }
             }
-            Err(AppError::Internal(_)) if part.len() > 1 => {
+            Err(BatchError::Rejected(_)) if part.len() > 1 => {
                 let right = part.split_off(part.len() / 2);
                 pending.push(right);
                 pending.push(part);
             }
-            Err(e) => {
+            Err(BatchError::Rejected(e) | BatchError::Failed(e)) => {
                 for g in part {
                     for w in g.writes {
                         let _ = w.reply.send(Err(e.clone()));
@@ -219,6 +252,26 @@ async fn apply(core: &Core, groups: Vec<Group>) {
                 }
             }
         }
+    }
+}
+
+/// Answers an id's PATCHes from a committed batch: its row, a decoding error for its
+/// row (a 500; the write was applied), or no row (no such user, unless some row's id
+/// could not be read).
+fn answer_applied(g: Group, rows: &Decoded) {
+    match rows.rows.get(&g.id) {
+        Some(Ok(row)) => answer(g, Some(row)),
+        Some(Err(e)) => fail(g, e),
+        None => match &rows.undecodable {
+            Some(e) => fail(g, e),
+            None => answer(g, None),
+        },
+    }
+}
+
+fn fail(g: Group, e: &AppError) {
+    for w in g.writes {
+        let _ = w.reply.send(Err(e.clone()));
     }
 }
 
@@ -293,6 +346,25 @@ mod tests {
         let mut groups = fold([a].into_iter());
         answer(groups.remove(0), None);
         assert_eq!(ra.try_recv().unwrap(), Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_is_answered_500_and_the_worker_goes_on() {
+        let (a, ra) = write(7, "a@x");
+        supervised("write", async move {
+            let _owned = a;
+            panic!("a batch that panics");
+        })
+        .await;
+        let answer = ra.await.unwrap_or_else(|_| Err(batch_failed()));
+        assert_eq!(answer.unwrap_err().status(), 500);
+        // The next batch of the same worker runs as usual.
+        let (b, rb) = write(8, "b@x");
+        supervised("write", async move {
+            let _ = b.reply.send(Ok(None));
+        })
+        .await;
+        assert_eq!(rb.await.unwrap(), Ok(None));
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //!   `coalesce`, concurrent requests gathered into one statement per batch.
 //!
 //! Everything here is bounded by `DB_TIMEOUT_MS`: past it the caller gets a 503.
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
@@ -33,6 +34,8 @@ mod session;
     path = "source_direct.rs"
 )]
 mod source;
+
+mod timestamp;
 
 #[cfg_attr(feature = "coalesce", path = "exec_coalesce.rs")]
 #[cfg_attr(not(feature = "coalesce"), path = "exec_single.rs")]
@@ -143,8 +146,7 @@ impl Core {
         self.bounded(async {
             let session = self.source.get().await?;
             let in_flight = session.health().in_flight();
-            let rows = session.select_user(id).await.map_err(classify)?;
-            in_flight.done();
+            let rows = settle(in_flight, session.select_user(id).await)?;
             rows.first().map(user_from_row).transpose()
         })
         .await
@@ -159,55 +161,63 @@ impl Core {
         self.bounded(async {
             let session = self.source.get().await?;
             let in_flight = session.health().in_flight();
-            let rows = session.update_email(id, email).await.map_err(classify)?;
-            in_flight.done();
+            let rows = settle(in_flight, session.update_email(id, email).await)?;
             rows.first().map(user_from_row).transpose()
         })
         .await
     }
 
-    /// Profiles of `ids` by one statement; ids with no user have no entry.
+    /// Profiles of `ids` by one statement; ids with no user have no entry, and a row
+    /// that does not decode is an error for its id alone.
     #[allow(dead_code)] // only `coalesce` builds batch
-    pub(crate) async fn users(&self, ids: &[i64]) -> Result<Vec<User>, AppError> {
+    pub(crate) async fn users(&self, ids: &[i64]) -> Result<Decoded, AppError> {
         self.bounded(async {
             let session = self.source.get().await?;
             let in_flight = session.health().in_flight();
-            let rows = session.select_users(ids).await.map_err(classify)?;
-            in_flight.done();
-            rows.iter().map(user_from_row).collect()
+            let rows = settle(in_flight, session.select_users(ids).await)?;
+            Ok(Decoded::from_rows(&rows))
         })
         .await
     }
 
     /// Applies `counts[i]` PATCHes ending with `emails[i]` to each distinct `ids[i]` by
-    /// one statement, one commit; returns the rows as they are after it.
+    /// one statement, one commit; returns the rows as they are after it. Only a
+    /// statement PostgreSQL rejected is [`BatchError::Rejected`]: once it has returned,
+    /// it committed, and a row that does not decode is an error for its id alone.
     #[allow(dead_code)] // only `coalesce` builds batch
     pub(crate) async fn update_emails(
         &self,
         ids: &[i64],
         emails: &[&str],
         counts: &[i64],
-    ) -> Result<Vec<User>, AppError> {
-        self.bounded(async {
-            let session = self.source.get().await?;
-            let in_flight = session.health().in_flight();
-            let rows = session
-                .update_emails(ids, emails, counts)
-                .await
-                .map_err(classify)?;
-            in_flight.done();
-            rows.iter().map(user_from_row).collect()
-        })
-        .await
+    ) -> Result<Decoded, BatchError> {
+        let sent = self
+            .bounded(async {
+                let session = self.source.get().await?;
+                let in_flight = session.health().in_flight();
+                let result = session.update_emails(ids, emails, counts).await;
+                Ok(match result {
+                    Err(e) if rejected(&e) => {
+                        in_flight.done();
+                        Err(classify(e))
+                    }
+                    other => Ok(settle(in_flight, other)),
+                })
+            })
+            .await;
+        match sent {
+            Err(e) => Err(BatchError::Failed(e)),
+            Ok(Err(e)) => Err(BatchError::Rejected(e)),
+            Ok(Ok(Err(e))) => Err(BatchError::Failed(e)),
+            Ok(Ok(Ok(rows))) => Ok(Decoded::from_rows(&rows)),
+        }
     }
 
     pub(crate) async fn ping(&self) -> Result<(), AppError> {
         self.bounded(async {
             let session = self.source.get().await?;
             let in_flight = session.health().in_flight();
-            session.ping().await.map_err(classify)?;
-            in_flight.done();
-            Ok(())
+            settle(in_flight, session.ping().await)
         })
         .await
     }
@@ -281,31 +291,95 @@ impl Drop for InFlight<'_> {
 
 fn user_from_row(row: &Row) -> Result<User, AppError> {
     let decode = |e: tokio_postgres::Error| AppError::Internal(format!("decoding a row: {e}"));
-    let updated_at: SystemTime = row.try_get(3).map_err(decode)?;
+    let updated_at: timestamp::Timestamp = row.try_get(3).map_err(decode)?;
     Ok(User {
         id: row.try_get(0).map_err(decode)?,
         name: row.try_get(1).map_err(decode)?,
         email: row.try_get(2).map_err(decode)?,
-        updated_at: humantime::format_rfc3339_micros(updated_at).to_string(),
+        updated_at: updated_at.to_string(),
         version: row.try_get(4).map_err(decode)?,
     })
+}
+
+/// How a batch UPDATE failed.
+#[allow(dead_code)] // only `coalesce` builds batch
+#[derive(Debug)]
+pub(crate) enum BatchError {
+    /// PostgreSQL raised an error for the statement: it was rolled back, nothing of the
+    /// batch was applied, and running parts of it again applies each write once.
+    Rejected(AppError),
+    /// Unavailable or timed out: answered like a single request would be.
+    Failed(AppError),
+}
+
+/// The rows a batch statement returned, by id, each decoded or not: one bad row fails
+/// only the requests for its id.
+#[allow(dead_code)] // only `coalesce` builds batch
+#[derive(Debug, Default)]
+pub(crate) struct Decoded {
+    pub rows: HashMap<i64, Result<User, AppError>>,
+    /// Set when a row's very id did not decode: an id without a row then cannot be
+    /// called missing.
+    pub undecodable: Option<AppError>,
+}
+
+impl Decoded {
+    fn from_rows(rows: &[Row]) -> Self {
+        let mut applied = Self::default();
+        for row in rows {
+            match row.try_get::<_, i64>(0) {
+                Ok(id) => {
+                    applied.rows.insert(id, user_from_row(row));
+                }
+                Err(e) => {
+                    applied.undecodable =
+                        Some(AppError::Internal(format!("decoding a row's id: {e}")));
+                }
+            }
+        }
+        applied
+    }
+}
+
+/// Ends a round trip. When PostgreSQL answered (rows, or an error it raised for the
+/// statement), the connection owes nothing and stays in use; any other failure (socket,
+/// protocol) leaves it poisoned, so it is replaced.
+fn settle<T>(
+    in_flight: InFlight<'_>,
+    result: Result<T, tokio_postgres::Error>,
+) -> Result<T, AppError> {
+    match &result {
+        Ok(_) => in_flight.done(),
+        Err(e) if e.as_db_error().is_some() => in_flight.done(),
+        Err(_) => drop(in_flight),
+    }
+    result.map_err(classify)
+}
+
+/// Whether PostgreSQL itself rejected a statement for a reason that is not transient
+/// (bad data, a constraint): an error it raised, so the statement did not commit.
+fn rejected(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some() && matches!(classify_code(e), Some(false))
 }
 
 /// Database trouble (unreachable, restarting, out of connections) is a 503: the client
 /// may retry. A statement PostgreSQL rejects for another reason is our bug: a 500.
 pub(crate) fn classify(e: tokio_postgres::Error) -> AppError {
-    let Some(code) = e.code() else {
-        return AppError::Unavailable(format!("database unavailable: {e}"));
-    };
-    let transient = code.code().starts_with("08")
-        || code.code().starts_with("53")
-        || code.code().starts_with("57P")
-        || *code == SqlState::QUERY_CANCELED
-        || *code == SqlState::T_R_SERIALIZATION_FAILURE
-        || *code == SqlState::T_R_DEADLOCK_DETECTED;
-    if transient {
-        AppError::Unavailable(format!("database unavailable: {e}"))
-    } else {
-        AppError::Internal(format!("database error: {e}"))
+    match classify_code(&e) {
+        Some(false) => AppError::Internal(format!("database error: {e}")),
+        _ => AppError::Unavailable(format!("database unavailable: {e}")),
     }
+}
+
+/// `None` without an SQLSTATE (the connection failed), `Some(true)` for a transient one.
+fn classify_code(e: &tokio_postgres::Error) -> Option<bool> {
+    let code = e.code()?;
+    Some(
+        code.code().starts_with("08")
+            || code.code().starts_with("53")
+            || code.code().starts_with("57P")
+            || *code == SqlState::QUERY_CANCELED
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED,
+    )
 }

@@ -11,6 +11,10 @@ pub fn observe(_route: &'static str, _method: &str, _status: u16, _elapsed: Dura
 #[inline(always)]
 pub fn observe_batch(_kind: &'static str, _size: usize) {}
 
+/// Records a batch that panicked (no-op in this build; the panic is still logged).
+#[inline(always)]
+pub fn observe_batch_panic(_kind: &'static str) {}
+
 /// The Prometheus exposition, or `None` when metrics are not built in.
 pub fn render(_pool: Option<PoolState>) -> Option<String> {
     None

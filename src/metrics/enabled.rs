@@ -1,5 +1,7 @@
-//! Metrics built in: a private registry with request counters, a latency histogram and
-//! pool gauges, rendered in the Prometheus text format.
+//! Metrics built in: a private registry with request counters, a latency histogram,
+//! pool gauges, coalesced batch sizes and the build's identity, rendered in the
+//! Prometheus text format. Every series is prefixed `perflab_`, and every label takes
+//! values from a fixed set, so no client can grow the number of series.
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -7,6 +9,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::build_info;
 use crate::db::PoolState;
 
 struct Metrics {
@@ -15,23 +18,36 @@ struct Metrics {
     latency: HistogramVec,
     pool_connections: IntGauge,
     pool_idle: IntGauge,
-    batches: IntCounterVec,
-    batched: IntCounterVec,
-    batch_max: IntGaugeVec,
+    batch_size: HistogramVec,
+    batch_panics: IntCounterVec,
 }
 
 static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(build);
 
+/// The methods a label may name; any other token a client sends counts as `_OTHER`.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+/// The `method` label for a request's method: one of [`METHODS`], else `_OTHER`.
+pub fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("_OTHER")
+}
+
 fn build() -> Option<Metrics> {
     let registry = Registry::new();
     let requests = IntCounterVec::new(
-        Opts::new("http_requests_total", "Answered HTTP requests."),
+        Opts::new("perflab_http_requests_total", "Answered HTTP requests."),
         &["route", "method", "status"],
     )
     .ok()?;
     let latency = HistogramVec::new(
         HistogramOpts::new(
-            "http_request_duration_seconds",
+            "perflab_http_request_duration_seconds",
             "Time from request head to response, in seconds.",
         )
         .buckets(vec![
@@ -40,49 +56,66 @@ fn build() -> Option<Metrics> {
         &["route", "method"],
     )
     .ok()?;
-    let pool_connections =
-        IntGauge::new("db_pool_connections", "Connections held by the pool.").ok()?;
-    let pool_idle = IntGauge::new("db_pool_idle_connections", "Idle pooled connections.").ok()?;
-    let batches = IntCounterVec::new(
-        Opts::new("db_batches_total", "Batches run by the coalescing workers."),
+    let pool_connections = IntGauge::new(
+        "perflab_db_pool_connections",
+        "Connections held by the pool.",
+    )
+    .ok()?;
+    let pool_idle = IntGauge::new(
+        "perflab_db_pool_idle_connections",
+        "Idle pooled connections.",
+    )
+    .ok()?;
+    let batch_size = HistogramVec::new(
+        HistogramOpts::new(
+            "perflab_db_batch_size",
+            "Requests per batch run by the coalescing workers (count: batches, sum: requests).",
+        )
+        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         &["kind"],
     )
     .ok()?;
-    let batched = IntCounterVec::new(
+    let batch_panics = IntCounterVec::new(
         Opts::new(
-            "db_batched_requests_total",
-            "Requests served by the coalescing workers' batches.",
+            "perflab_batch_panics_total",
+            "Batches that panicked (their requests were answered 500; the worker went on).",
         ),
         &["kind"],
     )
     .ok()?;
-    let batch_max = IntGaugeVec::new(
-        Opts::new("db_batch_size_max", "Largest batch so far."),
-        &["kind"],
+    let build_info = IntGaugeVec::new(
+        Opts::new("perflab_build_info", "The running build: always 1."),
+        &["version", "features"],
     )
     .ok()?;
-    registry.register(Box::new(batches.clone())).ok()?;
-    registry.register(Box::new(batched.clone())).ok()?;
-    registry.register(Box::new(batch_max.clone())).ok()?;
+    build_info
+        .with_label_values(&[
+            build_info::VERSION,
+            &build_info::enabled_features().join(","),
+        ])
+        .set(1);
     registry.register(Box::new(requests.clone())).ok()?;
     registry.register(Box::new(latency.clone())).ok()?;
     registry.register(Box::new(pool_connections.clone())).ok()?;
     registry.register(Box::new(pool_idle.clone())).ok()?;
+    registry.register(Box::new(batch_size.clone())).ok()?;
+    registry.register(Box::new(batch_panics.clone())).ok()?;
+    registry.register(Box::new(build_info)).ok()?;
     Some(Metrics {
         registry,
         requests,
         latency,
         pool_connections,
         pool_idle,
-        batches,
-        batched,
-        batch_max,
+        batch_size,
+        batch_panics,
     })
 }
 
 /// Records one answered request.
 pub fn observe(route: &'static str, method: &str, status: u16, elapsed: Duration) {
     let Some(m) = METRICS.as_ref() else { return };
+    let method = method_label(method);
     let code = status.to_string();
     m.requests
         .with_label_values(&[route, method, code.as_str()])
@@ -95,12 +128,13 @@ pub fn observe(route: &'static str, method: &str, status: u16, elapsed: Duration
 /// Records one batch of `size` requests run by a coalescing worker (`kind`: read/write).
 pub fn observe_batch(kind: &'static str, size: usize) {
     let Some(m) = METRICS.as_ref() else { return };
-    m.batches.with_label_values(&[kind]).inc();
-    m.batched.with_label_values(&[kind]).inc_by(size as u64);
-    let max = m.batch_max.with_label_values(&[kind]);
-    if max.get() < size as i64 {
-        max.set(size as i64);
-    }
+    m.batch_size.with_label_values(&[kind]).observe(size as f64);
+}
+
+/// Records a batch that panicked.
+pub fn observe_batch_panic(kind: &'static str) {
+    let Some(m) = METRICS.as_ref() else { return };
+    m.batch_panics.with_label_values(&[kind]).inc();
 }
 
 /// The Prometheus text exposition of every metric.
@@ -115,4 +149,28 @@ pub fn render(pool: Option<PoolState>) -> Option<String> {
         .encode(&m.registry.gather(), &mut out)
         .ok()?;
     String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("FOO"), "_OTHER");
+        assert_eq!(method_label("get"), "_OTHER");
+    }
+
+    #[test]
+    fn the_build_is_identified() {
+        let text = render(None).expect("metrics are built in");
+        let line = format!(
+            "perflab_build_info{{features=\"{}\",version=\"{}\"}} 1",
+            build_info::enabled_features().join(","),
+            build_info::VERSION
+        );
+        assert!(text.contains(&line), "{text}");
+    }
 }
