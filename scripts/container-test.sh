@@ -18,10 +18,11 @@ APP_PORT=""
 APP_NAME="perflab-ct-$$"
 LOADGEN_NAME="perflab-ct-loadgen-$$"
 
-# Removes the containers, waits until podman's own processes (conmon and the
-# `podman container cleanup` it starts on exit) have let go of the private store, resets
-# the store the way podman expects, then removes the folder. Every step runs; a problem
-# is a warning.
+# Removes the containers (killing what a failed removal leaves running), waits until
+# podman's own processes (conmon and the `podman container cleanup` it starts on exit)
+# have let go of the private store, removes the images from it, then the folder. Every
+# step runs, each podman call is time-bounded, and a problem is a warning. No `podman
+# system reset`: it would also delete the machine's own networks and caches.
 cleanup() {
   local status=$?
   set +e
@@ -29,9 +30,10 @@ cleanup() {
   # Only ever the private store: never touch the machine's own containers.
   if [[ -n "${CT_DIR:-}" && -d "${CT_DIR}" && "${CONTAINERS_STORAGE_CONF:-}" == "${CT_DIR}/storage.conf" ]]; then
     cleanup_step "removing the containers" \
-      podman rm --force --ignore --time 0 "${APP_NAME}" "${LOADGEN_NAME}" >/dev/null
+      timeout -k 5 60 podman rm --force --ignore --time 0 "${APP_NAME}" "${LOADGEN_NAME}" >/dev/null
+    cleanup_step "stopping containers that survived removal" kill_running_containers
     cleanup_step "waiting for podman to release ${CT_DIR}" wait_store_released
-    cleanup_step "resetting the private container store" podman system reset --force >/dev/null 2>&1
+    cleanup_step "removing the images" timeout -k 5 120 podman rmi --all --force >/dev/null 2>&1
     cleanup_step "waiting for podman to release ${CT_DIR}" wait_store_released
   fi
   if [[ -n "${CT_DIR:-}" && -d "${CT_DIR}" ]]; then
@@ -43,6 +45,20 @@ cleanup() {
   fi
   cleanup_step "stopping PostgreSQL" pg_stop
   return "${status}"
+}
+
+# Kills the processes of any container of the private store still running (their
+# environment and command line name nothing of this run, so no later check finds them).
+kill_running_containers() {
+  local id pid
+  for id in $(timeout -k 5 30 podman ps --quiet --no-trunc 2>/dev/null); do
+    pid="$(timeout -k 5 30 podman inspect --format '{{.State.Pid}}' "${id}" 2>/dev/null)"
+    if [[ "${pid}" =~ ^[1-9][0-9]*$ ]]; then
+      warn "clean-up: container ${id:0:12} (pid ${pid}) still runs; killing it"
+      kill -KILL "${pid}" 2>/dev/null
+    fi
+  done
+  return 0
 }
 
 # Waits (up to 30 s) until no process names the private store on its command line:
@@ -71,7 +87,7 @@ require_containers() {
 # Settings for a root sandbox without systemd: runc, cgroupfs, no raised rlimits or pid
 # limits, and a private vfs image store under CT_DIR (see README, "Containers in CI").
 container_config() {
-  mkdir -p "${CT_DIR}/storage" "${CT_DIR}/run" "${CT_DIR}/tmp"
+  mkdir -p "${CT_DIR}/storage" "${CT_DIR}/run" "${CT_DIR}/tmp" "${CT_DIR}/networks"
   cat >"${CT_DIR}/containers.conf" <<EOF
 [containers]
 default_ulimits = []
@@ -82,6 +98,8 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 tmp_dir = "${CT_DIR}/tmp"
 volume_path = "${CT_DIR}/storage/volumes"
+[network]
+network_config_dir = "${CT_DIR}/networks"
 EOF
   cat >"${CT_DIR}/storage.conf" <<EOF
 [storage]
@@ -109,11 +127,13 @@ start_app() {
       -e "DATABASE_URL=postgres://postgres@localhost:${PG_PORT}/postgres" \
       -e "LISTEN_ADDR=127.0.0.1:${APP_PORT}" -e RUST_LOG=info "${image}" >/dev/null
     for ((i = 0; i < 100; i++)); do
-      if podman logs "${APP_NAME}" 2>&1 | grep -q "listening"; then return 0; fi
+      podman logs "${APP_NAME}" >"${CT_DIR}/app.log" 2>&1 || true
+      if grep -q "listening" "${CT_DIR}/app.log"; then return 0; fi
       [[ "$(podman inspect "${APP_NAME}" --format '{{.State.Running}}')" == "true" ]] || break
       sleep 0.1
     done
-    if podman logs "${APP_NAME}" 2>&1 | grep -q "cannot listen" && [[ "${attempt}" -lt 5 ]]; then
+    podman logs "${APP_NAME}" >"${CT_DIR}/app.log" 2>&1 || true
+    if grep -q "cannot listen" "${CT_DIR}/app.log" && [[ "${attempt}" -lt 5 ]]; then
       log "containers: port ${APP_PORT} was taken before the app could bind it (attempt ${attempt}/5); trying another"
       podman rm --force --time 0 "${APP_NAME}" >/dev/null
       continue
@@ -159,10 +179,10 @@ main() {
   cd "${ROOT}"
   cargo build --locked --release --quiet -p lab
   local lab="${ROOT}/target/release/lab"
-  CT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/perflab-ct.XXXXXX")"
   trap cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  CT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/perflab-ct.XXXXXX")"
   container_config
 
   log "containers: building the images of row ${ROW} and the load generator (buildah)"
@@ -199,7 +219,8 @@ main() {
   before="$(psql "${PG_URL}" -tAc 'SELECT coalesce(sum(version), 0) FROM users')"
   run_loadgen "${loadgen}"
   after="$(psql "${PG_URL}" -tAc 'SELECT coalesce(sum(version), 0) FROM users')"
-  podman logs "${APP_NAME}" 2>&1 | grep -q "listening" || die "the app did not log that it listened"
+  podman logs "${APP_NAME}" >"${CT_DIR}/app.log" 2>&1
+  grep -q "listening" "${CT_DIR}/app.log" || die "the app did not log that it listened"
 
   mkdir -p "${CT_DIR}/out"
   "${lab}" ingest --matrix "${MATRIX}" --only "${ROW}" --quick --log "${CT_DIR}/loadgen.log" \

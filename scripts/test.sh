@@ -38,8 +38,11 @@ start_run_scope() {
 tmp_entries() {
   local dir
   for dir in /tmp /var/tmp /run; do
-    [[ -d "${dir}" ]] && find "${dir}" -mindepth 1 -maxdepth 1 -printf '%p\n' 2>/dev/null
+    if [[ -d "${dir}" ]]; then
+      find "${dir}" -mindepth 1 -maxdepth 1 -printf '%p\n' 2>/dev/null || true
+    fi
   done | sort
+  return 0
 }
 
 # Prints "pid command" for every live process of this run: its environment carries
@@ -99,7 +102,7 @@ cleanup() {
   set +e
   trap '' INT TERM
   unset PERFLAB_TEST_RUN
-  [[ -n "${RUN_TMP:-}" ]] || return 0
+  [[ -n "${RUN_TMP:-}" ]] || return "${status}"
   cleanup_step "stopping PostgreSQL" pg_stop
   cleanup_step "the closing check" check_leftovers
   return "${status}"
@@ -189,10 +192,10 @@ main() {
   done
   require_cargo
   cd "${ROOT}"
-  start_run_scope
   trap cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  start_run_scope
   pg_start
   export TEST_DATABASE_URL="${PG_URL}"
   log "lab unit tests"

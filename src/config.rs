@@ -31,6 +31,13 @@ pub struct Config {
     /// `MAX_CONNECTIONS` (default 4096): open client connections; past it a new
     /// connection is closed at once.
     pub max_connections: u32,
+    /// `MAX_PENDING` (default 1024): requests in the database layer at once (running,
+    /// waiting for a connection, or queued for a batch); past it, 503 at once.
+    pub max_pending: u32,
+    /// `SHUTDOWN_DELAY_MS` (default 0): after SIGTERM, how long `/readyz` says 503 while
+    /// the server goes on accepting and serving, so that a load balancer (Kubernetes
+    /// removing the endpoint) stops sending before the listener closes.
+    pub shutdown_delay: Duration,
     /// `SHUTDOWN_GRACE_MS` (default 10000): how long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
     /// `PIPELINE_CONNECTIONS` (default 8): connections that concurrent requests share and
@@ -100,6 +107,8 @@ impl Config {
             header_read_timeout: millis(&lookup, "HEADER_READ_TIMEOUT_MS", 5_000, 600_000)?,
             body_read_timeout: millis(&lookup, "BODY_READ_TIMEOUT_MS", 5_000, 600_000)?,
             max_connections: number(&lookup, "MAX_CONNECTIONS", 4_096, 1, 1_000_000)?,
+            max_pending: number(&lookup, "MAX_PENDING", 1_024, 1, 1_000_000)?,
+            shutdown_delay: millis(&lookup, "SHUTDOWN_DELAY_MS", 0, 600_000)?,
             shutdown_grace: millis(&lookup, "SHUTDOWN_GRACE_MS", 10_000, 600_000)?,
             pipeline_connections: number(&lookup, "PIPELINE_CONNECTIONS", 8, 1, 1_000)?,
             coalesce_max_batch: number(&lookup, "COALESCE_MAX_BATCH", 256, 1, 10_000)?,

@@ -24,6 +24,8 @@ pub enum AppError {
     Unprocessable(String),
     /// 503: the database is down, slow or out of connections.
     Unavailable(String),
+    /// 503 at once: `MAX_PENDING` requests are already in the database layer.
+    Overloaded,
     /// 500: a bug or an unexpected failure.
     Internal(String),
 }
@@ -43,7 +45,7 @@ impl AppError {
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,6 +59,7 @@ impl AppError {
             AppError::Unavailable(_) => {
                 "service unavailable: the database did not answer; retry later".into()
             }
+            AppError::Overloaded => "service overloaded: request not applied; retry later".into(),
             AppError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             AppError::RequestTimeout(t) => {
                 format!("the body did not arrive within {} ms", t.as_millis())
@@ -85,7 +88,7 @@ impl AppError {
             AppError::MethodNotAllowed(allow) => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            AppError::Unavailable(_) => {
+            AppError::Unavailable(_) | AppError::Overloaded => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             AppError::RequestTimeout(_) => {
@@ -122,6 +125,7 @@ mod tests {
         assert_eq!(AppError::UnsupportedMediaType.status(), 415);
         assert_eq!(AppError::Unprocessable("x".into()).status(), 422);
         assert_eq!(AppError::Unavailable("x".into()).status(), 503);
+        assert_eq!(AppError::Overloaded.status(), 503);
         assert_eq!(AppError::Internal("x".into()).status(), 500);
     }
 

@@ -22,6 +22,8 @@ pub struct AppState {
     pub db: Db,
     /// `BODY_READ_TIMEOUT_MS`: how long a request body may take to arrive.
     pub body_read_timeout: std::time::Duration,
+    /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 pub type Reply = Response<Full<Bytes>>;
@@ -72,6 +74,10 @@ async fn dispatch(
     }
     let result = match route {
         "/healthz" => json_response(StatusCode::OK, &Status { status: "ok" }),
+        "/readyz" if state.draining.load(std::sync::atomic::Ordering::Relaxed) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &Status { status: "draining" },
+        ),
         "/readyz" => match state.db.ping().await {
             Ok(()) => json_response(StatusCode::OK, &Status { status: "ready" }),
             Err(e) => Err(e),

@@ -1,8 +1,10 @@
 //! The accept loop: HTTP/1.1 with keep-alive; stalled or greedy clients cannot hold the
 //! server (a header read timeout, a body read timeout, a bounded head buffer and a cap on
-//! open connections); and graceful shutdown (stop accepting, let in-flight requests
-//! finish within `SHUTDOWN_GRACE_MS`, then return).
+//! open connections); and graceful shutdown: `/readyz` fails and serving goes on for
+//! `SHUTDOWN_DELAY_MS`, then accepting stops and in-flight requests finish within
+//! `SHUTDOWN_GRACE_MS`.
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +39,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         db: Db::new(config)?,
         body_read_timeout: config.body_read_timeout,
+        draining: AtomicBool::new(false),
     });
     let connections = Arc::new(Semaphore::new(config.max_connections as usize));
     tracing::info!(
@@ -54,6 +57,10 @@ pub async fn run(
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    // After SIGTERM: SHUTDOWN_DELAY_MS of serving with /readyz at 503, then drain.
+    let delay = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(delay);
+    let mut draining = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -81,7 +88,16 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown, if !draining => {
+                draining = true;
+                state.draining.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    delay_ms = config.shutdown_delay.as_millis() as u64,
+                    "shutdown requested: /readyz now fails; still serving for the delay"
+                );
+                delay.as_mut().reset(tokio::time::Instant::now() + config.shutdown_delay);
+            }
+            () = &mut delay, if draining => break,
         }
     }
     drop(listener);

@@ -22,13 +22,19 @@
 //! - **A panicking batch does not take its worker down**: each batch runs as its own
 //!   task; if it panics, its requests are answered 500, the panic is logged and counted
 //!   (`perflab_batch_panics_total`), and the worker goes on with the next batch.
-//! - A request whose caller has already given up (timed out) is dropped from its batch
-//!   before the batch runs: a write answered 503 is then never applied.
+//! - **A 503 means "not applied".** Each request carries a ticket. A worker takes a
+//!   request into a batch only while its caller still waits (before its deadline); a
+//!   caller whose deadline passes first withdraws its ticket and gets 503, and its
+//!   request is never run. A caller whose request was taken waits for the batch's
+//!   outcome, which the worker always gives (each statement is bounded; see `Core::run`).
+//! - The queues are bounded by the database layer's admission (`MAX_PENDING`): past
+//!   it, a request gets 503 at once instead of waiting out its deadline.
 //! - On shutdown, the server stops accepting and waits for in-flight requests; the
 //!   workers keep running until then, so every queued request is answered.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,13 +47,54 @@ type Answer = Result<Option<User>, AppError>;
 
 struct Read {
     id: i64,
+    ticket: Ticket,
     reply: oneshot::Sender<Answer>,
 }
 
 struct Write {
     id: i64,
     email: String,
+    ticket: Ticket,
     reply: oneshot::Sender<Answer>,
+}
+
+/// Who decides a queued request's fate: the worker takes it into a batch, or its caller
+/// withdraws it at its deadline; whichever comes first, once.
+#[derive(Clone, Default)]
+struct Ticket(Arc<AtomicU8>);
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Ticket {
+    /// The worker's side: true if the request is now the batch's to run.
+    fn take(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The caller's side: true if the request will now never run.
+    fn withdraw(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// A caller waits for its answer until `deadline`; past it, it withdraws its request,
+/// unless a worker has taken it, in which case it waits for the batch's outcome.
+async fn wait(ticket: &Ticket, deadline: Instant, mut answer: oneshot::Receiver<Answer>) -> Answer {
+    let replied =
+        |r: Result<Answer, oneshot::error::RecvError>| r.unwrap_or_else(|_| Err(batch_failed()));
+    match tokio::time::timeout_at(deadline.into(), &mut answer).await {
+        Ok(r) => replied(r),
+        Err(_) if ticket.withdraw() => Err(AppError::Unavailable(
+            "queued past the deadline; nothing was sent".into(),
+        )),
+        Err(_) => replied(answer.await),
+    }
 }
 
 /// All the PATCHes of one id in a batch, in arrival order.
@@ -110,27 +157,38 @@ impl Exec {
         }
     }
 
-    pub async fn user(&self, core: &Core, id: i64) -> Answer {
+    pub async fn user(&self, _core: &Core, id: i64, deadline: Instant) -> Answer {
         let (reply, answer) = oneshot::channel();
+        let ticket = Ticket::default();
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         self.readers[i]
-            .send(Read { id, reply })
+            .send(Read {
+                id,
+                ticket: ticket.clone(),
+                reply,
+            })
             .map_err(|_| stopped())?;
-        core.bounded(async { answer.await.unwrap_or_else(|_| Err(batch_failed())) })
-            .await
+        wait(&ticket, deadline, answer).await
     }
 
-    pub async fn update_email(&self, core: &Core, id: i64, email: &str) -> Answer {
+    pub async fn update_email(
+        &self,
+        _core: &Core,
+        id: i64,
+        email: &str,
+        deadline: Instant,
+    ) -> Answer {
         let (reply, answer) = oneshot::channel();
+        let ticket = Ticket::default();
         self.writers[writer_of(id, self.writers.len())]
             .send(Write {
                 id,
                 email: email.to_owned(),
+                ticket: ticket.clone(),
                 reply,
             })
             .map_err(|_| stopped())?;
-        core.bounded(async { answer.await.unwrap_or_else(|_| Err(batch_failed())) })
-            .await
+        wait(&ticket, deadline, answer).await
     }
 }
 
@@ -142,7 +200,7 @@ fn writer_of(id: i64, writers: usize) -> usize {
 async fn read_worker(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Read>, max: usize) {
     let mut batch = Vec::with_capacity(max);
     while rx.recv_many(&mut batch, max).await > 0 {
-        batch.retain(|r: &Read| !r.reply.is_closed());
+        batch.retain(|r: &Read| !r.reply.is_closed() && r.ticket.take());
         if batch.is_empty() {
             continue;
         }
@@ -156,7 +214,7 @@ async fn read_batch(core: Arc<Core>, mut batch: Vec<Read>) {
     if batch.len() == 1 {
         // Light load: one request is one plain statement, as without `coalesce`.
         for r in batch.drain(..) {
-            let answer = core.user(r.id).await;
+            let answer = core.user(r.id, core.deadline()).await;
             let _ = r.reply.send(answer);
         }
         return;
@@ -164,7 +222,7 @@ async fn read_batch(core: Arc<Core>, mut batch: Vec<Read>) {
     let mut ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
     ids.sort_unstable();
     ids.dedup();
-    match core.users(&ids).await {
+    match core.users(&ids, core.deadline()).await {
         Ok(rows) => {
             for r in batch.drain(..) {
                 let answer = match rows.rows.get(&r.id) {
@@ -186,7 +244,7 @@ async fn read_batch(core: Arc<Core>, mut batch: Vec<Read>) {
 async fn write_worker(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Write>, max: usize) {
     let mut batch = Vec::with_capacity(max);
     while rx.recv_many(&mut batch, max).await > 0 {
-        batch.retain(|w: &Write| !w.reply.is_closed());
+        batch.retain(|w: &Write| !w.reply.is_closed() && w.ticket.take());
         if batch.is_empty() {
             continue;
         }
@@ -225,7 +283,7 @@ async fn apply(core: &Core, groups: Vec<Group>) {
             if one.writes.len() == 1 {
                 // One PATCH: the plain single-row statement, as without `coalesce`.
                 let w = one.writes.remove(0);
-                let answer = core.update_email(w.id, &w.email).await;
+                let answer = core.update_email(w.id, &w.email, core.deadline()).await;
                 let _ = w.reply.send(answer);
                 continue;
             }
@@ -233,7 +291,10 @@ async fn apply(core: &Core, groups: Vec<Group>) {
         let ids: Vec<i64> = part.iter().map(|g| g.id).collect();
         let emails: Vec<&str> = part.iter().map(last_email).collect();
         let counts: Vec<i64> = part.iter().map(|g| g.writes.len() as i64).collect();
-        match core.update_emails(&ids, &emails, &counts).await {
+        match core
+            .update_emails(&ids, &emails, &counts, core.deadline())
+            .await
+        {
             Ok(rows) => {
                 for g in part {
                     answer_applied(g, &rows);
@@ -244,11 +305,19 @@ async fn apply(core: &Core, groups: Vec<Group>) {
                 pending.push(right);
                 pending.push(part);
             }
-            Err(BatchError::Rejected(e) | BatchError::Failed(e)) => {
+            Err(BatchError::Rejected(_)) => {
+                // One id's folded PATCHes, rejected together (nothing applied): each on
+                // its own, so only the bad ones fail.
                 for g in part {
                     for w in g.writes {
-                        let _ = w.reply.send(Err(e.clone()));
+                        let answer = core.update_email(w.id, &w.email, core.deadline()).await;
+                        let _ = w.reply.send(answer);
                     }
+                }
+            }
+            Err(BatchError::Failed(e)) => {
+                for g in part {
+                    fail(g, &e);
                 }
             }
         }
@@ -302,6 +371,7 @@ mod tests {
             Write {
                 id,
                 email: email.into(),
+                ticket: Ticket::default(),
                 reply,
             },
             rx,
@@ -365,6 +435,33 @@ mod tests {
         })
         .await;
         assert_eq!(rb.await.unwrap(), Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_ticket_is_taken_or_withdrawn_once() {
+        let t = Ticket::default();
+        assert!(t.take());
+        assert!(!t.withdraw(), "a taken request cannot be withdrawn");
+        let t = Ticket::default();
+        assert!(t.withdraw());
+        assert!(!t.take(), "a withdrawn request is never run");
+        // A caller past its deadline with its request untaken gets 503 at once.
+        let (_reply, answer) = oneshot::channel();
+        let t = Ticket::default();
+        let got = wait(&t, Instant::now(), answer).await;
+        assert_eq!(got.unwrap_err().status(), 503);
+        assert!(!t.take());
+        // A taken request's caller waits past its deadline for the outcome.
+        let (reply, answer) = oneshot::channel();
+        let t = Ticket::default();
+        assert!(t.take());
+        let waiter = tokio::spawn({
+            let t = t.clone();
+            async move { wait(&t, Instant::now(), answer).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let _ = reply.send(Ok(None));
+        assert_eq!(waiter.await.unwrap(), Ok(None));
     }
 
     #[test]

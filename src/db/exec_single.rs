@@ -1,5 +1,6 @@
 //! One statement per request (every build without `coalesce`).
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{Core, User};
 use crate::config::Config;
@@ -12,8 +13,13 @@ impl Exec {
         Self
     }
 
-    pub async fn user(&self, core: &Core, id: i64) -> Result<Option<User>, AppError> {
-        core.user(id).await
+    pub async fn user(
+        &self,
+        core: &Core,
+        id: i64,
+        deadline: Instant,
+    ) -> Result<Option<User>, AppError> {
+        core.user(id, deadline).await
     }
 
     pub async fn update_email(
@@ -21,7 +27,8 @@ impl Exec {
         core: &Core,
         id: i64,
         email: &str,
+        deadline: Instant,
     ) -> Result<Option<User>, AppError> {
-        core.update_email(id, email).await
+        core.update_email(id, email, deadline).await
     }
 }

@@ -7,11 +7,17 @@
 //! - how requests become statements (`exec`): one statement per request, or, with
 //!   `coalesce`, concurrent requests gathered into one statement per batch.
 //!
-//! Everything here is bounded by `DB_TIMEOUT_MS`: past it the caller gets a 503.
+//! Every request is bounded. It is admitted only while fewer than `MAX_PENDING` are in
+//! the database layer (else 503 at once); its statement must be sent within
+//! `DB_TIMEOUT_MS` (else 503, nothing sent); once sent, its outcome is awaited, which
+//! PostgreSQL's `statement_timeout` (the same bound) ends. So a 503 means "not applied",
+//! except when a sent statement got no answer at all (the connection broke): then the
+//! outcome is unknown, and the connection is dropped.
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
@@ -23,6 +29,7 @@ use crate::error::AppError;
 #[cfg_attr(feature = "prepared", path = "session_prepared.rs")]
 #[cfg_attr(not(feature = "prepared"), path = "session_adhoc.rs")]
 mod session;
+use session::Session;
 
 #[cfg_attr(feature = "pipeline", path = "source_pipeline.rs")]
 #[cfg_attr(
@@ -83,13 +90,23 @@ pub struct PoolState {
 pub struct Db {
     core: std::sync::Arc<Core>,
     exec: exec::Exec,
+    /// Requests admitted to the database layer at once (`MAX_PENDING`): in flight,
+    /// waiting for a connection or queued for a batch. Past it, 503 at once.
+    admission: Semaphore,
 }
 
 /// Connections and the statements on them, one request or one batch at a time.
 pub(crate) struct Core {
     source: source::Source,
+    /// `DB_TIMEOUT_MS`: how long a request may wait before its statement is sent.
     timeout: Duration,
+    /// How long the outcome of a sent statement is awaited: PostgreSQL's own
+    /// `statement_timeout` (the same `DB_TIMEOUT_MS`) plus slack for the round trip.
+    outcome_bound: Duration,
 }
+
+/// Slack over `statement_timeout` for a sent statement's answer to come back.
+const OUTCOME_SLACK: Duration = Duration::from_millis(250);
 
 impl Db {
     /// Prepares the connection source. It does not connect: the server starts (and
@@ -100,8 +117,8 @@ impl Db {
             .parse()
             .map_err(|e| AppError::Internal(format!("DATABASE_URL: {e}")))?;
         pg.connect_timeout(config.db_timeout);
-        // PostgreSQL gives up on a statement when the client would: a write answered 503
-        // is then rolled back rather than applied behind the client's back.
+        // PostgreSQL gives up on a statement when the client would: a statement that
+        // runs too long is rolled back and answered with an error, never applied late.
         if pg.get_options().is_none() {
             pg.options(format!(
                 "-c statement_timeout={}",
@@ -114,42 +131,109 @@ impl Db {
         let core = std::sync::Arc::new(Core {
             source: source::Source::new(pg, config),
             timeout: config.db_timeout,
+            outcome_bound: config.db_timeout + OUTCOME_SLACK,
         });
         let exec = exec::Exec::new(&core, config);
-        Ok(Self { core, exec })
+        Ok(Self {
+            core,
+            exec,
+            admission: Semaphore::new(config.max_pending as usize),
+        })
     }
 
     /// `GET /users/{id}`: the profile, or `None` when there is no such user.
     pub async fn user(&self, id: i64) -> Result<Option<User>, AppError> {
-        self.exec.user(&self.core, id).await
+        let _admitted = self.admit()?;
+        let deadline = self.core.deadline();
+        self.exec.user(&self.core, id, deadline).await
     }
 
     /// `PATCH /users/{id}`: the updated profile, or `None` when there is no such user.
-    /// The change is committed before this returns.
+    /// The change is committed before this returns. A 503 means it was not applied,
+    /// unless the connection failed after the statement was sent (outcome unknown).
     pub async fn update_email(&self, id: i64, email: &str) -> Result<Option<User>, AppError> {
-        self.exec.update_email(&self.core, id, email).await
+        let _admitted = self.admit()?;
+        let deadline = self.core.deadline();
+        self.exec
+            .update_email(&self.core, id, email, deadline)
+            .await
     }
 
     /// `/readyz`: one round trip to PostgreSQL.
     pub async fn ping(&self) -> Result<(), AppError> {
-        self.core.ping().await
+        self.core.ping(self.core.deadline()).await
     }
 
     pub fn pool_state(&self) -> Option<PoolState> {
         self.core.source.state()
     }
+
+    /// A place among the `MAX_PENDING` requests the database layer holds, or 503 now.
+    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AppError> {
+        self.admission
+            .try_acquire()
+            .map_err(|_| AppError::Overloaded)
+    }
 }
 
 impl Core {
+    /// When a request arriving now must have its statement sent by.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    /// Runs one statement in two phases. Before it is sent: a connection must be had
+    /// by `deadline`, else 503 and nothing was sent. Once sent: its outcome is awaited
+    /// (PostgreSQL's `statement_timeout` ends it), up to `outcome_bound`; past that the
+    /// connection is given up (poisoned) and the outcome is unknown. The outer error is
+    /// ours, the inner result PostgreSQL's answer.
+    async fn run<T>(
+        &self,
+        deadline: Instant,
+        statement: impl AsyncFnOnce(&Session) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<Result<T, tokio_postgres::Error>, AppError> {
+        let session = tokio::time::timeout_at(deadline.into(), self.source.get())
+            .await
+            .map_err(|_| {
+                AppError::Unavailable(format!(
+                    "no database connection within {} ms; nothing was sent",
+                    self.timeout.as_millis()
+                ))
+            })??;
+        if Instant::now() >= deadline {
+            return Err(AppError::Unavailable(
+                "the request's deadline passed before its statement was sent".into(),
+            ));
+        }
+        let session: &Session = &session;
+        let in_flight = session.health().in_flight();
+        match tokio::time::timeout(self.outcome_bound, statement(session)).await {
+            Ok(result) => {
+                if result.is_ok() || result.as_ref().is_err_and(answered) {
+                    in_flight.done();
+                }
+                Ok(result)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    bound_ms = self.outcome_bound.as_millis() as u64,
+                    "a sent statement got no answer in time: connection dropped, outcome unknown"
+                );
+                Err(AppError::Unavailable(format!(
+                    "the database did not answer within {} ms (outcome unknown)",
+                    self.outcome_bound.as_millis()
+                )))
+            }
+        }
+    }
+
     /// One profile by one statement.
-    pub(crate) async fn user(&self, id: i64) -> Result<Option<User>, AppError> {
-        self.bounded(async {
-            let session = self.source.get().await?;
-            let in_flight = session.health().in_flight();
-            let rows = settle(in_flight, session.select_user(id).await)?;
-            rows.first().map(user_from_row).transpose()
-        })
-        .await
+    pub(crate) async fn user(&self, id: i64, deadline: Instant) -> Result<Option<User>, AppError> {
+        let rows = self
+            .run(deadline, async |s: &Session| s.select_user(id).await)
+            .await?
+            .map_err(classify)?;
+        rows.first().map(user_from_row).transpose()
     }
 
     /// One email change by one statement (autocommit: durable when it returns).
@@ -157,27 +241,26 @@ impl Core {
         &self,
         id: i64,
         email: &str,
+        deadline: Instant,
     ) -> Result<Option<User>, AppError> {
-        self.bounded(async {
-            let session = self.source.get().await?;
-            let in_flight = session.health().in_flight();
-            let rows = settle(in_flight, session.update_email(id, email).await)?;
-            rows.first().map(user_from_row).transpose()
-        })
-        .await
+        let rows = self
+            .run(deadline, async |s: &Session| {
+                s.update_email(id, email).await
+            })
+            .await?
+            .map_err(classify)?;
+        rows.first().map(user_from_row).transpose()
     }
 
     /// Profiles of `ids` by one statement; ids with no user have no entry, and a row
     /// that does not decode is an error for its id alone.
     #[allow(dead_code)] // only `coalesce` builds batch
-    pub(crate) async fn users(&self, ids: &[i64]) -> Result<Decoded, AppError> {
-        self.bounded(async {
-            let session = self.source.get().await?;
-            let in_flight = session.health().in_flight();
-            let rows = settle(in_flight, session.select_users(ids).await)?;
-            Ok(Decoded::from_rows(&rows))
-        })
-        .await
+    pub(crate) async fn users(&self, ids: &[i64], deadline: Instant) -> Result<Decoded, AppError> {
+        let rows = self
+            .run(deadline, async |s: &Session| s.select_users(ids).await)
+            .await?
+            .map_err(classify)?;
+        Ok(Decoded::from_rows(&rows))
     }
 
     /// Applies `counts[i]` PATCHes ending with `emails[i]` to each distinct `ids[i]` by
@@ -190,49 +273,25 @@ impl Core {
         ids: &[i64],
         emails: &[&str],
         counts: &[i64],
+        deadline: Instant,
     ) -> Result<Decoded, BatchError> {
-        let sent = self
-            .bounded(async {
-                let session = self.source.get().await?;
-                let in_flight = session.health().in_flight();
-                let result = session.update_emails(ids, emails, counts).await;
-                Ok(match result {
-                    Err(e) if rejected(&e) => {
-                        in_flight.done();
-                        Err(classify(e))
-                    }
-                    other => Ok(settle(in_flight, other)),
-                })
+        let answer = self
+            .run(deadline, async |s: &Session| {
+                s.update_emails(ids, emails, counts).await
             })
-            .await;
-        match sent {
-            Err(e) => Err(BatchError::Failed(e)),
-            Ok(Err(e)) => Err(BatchError::Rejected(e)),
-            Ok(Ok(Err(e))) => Err(BatchError::Failed(e)),
-            Ok(Ok(Ok(rows))) => Ok(Decoded::from_rows(&rows)),
+            .await
+            .map_err(BatchError::Failed)?;
+        match answer {
+            Ok(rows) => Ok(Decoded::from_rows(&rows)),
+            Err(e) if rejected(&e) => Err(BatchError::Rejected(classify(e))),
+            Err(e) => Err(BatchError::Failed(classify(e))),
         }
     }
 
-    pub(crate) async fn ping(&self) -> Result<(), AppError> {
-        self.bounded(async {
-            let session = self.source.get().await?;
-            let in_flight = session.health().in_flight();
-            settle(in_flight, session.ping().await)
-        })
-        .await
-    }
-
-    pub(crate) async fn bounded<T>(
-        &self,
-        work: impl Future<Output = Result<T, AppError>>,
-    ) -> Result<T, AppError> {
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(AppError::Unavailable(format!(
-                "database did not answer within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+    pub(crate) async fn ping(&self, deadline: Instant) -> Result<(), AppError> {
+        self.run(deadline, async |s: &Session| s.ping().await)
+            .await?
+            .map_err(classify)
     }
 }
 
@@ -341,19 +400,15 @@ impl Decoded {
     }
 }
 
-/// Ends a round trip. When PostgreSQL answered (rows, or an error it raised for the
-/// statement), the connection owes nothing and stays in use; any other failure (socket,
-/// protocol) leaves it poisoned, so it is replaced.
-fn settle<T>(
-    in_flight: InFlight<'_>,
-    result: Result<T, tokio_postgres::Error>,
-) -> Result<T, AppError> {
-    match &result {
-        Ok(_) => in_flight.done(),
-        Err(e) if e.as_db_error().is_some() => in_flight.done(),
-        Err(_) => drop(in_flight),
-    }
-    result.map_err(classify)
+/// Whether PostgreSQL answered a failed statement with an error of its own: the round
+/// trip is over, nothing is owed on the connection, and it stays in use. Not so for
+/// errors that say the connection's own state is stale (a prepared statement whose
+/// plan no longer fits the table, or that is gone): those would fail every later
+/// request on it, so the connection is replaced.
+fn answered(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some()
+        && e.code() != Some(&SqlState::FEATURE_NOT_SUPPORTED)
+        && e.code() != Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
 }
 
 /// Whether PostgreSQL itself rejected a statement for a reason that is not transient

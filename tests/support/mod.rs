@@ -3,6 +3,8 @@
 //! `127.0.0.1:0`, and a small HTTP/1 client.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -210,4 +212,42 @@ pub async fn send(
     })
     .await
     .unwrap_or_else(|_| panic!("{method} {path} took longer than 10 s"))
+}
+
+/// Like [`send`] without headers, but a refused, reset or cut connection is an `Err`
+/// (with what went wrong) instead of a panic: for tests that count such failures.
+pub async fn send_checked(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Bytes,
+) -> Result<u16, String> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string())
+            .body(Full::new(body))
+            .map_err(|e| format!("request: {e}"))?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("response: {e}"))?;
+        let status = res.status().as_u16();
+        res.into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?;
+        Ok(status)
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("{method} {path} took longer than 10 s")))
 }

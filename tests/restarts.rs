@@ -1,0 +1,177 @@
+//! PostgreSQL going away under load, for each build that keeps connections (`pool`,
+//! `pipeline`, `coalesce`): a restart (fast shutdown, then start) and, separately, a
+//! backend killed with SIGKILL (PostgreSQL then restarts every backend), each in the
+//! middle of 20 s of mixed load. The server recovers by itself within `RECOVERY`, and
+//! per id no acknowledged PATCH is lost and none is applied twice, reconciled from the
+//! replies. It restarts the cluster of `scripts/test.sh` (it finds its data folder with
+//! `SHOW data_directory`), so it is the only test in its binary.
+#![cfg(any(feature = "pool", feature = "pipeline", feature = "coalesce"))]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::load::{offer, reconcile};
+use support::{send_checked, TestDb, TestServer};
+
+const IDS: i64 = 40;
+/// How soon after PostgreSQL is back the server serves again, at most.
+const RECOVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy)]
+enum Disruption {
+    Restart,
+    KillBackend,
+}
+
+/// `pg_ctl`: beside `postgres` under /usr/lib/postgresql, or on PATH.
+fn pg_ctl() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/pg_ctl"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| PathBuf::from("pg_ctl"))
+}
+
+/// Runs a command as the cluster's owner: `postgres` when we are root. Its output goes
+/// nowhere: a postmaster it starts must not hold the test's stdout (a pipe to `tee` in
+/// `scripts/test.sh`) open after the test ends.
+fn as_owner(program: &Path, args: &[&str]) -> std::process::ExitStatus {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let mut cmd = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run pg_ctl")
+}
+
+async fn disrupt(db: &TestDb, how: Disruption) {
+    let pg = db.client().await;
+    match how {
+        Disruption::Restart => {
+            let data: String = pg
+                .query_one("SHOW data_directory", &[])
+                .await
+                .expect("data_directory")
+                .get(0);
+            drop(pg);
+            let status = tokio::task::spawn_blocking(move || {
+                as_owner(
+                    &pg_ctl(),
+                    &["-D", &data, "-m", "fast", "-w", "-t", "60", "restart"],
+                )
+            })
+            .await
+            .expect("pg_ctl");
+            assert!(status.success(), "pg_ctl restart failed");
+        }
+        Disruption::KillBackend => {
+            // Builds without a pool hold a backend only per statement: look until one
+            // is caught alive.
+            let start = Instant::now();
+            loop {
+                let row = pg
+                    .query_opt(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                         AND application_name = 'perflab' LIMIT 1",
+                        &[],
+                    )
+                    .await
+                    .expect("pg_stat_activity");
+                if let Some(pid) = row.map(|r| r.get::<_, i32>(0)) {
+                    let killed = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .stderr(Stdio::null())
+                        .status()
+                        .expect("kill");
+                    if killed.success() {
+                        break;
+                    }
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no backend of the server to kill"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    // Wait until PostgreSQL accepts connections again.
+    let back = Instant::now();
+    loop {
+        if tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "PostgreSQL did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn survive(how: Disruption) {
+    let db = TestDb::new(IDS).await;
+    let server = TestServer::start(&db.url, &[("DB_TIMEOUT_MS", "1000")]).await;
+    let addr = server.addr;
+    let load = tokio::spawn(offer(addr, IDS, 64, 400.0, Duration::from_secs(20)));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    disrupt(&db, how).await;
+    let back = Instant::now();
+    loop {
+        if send_checked(addr, "GET", "/users/1", bytes::Bytes::new()).await == Ok(200) {
+            break;
+        }
+        assert!(
+            back.elapsed() < RECOVERY,
+            "{how:?}: not serving {RECOVERY:?} after PostgreSQL was back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered = back.elapsed();
+    let outcomes = load.await.expect("load");
+    let ok = outcomes.iter().filter(|o| o.status == 200).count();
+    let failed: Vec<&support::load::Outcome> = outcomes
+        .iter()
+        .filter(|o| o.patch && o.status != 200)
+        .collect();
+    eprintln!(
+        "{how:?}: {} requests, {ok} ok, {} PATCHes not acknowledged; serving again {recovered:?} after PostgreSQL was back",
+        outcomes.len(),
+        failed.len()
+    );
+    assert!(ok > 0);
+    // A PATCH that got no 200 may have been applied (its connection broke after the
+    // statement was sent), at most once; every acknowledged one is stored, once.
+    let pg = db.client().await;
+    reconcile(&pg, &outcomes, |id| {
+        failed.iter().filter(|o| o.id == id).count() as i64
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_and_killed_backends_lose_no_write_and_double_none() {
+    survive(Disruption::Restart).await;
+    survive(Disruption::KillBackend).await;
+}
