@@ -280,6 +280,36 @@ fn guaranteed(kind: &str, spec: &Value) -> Result<()> {
     Ok(())
 }
 
+/// The namespace enforces the "restricted" Pod Security level, and a default-deny
+/// NetworkPolicy covers every pod in both directions (the others open what is needed).
+fn least_privilege_network(objs: &[Value]) -> Result<()> {
+    let ns = objs
+        .iter()
+        .find(|o| o["kind"] == "Namespace")
+        .context("the rendering has no Namespace")?;
+    if ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] != "restricted" {
+        bail!("the namespace must enforce the restricted Pod Security level");
+    }
+    let deny = find(objs, "NetworkPolicy", "default-deny")?;
+    let selects_all = deny["spec"]["podSelector"]
+        .as_mapping()
+        .is_some_and(|m| m.is_empty());
+    let types = &deny["spec"]["policyTypes"];
+    let both = ["Ingress", "Egress"].iter().all(|t| {
+        types
+            .as_sequence()
+            .is_some_and(|s| s.iter().any(|v| v == t))
+    });
+    if !selects_all
+        || !both
+        || !deny["spec"]["ingress"].is_null()
+        || !deny["spec"]["egress"].is_null()
+    {
+        bail!("NetworkPolicy default-deny must select every pod and allow nothing, both ways");
+    }
+    Ok(())
+}
+
 /// Checks one row's rendered manifests against the study's rules.
 pub fn check_rendered(yaml: &str, row: &Row, images: &Images) -> Result<()> {
     let objs = docs(yaml)?;
@@ -327,6 +357,9 @@ pub fn check_rendered(yaml: &str, row: &Row, images: &Images) -> Result<()> {
     }
     restricted("Deployment perflab", app_spec)?;
     restricted("Job perflab-loadgen", lspec)?;
+    restricted("StatefulSet postgres", pod_spec(pg))?;
+    restricted("Job perflab-seed", pod_spec(seed))?;
+    least_privilege_network(&objs)?;
     guaranteed("Deployment perflab", app_spec)?;
     guaranteed("StatefulSet postgres", pod_spec(pg))?;
     guaranteed("Job perflab-loadgen", lspec)?;
@@ -434,6 +467,16 @@ mod tests {
                 "read-only root",
             ),
             ("operator: NotIn".into(), "operator: In".into(), "affinity"),
+            (
+                "pod-security.kubernetes.io/enforce: restricted".into(),
+                "pod-security.kubernetes.io/enforce: baseline".into(),
+                "pod security",
+            ),
+            (
+                "name: default-deny".into(),
+                "name: allow-nothing-much".into(),
+                "default deny",
+            ),
             ("cpu: \"1\"".into(), "cpu: 500m".into(), "whole CPUs"),
             (
                 "prometheus.io/scrape: \"true\"".into(),
