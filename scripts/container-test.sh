@@ -122,9 +122,8 @@ start_app() {
   for attempt in 1 2 3 4 5; do
     APP_PORT="$(free_port)"
     log "containers: the app image on 127.0.0.1:${APP_PORT} with the pod's constraints"
-    # "localhost" in the URL: the image must resolve names (its /etc/nsswitch.conf).
     podman run -d --name "${APP_NAME}" "${POD_FLAGS[@]}" \
-      -e "DATABASE_URL=postgres://postgres@localhost:${PG_PORT}/postgres" \
+      -e "DATABASE_URL=${APP_DB_URL}" \
       -e "LISTEN_ADDR=127.0.0.1:${APP_PORT}" -e RUST_LOG=info "${image}" >/dev/null
     for ((i = 0; i < 100; i++)); do
       podman logs "${APP_NAME}" >"${CT_DIR}/app.log" 2>&1 || true
@@ -206,7 +205,10 @@ main() {
   "${lab}" plan --matrix "${MATRIX}" --only "${ROW}" --quick >"${CT_DIR}/plan.json"
   local users
   users="$(sed -n 's/.*"users": \([0-9]*\).*/\1/p' "${CT_DIR}/plan.json" | head -n1)"
-  "${lab}" seed --database-url "${PG_URL}" --users "${users}"
+  # The app connects as the least-privileged role the seed grants; "localhost" in its
+  # URL, since the image must resolve names (its /etc/nsswitch.conf).
+  APP_DB_URL="$("${lab}" seed --database-url "${PG_URL}" --users "${users}")"
+  APP_DB_URL="${APP_DB_URL/@127.0.0.1:/@localhost:}"
 
   start_app "${server}"
   local constraints

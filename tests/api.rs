@@ -410,3 +410,32 @@ async fn stats_report_the_servers_own_cpu_and_memory() {
     let post = send(server.addr, "POST", "/stats", &[], Bytes::new()).await;
     assert_eq!(post.status, 405);
 }
+
+#[tokio::test]
+async fn the_server_runs_as_a_role_that_may_only_read_and_update_users() {
+    let (db, server) = setup().await;
+    // The server works as this role (every test here runs it so)...
+    assert_eq!(
+        server
+            .patch_email("/users/9", "nine@example.com")
+            .await
+            .status,
+        200
+    );
+    // ...and the role can do nothing else.
+    let app = support::connect(&db.url).await;
+    for statement in [
+        "DELETE FROM users WHERE id = 1",
+        "INSERT INTO users (id, name, email, updated_at) VALUES (0, 'x', 'x@y', now())",
+        "DROP TABLE users",
+        "CREATE TABLE other (id int)",
+        "TRUNCATE users",
+    ] {
+        let e = app.batch_execute(statement).await.expect_err(statement);
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{statement}: {e}"
+        );
+    }
+}

@@ -68,7 +68,8 @@ impl Proxy {
     }
 }
 
-fn pg_target() -> (String, u16, String) {
+/// The test cluster's host and port (the server connects as the app's role).
+fn pg_target() -> (String, u16) {
     let url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
     let config: tokio_postgres::Config = url.parse().expect("url");
     let host = match &config.get_hosts()[0] {
@@ -76,8 +77,7 @@ fn pg_target() -> (String, u16, String) {
         _ => panic!("TEST_DATABASE_URL must use TCP"),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("postgres").to_string();
-    (host, port, user)
+    (host, port)
 }
 
 async fn wait_for_status(server: &TestServer, path: &str, want: u16, within: Duration) -> Duration {
@@ -99,9 +99,12 @@ async fn wait_for_status(server: &TestServer, path: &str, want: u16, within: Dur
 #[tokio::test]
 async fn outage_gives_bounded_503_and_recovery_without_restart() {
     let db = TestDb::new(50).await;
-    let (host, port, user) = pg_target();
+    let (host, port) = pg_target();
     let proxy = Proxy::start((host, port)).await;
-    let url = format!("postgres://{user}@127.0.0.1:{}/{}", proxy.port, db.name);
+    let url = format!(
+        "postgres://perflab_app@127.0.0.1:{}/{}",
+        proxy.port, db.name
+    );
     let server = TestServer::start(&url, &[("DB_TIMEOUT_MS", "1000")]).await;
     assert_eq!(server.get("/users/1").await.status, 200);
 

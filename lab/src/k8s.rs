@@ -63,14 +63,17 @@ pub fn write_overlay(
 ) -> Result<PathBuf> {
     let dir = out.join(row.slug());
     std::fs::create_dir_all(&dir)?;
-    for f in ["schema.sql", "seed.sql", "index.sql"] {
+    for f in ["schema.sql", "app_role.sql", "seed.sql", "index.sql"] {
         std::fs::copy(root.join("sql").join(f), dir.join(f))
             .with_context(|| format!("copying sql/{f}"))?;
     }
     std::fs::write(dir.join("plan.json"), plan_json)?;
-    let password_file = dir.join("password");
-    if !password_file.exists() {
-        std::fs::write(&password_file, random_password()?)?;
+    // The superuser's (the seed's) and the app role's passwords, made once per overlay.
+    for file in ["password", "app-password"] {
+        let path = dir.join(file);
+        if !path.exists() {
+            std::fs::write(&path, crate::pg::random_password()?)?;
+        }
     }
     let base = rel(&dir, &root.join("k8s/base"));
     let comp = rel(&dir, &root.join("k8s/components"));
@@ -112,13 +115,13 @@ pub fn write_overlay(
         k,
         "images:\n  - name: perflab-server\n    newName: {server_name}\n    newTag: {server_tag:?}\n  - name: perflab-loadgen\n    newName: {lg_name}\n    newTag: {lg_tag:?}"
     );
-    k.push_str("configMapGenerator:\n  - name: perflab-sql\n    files:\n      - schema.sql\n      - seed.sql\n      - index.sql\n");
+    k.push_str("configMapGenerator:\n  - name: perflab-sql\n    files:\n      - schema.sql\n      - app_role.sql\n      - seed.sql\n      - index.sql\n");
     let _ = writeln!(
         k,
         "  - name: perflab-run\n    files:\n      - plan.json\n    literals:\n      - users={}\n      - index={}\n      - pool_size={}",
         m.load.users, row.index, m.local.pool_size
     );
-    k.push_str("secretGenerator:\n  - name: postgres-credentials\n    files:\n      - password\n");
+    k.push_str("secretGenerator:\n  - name: postgres-credentials\n    files:\n      - password\n      - app-password\n");
     let args = [
         "loadgen",
         "--url",
@@ -133,13 +136,6 @@ pub fn write_overlay(
     );
     std::fs::write(dir.join("kustomization.yaml"), k)?;
     Ok(dir)
-}
-
-fn random_password() -> Result<String> {
-    let mut buf = [0u8; 18];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The rendered objects in the order the run applies them: everything PostgreSQL needs
@@ -384,6 +380,18 @@ pub fn check_rendered(yaml: &str, row: &Row, images: &Images) -> Result<()> {
             bail!("{kind} has a password inline");
         }
     }
+    // The app connects as the least-privileged role, never as the superuser.
+    let app_url = app_spec["containers"][0]["env"]
+        .as_sequence()
+        .and_then(|s| s.iter().find(|e| e["name"] == "DATABASE_URL"))
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or("");
+    if !app_url.starts_with(&format!("postgres://{}:", crate::pg::APP_USER)) {
+        bail!(
+            "the app must connect as {}, not {app_url:?}",
+            crate::pg::APP_USER
+        );
+    }
     let env_names: Vec<&str> = app_spec["containers"][0]["env"]
         .as_sequence()
         .map(|s| s.iter().filter_map(|e| e["name"].as_str()).collect())
@@ -471,6 +479,11 @@ mod tests {
                 "pod-security.kubernetes.io/enforce: restricted".into(),
                 "pod-security.kubernetes.io/enforce: baseline".into(),
                 "pod security",
+            ),
+            (
+                "postgres://perflab_app:".into(),
+                "postgres://postgres:".into(),
+                "superuser",
             ),
             (
                 "name: default-deny".into(),

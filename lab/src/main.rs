@@ -96,7 +96,9 @@ enum Cmd {
         #[command(flatten)]
         m: MatrixArgs,
     },
-    /// Creates the schema and seeds N users into DATABASE_URL (or --database-url).
+    /// Creates the schema and seeds N users into DATABASE_URL (or --database-url), gives
+    /// the app's least-privileged role a fresh password, and prints the URL the server
+    /// should connect with on stdout.
     Seed {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
@@ -249,6 +251,7 @@ fn real_main() -> Result<bool> {
                 !no_index,
                 took.as_secs_f64()
             );
+            println!("{}", pg::app_login(&mut client, &database_url)?);
             Ok(true)
         }
         Cmd::Run {

@@ -12,6 +12,9 @@ use crate::procfs;
 pub const SCHEMA: &str = include_str!("../../sql/schema.sql");
 pub const INDEX: &str = include_str!("../../sql/index.sql");
 pub const SEED: &str = include_str!("../../sql/seed.sql");
+pub const APP_ROLE: &str = include_str!("../../sql/app_role.sql");
+/// The role the server under test connects as (SELECT and UPDATE on `users` only).
+pub const APP_USER: &str = "perflab_app";
 
 pub fn connect(url: &str) -> Result<Client> {
     Client::connect(url, NoTls).with_context(|| format!("cannot connect to PostgreSQL at {url}"))
@@ -24,6 +27,9 @@ pub fn seed(client: &mut Client, users: i64, index: bool) -> Result<Duration> {
     client
         .batch_execute(SCHEMA)
         .context("creating the schema")?;
+    client
+        .batch_execute(APP_ROLE)
+        .context("creating the app's role and its grants")?;
     client.execute(SEED, &[&users]).context("seeding users")?;
     if index {
         client.batch_execute(INDEX).context("creating the index")?;
@@ -35,6 +41,57 @@ pub fn seed(client: &mut Client, users: i64, index: bool) -> Result<Duration> {
     // not written during this row's measurement.
     client.batch_execute("CHECKPOINT").context("CHECKPOINT")?;
     Ok(start.elapsed())
+}
+
+/// Gives the app's role a fresh random password and returns the URL the server under
+/// test connects with: `admin_url` with the app's role and password instead of the
+/// superuser (which serves only the seed, the settings and pgbench).
+pub fn app_login(client: &mut Client, admin_url: &str) -> Result<String> {
+    let password = random_password()?;
+    client
+        .batch_execute(APP_ROLE)
+        .context("creating the app's role")?;
+    // Letters and digits only: safe inside the literal and the URL.
+    client
+        .batch_execute(&format!("ALTER ROLE {APP_USER} PASSWORD '{password}'"))
+        .context("setting the app role's password")?;
+    app_url(admin_url, &password)
+}
+
+/// `url` (a `postgres://` URL or a key=value string) with the app's role and `password`.
+pub fn app_url(url: &str, password: &str) -> Result<String> {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let hostpart = rest.split_once('@').map_or(rest, |(_, h)| h);
+        return Ok(format!("postgres://{APP_USER}:{password}@{hostpart}"));
+    }
+    if url.contains('=') {
+        let kept: Vec<&str> = url
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("user=") && !kv.starts_with("password="))
+            .collect();
+        return Ok(format!(
+            "{} user={APP_USER} password={password}",
+            kept.join(" ")
+        ));
+    }
+    bail!("cannot read {url:?} as a PostgreSQL URL")
+}
+
+/// 24 random letters and digits from the kernel.
+pub fn random_password() -> Result<String> {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut buf = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("reading /dev/urandom")?;
+    Ok(buf
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect())
 }
 
 /// Resets settings made by earlier rows, then applies `settings` (ALTER SYSTEM + reload).
@@ -109,4 +166,30 @@ pub fn postmaster_pid(data_dir: &std::path::Path) -> Result<u32> {
         .next()
         .and_then(|l| l.trim().parse().ok())
         .context("postmaster.pid has no pid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_url_swaps_in_the_app_role() {
+        assert_eq!(
+            app_url("postgres://postgres@127.0.0.1:5432/postgres", "pw").unwrap(),
+            "postgres://perflab_app:pw@127.0.0.1:5432/postgres"
+        );
+        assert_eq!(
+            app_url("postgresql://admin:secret@db:6432/x?sslmode=require", "pw").unwrap(),
+            "postgres://perflab_app:pw@db:6432/x?sslmode=require"
+        );
+        assert_eq!(
+            app_url("host=db user=admin password=s dbname=x", "pw").unwrap(),
+            "host=db dbname=x user=perflab_app password=pw"
+        );
+        assert!(app_url("nonsense", "pw").is_err());
+        let a = random_password().unwrap();
+        assert_eq!(a.len(), 24);
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(a, random_password().unwrap());
+    }
 }

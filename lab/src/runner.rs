@@ -35,6 +35,8 @@ struct Ctx<'a> {
     oha: Oha,
     raw: PathBuf,
     db: postgres::Client,
+    /// What the server under test connects with: the app's least-privileged role.
+    app_url: String,
     postmaster: Option<u32>,
     clock: Clock,
 }
@@ -122,6 +124,8 @@ pub fn run(o: &Options) -> Result<Summary> {
     }
 
     let mut db = pg::connect(&o.database_url)?;
+    // The server under test connects as the least-privileged role, never as superuser.
+    let app_url = pg::app_login(&mut db, &o.database_url)?;
     let postmaster = match &o.pg_data {
         Some(dir) => {
             let pid = pg::postmaster_pid(dir)?;
@@ -157,6 +161,7 @@ pub fn run(o: &Options) -> Result<Summary> {
         oha,
         raw: raw.clone(),
         db,
+        app_url,
         postmaster,
         clock: Clock {
             started,
@@ -303,7 +308,7 @@ fn measure_row(
         binary,
         &ctx.m.local.server_cpus,
         addr,
-        &ctx.o.database_url,
+        &ctx.app_url,
         ctx.m.local.pool_size,
         &log,
     )?;

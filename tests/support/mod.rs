@@ -23,6 +23,7 @@ use tokio_postgres::{Client, NoTls};
 pub const SCHEMA: &str = include_str!("../../sql/schema.sql");
 pub const INDEX: &str = include_str!("../../sql/index.sql");
 pub const SEED: &str = include_str!("../../sql/seed.sql");
+pub const APP_ROLE: &str = include_str!("../../sql/app_role.sql");
 
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
@@ -42,7 +43,12 @@ pub async fn connect(url: &str) -> Client {
 
 /// A database owned by one test, seeded with `users` users (ids 1..=users).
 pub struct TestDb {
+    /// What the server connects with: the app's least-privileged role (SELECT and
+    /// UPDATE on `users` only, as in every real run), so every test also checks that
+    /// the server needs no more.
     pub url: String,
+    /// The superuser's URL for this database: crafting rows, reading back.
+    pub admin_url: String,
     pub name: String,
 }
 
@@ -62,17 +68,34 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
-        let url = url_with_db(&admin_url(), &name);
-        let db = connect(&url).await;
+        let admin_url = url_with_db(&admin_url(), &name);
+        let db = connect(&admin_url).await;
         db.batch_execute(SCHEMA).await.expect("schema");
+        db.batch_execute(APP_ROLE).await.expect("the app's role");
         db.execute(SEED, &[&users]).await.expect("seed");
         db.batch_execute(INDEX).await.expect("index");
-        Self { url, name }
+        let url = url_with_user(&admin_url, "perflab_app");
+        Self {
+            url,
+            admin_url,
+            name,
+        }
     }
 
+    /// A superuser connection to this database.
     pub async fn client(&self) -> Client {
-        connect(&self.url).await
+        connect(&self.admin_url).await
     }
+}
+
+/// Replaces the user (and drops any password) in a `postgres://` URL; the throwaway
+/// cluster trusts loopback connections.
+pub fn url_with_user(url: &str, user: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{user}@{host}")
 }
 
 /// Replaces the database name in a `postgres://` URL.
