@@ -6,19 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use support::{send, TestDb, TestServer};
-
-async fn patch(addr: std::net::SocketAddr, id: i64, email: &str) -> support::Reply {
-    let body = serde_json::json!({ "email": email }).to_string();
-    send(
-        addr,
-        "PATCH",
-        &format!("/users/{id}"),
-        &[("content-type", "application/json")],
-        Bytes::from(body),
-    )
-    .await
-}
+use support::{patch, send, TestDb, TestServer};
 
 /// Every timestamp PostgreSQL can hold is answered, whatever the build (with `coalesce`
 /// a formatting panic used to kill the read worker for good).
@@ -128,12 +116,7 @@ async fn a_row_that_does_not_decode_fails_alone_and_nothing_is_applied_twice() {
         let want: Vec<i64> = (1..=PER_ID as i64).collect();
         assert_eq!(*versions, want, "id {id}: acknowledged versions");
     }
-    let rows = pg
-        .query("SELECT id, version FROM users ORDER BY id", &[])
-        .await
-        .expect("read back");
-    for row in rows {
-        let (id, version): (i64, i64) = (row.get(0), row.get(1));
+    for (id, version) in support::stored_versions(&pg).await {
         assert_eq!(
             version, PER_ID as i64,
             "id {id}: applied {version} times for {PER_ID} PATCHes"
@@ -217,12 +200,7 @@ async fn a_rejected_statement_fails_alone_and_keeps_the_connection() {
             r.body
         );
     }
-    let rows = pg
-        .query("SELECT id, version FROM users ORDER BY id", &[])
-        .await
-        .expect("read back");
-    for row in rows {
-        let (id, version): (i64, i64) = (row.get(0), row.get(1));
+    for (id, version) in support::stored_versions(&pg).await {
         assert_eq!(version, if id == 3 { 0 } else { 20 }, "id {id}");
     }
 }

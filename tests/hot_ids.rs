@@ -11,7 +11,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use support::{send, TestDb, TestServer};
+use support::{patch, send, TestDb, TestServer};
 
 const HOT: [i64; 3] = [1, 2, 3];
 const USERS: i64 = 200;
@@ -26,18 +26,6 @@ fn next(x: &mut u64) -> u64 {
     *x ^= *x >> 7;
     *x ^= *x << 17;
     *x
-}
-
-async fn patch(addr: std::net::SocketAddr, id: i64, email: &str) -> support::Reply {
-    let body = serde_json::json!({ "email": email }).to_string();
-    send(
-        addr,
-        "PATCH",
-        &format!("/users/{id}"),
-        &[("content-type", "application/json")],
-        Bytes::from(body),
-    )
-    .await
 }
 
 async fn client(addr: std::net::SocketAddr, c: u64) -> Vec<Ack> {

@@ -168,12 +168,7 @@ pub async fn reconcile(
             acked.entry(o.id).or_default().push(v);
         }
     }
-    let rows = db
-        .query("SELECT id, version FROM users ORDER BY id", &[])
-        .await
-        .expect("read back");
-    for row in rows {
-        let (id, stored): (i64, i64) = (row.get(0), row.get(1));
+    for (id, stored) in super::stored_versions(db).await {
         let mut versions = acked.remove(&id).unwrap_or_default();
         versions.sort_unstable();
         let n = versions.len();

@@ -274,3 +274,26 @@ pub async fn send_checked(
         .await
         .unwrap_or_else(|_| Err(format!("{method} {path} took longer than 10 s")))
 }
+
+/// `PATCH /users/{id}` with `{"email": email}` on a new connection.
+pub async fn patch(addr: SocketAddr, id: i64, email: &str) -> Reply {
+    let body = serde_json::json!({ "email": email }).to_string();
+    send(
+        addr,
+        "PATCH",
+        &format!("/users/{id}"),
+        &[("content-type", "application/json")],
+        Bytes::from(body),
+    )
+    .await
+}
+
+/// Every (id, version) stored, in id order.
+pub async fn stored_versions(db: &Client) -> Vec<(i64, i64)> {
+    db.query("SELECT id, version FROM users ORDER BY id", &[])
+        .await
+        .expect("read back")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
