@@ -198,6 +198,8 @@ main() {
   start_run_scope
   pg_start
   export TEST_DATABASE_URL="${PG_URL}"
+  # tests/restarts.rs restarts this cluster with its own pg_ctl.
+  export TEST_PG_BIN="${PG_BIN}"
   log "lab unit tests"
   cargo_test -p lab
   run_feature_tests

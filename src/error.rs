@@ -26,6 +26,9 @@ pub enum AppError {
     Unavailable(String),
     /// 503 at once: `MAX_PENDING` requests are already in the database layer.
     Overloaded,
+    /// 503: the statement was sent, but no answer came (the connection broke or
+    /// stalled): it may have been applied, once.
+    OutcomeUnknown(String),
     /// 500: a bug or an unexpected failure.
     Internal(String),
 }
@@ -45,7 +48,9 @@ impl AppError {
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::Unavailable(_) | AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::Overloaded | AppError::OutcomeUnknown(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -60,6 +65,11 @@ impl AppError {
                 "service unavailable: the database did not answer; retry later".into()
             }
             AppError::Overloaded => "service overloaded: request not applied; retry later".into(),
+            AppError::OutcomeUnknown(_) => {
+                "service unavailable: the database did not answer after the request was sent; \
+                 its outcome is unknown"
+                    .into()
+            }
             AppError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             AppError::RequestTimeout(t) => {
                 format!("the body did not arrive within {} ms", t.as_millis())
@@ -75,6 +85,7 @@ impl AppError {
         match &self {
             AppError::Internal(detail) => tracing::error!(%detail, "internal error"),
             AppError::Unavailable(detail) => tracing::warn!(%detail, "unavailable"),
+            AppError::OutcomeUnknown(detail) => tracing::warn!(%detail, "outcome unknown"),
             _ => {}
         }
         let message = self.message();
@@ -88,7 +99,7 @@ impl AppError {
             AppError::MethodNotAllowed(allow) => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            AppError::Unavailable(_) | AppError::Overloaded => {
+            AppError::Unavailable(_) | AppError::Overloaded | AppError::OutcomeUnknown(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             AppError::RequestTimeout(_) => {

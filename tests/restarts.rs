@@ -26,8 +26,12 @@ enum Disruption {
     KillBackend,
 }
 
-/// `pg_ctl`: beside `postgres` under /usr/lib/postgresql, or on PATH.
+/// `pg_ctl` of the cluster's own PostgreSQL: from `TEST_PG_BIN` (set by
+/// `scripts/test.sh`), else the newest under /usr/lib/postgresql, else on PATH.
 fn pg_ctl() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TEST_PG_BIN") {
+        return PathBuf::from(bin).join("pg_ctl");
+    }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()

@@ -45,7 +45,8 @@ pub fn seed(client: &mut Client, users: i64, index: bool) -> Result<Duration> {
 
 /// Gives the app's role a fresh random password and returns the URL the server under
 /// test connects with: `admin_url` with the app's role and password instead of the
-/// superuser (which serves only the seed, the settings and pgbench).
+/// superuser (which serves only the seed, the settings and pgbench). Call it after
+/// [`seed`]: the role's grant is on the `users` table the seed creates.
 pub fn app_login(client: &mut Client, admin_url: &str) -> Result<String> {
     let password = random_password()?;
     client

@@ -35,8 +35,6 @@ struct Ctx<'a> {
     oha: Oha,
     raw: PathBuf,
     db: postgres::Client,
-    /// What the server under test connects with: the app's least-privileged role.
-    app_url: String,
     postmaster: Option<u32>,
     clock: Clock,
 }
@@ -124,8 +122,6 @@ pub fn run(o: &Options) -> Result<Summary> {
     }
 
     let mut db = pg::connect(&o.database_url)?;
-    // The server under test connects as the least-privileged role, never as superuser.
-    let app_url = pg::app_login(&mut db, &o.database_url)?;
     let postmaster = match &o.pg_data {
         Some(dir) => {
             let pid = pg::postmaster_pid(dir)?;
@@ -161,7 +157,6 @@ pub fn run(o: &Options) -> Result<Summary> {
         oha,
         raw: raw.clone(),
         db,
-        app_url,
         postmaster,
         clock: Clock {
             started,
@@ -303,12 +298,15 @@ fn measure_row(
         row.index,
         took.as_secs_f64()
     ));
+    // The server under test connects as the least-privileged role the seed granted,
+    // never as the superuser.
+    let app_url = pg::app_login(&mut ctx.db, &ctx.o.database_url)?;
     let log = ctx.raw.join(format!("rep{rep}-{}-server.log", row.slug()));
     let mut server = Server::start(
         binary,
         &ctx.m.local.server_cpus,
         addr,
-        &ctx.app_url,
+        &app_url,
         ctx.m.local.pool_size,
         &log,
     )?;

@@ -100,13 +100,12 @@ pub(crate) struct Core {
     source: source::Source,
     /// `DB_TIMEOUT_MS`: how long a request may wait before its statement is sent.
     timeout: Duration,
-    /// How long the outcome of a sent statement is awaited: PostgreSQL's own
-    /// `statement_timeout` (the same `DB_TIMEOUT_MS`) plus slack for the round trip.
+    /// How long the outcome of a sent statement is awaited: twice PostgreSQL's own
+    /// `statement_timeout` (the same `DB_TIMEOUT_MS`), which ends a running statement
+    /// first; the rest is slack for time queued on a shared connection, the commit's
+    /// flush and a busy machine.
     outcome_bound: Duration,
 }
-
-/// Slack over `statement_timeout` for a sent statement's answer to come back.
-const OUTCOME_SLACK: Duration = Duration::from_millis(250);
 
 impl Db {
     /// Prepares the connection source. It does not connect: the server starts (and
@@ -131,7 +130,7 @@ impl Db {
         let core = std::sync::Arc::new(Core {
             source: source::Source::new(pg, config),
             timeout: config.db_timeout,
-            outcome_bound: config.db_timeout + OUTCOME_SLACK,
+            outcome_bound: config.db_timeout * 2,
         });
         let exec = exec::Exec::new(&core, config);
         Ok(Self {
@@ -219,8 +218,8 @@ impl Core {
                     bound_ms = self.outcome_bound.as_millis() as u64,
                     "a sent statement got no answer in time: connection dropped, outcome unknown"
                 );
-                Err(AppError::Unavailable(format!(
-                    "the database did not answer within {} ms (outcome unknown)",
+                Err(AppError::OutcomeUnknown(format!(
+                    "no answer within {} ms of sending the statement",
                     self.outcome_bound.as_millis()
                 )))
             }
