@@ -155,7 +155,8 @@ pg_start() {
     if as_pg_owner "${PG_BIN}/pg_ctl" -D "${PG_DIR}/data" -l "${PG_DIR}/server.log" -w -t 60 \
       -o "-c listen_addresses=127.0.0.1 -p ${PG_PORT} -k ${PG_DIR} -c max_connections=300 -c shared_buffers=256MB${extra}" \
       start >/dev/null; then
-      PG_URL="postgres://postgres@127.0.0.1:${PG_PORT}/postgres"
+      # This cluster has no TLS: say so, rather than have clients ask for it first.
+      PG_URL="postgres://postgres@127.0.0.1:${PG_PORT}/postgres?sslmode=disable"
       return 0
     fi
     if grep -q "Address already in use" "${PG_DIR}/server.log" && [[ "${attempt}" -lt 5 ]]; then

@@ -191,6 +191,8 @@ main() {
     shift
   done
   require_cargo
+  # tests/tls.rs makes its certificates with openssl.
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
   cd "${ROOT}"
   trap cleanup EXIT
   trap 'exit 130' INT

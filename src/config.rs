@@ -2,6 +2,7 @@
 //! Every value is validated here; a bad one stops the process with a message naming it.
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Largest accepted request body, in bytes; bigger ones get 413.
@@ -16,6 +17,9 @@ pub const HEAD_BUFFER_LIMIT: usize = 16 * 1024;
 pub struct Config {
     /// `DATABASE_URL` (required): a libpq-style URL or key=value string.
     pub database_url: String,
+    /// `DATABASE_CA_FILE` (optional): PEM certificates the PostgreSQL server's certificate
+    /// must chain to (and name the host), when TLS is used (`sslmode` in `DATABASE_URL`).
+    pub database_ca_file: Option<PathBuf>,
     /// `LISTEN_ADDR` (default `0.0.0.0:8080`).
     pub listen_addr: SocketAddr,
     /// `POOL_SIZE` (default 16): connections in the pool, used by the `pool` feature.
@@ -99,8 +103,13 @@ impl Config {
                 )
             })?,
         };
+        let database_ca_file = match lookup("DATABASE_CA_FILE") {
+            Some(path) if !path.trim().is_empty() => Some(PathBuf::from(path)),
+            _ => None,
+        };
         Ok(Self {
             database_url,
+            database_ca_file,
             listen_addr,
             pool_size: number(&lookup, "POOL_SIZE", 16, 1, 10_000)?,
             db_timeout: millis(&lookup, "DB_TIMEOUT_MS", 2_000, 60_000)?,

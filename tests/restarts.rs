@@ -9,11 +9,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::load::{offer, reconcile};
+use support::pg::{as_owner, pg_tool};
 use support::{send_checked, TestDb, TestServer};
 
 const IDS: i64 = 40;
@@ -24,46 +24,6 @@ const RECOVERY: Duration = Duration::from_secs(5);
 enum Disruption {
     Restart,
     KillBackend,
-}
-
-/// `pg_ctl` of the cluster's own PostgreSQL: from `TEST_PG_BIN` (set by
-/// `scripts/test.sh`), else the newest under /usr/lib/postgresql, else on PATH.
-fn pg_ctl() -> PathBuf {
-    if let Some(bin) = std::env::var_os("TEST_PG_BIN") {
-        return PathBuf::from(bin).join("pg_ctl");
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin/pg_ctl"))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort();
-    found.pop().unwrap_or_else(|| PathBuf::from("pg_ctl"))
-}
-
-/// Runs a command as the cluster's owner: `postgres` when we are root. Its output goes
-/// nowhere: a postmaster it starts must not hold the test's stdout (a pipe to `tee` in
-/// `scripts/test.sh`) open after the test ends.
-fn as_owner(program: &Path, args: &[&str]) -> std::process::ExitStatus {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    let mut cmd = if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    };
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run pg_ctl")
 }
 
 async fn disrupt(db: &TestDb, how: Disruption) {
@@ -78,7 +38,7 @@ async fn disrupt(db: &TestDb, how: Disruption) {
             drop(pg);
             let status = tokio::task::spawn_blocking(move || {
                 as_owner(
-                    &pg_ctl(),
+                    &pg_tool("pg_ctl"),
                     &["-D", &data, "-m", "fast", "-w", "-t", "60", "restart"],
                 )
             })

@@ -43,6 +43,7 @@ use session::Session;
 mod source;
 
 mod timestamp;
+mod tls;
 
 #[cfg_attr(feature = "coalesce", path = "exec_coalesce.rs")]
 #[cfg_attr(not(feature = "coalesce"), path = "exec_single.rs")]
@@ -110,11 +111,11 @@ pub(crate) struct Core {
 impl Db {
     /// Prepares the connection source. It does not connect: the server starts (and
     /// `/readyz` says 503) while PostgreSQL is still down.
-    pub fn new(config: &Config) -> Result<Self, AppError> {
+    pub fn new(config: &Config) -> Result<Self, String> {
         let mut pg: tokio_postgres::Config = config
             .database_url
             .parse()
-            .map_err(|e| AppError::Internal(format!("DATABASE_URL: {e}")))?;
+            .map_err(|e| format!("DATABASE_URL: {e}"))?;
         pg.connect_timeout(config.db_timeout);
         // PostgreSQL gives up on a statement when the client would: a statement that
         // runs too long is rolled back and answered with an error, never applied late.
@@ -127,8 +128,9 @@ impl Db {
         if pg.get_application_name().is_none() {
             pg.application_name("perflab");
         }
+        let tls = tls::connector(config.database_ca_file.as_deref())?;
         let core = std::sync::Arc::new(Core {
-            source: source::Source::new(pg, config),
+            source: source::Source::new(pg, tls, config),
             timeout: config.db_timeout,
             outcome_bound: config.db_timeout * 2,
         });
@@ -419,17 +421,37 @@ fn rejected(e: &tokio_postgres::Error) -> bool {
 /// Database trouble (unreachable, restarting, out of connections) is a 503: the client
 /// may retry. A statement PostgreSQL rejects for another reason is our bug: a 500.
 pub(crate) fn classify(e: tokio_postgres::Error) -> AppError {
+    let detail = with_causes(&e);
     match classify_code(&e) {
-        Some(false) => AppError::Internal(format!("database error: {e}")),
-        _ => AppError::Unavailable(format!("database unavailable: {e}")),
+        Some(false) => AppError::Internal(format!("database error: {detail}")),
+        _ => AppError::Unavailable(format!("database unavailable: {detail}")),
     }
 }
 
-/// `None` without an SQLSTATE (the connection failed), `Some(true)` for a transient one.
+/// An error and the causes its own text leaves out (a TLS handshake's reason, for one),
+/// for the log.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// `None` without an SQLSTATE (the connection failed), `Some(true)` for a transient one
+/// or one that refused the connection (authentication, `pg_hba.conf`, a missing
+/// database: the service cannot reach its database, nothing was run).
 fn classify_code(e: &tokio_postgres::Error) -> Option<bool> {
     let code = e.code()?;
     Some(
         code.code().starts_with("08")
+            || code.code().starts_with("28")
+            || code.code().starts_with("3D")
             || code.code().starts_with("53")
             || code.code().starts_with("57P")
             || *code == SqlState::QUERY_CANCELED

@@ -1,25 +1,29 @@
 //! No pool: every request opens its own connection and closes it when done (the naive
 //! baseline; PostgreSQL forks a backend for each one).
 
-use tokio_postgres::NoTls;
-
 use super::session::Session;
+use super::tls::Connector;
 use super::{classify, PoolState};
 use crate::config::Config;
 use crate::error::AppError;
 
 pub struct Source {
     config: tokio_postgres::Config,
+    tls: Connector,
 }
 
 impl Source {
-    pub fn new(config: tokio_postgres::Config, _settings: &Config) -> Self {
-        Self { config }
+    pub fn new(config: tokio_postgres::Config, tls: Connector, _settings: &Config) -> Self {
+        Self { config, tls }
     }
 
     /// A fresh connection; dropping the session closes it.
     pub async fn get(&self) -> Result<Session, AppError> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(classify)?;
+        let (client, connection) = self
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(classify)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");

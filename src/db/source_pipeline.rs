@@ -16,15 +16,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 use super::session::Session;
+use super::tls::Connector;
 use super::{classify, PoolState};
 use crate::config::Config;
 use crate::error::AppError;
 
 pub struct Source {
     config: tokio_postgres::Config,
+    tls: Connector,
     slots: Vec<Slot>,
     next: AtomicUsize,
     connect_timeout: Duration,
@@ -45,9 +45,10 @@ impl Slot {
 }
 
 impl Source {
-    pub fn new(config: tokio_postgres::Config, settings: &Config) -> Self {
+    pub fn new(config: tokio_postgres::Config, tls: Connector, settings: &Config) -> Self {
         Self {
             config,
+            tls,
             slots: (0..settings.pipeline_connections.max(1))
                 .map(|_| Slot::default())
                 .collect(),
@@ -67,7 +68,11 @@ impl Source {
             return Ok(s);
         }
         let open = async {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(classify)?;
+            let (client, connection) = self
+                .config
+                .connect(self.tls.clone())
+                .await
+                .map_err(classify)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "pipelined connection ended with an error");

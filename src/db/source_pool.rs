@@ -10,24 +10,23 @@
 use std::fmt;
 use std::time::Duration;
 
-use bb8::{ManageConnection, Pool, RunError};
-use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::NoTls;
-
 use super::session::Session;
+use super::tls::Connector;
 use super::{classify, PoolState};
 use crate::config::Config;
 use crate::error::AppError;
+use bb8::{ManageConnection, Pool, RunError};
+use bb8_postgres::PostgresConnectionManager;
 
 pub struct Source {
     pool: Pool<Manager>,
 }
 
 impl Source {
-    pub fn new(config: tokio_postgres::Config, settings: &Config) -> Self {
+    pub fn new(config: tokio_postgres::Config, tls: Connector, settings: &Config) -> Self {
         let (pool_size, timeout) = (settings.pool_size, settings.db_timeout);
         let manager = Manager {
-            inner: PostgresConnectionManager::new(config, NoTls),
+            inner: PostgresConnectionManager::new(config, tls),
             connect_timeout: timeout,
         };
         let pool = Pool::builder()
@@ -61,7 +60,7 @@ impl Source {
 
 /// Opens connections through bb8-postgres, then sets up their session.
 pub struct Manager {
-    inner: PostgresConnectionManager<NoTls>,
+    inner: PostgresConnectionManager<Connector>,
     connect_timeout: Duration,
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod pg;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,11 +70,7 @@ impl TestDb {
             .await
             .expect("create test database");
         let admin_url = url_with_db(&admin_url(), &name);
-        let db = connect(&admin_url).await;
-        db.batch_execute(SCHEMA).await.expect("schema");
-        db.batch_execute(APP_ROLE).await.expect("the app's role");
-        db.execute(SEED, &[&users]).await.expect("seed");
-        db.batch_execute(INDEX).await.expect("index");
+        seed(&connect(&admin_url).await, users).await;
         let url = url_with_user(&admin_url, "perflab_app");
         Self {
             url,
@@ -86,6 +83,14 @@ impl TestDb {
     pub async fn client(&self) -> Client {
         connect(&self.admin_url).await
     }
+}
+
+/// Creates the schema and the app's role, and seeds `users` users (ids 1..=users).
+pub async fn seed(db: &Client, users: i64) {
+    db.batch_execute(SCHEMA).await.expect("schema");
+    db.batch_execute(APP_ROLE).await.expect("the app's role");
+    db.execute(SEED, &[&users]).await.expect("seed");
+    db.batch_execute(INDEX).await.expect("index");
 }
 
 /// Replaces the user (and drops any password) in a `postgres://` URL; the throwaway
