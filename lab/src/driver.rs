@@ -181,10 +181,7 @@ impl Driver<'_> {
         let wall = start.elapsed().as_secs_f64();
         let (t1, oha1) = (probe.ticks(), procfs::reaped_children_ticks());
         for side in &plan {
-            let _ = std::fs::remove_file(
-                self.raw
-                    .join(format!("{tag}-{}.sqlite", side.method.to_lowercase())),
-            );
+            let _ = std::fs::remove_file(crate::oha::db_path(self.raw, tag, side.method));
         }
         let paired: Vec<(Side, SideResult)> = plan.into_iter().zip(results).collect();
         tally.add(&paired);

@@ -31,6 +31,7 @@ mod runner;
 mod search;
 mod server;
 mod shell;
+mod soak;
 mod stats;
 
 #[derive(Parser)]
@@ -123,6 +124,41 @@ enum Cmd {
         /// The README whose results block is replaced.
         #[arg(long)]
         readme: Option<PathBuf>,
+        #[arg(long, default_value = "oha")]
+        oha: PathBuf,
+    },
+    /// One build at a share of its capacity for a long time (use ./scripts/soak.sh):
+    /// memory, errors and p99 per interval, then a per-id write check.
+    Soak {
+        /// The matrix file (its load, pinning and PostgreSQL settings apply).
+        #[arg(long, default_value = "matrix.toml")]
+        matrix: PathBuf,
+        /// The row to soak (name or file name); default: the row with the most features.
+        #[arg(long)]
+        row: Option<String>,
+        /// The workload; default: the matrix's first.
+        #[arg(long)]
+        workload: Option<String>,
+        /// How long to soak, e.g. 10m, 1h.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Length of one reported interval.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Share of the capacity (searched first on this machine) to offer.
+        #[arg(long, default_value_t = 0.7)]
+        share: f64,
+        /// Offer this rate (requests/s) instead of searching the capacity first.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long)]
+        database_url: String,
+        /// The data directory of a cluster on this machine: pins it and counts its CPU.
+        #[arg(long)]
+        pg_data: Option<PathBuf>,
+        /// Where soak.md, soak.json and the server's log go.
+        #[arg(long, default_value = "target/soak")]
+        out: PathBuf,
         #[arg(long, default_value = "oha")]
         oha: PathBuf,
     },
@@ -253,6 +289,42 @@ fn real_main() -> Result<bool> {
             );
             println!("{}", pg::app_login(&mut client, &database_url)?);
             Ok(true)
+        }
+        Cmd::Soak {
+            matrix,
+            row,
+            workload,
+            duration,
+            interval,
+            share,
+            rate,
+            database_url,
+            pg_data,
+            out,
+            oha,
+        } => {
+            let report = soak::run(&soak::Options {
+                root: repo_root()?,
+                matrix: matrix::Matrix::load_file(&matrix)?,
+                row,
+                workload,
+                duration,
+                interval,
+                share,
+                rate,
+                database_url,
+                pg_data,
+                oha,
+                out: out.clone(),
+            })?;
+            soak::write(&out, &report)?;
+            print!("{}", soak::markdown(&report));
+            eprintln!(
+                "==> wrote {} and {}",
+                out.join("soak.md").display(),
+                out.join("soak.json").display()
+            );
+            Ok(report.passed)
         }
         Cmd::Run {
             m,

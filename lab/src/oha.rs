@@ -70,9 +70,8 @@ impl Oha {
     pub fn run(&self, sides: &[Side], secs: f64, dir: &Path, tag: &str) -> Result<Vec<SideResult>> {
         let mut running = Vec::new();
         for side in sides {
-            let base = dir.join(format!("{tag}-{}", side.method.to_lowercase()));
-            let json = base.with_extension("json");
-            let db = base.with_extension("sqlite");
+            let db = db_path(dir, tag, side.method);
+            let json = db.with_extension("json");
             let _ = std::fs::remove_file(&db);
             let mut cmd = match &self.cpus {
                 Some(cpus) => {
@@ -131,6 +130,23 @@ impl Oha {
         }
         Ok(results)
     }
+}
+
+/// Where a run tagged `tag` leaves the per-request log of its `method` side.
+pub fn db_path(dir: &Path, tag: &str, method: &str) -> PathBuf {
+    dir.join(format!("{tag}-{}.sqlite", method.to_lowercase()))
+}
+
+/// (URL, status) of every reply in a per-request log (transport errors are not in it).
+pub fn read_outcomes(db: &Path) -> Result<Vec<(String, u16)>> {
+    if !db.exists() {
+        return Ok(Vec::new());
+    }
+    let conn =
+        rusqlite::Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    let mut stmt = conn.prepare("SELECT url, status FROM oha")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u16>(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Status and error counts from oha's JSON summary.

@@ -135,6 +135,15 @@ pub fn applied_writes(client: &mut Client) -> Result<i64> {
         .get(0))
 }
 
+/// Every user's `version`: how many updates each id has had.
+pub fn versions(client: &mut Client) -> Result<std::collections::HashMap<i64, i64>> {
+    Ok(client
+        .query("SELECT id, version FROM users", &[])?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 pub fn server_version(client: &mut Client) -> String {
     client
         .query_one("SHOW server_version", &[])

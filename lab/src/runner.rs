@@ -73,10 +73,10 @@ impl Ctx<'_> {
 
 /// On this machine everything is visible: the server's and PostgreSQL's processes, and
 /// the database itself.
-struct LocalProbe<'a> {
-    server: &'a Server,
-    db: &'a mut postgres::Client,
-    postmaster: Option<u32>,
+pub(crate) struct LocalProbe<'a> {
+    pub server: &'a Server,
+    pub db: &'a mut postgres::Client,
+    pub postmaster: Option<u32>,
 }
 
 impl Probe for LocalProbe<'_> {
