@@ -185,17 +185,12 @@ main() {
   container_config
 
   log "containers: building the images of row ${ROW} and the load generator (buildah)"
-  "${lab}" images --matrix "${MATRIX}" --only "${ROW}" --engine buildah --oha "$(command -v oha)" \
-    | tee "${CT_DIR}/images.txt"
-  local server loadgen
-  server="$(awk -F'\t' '$1 ~ /perflab-server:/ {print $1}' "${CT_DIR}/images.txt")"
-  loadgen="$(awk -F'\t' '$1 ~ /perflab-loadgen:/ {print $1}' "${CT_DIR}/images.txt")"
-  [[ -n "${server}" && -n "${loadgen}" ]] || die "lab images named no images"
-  # Small: the server image is one static binary.
-  awk -F'\t' '$1 ~ /perflab-server:/ { split($2, s, " ");
-      mb = (s[2] == "kB") ? s[1] / 1000 : (s[2] == "MB") ? s[1] : 1e9;
-      if (mb > 20) { print "server image too large: " $2; exit 1 } }' "${CT_DIR}/images.txt" \
-    || die "the server image is over 20 MB"
+  # Small: the server image is one static binary (lab checks the size).
+  local -a names
+  mapfile -t names < <("${lab}" images --matrix "${MATRIX}" --only "${ROW}" --engine buildah \
+    --oha "$(command -v oha)" --names-only --max-server-mb 20)
+  [[ ${#names[@]} -eq 2 ]] || die "lab images named ${#names[@]} images, not a server and a load generator"
+  local server="${names[0]}" loadgen="${names[1]}"
   if podman run --rm --pull=never --entrypoint /bin/sh "${server}" -c true >/dev/null 2>&1; then
     die "the server image has a shell; it should hold only the binary"
   fi
@@ -203,11 +198,10 @@ main() {
 
   pg_start
   "${lab}" plan --matrix "${MATRIX}" --only "${ROW}" --quick >"${CT_DIR}/plan.json"
-  local users
-  users="$(sed -n 's/.*"users": \([0-9]*\).*/\1/p' "${CT_DIR}/plan.json" | head -n1)"
-  # The app connects as the least-privileged role the seed grants; "localhost" in its
-  # URL, since the image must resolve names (its /etc/nsswitch.conf).
-  APP_DB_URL="$("${lab}" seed --database-url "${PG_URL}" --users "${users}")"
+  # As many users as the plan's; the app connects as the least-privileged role the
+  # seed grants; "localhost" in its URL, since the image must resolve names (its
+  # /etc/nsswitch.conf).
+  APP_DB_URL="$("${lab}" seed --database-url "${PG_URL}" --matrix "${MATRIX}" --only "${ROW}" --quick)"
   APP_DB_URL="${APP_DB_URL/@127.0.0.1:/@localhost:}"
 
   start_app "${server}"

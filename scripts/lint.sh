@@ -25,9 +25,10 @@ main() {
   cargo fmt --all -- --check
   require_cargo_hack
   log "clippy -D warnings on every feature combination of the server (the umbrella 'full' is their union)"
-  cargo hack clippy --locked -p perflab --all-targets --feature-powerset --exclude-features full,default -- -D warnings
-  cargo clippy --locked -p perflab --all-targets --features full -- -D warnings
-  cargo clippy --locked -p lab --all-targets -- -D warnings
+  cargo hack clippy --locked -p perflab --all-targets --feature-powerset --exclude-features full,default \
+    -- -D warnings -D dead_code -D unused_imports
+  cargo clippy --locked -p perflab --all-targets --features full -- -D warnings -D dead_code -D unused_imports
+  cargo clippy --locked -p lab --all-targets -- -D warnings -D dead_code -D unused_imports
   require_shellcheck
   log "shellcheck"
   shellcheck -x scripts/*.sh .ci/run

@@ -1,8 +1,6 @@
 //! The one error type of a request, and the one place it becomes an HTTP status.
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Response, StatusCode};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, RETRY_AFTER};
+use hyper::StatusCode;
 use serde::Serialize;
 
 /// Everything that can go wrong while answering a request.
@@ -81,7 +79,7 @@ impl AppError {
     }
 
     /// The JSON response for this error.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> crate::response::Reply {
         match &self {
             AppError::Internal(detail) => tracing::error!(%detail, "internal error"),
             AppError::Unavailable(detail) => tracing::warn!(%detail, "unavailable"),
@@ -91,10 +89,8 @@ impl AppError {
         let message = self.message();
         let body = crate::json::encode(&ErrorBody { error: &message })
             .unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec());
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = self.status();
+        let mut response = crate::response::json_body(self.status(), body);
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
             AppError::MethodNotAllowed(allow) => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
@@ -122,6 +118,7 @@ impl std::error::Error for AppError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::CONTENT_TYPE;
 
     #[test]
     fn statuses_are_mapped_in_one_place() {

@@ -7,12 +7,18 @@
 //! - [`routes`]: maps a request to a handler; no feature branches here.
 //! - [`users`]: the `/users/{id}` resource (GET and PATCH) and its validation.
 //! - [`error`]: the one error type and its mapping to HTTP status codes.
-//! - [`db`]: PostgreSQL access; swaps connect-per-request vs `pool` and ad-hoc vs `prepared`.
+//! - [`response`]: building replies (JSON for results and errors, the metrics text).
+//! - [`state`]: what every handler can reach (the database, the draining flag).
+//! - [`db`]: PostgreSQL access, with three seams: how a connection is had (one per
+//!   request, `pool` or `pipeline`), how statements are sent (ad hoc or `prepared`),
+//!   how requests become statements (one each, or batched with `coalesce`); TLS to
+//!   PostgreSQL.
 //! - [`json`]: request decoding and response encoding; swaps serde_json vs `simd-json`.
 //! - [`metrics`]: Prometheus metrics with `metrics`, a no-op without it.
 //! - [`alloc`]: the global allocator; mimalloc with `mimalloc`, the system one without.
 //! - [`build_info`]: what this binary was built with, for `/version` and the start-up log.
 //! - [`process`]: the server's own CPU time and peak memory, for `/stats`.
+//! - [`telemetry`]: the log subscriber (`RUST_LOG`).
 
 pub mod alloc;
 pub mod build_info;
@@ -22,7 +28,9 @@ pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod process;
+pub mod response;
 pub mod routes;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod users;

@@ -4,29 +4,16 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 
 use crate::build_info::VersionInfo;
-use crate::db::Db;
 use crate::error::AppError;
 use crate::process::ProcessStats;
-use crate::{json, metrics, users};
-
-/// What every request handler can reach.
-pub struct AppState {
-    pub db: Db,
-    /// `BODY_READ_TIMEOUT_MS`: how long a request body may take to arrive.
-    pub body_read_timeout: std::time::Duration,
-    /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
-    pub draining: std::sync::atomic::AtomicBool,
-}
-
-pub type Reply = Response<Full<Bytes>>;
+use crate::response::{self, Reply};
+use crate::state::AppState;
+use crate::{metrics, users};
 
 #[derive(Serialize)]
 struct Status {
@@ -73,19 +60,19 @@ async fn dispatch(
         return (route, Err(AppError::MethodNotAllowed("GET, HEAD")));
     }
     let result = match route {
-        "/healthz" => json_response(StatusCode::OK, &Status { status: "ok" }),
-        "/readyz" if state.draining.load(std::sync::atomic::Ordering::Relaxed) => json_response(
+        "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),
+        "/readyz" if state.draining.load(std::sync::atomic::Ordering::Relaxed) => json(
             StatusCode::SERVICE_UNAVAILABLE,
             &Status { status: "draining" },
         ),
         "/readyz" => match state.db.ping().await {
-            Ok(()) => json_response(StatusCode::OK, &Status { status: "ready" }),
+            Ok(()) => json(StatusCode::OK, &Status { status: "ready" }),
             Err(e) => Err(e),
         },
-        "/version" => json_response(StatusCode::OK, &VersionInfo::current()),
-        "/stats" => json_response(StatusCode::OK, &ProcessStats::current()),
+        "/version" => json(StatusCode::OK, &VersionInfo::current()),
+        "/stats" => json(StatusCode::OK, &ProcessStats::current()),
         _ => match metrics::render(state.db.pool_state()) {
-            Some(text) => Ok(text_response(text)),
+            Some(text) => Ok(response::metrics_text(text)),
             None => Err(AppError::NotFound(
                 "metrics are not built into this server (feature `metrics`)".into(),
             )),
@@ -94,22 +81,7 @@ async fn dispatch(
     (route, result)
 }
 
-/// A JSON response with the given status.
-pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Result<Reply, AppError> {
-    let body = json::encode(value).map_err(AppError::Internal)?;
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(response)
-}
-
-fn text_response(text: String) -> Reply {
-    let mut response = Response::new(Full::new(Bytes::from(text)));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    response
+/// A JSON reply; a value that cannot be encoded is our bug (500).
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Reply, AppError> {
+    response::json(status, value).map_err(AppError::Internal)
 }

@@ -18,7 +18,8 @@ use tokio::sync::Semaphore;
 use crate::build_info;
 use crate::config::{Config, HEAD_BUFFER_LIMIT};
 use crate::db::Db;
-use crate::routes::{self, AppState};
+use crate::routes;
+use crate::state::AppState;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use crate::config::BODY_LIMIT;
 use crate::error::AppError;
 use crate::json;
-use crate::routes::{json_response, AppState, Reply};
+use crate::response::{self, Reply};
+use crate::state::AppState;
 
 /// The only accepted PATCH body: `{"email": "..."}`.
 #[derive(Debug, Deserialize)]
@@ -27,7 +28,7 @@ pub async fn handle(state: &AppState, id: &str, req: Request<Incoming>) -> Resul
         Method::GET | Method::HEAD => {
             let id = parse_id(id)?;
             match state.db.user(id).await? {
-                Some(user) => json_response(StatusCode::OK, &user),
+                Some(user) => response::json(StatusCode::OK, &user).map_err(AppError::Internal),
                 None => Err(no_such_user(id)),
             }
         }
@@ -39,7 +40,7 @@ pub async fn handle(state: &AppState, id: &str, req: Request<Incoming>) -> Resul
                 .map_err(|e| AppError::BadRequest(format!("invalid body: {e}")))?;
             validate_email(&change.email).map_err(AppError::Unprocessable)?;
             match state.db.update_email(id, &change.email).await? {
-                Some(user) => json_response(StatusCode::OK, &user),
+                Some(user) => response::json(StatusCode::OK, &user).map_err(AppError::Internal),
                 None => Err(no_such_user(id)),
             }
         }

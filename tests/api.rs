@@ -257,19 +257,9 @@ async fn health_readiness_and_version() {
         .iter()
         .map(|f| f.as_str().expect("string").to_string())
         .collect();
-    let expected: Vec<&str> = [
-        ("pool", cfg!(feature = "pool")),
-        ("prepared", cfg!(feature = "prepared")),
-        ("mimalloc", cfg!(feature = "mimalloc")),
-        ("simd-json", cfg!(feature = "simd-json")),
-        ("metrics", cfg!(feature = "metrics")),
-        ("pipeline", cfg!(feature = "pipeline")),
-        ("coalesce", cfg!(feature = "coalesce")),
-    ]
-    .into_iter()
-    .filter(|(_, on)| *on)
-    .map(|(n, _)| n)
-    .collect();
+    // The features this build was compiled with (build_info's list, checked against
+    // Cargo.toml by its own test), in order.
+    let expected = perflab::build_info::enabled_features();
     assert_eq!(reported, expected);
 }
 

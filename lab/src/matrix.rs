@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 /// Features the server crate knows (the umbrella `full` is refused: rows list features
-/// explicitly, so `/version` can be compared with them).
+/// explicitly, so `/version` can be compared with them). A test checks this against the
+/// server's Cargo.toml.
 pub const KNOWN_FEATURES: &[&str] = &[
     "pool",
     "prepared",
@@ -191,182 +192,12 @@ impl Matrix {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
             anyhow::anyhow!("line {line}: {}", e.message())
         })?;
-        let at = |span: Range<usize>| line_of(text, span.start);
-        let l = &raw.load;
-        positive_f(text, &l.warmup_secs, "warmup_secs", true)?;
-        positive_f(text, &l.duration_secs, "duration_secs", false)?;
-        positive_f(text, &l.slo_p99_ms, "slo_p99_ms", false)?;
-        positive_f(text, &l.start_qps, "start_qps", false)?;
-        positive_f(text, &l.max_qps, "max_qps", false)?;
-        if *l.users.get_ref() < 1 {
-            bail!("line {}: users must be at least 1", at(l.users.span()));
-        }
-        if *l.repetitions.get_ref() < 1 {
-            bail!(
-                "line {}: repetitions must be at least 1",
-                at(l.repetitions.span())
-            );
-        }
-        if *l.connections.get_ref() < 2 {
-            bail!(
-                "line {}: connections must be at least 2",
-                at(l.connections.span())
-            );
-        }
-        if *l.max_steps.get_ref() < 1 {
-            bail!(
-                "line {}: max_steps must be at least 1",
-                at(l.max_steps.span())
-            );
-        }
-        if *l.pgbench_clients.get_ref() < 1 {
-            bail!(
-                "line {}: pgbench_clients must be at least 1",
-                at(l.pgbench_clients.span())
-            );
-        }
-        fraction(text, &l.error_budget, "error_budget")?;
-        fraction(text, &l.min_achieved, "min_achieved")?;
-        if *l.precision.get_ref() <= 1.0 || *l.precision.get_ref() > 2.0 {
-            bail!(
-                "line {}: precision must be above 1.0 and at most 2.0 (e.g. 1.1 = within 10%)",
-                at(l.precision.span())
-            );
-        }
-        if l.max_qps.get_ref() < l.start_qps.get_ref() {
-            bail!("line {}: max_qps is below start_qps", at(l.max_qps.span()));
-        }
-        let load = Load {
-            users: *l.users.get_ref(),
-            warmup_secs: *l.warmup_secs.get_ref(),
-            duration_secs: *l.duration_secs.get_ref(),
-            repetitions: *l.repetitions.get_ref(),
-            slo_p99_ms: *l.slo_p99_ms.get_ref(),
-            error_budget: *l.error_budget.get_ref(),
-            min_achieved: *l.min_achieved.get_ref(),
-            connections: *l.connections.get_ref(),
-            start_qps: *l.start_qps.get_ref(),
-            max_qps: *l.max_qps.get_ref(),
-            precision: *l.precision.get_ref(),
-            max_steps: *l.max_steps.get_ref(),
-            pgbench_clients: *l.pgbench_clients.get_ref(),
-        };
-
-        let cpus = |v: &Option<Spanned<String>>, default: &str| -> Result<String> {
-            match v {
-                None => Ok(default.to_string()),
-                Some(s) => {
-                    parse_cpu_list(s.get_ref())
-                        .map_err(|e| anyhow::anyhow!("line {}: {e}", at(s.span())))?;
-                    Ok(s.get_ref().clone())
-                }
-            }
-        };
-        let local = Local {
-            server_cpus: cpus(&raw.local.server_cpus, "0")?,
-            postgres_cpus: cpus(&raw.local.postgres_cpus, "1")?,
-            oha_cpus: cpus(&raw.local.oha_cpus, "1")?,
-            pool_size: match &raw.local.pool_size {
-                None => 16,
-                Some(p) if (1..=1000).contains(p.get_ref()) => *p.get_ref(),
-                Some(p) => bail!("line {}: pool_size must be 1 to 1000", at(p.span())),
-            },
-        };
-
-        if raw.workload.is_empty() {
-            bail!("line 1: at least one [[workload]] is needed");
-        }
-        let mut workloads = Vec::new();
-        for w in &raw.workload {
-            let line = at(w.span());
-            let inner = w.get_ref();
-            if inner.name.trim().is_empty() {
-                bail!("line {line}: workload name is empty");
-            }
-            let (g, p) = (*inner.get_percent.get_ref(), *inner.patch_percent.get_ref());
-            if g + p != 100 {
-                bail!(
-                    "line {}: workload {:?}: get_percent + patch_percent = {} (must be 100)",
-                    at(inner.get_percent.span()),
-                    inner.name,
-                    g + p
-                );
-            }
-            if workloads.iter().any(|x: &Workload| x.name == inner.name) {
-                bail!("line {line}: workload {:?} is declared twice", inner.name);
-            }
-            workloads.push(Workload {
-                name: inner.name.clone(),
-                get_percent: g,
-                patch_percent: p,
-            });
-        }
-
-        if raw.row.is_empty() {
-            bail!("line 1: at least one [[row]] is needed");
-        }
-        let mut rows: Vec<Row> = Vec::new();
-        for r in &raw.row {
-            let inner = r.get_ref();
-            let name = inner.name.get_ref().trim().to_string();
-            if name.is_empty() {
-                bail!("line {}: row name is empty", at(inner.name.span()));
-            }
-            if rows.iter().any(|x| x.name == name) {
-                bail!(
-                    "line {}: row {name:?} is declared twice",
-                    at(inner.name.span())
-                );
-            }
-            let mut features: Vec<String> = Vec::new();
-            for f in inner.features.get_ref() {
-                if f == "full" {
-                    bail!(
-                        "line {}: row {name:?}: list the features instead of the umbrella `full` ({})",
-                        at(inner.features.span()),
-                        KNOWN_FEATURES.join(", ")
-                    );
-                }
-                if !KNOWN_FEATURES.contains(&f.as_str()) {
-                    bail!(
-                        "line {}: row {name:?}: unknown feature {f:?} (known: {})",
-                        at(inner.features.span()),
-                        KNOWN_FEATURES.join(", ")
-                    );
-                }
-                if features.contains(f) {
-                    bail!(
-                        "line {}: row {name:?}: feature {f:?} listed twice",
-                        at(inner.features.span())
-                    );
-                }
-                features.push(f.clone());
-            }
-            // The server reports features in its own fixed order; use the same.
-            features.sort_by_key(|f| KNOWN_FEATURES.iter().position(|k| k == f));
-            let row = Row {
-                name,
-                features,
-                index: inner.index,
-                note: inner.note.clone(),
-                postgres: settings(&inner.postgres)
-                    .map_err(|e| anyhow::anyhow!("line {}: {e}", at(r.span())))?,
-            };
-            if rows.iter().any(|x| x.slug() == row.slug()) {
-                bail!(
-                    "line {}: row {:?} has the same file name as another row",
-                    at(r.span()),
-                    row.name
-                );
-            }
-            rows.push(row);
-        }
         Ok(Matrix {
-            load,
-            local,
+            load: parse_load(text, &raw.load)?,
+            local: parse_local(text, &raw.local)?,
             postgres: settings(&raw.postgres).map_err(|e| anyhow::anyhow!("[postgres]: {e}"))?,
-            workloads,
-            rows,
+            workloads: parse_workloads(text, &raw.workload)?,
+            rows: parse_rows(text, &raw.row)?,
         })
     }
 
@@ -405,6 +236,194 @@ impl Matrix {
         self.load.precision = self.load.precision.max(1.5);
         self.load.users = self.load.users.min(10_000);
     }
+}
+
+/// `[load]`: every number within its bounds.
+fn parse_load(text: &str, l: &RawLoad) -> Result<Load> {
+    let at = |span: Range<usize>| line_of(text, span.start);
+    positive_f(text, &l.warmup_secs, "warmup_secs", true)?;
+    positive_f(text, &l.duration_secs, "duration_secs", false)?;
+    positive_f(text, &l.slo_p99_ms, "slo_p99_ms", false)?;
+    positive_f(text, &l.start_qps, "start_qps", false)?;
+    positive_f(text, &l.max_qps, "max_qps", false)?;
+    if *l.users.get_ref() < 1 {
+        bail!("line {}: users must be at least 1", at(l.users.span()));
+    }
+    if *l.repetitions.get_ref() < 1 {
+        bail!(
+            "line {}: repetitions must be at least 1",
+            at(l.repetitions.span())
+        );
+    }
+    if *l.connections.get_ref() < 2 {
+        bail!(
+            "line {}: connections must be at least 2",
+            at(l.connections.span())
+        );
+    }
+    if *l.max_steps.get_ref() < 1 {
+        bail!(
+            "line {}: max_steps must be at least 1",
+            at(l.max_steps.span())
+        );
+    }
+    if *l.pgbench_clients.get_ref() < 1 {
+        bail!(
+            "line {}: pgbench_clients must be at least 1",
+            at(l.pgbench_clients.span())
+        );
+    }
+    fraction(text, &l.error_budget, "error_budget")?;
+    fraction(text, &l.min_achieved, "min_achieved")?;
+    if *l.precision.get_ref() <= 1.0 || *l.precision.get_ref() > 2.0 {
+        bail!(
+            "line {}: precision must be above 1.0 and at most 2.0 (e.g. 1.1 = within 10%)",
+            at(l.precision.span())
+        );
+    }
+    if l.max_qps.get_ref() < l.start_qps.get_ref() {
+        bail!("line {}: max_qps is below start_qps", at(l.max_qps.span()));
+    }
+    Ok(Load {
+        users: *l.users.get_ref(),
+        warmup_secs: *l.warmup_secs.get_ref(),
+        duration_secs: *l.duration_secs.get_ref(),
+        repetitions: *l.repetitions.get_ref(),
+        slo_p99_ms: *l.slo_p99_ms.get_ref(),
+        error_budget: *l.error_budget.get_ref(),
+        min_achieved: *l.min_achieved.get_ref(),
+        connections: *l.connections.get_ref(),
+        start_qps: *l.start_qps.get_ref(),
+        max_qps: *l.max_qps.get_ref(),
+        precision: *l.precision.get_ref(),
+        max_steps: *l.max_steps.get_ref(),
+        pgbench_clients: *l.pgbench_clients.get_ref(),
+    })
+}
+
+/// `[local]`: CPU lists that parse, a pool size within bounds.
+fn parse_local(text: &str, raw: &RawLocal) -> Result<Local> {
+    let at = |span: Range<usize>| line_of(text, span.start);
+    let cpus = |v: &Option<Spanned<String>>, default: &str| -> Result<String> {
+        match v {
+            None => Ok(default.to_string()),
+            Some(s) => {
+                parse_cpu_list(s.get_ref())
+                    .map_err(|e| anyhow::anyhow!("line {}: {e}", at(s.span())))?;
+                Ok(s.get_ref().clone())
+            }
+        }
+    };
+    Ok(Local {
+        server_cpus: cpus(&raw.server_cpus, "0")?,
+        postgres_cpus: cpus(&raw.postgres_cpus, "1")?,
+        oha_cpus: cpus(&raw.oha_cpus, "1")?,
+        pool_size: match &raw.pool_size {
+            None => 16,
+            Some(p) if (1..=1000).contains(p.get_ref()) => *p.get_ref(),
+            Some(p) => bail!("line {}: pool_size must be 1 to 1000", at(p.span())),
+        },
+    })
+}
+
+/// `[[workload]]`: named once each, shares adding up to 100.
+fn parse_workloads(text: &str, raw: &[Spanned<RawWorkload>]) -> Result<Vec<Workload>> {
+    let at = |span: Range<usize>| line_of(text, span.start);
+    if raw.is_empty() {
+        bail!("line 1: at least one [[workload]] is needed");
+    }
+    let mut workloads = Vec::new();
+    for w in raw {
+        let line = at(w.span());
+        let inner = w.get_ref();
+        if inner.name.trim().is_empty() {
+            bail!("line {line}: workload name is empty");
+        }
+        let (g, p) = (*inner.get_percent.get_ref(), *inner.patch_percent.get_ref());
+        if g + p != 100 {
+            bail!(
+                "line {}: workload {:?}: get_percent + patch_percent = {} (must be 100)",
+                at(inner.get_percent.span()),
+                inner.name,
+                g + p
+            );
+        }
+        if workloads.iter().any(|x: &Workload| x.name == inner.name) {
+            bail!("line {line}: workload {:?} is declared twice", inner.name);
+        }
+        workloads.push(Workload {
+            name: inner.name.clone(),
+            get_percent: g,
+            patch_percent: p,
+        });
+    }
+    Ok(workloads)
+}
+
+/// `[[row]]`: named once each, known features listed once (in the server's order), a
+/// distinct file name.
+fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
+    let at = |span: Range<usize>| line_of(text, span.start);
+    if raw.is_empty() {
+        bail!("line 1: at least one [[row]] is needed");
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for r in raw {
+        let inner = r.get_ref();
+        let name = inner.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            bail!("line {}: row name is empty", at(inner.name.span()));
+        }
+        if rows.iter().any(|x| x.name == name) {
+            bail!(
+                "line {}: row {name:?} is declared twice",
+                at(inner.name.span())
+            );
+        }
+        let mut features: Vec<String> = Vec::new();
+        for f in inner.features.get_ref() {
+            if f == "full" {
+                bail!(
+                    "line {}: row {name:?}: list the features instead of the umbrella `full` ({})",
+                    at(inner.features.span()),
+                    KNOWN_FEATURES.join(", ")
+                );
+            }
+            if !KNOWN_FEATURES.contains(&f.as_str()) {
+                bail!(
+                    "line {}: row {name:?}: unknown feature {f:?} (known: {})",
+                    at(inner.features.span()),
+                    KNOWN_FEATURES.join(", ")
+                );
+            }
+            if features.contains(f) {
+                bail!(
+                    "line {}: row {name:?}: feature {f:?} listed twice",
+                    at(inner.features.span())
+                );
+            }
+            features.push(f.clone());
+        }
+        // The server reports features in its own fixed order; use the same.
+        features.sort_by_key(|f| KNOWN_FEATURES.iter().position(|k| k == f));
+        let row = Row {
+            name,
+            features,
+            index: inner.index,
+            note: inner.note.clone(),
+            postgres: settings(&inner.postgres)
+                .map_err(|e| anyhow::anyhow!("line {}: {e}", at(r.span())))?,
+        };
+        if rows.iter().any(|x| x.slug() == row.slug()) {
+            bail!(
+                "line {}: row {:?} has the same file name as another row",
+                at(r.span()),
+                row.name
+            );
+        }
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 fn settings(map: &BTreeMap<String, toml::Value>) -> Result<BTreeMap<String, String>> {
@@ -483,6 +502,19 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_features_are_the_servers() {
+        let manifest: toml::Value =
+            toml::from_str(include_str!("../../Cargo.toml")).expect("the server's Cargo.toml");
+        let full: Vec<&str> = manifest["features"]["full"]
+            .as_array()
+            .expect("a `full` feature")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(full, KNOWN_FEATURES);
+    }
 
     pub const GOOD: &str = r#"
 [load]

@@ -2,21 +2,18 @@
 //! by the renderer and by `lab verify`.
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{spread, Spread};
+use crate::measure::stats::{spread, Spread};
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Environment {
     pub date: String,
     pub git_commit: String,
-    pub target: String,
-    pub cpu_model: String,
-    pub cpus: usize,
-    pub memory_gib: f64,
-    pub kernel: String,
+    /// Where the run ran: this machine or a cluster (serialised as `target`).
+    #[serde(flatten)]
+    pub host: Host,
     pub rustc: String,
     pub postgres: String,
     pub oha: String,
-    pub pgbench: String,
     pub users: i64,
     pub quick: bool,
     pub matrix_file: String,
@@ -26,11 +23,59 @@ pub struct Environment {
     pub error_budget: f64,
     pub min_achieved: f64,
     pub connections: u32,
-    pub server_cpus: String,
-    pub postgres_cpus: String,
-    pub oha_cpus: String,
     pub pool_size: u32,
     pub elapsed_secs: f64,
+}
+
+/// What a run ran on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "target")]
+pub enum Host {
+    /// This machine: the server, PostgreSQL and oha pinned to CPU lists.
+    #[serde(rename = "local")]
+    Machine {
+        cpu_model: String,
+        cpus: usize,
+        memory_gib: f64,
+        kernel: String,
+        pgbench: String,
+        server_cpus: String,
+        postgres_cpus: String,
+        oha_cpus: String,
+    },
+    /// A Kubernetes cluster: the app and PostgreSQL on app nodes, oha on the tainted
+    /// load-generator node.
+    #[serde(rename = "k8s")]
+    Cluster {
+        /// The cluster's version (`kubectl version`).
+        #[serde(default)]
+        kubernetes: String,
+    },
+}
+
+impl Host {
+    /// One line naming the machine or cluster.
+    pub fn describe(&self) -> String {
+        match self {
+            Host::Machine {
+                cpu_model, cpus, ..
+            } => format!("{cpus} × {cpu_model}"),
+            Host::Cluster { kubernetes } => format!("Kubernetes {kubernetes}"),
+        }
+    }
+
+    /// The CPU lists of (server, PostgreSQL, oha), where the parties are pinned.
+    pub fn pinning(&self) -> Option<[&str; 3]> {
+        match self {
+            Host::Machine {
+                server_cpus,
+                postgres_cpus,
+                oha_cpus,
+                ..
+            } => Some([server_cpus, postgres_cpus, oha_cpus]),
+            Host::Cluster { .. } => None,
+        }
+    }
 }
 
 /// One search: the best passing step of one row, workload and repetition.

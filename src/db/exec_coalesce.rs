@@ -38,7 +38,16 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BatchError, Core, Decoded, User};
+use tokio_postgres::Row;
+
+use super::session::Session;
+use super::{
+    classify, classify_code, user_from_row, Core, Statement, User, SELECT_USER, SELECT_USERS,
+    UPDATE_EMAIL, UPDATE_EMAILS,
+};
+
+/// The statements this executor runs (a `prepared` connection prepares these).
+pub const STATEMENTS: &[&Statement] = &[&SELECT_USER, &UPDATE_EMAIL, &SELECT_USERS, &UPDATE_EMAILS];
 use crate::config::Config;
 use crate::error::AppError;
 use crate::metrics;
@@ -300,12 +309,14 @@ async fn apply(core: &Core, groups: Vec<Group>) {
                     answer_applied(g, &rows);
                 }
             }
-            Err(BatchError::Rejected(_)) if part.len() > 1 => {
+            Err(BatchError::Rejected(e)) if part.len() > 1 => {
+                tracing::debug!(error = %e, ids = part.len(), "batch rejected: retrying in halves");
                 let right = part.split_off(part.len() / 2);
                 pending.push(right);
                 pending.push(part);
             }
-            Err(BatchError::Rejected(_)) => {
+            Err(BatchError::Rejected(e)) => {
+                tracing::debug!(error = %e, "batch of one id rejected: its PATCHes one by one");
                 // One id's folded PATCHes, rejected together (nothing applied): each on
                 // its own, so only the bad ones fail.
                 for g in part {
@@ -358,6 +369,89 @@ fn answer(g: Group, after: Option<&User>) {
             ..row.clone()
         });
         let _ = w.reply.send(Ok(reply));
+    }
+}
+
+/// Whether PostgreSQL itself rejected a statement for a reason that is not transient
+/// (bad data, a constraint): an error it raised, so the statement did not commit.
+fn rejected(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some() && matches!(classify_code(e), Some(false))
+}
+
+/// The batch statements, on the core every request path shares.
+impl Core {
+    /// Profiles of `ids` by one statement; ids with no user have no entry, and a row
+    /// that does not decode is an error for its id alone.
+    pub(crate) async fn users(&self, ids: &[i64], deadline: Instant) -> Result<Decoded, AppError> {
+        let rows = self
+            .run(deadline, async |s: &Session| {
+                s.query(&SELECT_USERS, &[&ids]).await
+            })
+            .await?
+            .map_err(classify)?;
+        Ok(Decoded::from_rows(&rows))
+    }
+
+    /// Applies `counts[i]` PATCHes ending with `emails[i]` to each distinct `ids[i]` by
+    /// one statement, one commit; returns the rows as they are after it. Only a
+    /// statement PostgreSQL rejected is [`BatchError::Rejected`]: once it has returned,
+    /// it committed, and a row that does not decode is an error for its id alone.
+    pub(crate) async fn update_emails(
+        &self,
+        ids: &[i64],
+        emails: &[&str],
+        counts: &[i64],
+        deadline: Instant,
+    ) -> Result<Decoded, BatchError> {
+        let answer = self
+            .run(deadline, async |s: &Session| {
+                s.query(&UPDATE_EMAILS, &[&ids, &emails, &counts]).await
+            })
+            .await
+            .map_err(BatchError::Failed)?;
+        match answer {
+            Ok(rows) => Ok(Decoded::from_rows(&rows)),
+            Err(e) if rejected(&e) => Err(BatchError::Rejected(classify(e))),
+            Err(e) => Err(BatchError::Failed(classify(e))),
+        }
+    }
+}
+
+/// How a batch UPDATE failed.
+#[derive(Debug)]
+pub(crate) enum BatchError {
+    /// PostgreSQL raised an error for the statement: it was rolled back, nothing of the
+    /// batch was applied, and running parts of it again applies each write once.
+    Rejected(AppError),
+    /// Unavailable or timed out: answered like a single request would be.
+    Failed(AppError),
+}
+
+/// The rows a batch statement returned, by id, each decoded or not: one bad row fails
+/// only the requests for its id.
+#[derive(Debug, Default)]
+pub(crate) struct Decoded {
+    pub rows: HashMap<i64, Result<User, AppError>>,
+    /// Set when a row's very id did not decode: an id without a row then cannot be
+    /// called missing.
+    pub undecodable: Option<AppError>,
+}
+
+impl Decoded {
+    fn from_rows(rows: &[Row]) -> Self {
+        let mut applied = Self::default();
+        for row in rows {
+            match row.try_get::<_, i64>(0) {
+                Ok(id) => {
+                    applied.rows.insert(id, user_from_row(row));
+                }
+                Err(e) => {
+                    applied.undecodable =
+                        Some(AppError::Internal(format!("decoding a row's id: {e}")));
+                }
+            }
+        }
+        applied
     }
 }
 

@@ -2,9 +2,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Core, User};
+use super::{Core, Statement, User, SELECT_USER, UPDATE_EMAIL};
 use crate::config::Config;
 use crate::error::AppError;
+
+/// The statements this executor runs (a `prepared` connection prepares these).
+pub const STATEMENTS: &[&Statement] = &[&SELECT_USER, &UPDATE_EMAIL];
 
 pub struct Exec;
 

@@ -13,7 +13,6 @@
 //! PostgreSQL's `statement_timeout` (the same bound) ends. So a 503 means "not applied",
 //! except when a sent statement got no answer at all (the connection broke): then the
 //! outcome is unknown, and the connection is dropped.
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
 use crate::config::Config;
@@ -49,24 +49,43 @@ mod tls;
 #[cfg_attr(not(feature = "coalesce"), path = "exec_single.rs")]
 mod exec;
 
-/// Reads one profile. Written once, used by both session implementations.
-pub const SELECT_USER: &str =
-    "SELECT id, name, email, updated_at, version FROM users WHERE id = $1";
+/// A statement the executor runs, written once: its SQL and its parameters' types.
+/// An executor lists the statements it uses (`exec::STATEMENTS`); with `prepared`, a
+/// connection prepares exactly those.
+#[derive(Debug)]
+pub struct Statement {
+    pub sql: &'static str,
+    pub types: &'static [Type],
+}
+
+/// Reads one profile.
+pub const SELECT_USER: Statement = Statement {
+    sql: "SELECT id, name, email, updated_at, version FROM users WHERE id = $1",
+    types: &[Type::INT8],
+};
 
 /// Changes one email and bumps `version`; autocommit makes it durable before the reply.
-pub const UPDATE_EMAIL: &str = "UPDATE users SET email = $2, updated_at = now(), \
-     version = version + 1 WHERE id = $1 RETURNING id, name, email, updated_at, version";
+pub const UPDATE_EMAIL: Statement = Statement {
+    sql: "UPDATE users SET email = $2, updated_at = now(), \
+          version = version + 1 WHERE id = $1 RETURNING id, name, email, updated_at, version",
+    types: &[Type::INT8, Type::TEXT],
+};
 
 /// Reads a batch of profiles (`coalesce`): one row per existing id.
-pub const SELECT_USERS: &str =
-    "SELECT id, name, email, updated_at, version FROM users WHERE id = ANY($1)";
+pub const SELECT_USERS: Statement = Statement {
+    sql: "SELECT id, name, email, updated_at, version FROM users WHERE id = ANY($1)",
+    types: &[Type::INT8_ARRAY],
+};
 
 /// Applies a batch of email changes (`coalesce`) in one statement and one commit. Each
 /// id appears once, with its last email and the number `n` of PATCHes folded into it.
-pub const UPDATE_EMAILS: &str = "UPDATE users AS u SET email = b.email, updated_at = now(), \
-     version = u.version + b.n \
-     FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS b(id, email, n) \
-     WHERE u.id = b.id RETURNING u.id, u.name, u.email, u.updated_at, u.version";
+pub const UPDATE_EMAILS: Statement = Statement {
+    sql: "UPDATE users AS u SET email = b.email, updated_at = now(), \
+          version = u.version + b.n \
+          FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS b(id, email, n) \
+          WHERE u.id = b.id RETURNING u.id, u.name, u.email, u.updated_at, u.version",
+    types: &[Type::INT8_ARRAY, Type::TEXT_ARRAY, Type::INT8_ARRAY],
+};
 
 /// A user profile as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -231,7 +250,9 @@ impl Core {
     /// One profile by one statement.
     pub(crate) async fn user(&self, id: i64, deadline: Instant) -> Result<Option<User>, AppError> {
         let rows = self
-            .run(deadline, async |s: &Session| s.select_user(id).await)
+            .run(deadline, async |s: &Session| {
+                s.query(&SELECT_USER, &[&id]).await
+            })
             .await?
             .map_err(classify)?;
         rows.first().map(user_from_row).transpose()
@@ -246,47 +267,11 @@ impl Core {
     ) -> Result<Option<User>, AppError> {
         let rows = self
             .run(deadline, async |s: &Session| {
-                s.update_email(id, email).await
+                s.query(&UPDATE_EMAIL, &[&id, &email]).await
             })
             .await?
             .map_err(classify)?;
         rows.first().map(user_from_row).transpose()
-    }
-
-    /// Profiles of `ids` by one statement; ids with no user have no entry, and a row
-    /// that does not decode is an error for its id alone.
-    #[allow(dead_code)] // only `coalesce` builds batch
-    pub(crate) async fn users(&self, ids: &[i64], deadline: Instant) -> Result<Decoded, AppError> {
-        let rows = self
-            .run(deadline, async |s: &Session| s.select_users(ids).await)
-            .await?
-            .map_err(classify)?;
-        Ok(Decoded::from_rows(&rows))
-    }
-
-    /// Applies `counts[i]` PATCHes ending with `emails[i]` to each distinct `ids[i]` by
-    /// one statement, one commit; returns the rows as they are after it. Only a
-    /// statement PostgreSQL rejected is [`BatchError::Rejected`]: once it has returned,
-    /// it committed, and a row that does not decode is an error for its id alone.
-    #[allow(dead_code)] // only `coalesce` builds batch
-    pub(crate) async fn update_emails(
-        &self,
-        ids: &[i64],
-        emails: &[&str],
-        counts: &[i64],
-        deadline: Instant,
-    ) -> Result<Decoded, BatchError> {
-        let answer = self
-            .run(deadline, async |s: &Session| {
-                s.update_emails(ids, emails, counts).await
-            })
-            .await
-            .map_err(BatchError::Failed)?;
-        match answer {
-            Ok(rows) => Ok(Decoded::from_rows(&rows)),
-            Err(e) if rejected(&e) => Err(BatchError::Rejected(classify(e))),
-            Err(e) => Err(BatchError::Failed(classify(e))),
-        }
     }
 
     pub(crate) async fn ping(&self, deadline: Instant) -> Result<(), AppError> {
@@ -361,46 +346,6 @@ fn user_from_row(row: &Row) -> Result<User, AppError> {
     })
 }
 
-/// How a batch UPDATE failed.
-#[allow(dead_code)] // only `coalesce` builds batch
-#[derive(Debug)]
-pub(crate) enum BatchError {
-    /// PostgreSQL raised an error for the statement: it was rolled back, nothing of the
-    /// batch was applied, and running parts of it again applies each write once.
-    Rejected(AppError),
-    /// Unavailable or timed out: answered like a single request would be.
-    Failed(AppError),
-}
-
-/// The rows a batch statement returned, by id, each decoded or not: one bad row fails
-/// only the requests for its id.
-#[allow(dead_code)] // only `coalesce` builds batch
-#[derive(Debug, Default)]
-pub(crate) struct Decoded {
-    pub rows: HashMap<i64, Result<User, AppError>>,
-    /// Set when a row's very id did not decode: an id without a row then cannot be
-    /// called missing.
-    pub undecodable: Option<AppError>,
-}
-
-impl Decoded {
-    fn from_rows(rows: &[Row]) -> Self {
-        let mut applied = Self::default();
-        for row in rows {
-            match row.try_get::<_, i64>(0) {
-                Ok(id) => {
-                    applied.rows.insert(id, user_from_row(row));
-                }
-                Err(e) => {
-                    applied.undecodable =
-                        Some(AppError::Internal(format!("decoding a row's id: {e}")));
-                }
-            }
-        }
-        applied
-    }
-}
-
 /// Whether PostgreSQL answered a failed statement with an error of its own: the round
 /// trip is over, nothing is owed on the connection, and it stays in use. Not so for
 /// errors that say the connection's own state is stale (a prepared statement whose
@@ -410,12 +355,6 @@ fn answered(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some()
         && e.code() != Some(&SqlState::FEATURE_NOT_SUPPORTED)
         && e.code() != Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
-}
-
-/// Whether PostgreSQL itself rejected a statement for a reason that is not transient
-/// (bad data, a constraint): an error it raised, so the statement did not commit.
-fn rejected(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some() && matches!(classify_code(e), Some(false))
 }
 
 /// Database trouble (unreachable, restarting, out of connections) is a 503: the client

@@ -1,58 +1,37 @@
 //! Statements sent ad hoc: every query is parsed and planned by PostgreSQL again
 //! (`query_typed`: one round trip, unnamed statement, parameter types given).
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Error, Row};
 
-use super::{Health, SELECT_USER, SELECT_USERS, UPDATE_EMAIL, UPDATE_EMAILS};
+use super::{Health, Statement};
 
-/// One connection, ready to run the API's statements.
+/// One connection, ready to run the executor's statements.
 pub struct Session {
     client: Client,
     health: Health,
 }
 
 impl Session {
-    pub async fn open(client: Client) -> Result<Self, Error> {
+    /// Nothing to prepare: each statement is sent with its text every time.
+    pub async fn open(client: Client, _statements: &[&Statement]) -> Result<Self, Error> {
         Ok(Self {
             client,
             health: Health::default(),
         })
     }
 
-    pub async fn select_user(&self, id: i64) -> Result<Vec<Row>, Error> {
-        self.client
-            .query_typed(SELECT_USER, &[(&id, Type::INT8)])
-            .await
-    }
-
-    pub async fn update_email(&self, id: i64, email: &str) -> Result<Vec<Row>, Error> {
-        self.client
-            .query_typed(UPDATE_EMAIL, &[(&id, Type::INT8), (&email, Type::TEXT)])
-            .await
-    }
-
-    pub async fn select_users(&self, ids: &[i64]) -> Result<Vec<Row>, Error> {
-        self.client
-            .query_typed(SELECT_USERS, &[(&ids, Type::INT8_ARRAY)])
-            .await
-    }
-
-    pub async fn update_emails(
+    /// Runs `statement` with `params` (in the order of its types).
+    pub async fn query(
         &self,
-        ids: &[i64],
-        emails: &[&str],
-        counts: &[i64],
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        self.client
-            .query_typed(
-                UPDATE_EMAILS,
-                &[
-                    (&ids, Type::INT8_ARRAY),
-                    (&emails, Type::TEXT_ARRAY),
-                    (&counts, Type::INT8_ARRAY),
-                ],
-            )
-            .await
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+            .iter()
+            .copied()
+            .zip(statement.types.iter().cloned())
+            .collect();
+        self.client.query_typed(statement.sql, &typed).await
     }
 
     pub fn client(&self) -> &Client {

@@ -1,63 +1,48 @@
 //! Statements prepared once per connection and reused: PostgreSQL parses and plans
-//! them once, each request only binds and executes.
-use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Error, Row, Statement};
+//! them once, each request only binds and executes. A connection prepares exactly the
+//! statements its executor runs (`exec::STATEMENTS`, handed over by the source).
+use futures_util::future::try_join_all;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Error, Row};
 
-use super::{Health, SELECT_USER, SELECT_USERS, UPDATE_EMAIL, UPDATE_EMAILS};
+use super::{Health, Statement};
 
 /// One connection with its prepared statements.
 pub struct Session {
     client: Client,
     health: Health,
-    select_user: Statement,
-    update_email: Statement,
-    select_users: Statement,
-    update_emails: Statement,
+    /// The executor's statements, prepared, by their SQL text.
+    prepared: Vec<(&'static str, tokio_postgres::Statement)>,
 }
 
 impl Session {
-    pub async fn open(client: Client) -> Result<Self, Error> {
-        // All are pipelined on the connection: one round trip's wait, not four.
-        let (select_user, update_email, select_users, update_emails) = tokio::try_join!(
-            client.prepare_typed(SELECT_USER, &[Type::INT8]),
-            client.prepare_typed(UPDATE_EMAIL, &[Type::INT8, Type::TEXT]),
-            client.prepare_typed(SELECT_USERS, &[Type::INT8_ARRAY]),
-            client.prepare_typed(
-                UPDATE_EMAILS,
-                &[Type::INT8_ARRAY, Type::TEXT_ARRAY, Type::INT8_ARRAY]
-            ),
-        )?;
+    /// Prepares `statements` (the executor's), pipelined on the connection: one round
+    /// trip's wait, not one each.
+    pub async fn open(client: Client, statements: &[&Statement]) -> Result<Self, Error> {
+        let prepared = try_join_all(
+            statements
+                .iter()
+                .map(|s| client.prepare_typed(s.sql, s.types)),
+        )
+        .await?;
         Ok(Self {
+            prepared: statements.iter().map(|s| s.sql).zip(prepared).collect(),
             client,
             health: Health::default(),
-            select_user,
-            update_email,
-            select_users,
-            update_emails,
         })
     }
 
-    pub async fn select_user(&self, id: i64) -> Result<Vec<Row>, Error> {
-        self.client.query(&self.select_user, &[&id]).await
-    }
-
-    pub async fn update_email(&self, id: i64, email: &str) -> Result<Vec<Row>, Error> {
-        self.client.query(&self.update_email, &[&id, &email]).await
-    }
-
-    pub async fn select_users(&self, ids: &[i64]) -> Result<Vec<Row>, Error> {
-        self.client.query(&self.select_users, &[&ids]).await
-    }
-
-    pub async fn update_emails(
+    /// Runs `statement`, prepared on this connection, with `params`.
+    pub async fn query(
         &self,
-        ids: &[i64],
-        emails: &[&str],
-        counts: &[i64],
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        self.client
-            .query(&self.update_emails, &[&ids, &emails, &counts])
-            .await
+        match self.prepared.iter().find(|(sql, _)| *sql == statement.sql) {
+            Some((_, prepared)) => self.client.query(prepared, params).await,
+            // Not one of the executor's: parsed by PostgreSQL this once.
+            None => self.client.query(statement.sql, params).await,
+        }
     }
 
     pub fn client(&self) -> &Client {

@@ -1,6 +1,7 @@
 //! No pool: every request opens its own connection and closes it when done (the naive
 //! baseline; PostgreSQL forks a backend for each one).
 
+use super::exec::STATEMENTS;
 use super::session::Session;
 use super::tls::Connector;
 use super::{classify, PoolState};
@@ -29,7 +30,7 @@ impl Source {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
-        Session::open(client).await.map_err(classify)
+        Session::open(client, STATEMENTS).await.map_err(classify)
     }
 
     pub fn state(&self) -> Option<PoolState> {

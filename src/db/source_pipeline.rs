@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use super::exec::STATEMENTS;
 use super::session::Session;
 use super::tls::Connector;
 use super::{classify, PoolState};
@@ -78,7 +79,7 @@ impl Source {
                     tracing::debug!(error = %e, "pipelined connection ended with an error");
                 }
             });
-            Session::open(client).await.map_err(classify)
+            Session::open(client, STATEMENTS).await.map_err(classify)
         };
         let session = tokio::time::timeout(self.connect_timeout, open)
             .await

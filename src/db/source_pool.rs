@@ -10,6 +10,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::exec::STATEMENTS;
 use super::session::Session;
 use super::tls::Connector;
 use super::{classify, PoolState};
@@ -93,7 +94,9 @@ impl ManageConnection for Manager {
         // connections that never finish opening.
         let open = async {
             let client = self.inner.connect().await.map_err(PoolError::Postgres)?;
-            Session::open(client).await.map_err(PoolError::Postgres)
+            Session::open(client, STATEMENTS)
+                .await
+                .map_err(PoolError::Postgres)
         };
         tokio::time::timeout(self.connect_timeout, open)
             .await

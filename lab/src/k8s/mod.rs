@@ -1,39 +1,44 @@
-//! One run of the matrix on Kubernetes: build and publish one image per row and the
-//! load-generator image, then, for each repetition and row (interleaved, as locally):
-//! apply PostgreSQL, seed it, apply the app, run the load-generator Job (the same search
-//! and verdicts as locally, see `loadgen`), read its result from `kubectl logs`, check
-//! the Job's writes against the database, tear the row down. A failed row is reported
-//! as failed and the run goes on. With `dry_run`, every command is printed instead.
+//! The Kubernetes target. `prepare` checks the cluster and builds and publishes one
+//! image per row and the load generator's; each row run applies PostgreSQL, its
+//! settings (the experiment's statements) and the seed, then the app, then the
+//! load-generator Job, which runs the same search and verdicts as the local target
+//! inside the cluster (see [`loadgen`]); its result is read back from `kubectl logs`
+//! and the Job's writes are checked against the database; `teardown` deletes the row.
+//! With `dry_run`, every command is printed instead.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::images::{self, Engine};
-use crate::k8s::{self, Images};
-use crate::loadgen::{Plan, Report};
+use crate::experiment::{
+    pending_restart_sql, refuse_pending, settings_sql, RowRun, Software, Target,
+};
 use crate::matrix::{Matrix, Row};
-use crate::measure::check_integrity;
-use crate::results::*;
-use crate::shell::Shell;
-use crate::{environment, runner};
+use crate::measure::{check_integrity, WriteCounts};
+use crate::results::{Host, RowResult, SearchResult};
+
+pub mod images;
+pub mod loadgen;
+pub mod manifests;
+pub mod shell;
+
+use images::Engine;
+use loadgen::{Plan, Report};
+use manifests::Images;
+use shell::Shell;
 
 pub const NAMESPACE: &str = "perflab";
 
+/// What the Kubernetes target needs beyond the experiment.
 pub struct Options {
     pub root: PathBuf,
-    pub matrix_path: PathBuf,
-    pub matrix: Matrix,
-    pub quick: bool,
     pub dry_run: bool,
     pub registry: String,
     pub load: Option<String>,
     pub engine: String,
     /// Where the generated overlays go.
     pub overlays: PathBuf,
-    pub out: PathBuf,
-    pub readme: Option<PathBuf>,
     /// The oha binary copied into the load-generator image.
     pub oha: PathBuf,
     /// Upper bound for each wait (rollouts, the seed Job).
@@ -168,222 +173,165 @@ impl Kube<'_> {
         cgroup_cpu_usec(&out)
     }
 
-    /// The run's PostgreSQL settings, as locally: ALTER SYSTEM and a reload.
+    /// The row's PostgreSQL settings, with the statements the local target runs too.
     fn apply_settings(&self, settings: &BTreeMap<String, String>) -> Result<()> {
-        for (k, v) in settings {
-            self.in_postgres(&[
-                "psql",
-                "-U",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                &format!("ALTER SYSTEM SET {k} = '{}'", v.replace('\'', "''")),
-                "-c",
-                "SELECT pg_reload_conf()",
-            ])?;
+        let mut cmd = vec!["psql", "-U", "postgres", "-v", "ON_ERROR_STOP=1"];
+        let statements = settings_sql(settings);
+        for s in &statements {
+            cmd.extend(["-c", s.as_str()]);
         }
+        self.in_postgres(&cmd)?;
+        if !self.sh.dry_run {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let pending = pending_restart_sql(settings);
+        refuse_pending(&self.in_postgres(&["psql", "-U", "postgres", "-tAc", &pending])?)
+    }
+}
+
+/// The cluster, as the experiment's target.
+pub struct Cluster<'a> {
+    o: &'a Options,
+    m: &'a Matrix,
+    sh: Shell,
+    images: Images,
+    kubernetes: String,
+    oha_version: Option<String>,
+}
+
+impl<'a> Cluster<'a> {
+    pub fn new(o: &'a Options, m: &'a Matrix) -> Self {
+        Self {
+            o,
+            m,
+            sh: Shell { dry_run: o.dry_run },
+            images: Images {
+                registry: o.registry.clone(),
+                commit: crate::environment::git_commit(&o.root)
+                    .replace("+uncommitted changes", "-dirty"),
+            },
+            kubernetes: "unknown".into(),
+            oha_version: None,
+        }
+    }
+
+    fn kube(&self) -> Kube<'_> {
+        Kube { sh: &self.sh }
+    }
+
+    /// The cluster answers and has a load-generator node (else the Job never schedules).
+    fn check_cluster(&mut self) -> Result<()> {
+        let version = self
+            .sh
+            .run(&["kubectl", "version", "-o", "json"])
+            .context("no cluster answers: is KUBECONFIG set?")?;
+        let nodes = self.sh.run(&[
+            "kubectl",
+            "get",
+            "nodes",
+            "-l",
+            "loadgen=true",
+            "-o",
+            "name",
+        ])?;
+        if self.o.dry_run {
+            self.kubernetes = "(dry run)".into();
+            return Ok(());
+        }
+        if nodes.trim().is_empty() {
+            bail!("no node is labelled loadgen=true: prepare one with\n  kubectl label node NODE loadgen=true\n  kubectl taint node NODE loadgen=true:NoSchedule");
+        }
+        self.kubernetes = serde_json::from_str::<serde_json::Value>(&version)
+            .ok()
+            .and_then(|j| j["serverVersion"]["gitVersion"].as_str().map(String::from))
+            .unwrap_or_else(|| "unknown".into());
         Ok(())
     }
 }
 
-pub fn run(o: &Options) -> Result<Summary> {
-    let m = &o.matrix;
-    let sh = Shell { dry_run: o.dry_run };
-    let kube = Kube { sh: &sh };
-    let started = Instant::now();
-    let images = Images {
-        registry: o.registry.clone(),
-        commit: environment::git_commit(&o.root).replace("+uncommitted changes", "-dirty"),
-    };
-    let engine = Engine::choose(&o.engine)?;
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        .to_string()
-        .replace([':', '-'], "");
-    let raw = o.out.join("results").join(&stamp);
-    if !o.dry_run {
-        std::fs::create_dir_all(&raw)?;
-        eprintln!("==> results of this run go to {}", raw.display());
+impl Target for Cluster<'_> {
+    /// Images: the load generator's once (without it nothing can be measured), then one
+    /// per row; a failed build fails its row.
+    fn prepare(&mut self, rows: &[Row], _raw: &Path) -> Result<Vec<Option<String>>> {
+        self.check_cluster()?;
+        let o = self.o;
+        let engine = Engine::choose(&o.engine)?;
+        println!(
+            "# images: built with {} and {}",
+            engine.name(),
+            o.load
+                .as_deref()
+                .map_or(format!("pushed to {}", o.registry), |l| format!(
+                    "loaded into {l}"
+                ))
+        );
+        let lg = self.images.loadgen();
+        images::loadgen(&self.sh, engine, &o.root, &o.oha, &lg)
+            .and_then(|_| images::publish(&self.sh, engine, &o.root, &lg, o.load.as_deref()))
+            .context("the load-generator image")?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let tag = self.images.server(row);
+                images::server(&self.sh, engine, &o.root, row, &tag)
+                    .and_then(|info| {
+                        if !o.dry_run {
+                            eprintln!(
+                                "==> {tag}: {} (user {}, entrypoint {})",
+                                info.size, info.user, info.entrypoint
+                            );
+                        }
+                        images::publish(&self.sh, engine, &o.root, &tag, o.load.as_deref())
+                    })
+                    .err()
+                    .map(|e| format!("image: {e:#}"))
+            })
+            .collect())
     }
 
-    // The cluster must have a load-generator node, or the Job would never schedule.
-    let version = sh
-        .run(&["kubectl", "version", "-o", "json"])
-        .context("no cluster answers: is KUBECONFIG set?")?;
-    let nodes = sh.run(&[
-        "kubectl",
-        "get",
-        "nodes",
-        "-l",
-        "loadgen=true",
-        "-o",
-        "name",
-    ])?;
-    if !o.dry_run && nodes.trim().is_empty() {
-        bail!("no node is labelled loadgen=true: prepare one with\n  kubectl label node NODE loadgen=true\n  kubectl taint node NODE loadgen=true:NoSchedule");
+    fn measure(&mut self, run: &RowRun) -> Result<Vec<(String, SearchResult)>> {
+        let report = measure_row(self, run)?;
+        if !report.oha.is_empty() {
+            self.oha_version.get_or_insert_with(|| report.oha.clone());
+        }
+        Ok(report.searches)
     }
-    let server_version = if o.dry_run {
-        "dry run".to_string()
-    } else {
-        serde_json::from_str::<serde_json::Value>(&version)
-            .ok()
-            .and_then(|j| j["serverVersion"]["gitVersion"].as_str().map(String::from))
-            .unwrap_or_else(|| "unknown".into())
-    };
 
-    // Images: the load generator once, then one per row; a failed build fails its row.
-    println!(
-        "# images: built with {} and {}",
-        engine.name(),
-        o.load
-            .as_deref()
-            .map_or(format!("pushed to {}", o.registry), |l| format!(
-                "loaded into {l}"
-            ))
-    );
-    let lg = images.loadgen();
-    images::loadgen(&sh, engine, &o.root, &o.oha, &lg)
-        .and_then(|_| images::publish(&sh, engine, &o.root, &lg, o.load.as_deref()))
-        .context("the load-generator image")?;
-    let mut rows: Vec<RowResult> = m.rows.iter().map(RowResult::new).collect();
-    for (i, row) in m.rows.iter().enumerate() {
-        let tag = images.server(row);
-        let built = images::server(&sh, engine, &o.root, row, &tag).and_then(|info| {
-            if !o.dry_run {
-                eprintln!(
-                    "==> {tag}: {} (user {}, entrypoint {})",
-                    info.size, info.user, info.entrypoint
-                );
-            }
-            images::publish(&sh, engine, &o.root, &tag, o.load.as_deref())
-        });
-        if let Err(e) = built {
-            rows[i].failures.push(format!("image: {e:#}"));
+    /// Deletes everything the row applied, so the next starts clean (its PostgreSQL
+    /// settings go with its StatefulSet).
+    fn teardown(&mut self, row: &Row) -> Result<()> {
+        let dir = self.o.overlays.join(row.slug());
+        self.sh.run(&[
+            "kubectl",
+            "delete",
+            "-f",
+            &dir.join("rendered.yaml").to_string_lossy(),
+            "--ignore-not-found",
+            "--wait",
+            &format!("--timeout={}s", self.o.timeout.as_secs()),
+        ])?;
+        Ok(())
+    }
+
+    fn host(&self) -> Host {
+        Host::Cluster {
+            kubernetes: self.kubernetes.clone(),
         }
     }
 
-    let mut oha_version: Option<String> = None;
-    for rep in 1..=m.load.repetitions {
-        for (i, row) in m.rows.iter().enumerate() {
-            if !rows[i].failures.is_empty() {
-                continue;
-            }
-            eprintln!(
-                "[{:>5.1} min] repetition {rep}/{}, row {}/{} {:?}",
-                started.elapsed().as_secs_f64() / 60.0,
-                m.load.repetitions,
-                i + 1,
-                m.rows.len(),
-                row.name
-            );
-            let hints: BTreeMap<String, f64> = rows[i]
-                .workloads
-                .iter()
-                .filter_map(|w| {
-                    w.searches
-                        .iter()
-                        .map(|s| s.qps)
-                        .filter(|q| *q > 0.0)
-                        .reduce(f64::max)
-                        .map(|q| (w.name.clone(), q))
-                })
-                .collect();
-            let result = measure_row(o, &kube, &images, row, rep, hints, &raw);
-            // Tear the row down whatever happened, so the next starts clean.
-            let dir = o.overlays.join(row.slug());
-            let teardown = sh.run(&[
-                "kubectl",
-                "delete",
-                "-f",
-                &dir.join("rendered.yaml").to_string_lossy(),
-                "--ignore-not-found",
-                "--wait",
-                &format!("--timeout={}s", o.timeout.as_secs()),
-            ]);
-            match result {
-                Ok(report) => {
-                    oha_version.get_or_insert_with(|| report.oha.clone());
-                    merge(&mut rows[i], report)
-                }
-                Err(e) => {
-                    let msg = format!("repetition {rep}: {e:#}");
-                    eprintln!("!!! row {:?} failed: {msg}", row.name);
-                    rows[i].failures.push(msg);
-                }
-            }
-            if let Err(e) = teardown {
-                rows[i].failures.push(format!("teardown: {e:#}"));
-            }
+    fn software(&self) -> Software {
+        Software {
+            postgres: "15 (StatefulSet)".into(),
+            oha: self.oha_version.as_ref().map_or_else(
+                || "oha (load-generator image)".into(),
+                |v| format!("{v} (load-generator image)"),
+            ),
         }
     }
 
-    let mut summary = summary(
-        m,
-        &o.root,
-        &o.matrix_path,
-        o.quick,
-        &server_version,
-        started.elapsed().as_secs_f64(),
-        rows,
-    )?;
-    if let Some(v) = oha_version {
-        summary.environment.oha = format!("{v} (load-generator image)");
+    fn dry_run(&self) -> bool {
+        self.o.dry_run
     }
-    if !o.dry_run {
-        runner::write_outputs(&o.out, o.readme.as_deref(), &raw, &summary)?;
-    }
-    Ok(summary)
-}
-
-/// A Kubernetes run's summary: what the local target records, with the cluster in
-/// place of this machine, and no pgbench line.
-pub fn summary(
-    m: &Matrix,
-    root: &Path,
-    matrix_path: &Path,
-    quick: bool,
-    cluster: &str,
-    elapsed_secs: f64,
-    rows: Vec<RowResult>,
-) -> Result<Summary> {
-    let l = &m.load;
-    let env = Environment {
-        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        git_commit: environment::git_commit(root),
-        target: "k8s".into(),
-        cpu_model: format!("Kubernetes {cluster}"),
-        cpus: 0,
-        memory_gib: 0.0,
-        kernel: String::new(),
-        rustc: environment::rustc(root),
-        postgres: "postgres:15 (StatefulSet)".into(),
-        oha: "oha (load-generator image)".into(),
-        pgbench: String::new(),
-        users: l.users,
-        quick,
-        matrix_file: matrix_path
-            .file_name()
-            .map_or("matrix.toml".into(), |f| f.to_string_lossy().to_string()),
-        duration_secs: l.duration_secs,
-        repetitions: l.repetitions,
-        slo_p99_ms: l.slo_p99_ms,
-        error_budget: l.error_budget,
-        min_achieved: l.min_achieved,
-        connections: l.connections,
-        server_cpus: "app pod".into(),
-        postgres_cpus: "postgres pod".into(),
-        oha_cpus: "loadgen node".into(),
-        pool_size: m.local.pool_size,
-        elapsed_secs,
-    };
-    Ok(Summary {
-        environment: env,
-        workloads: m.workloads.iter().map(|w| w.name.clone()).collect(),
-        rows,
-        reference: vec![],
-        reference_error: None,
-        matrix: serde_json::to_value(m)?,
-    })
 }
 
 /// A Job's log read back as a row's results, as the run does after each Job: for the
@@ -393,15 +341,14 @@ pub fn ingest(m: &Matrix, report: Report, applied: i64) -> Result<Vec<RowResult>
     if let Some(e) = &report.error {
         bail!("the load generator could not measure: {e}");
     }
-    let row = m
+    let i = m
         .rows
         .iter()
-        .find(|r| r.name == report.row)
+        .position(|r| r.name == report.row)
         .with_context(|| format!("the report is for row {:?}, not in the matrix", report.row))?;
     check_job_writes(&mut report, applied);
     let mut rows: Vec<RowResult> = m.rows.iter().map(RowResult::new).collect();
-    let i = m.rows.iter().position(|r| r == row).unwrap_or(0);
-    merge(&mut rows[i], report);
+    crate::experiment::merge(&mut rows[i], report.searches);
     Ok(rows)
 }
 
@@ -425,24 +372,16 @@ fn cgroup_cpu_usec(text: &str) -> Option<u64> {
     text.trim().parse::<u64>().ok().map(|ns| ns / 1000)
 }
 
-/// Adds one Job's searches to the row.
-pub fn merge(row: &mut RowResult, report: Report) {
-    for (name, search) in report.searches {
-        match row.workloads.iter_mut().find(|w| w.name == name) {
-            Some(w) => w.searches.push(search),
-            None => row.workloads.push(WorkloadResult {
-                name,
-                searches: vec![search],
-            }),
-        }
-    }
-}
-
 /// The database's writes over the whole Job against every PATCH the Job sent: a write
 /// acknowledged but not applied (or applied twice) fails the row's integrity.
 pub fn check_job_writes(report: &mut Report, applied: i64) {
     let t = report.tally;
-    let i = check_integrity(t.acked, t.unacked, Some(applied), (0, t.acked), None, 0);
+    let i = check_integrity(&WriteCounts {
+        acked: t.acked,
+        unacked: t.unacked,
+        applied: Some(applied),
+        ..WriteCounts::default()
+    });
     if i.ok {
         return;
     }
@@ -457,35 +396,29 @@ pub fn check_job_writes(report: &mut Report, applied: i64) {
     }
 }
 
-fn measure_row(
-    o: &Options,
-    kube: &Kube,
-    images: &Images,
-    row: &Row,
-    rep: u32,
-    hints: BTreeMap<String, f64>,
-    raw: &Path,
-) -> Result<Report> {
-    let m = &o.matrix;
+fn measure_row(c: &Cluster, run: &RowRun) -> Result<Report> {
+    let (o, m, row, rep) = (c.o, c.m, run.row, run.repetition);
+    let kube = c.kube();
     let plan = Plan {
         row: row.clone(),
         load: m.load.clone(),
         workloads: m.workloads.clone(),
         repetition: rep,
-        hints,
+        hints: run.hints.clone(),
     };
-    let dir = k8s::write_overlay(
+    let dir = manifests::write_overlay(
         &o.root,
         &o.overlays,
         m,
         row,
-        images,
+        &c.images,
         &serde_json::to_string_pretty(&plan)?,
     )?;
-    let yaml = k8s::render(&dir)?;
-    k8s::check_rendered(&yaml, row, images).with_context(|| format!("row {:?}", row.name))?;
+    let yaml = manifests::render(&dir)?;
+    manifests::check_rendered(&yaml, row, &c.images)
+        .with_context(|| format!("row {:?}", row.name))?;
     std::fs::write(dir.join("rendered.yaml"), &yaml)?;
-    let parts = k8s::split(&yaml)?;
+    let parts = manifests::split(&yaml)?;
     let files: Vec<PathBuf> = [
         ("stack", &parts.stack),
         ("seed", &parts.seed),
@@ -510,9 +443,7 @@ fn measure_row(
     // the seeded table), then the load.
     kube.apply(&files[0])?;
     kube.rollout("statefulset/postgres", o.timeout)?;
-    let mut settings = m.postgres.clone();
-    settings.extend(row.postgres.clone());
-    kube.apply_settings(&settings)?;
+    kube.apply_settings(&run.settings)?;
     kube.apply(&files[1])?;
     kube.wait_job("perflab-seed", o.timeout)?;
     kube.apply(&files[2])?;
@@ -536,7 +467,7 @@ fn measure_row(
         });
     }
     std::fs::write(
-        raw.join(format!("rep{rep}-{}-loadgen.log", row.slug())),
+        run.raw.join(format!("rep{rep}-{}-loadgen.log", row.slug())),
         &log,
     )?;
     let mut report = Report::from_log(&log)?;
@@ -557,7 +488,7 @@ fn measure_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::Tally;
+    use crate::measure::driver::Tally;
 
     fn search(writes: u64) -> SearchResult {
         serde_json::from_value(serde_json::json!({
@@ -621,20 +552,5 @@ mod tests {
         );
         assert_eq!(cgroup_cpu_usec("2500000\n"), Some(2500));
         assert_eq!(cgroup_cpu_usec(""), None);
-    }
-
-    #[test]
-    fn merging_keeps_workloads_apart() {
-        let mut row = RowResult::new(&Row {
-            name: "r".into(),
-            features: vec![],
-            index: true,
-            note: None,
-            postgres: BTreeMap::new(),
-        });
-        merge(&mut row, report(1, 0));
-        merge(&mut row, report(1, 0));
-        assert_eq!(row.workloads.len(), 2);
-        assert!(row.workloads.iter().all(|w| w.searches.len() == 2));
     }
 }

@@ -1,12 +1,23 @@
-//! One measured step: the verdict on an offered rate (achieved rate, errors, exact mix,
-//! merged p99), the CPU each party used, and the write-integrity check.
+//! Measurement, the same on both targets: the search of a row and workload
+//! ([`driver`], [`search`]), oha ([`oha`]) and merged percentiles ([`stats`]), CPU
+//! accounting from /proc ([`procfs`]), the server as seen over HTTP ([`remote`]), and,
+//! here, the verdict on one step (achieved rate, errors, exact mix, merged p99) and the
+//! write-integrity check.
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub mod driver;
+pub mod http;
+pub mod oha;
+pub mod procfs;
+pub mod remote;
+pub mod search;
+pub mod stats;
+
 use crate::matrix::Load;
-use crate::oha::SideResult;
-use crate::stats::Latencies;
+use crate::measure::oha::SideResult;
+use crate::measure::stats::Latencies;
 
 /// Largest accepted distance between the achieved and the requested GET share...
 pub const MIX_TOLERANCE: f64 = 0.01;
@@ -79,7 +90,7 @@ pub fn evaluate(
     offered: f64,
     secs: f64,
     target_get_share: f64,
-    sides: &[(crate::oha::Side, SideResult)],
+    sides: &[(crate::measure::oha::Side, SideResult)],
     load: &Load,
 ) -> Step {
     let mut all = Latencies::new();
@@ -175,18 +186,36 @@ pub fn evaluate(
     }
 }
 
+/// What a write check compares, over a step or a whole Job.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WriteCounts {
+    /// PATCHes answered 200.
+    pub acked: u64,
+    /// PATCHes answered otherwise or not at all.
+    pub unacked: u64,
+    /// Requests (of either method) that got no reply at all.
+    pub transport_errors: u64,
+    /// Increase of sum(version) in PostgreSQL; `None` where it cannot be read.
+    pub applied: Option<i64>,
+    /// (GET, PATCH) answered 200, by oha.
+    pub oha_counts: (u64, u64),
+    /// The same by the server's own counters, with `metrics`.
+    pub server_counts: Option<(u64, u64)>,
+}
+
 /// Every acknowledged write must have been applied exactly once. A PATCH that failed
 /// or got no reply may or may not have been applied, so with failures the applied count
 /// must lie between the acknowledged count and acknowledged + failed. The server's own
 /// counters (with `metrics`) must match oha's when no reply was lost in transit.
-pub fn check_integrity(
-    acked: u64,
-    unacked: u64,
-    applied: Option<i64>,
-    oha_counts: (u64, u64),
-    server_counts: Option<(u64, u64)>,
-    transport_errors: u64,
-) -> Integrity {
+pub fn check_integrity(c: &WriteCounts) -> Integrity {
+    let WriteCounts {
+        acked,
+        unacked,
+        transport_errors,
+        applied,
+        oha_counts,
+        server_counts,
+    } = *c;
     let mut problems = Vec::new();
     let lo = acked as i64;
     let hi = (acked + unacked) as i64;
@@ -239,10 +268,10 @@ pub fn check_integrity(
 mod tests {
     use super::*;
     use crate::matrix::Matrix;
-    use crate::oha::Side;
+    use crate::measure::oha::Side;
 
     fn load() -> Load {
-        Matrix::parse(include_str!("../../tests/ci-matrix.toml"))
+        Matrix::parse(include_str!("../../../tests/ci-matrix.toml"))
             .unwrap()
             .load
     }
@@ -335,24 +364,22 @@ mod tests {
 
     #[test]
     fn integrity_rules() {
-        assert!(check_integrity(100, 0, Some(100), (900, 100), Some((900, 100)), 0).ok);
-        assert!(
-            !check_integrity(100, 0, Some(99), (900, 100), None, 0).ok,
-            "a lost write"
-        );
-        assert!(
-            !check_integrity(100, 0, Some(101), (900, 100), None, 0).ok,
-            "a phantom write"
-        );
-        assert!(
-            check_integrity(100, 5, Some(103), (900, 100), None, 2).ok,
-            "failed writes may land"
-        );
-        assert!(
-            !check_integrity(100, 0, Some(100), (900, 100), Some((899, 100)), 0).ok,
-            "counters disagree"
-        );
-        let i = check_integrity(100, 0, Some(98), (0, 100), None, 0);
+        let c = |acked, unacked, applied, server, transport| {
+            check_integrity(&WriteCounts {
+                acked,
+                unacked,
+                transport_errors: transport,
+                applied: Some(applied),
+                oha_counts: (900, 100),
+                server_counts: server,
+            })
+        };
+        assert!(c(100, 0, 100, Some((900, 100)), 0).ok);
+        assert!(!c(100, 0, 99, None, 0).ok, "a lost write");
+        assert!(!c(100, 0, 101, None, 0).ok, "a phantom write");
+        assert!(c(100, 5, 103, None, 2).ok, "failed writes may land");
+        assert!(!c(100, 0, 100, Some((899, 100)), 0).ok, "counters disagree");
+        let i = c(100, 0, 98, None, 0);
         assert!(i.message.contains("lost"), "{}", i.message);
     }
 }

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::driver::{write_inputs, Driver, Probe, Tally, Ticks};
 use crate::matrix::{Load, Row, Workload};
-use crate::oha::Oha;
+use crate::measure::driver::{write_inputs, Driver, Probe, Tally, Ticks};
+use crate::measure::oha::Oha;
+use crate::measure::remote::{check_features, Remote, Scrape};
 use crate::results::SearchResult;
-use crate::server::{Remote, Scrape};
 
 /// The marker of the one line of the Job's log that carries its result.
 pub const MARKER: &str = "PERFLAB-RESULT ";
@@ -174,14 +174,7 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let reported = remote.features()?;
-    if reported != plan.row.features {
-        bail!(
-            "refusing to measure: /version reports features {:?}, the row asks for {:?}",
-            reported,
-            plan.row.features
-        );
-    }
+    check_features(&remote, &plan.row)?;
     std::fs::create_dir_all(&o.work)
         .and_then(|()| std::fs::create_dir_all(o.work.join("raw")))
         .with_context(|| format!("creating {} (it must be writable)", o.work.display()))?;
@@ -206,18 +199,14 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
         metrics: plan.row.features.iter().any(|f| f == "metrics"),
         peak_rss_kib: None,
     };
-    for w in &plan.workloads {
-        let hint = plan.hints.get(&w.name).copied();
-        let result = driver.search(
-            &mut probe,
-            &plan.row,
-            w,
-            plan.repetition,
-            hint,
-            &mut report.tally,
-        )?;
-        report.searches.push((w.name.clone(), result));
-    }
+    report.searches = driver.search_row(
+        &mut probe,
+        &plan.row,
+        &plan.workloads,
+        plan.repetition,
+        &plan.hints,
+        &mut report.tally,
+    )?;
     Ok(())
 }
 

@@ -2,18 +2,19 @@
 //! probe, then the open-loop rate search whose steps are judged by `measure::evaluate`.
 //! What differs between targets (whose CPU can be read, whether the database can be
 //! asked how many writes it applied) is behind [`Probe`].
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
 
 use crate::matrix::{Load, Row, Workload};
-use crate::measure::{check_integrity, evaluate, Step};
-use crate::oha::{Oha, Side, SideResult};
-use crate::procfs;
+use crate::measure::oha::{Oha, Side, SideResult};
+use crate::measure::procfs;
+use crate::measure::remote::Scrape;
+use crate::measure::search::Search;
+use crate::measure::{check_integrity, evaluate, Step, WriteCounts};
 use crate::results::SearchResult;
-use crate::search::Search;
-use crate::server::Scrape;
 
 /// CPU clock ticks consumed so far, where the target can read them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,6 +84,29 @@ pub fn sides(w: &Workload, rate: f64, connections: u32) -> Vec<Side> {
 }
 
 impl Driver<'_> {
+    /// Every workload of one row, in order: one search each, seeded by `hints` (best
+    /// QPS of earlier repetitions, by workload). Both targets measure a row this way.
+    pub fn search_row(
+        &self,
+        probe: &mut dyn Probe,
+        row: &Row,
+        workloads: &[Workload],
+        rep: u32,
+        hints: &BTreeMap<String, f64>,
+        tally: &mut Tally,
+    ) -> Result<Vec<(String, SearchResult)>> {
+        workloads
+            .iter()
+            .map(|w| {
+                let hint = hints.get(&w.name).copied();
+                Ok((
+                    w.name.clone(),
+                    self.search(probe, row, w, rep, hint, tally)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Probe, then search the highest rate that passes; `hint` is an earlier
     /// repetition's result for the same row and workload.
     pub fn search(
@@ -111,7 +135,7 @@ impl Driver<'_> {
                 "  {} {} rep {rep} probe (closed loop): {rate:.0}/s good",
                 row.name, w.name
             ));
-            if hint.is_none() && rate >= crate::search::MIN_QPS {
+            if hint.is_none() && rate >= crate::measure::search::MIN_QPS {
                 hint = Some(rate);
             }
         }
@@ -181,7 +205,7 @@ impl Driver<'_> {
         let wall = start.elapsed().as_secs_f64();
         let (t1, oha1) = (probe.ticks(), procfs::reaped_children_ticks());
         for side in &plan {
-            let _ = std::fs::remove_file(crate::oha::db_path(self.raw, tag, side.method));
+            let _ = std::fs::remove_file(crate::measure::oha::db_path(self.raw, tag, side.method));
         }
         let paired: Vec<(Side, SideResult)> = plan.into_iter().zip(results).collect();
         tally.add(&paired);
@@ -225,14 +249,14 @@ impl Driver<'_> {
             let acked = patch.map_or(0, |p| p.count(200));
             let unacked = patch.map_or(0, |p| p.replies() - p.count(200) + p.transport_errors());
             let transport: u64 = paired.iter().map(|(_, r)| r.transport_errors()).sum();
-            step.integrity = Some(check_integrity(
+            step.integrity = Some(check_integrity(&WriteCounts {
                 acked,
                 unacked,
+                transport_errors: transport,
                 applied,
-                (get.map_or(0, |g| g.count(200)), acked),
-                served,
-                transport,
-            ));
+                oha_counts: (get.map_or(0, |g| g.count(200)), acked),
+                server_counts: served,
+            }));
         }
         Ok(step)
     }

@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::driver::{sides, write_inputs, Driver, Tally};
+use super::server::{self, Server};
+use super::{pg, ports, LocalProbe};
+use crate::environment;
 use crate::matrix::{Matrix, Row, Workload};
-use crate::measure::evaluate;
-use crate::oha::Oha;
-use crate::runner::LocalProbe;
-use crate::server::Server;
-use crate::{environment, pg, procfs, server};
+use crate::measure::driver::{sides, write_inputs, Driver, Tally};
+use crate::measure::oha::{self, Oha};
+use crate::measure::remote::check_features;
+use crate::measure::{evaluate, procfs};
 
 pub struct Options {
     pub root: PathBuf,
@@ -185,6 +186,8 @@ pub fn run(o: &Options) -> Result<Report> {
         bail!("--interval must be positive and at most --duration");
     }
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    // The commit the binary is built from: read now, not after a long soak.
+    let commit = environment::git_commit(&o.root);
     eprintln!(
         "==> soak: row {:?} (features: {}), workload {}, for {}",
         row.name,
@@ -203,13 +206,11 @@ pub fn run(o: &Options) -> Result<Report> {
         }
         None => None,
     };
-    let mut settings = m.postgres.clone();
-    settings.extend(row.postgres.clone());
-    pg::apply_settings(&mut db, &settings)?;
+    pg::apply_settings(&mut db, &crate::experiment::settings_for(m, row))?;
     pg::seed(&mut db, m.load.users, row.index)?;
     let app_url = pg::app_login(&mut db, &o.database_url)?;
 
-    let addr: SocketAddr = format!("127.0.0.1:{}", crate::ports::free_port()?).parse()?;
+    let addr: SocketAddr = format!("127.0.0.1:{}", ports::free_port()?).parse()?;
     let (urls, bodies) = (o.out.join("urls.txt"), o.out.join("bodies.txt"));
     write_inputs(&urls, &bodies, &format!("http://{addr}"), m.load.users)?;
     let oha = Oha {
@@ -227,13 +228,7 @@ pub fn run(o: &Options) -> Result<Report> {
         &o.out.join("server.log"),
     )?;
     server.wait_ready(Duration::from_secs(30))?;
-    let reported = server.remote.features()?;
-    if reported != row.features {
-        bail!(
-            "refusing to soak: /version reports features {reported:?}, the row asks for {:?}",
-            row.features
-        );
-    }
+    check_features(&server.remote, row)?;
 
     let (capacity, capacity_source, rate) = match o.rate {
         Some(r) => (None, "given with --rate".to_string(), r),
@@ -272,7 +267,7 @@ pub fn run(o: &Options) -> Result<Report> {
     }
     let (samples, acked, other, transport_errors) = report;
     let ids = check_ids(&before, &after, &acked, &other, transport_errors);
-    Ok(finish(
+    let mut report = finish(
         o,
         row,
         w,
@@ -282,7 +277,9 @@ pub fn run(o: &Options) -> Result<Report> {
         samples,
         ids,
         &server,
-    ))
+    );
+    report.git_commit = commit;
+    Ok(report)
 }
 
 type Outcomes = (Vec<Sample>, HashMap<i64, u64>, HashMap<i64, u64>, u64);
@@ -319,9 +316,9 @@ fn soak(
         let server_cpu = per_sec(s0, procfs::process_ticks(server.pid));
         let postgres_cpu = per_sec(p0, postmaster.and_then(procfs::postgres_ticks));
         for side in &plan {
-            let db = crate::oha::db_path(&o.out, &tag, side.method);
+            let db = oha::db_path(&o.out, &tag, side.method);
             if side.method == "PATCH" {
-                for (url, status) in crate::oha::read_outcomes(&db)? {
+                for (url, status) in oha::read_outcomes(&db)? {
                     let id = id_of(&url).with_context(|| format!("no id in {url:?}"))?;
                     let into = if status == 200 {
                         &mut acked

@@ -7,14 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use postgres::{Client, NoTls};
 
-use crate::procfs;
+use crate::experiment::{pending_restart_sql, refuse_pending, settings_sql};
+use crate::measure::procfs;
 
-pub const SCHEMA: &str = include_str!("../../sql/schema.sql");
-pub const INDEX: &str = include_str!("../../sql/index.sql");
-pub const SEED: &str = include_str!("../../sql/seed.sql");
-pub const APP_ROLE: &str = include_str!("../../sql/app_role.sql");
-/// The role the server under test connects as (SELECT and UPDATE on `users` only).
-pub const APP_USER: &str = "perflab_app";
+use crate::sql::{random_password, APP_ROLE, APP_USER, INDEX, SCHEMA, SEED};
 
 pub fn connect(url: &str) -> Result<Client> {
     Client::connect(url, NoTls).with_context(|| format!("cannot connect to PostgreSQL at {url}"))
@@ -81,51 +77,19 @@ pub fn app_url(url: &str, password: &str) -> Result<String> {
     bail!("cannot read {url:?} as a PostgreSQL URL")
 }
 
-/// 24 random letters and digits from the kernel.
-pub fn random_password() -> Result<String> {
-    use std::io::Read;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut buf = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .context("reading /dev/urandom")?;
-    Ok(buf
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect())
-}
-
-/// Resets settings made by earlier rows, then applies `settings` (ALTER SYSTEM + reload).
+/// Resets settings made by earlier rows, then applies `settings` (ALTER SYSTEM + reload),
+/// with the statements both targets run.
 pub fn apply_settings(client: &mut Client, settings: &BTreeMap<String, String>) -> Result<()> {
-    client
-        .batch_execute("ALTER SYSTEM RESET ALL")
-        .context("ALTER SYSTEM RESET ALL (needs a superuser)")?;
-    for (name, value) in settings {
-        let quoted = value.replace('\'', "''");
+    for statement in settings_sql(settings) {
         client
-            .batch_execute(&format!("ALTER SYSTEM SET {name} = '{quoted}'"))
-            .with_context(|| format!("setting {name} = {value}"))?;
+            .batch_execute(&statement)
+            .with_context(|| format!("{statement} (needs a superuser)"))?;
     }
-    client.batch_execute("SELECT pg_reload_conf()")?;
     std::thread::sleep(Duration::from_millis(200));
-    // Only settings of ours count: a cluster started with command-line options reports
-    // those as pending a restart after any reload.
-    let names: Vec<String> = settings.keys().cloned().collect();
-    let pending: Vec<String> = client
-        .query(
-            "SELECT name FROM pg_settings WHERE pending_restart AND name = ANY($1)",
-            &[&names],
-        )?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if !pending.is_empty() {
-        bail!(
-            "these settings need a PostgreSQL restart and cannot be set per run: {}",
-            pending.join(", ")
-        );
-    }
-    Ok(())
+    let pending: String = client
+        .query_one(&pending_restart_sql(settings), &[])?
+        .get(0);
+    refuse_pending(&pending)
 }
 
 /// Sum of all `version` counters: how many updates PostgreSQL has applied.

@@ -7,8 +7,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::k8s::shell::Shell;
 use crate::matrix::Row;
-use crate::shell::Shell;
 
 /// The numeric user both images run as (no /etc/passwd needed).
 pub const UID: &str = "65532:65532";
@@ -201,6 +201,24 @@ pub fn inspect(sh: &Shell, engine: Engine, tag: &str) -> Result<Inspected> {
         entrypoint,
         size,
     })
+}
+
+/// An image size as the engines print it (`8.47 MB`, `950 kB`, or bytes), in MB.
+pub fn size_mb(size: &str) -> Option<f64> {
+    let size = size.trim();
+    if let Ok(bytes) = size.parse::<f64>() {
+        return Some(bytes / 1e6);
+    }
+    let (number, unit) = size.split_once(' ')?;
+    let n: f64 = number.trim().parse().ok()?;
+    let factor = match unit.trim() {
+        "B" => 1e-6,
+        "kB" | "KB" => 1e-3,
+        "MB" => 1.0,
+        "GB" => 1e3,
+        _ => return None,
+    };
+    Some(n * factor)
 }
 
 /// Refuses an image that would run as root or has no entrypoint.

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::stats::Latencies;
+use crate::measure::stats::Latencies;
 
 /// What one oha process saw.
 #[derive(Debug, Clone, Default)]

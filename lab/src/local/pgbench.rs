@@ -6,7 +6,15 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::matrix::Workload;
-use crate::stats::Latencies;
+use crate::measure::stats::Latencies;
+
+/// What one pgbench run measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PgbenchRun {
+    pub tps: f64,
+    pub transactions: u64,
+    pub p99_ms: Option<f64>,
+}
 
 pub struct Pgbench<'a> {
     pub url: &'a str,
@@ -16,13 +24,7 @@ pub struct Pgbench<'a> {
 }
 
 impl Pgbench<'_> {
-    pub fn run(
-        &self,
-        w: &Workload,
-        secs: u32,
-        dir: &Path,
-        tag: &str,
-    ) -> Result<(f64, u64, Option<f64>)> {
+    pub fn run(&self, w: &Workload, secs: u32, dir: &Path, tag: &str) -> Result<PgbenchRun> {
         let get = dir.join("pgbench-get.sql");
         let patch = dir.join("pgbench-patch.sql");
         std::fs::write(
@@ -88,7 +90,11 @@ impl Pgbench<'_> {
             }
         }
         let _ = std::fs::remove_dir_all(&log_dir);
-        Ok((tps, n, lat.quantile_ms(0.99)))
+        Ok(PgbenchRun {
+            tps,
+            transactions: n,
+            p99_ms: lat.quantile_ms(0.99),
+        })
     }
 }
 

@@ -72,7 +72,7 @@ pub fn write_overlay(
     for file in ["password", "app-password"] {
         let path = dir.join(file);
         if !path.exists() {
-            std::fs::write(&path, crate::pg::random_password()?)?;
+            std::fs::write(&path, crate::sql::random_password()?)?;
         }
     }
     let base = rel(&dir, &root.join("k8s/base"));
@@ -386,10 +386,10 @@ pub fn check_rendered(yaml: &str, row: &Row, images: &Images) -> Result<()> {
         .and_then(|s| s.iter().find(|e| e["name"] == "DATABASE_URL"))
         .and_then(|e| e["value"].as_str())
         .unwrap_or("");
-    if !app_url.starts_with(&format!("postgres://{}:", crate::pg::APP_USER)) {
+    if !app_url.starts_with(&format!("postgres://{}:", crate::sql::APP_USER)) {
         bail!(
             "the app must connect as {}, not {app_url:?}",
-            crate::pg::APP_USER
+            crate::sql::APP_USER
         );
     }
     let env_names: Vec<&str> = app_spec["containers"][0]["env"]
@@ -417,7 +417,7 @@ mod tests {
             .parent()
             .unwrap()
             .to_path_buf();
-        let m = Matrix::parse(include_str!("../../matrix.toml")).unwrap();
+        let m = Matrix::parse(include_str!("../../../matrix.toml")).unwrap();
         let images = Images {
             registry: "reg.example".into(),
             commit: "abc123".into(),
@@ -434,7 +434,7 @@ mod tests {
 
     #[test]
     fn every_default_row_renders_and_passes_the_checks() {
-        let m = Matrix::parse(include_str!("../../matrix.toml")).unwrap();
+        let m = Matrix::parse(include_str!("../../../matrix.toml")).unwrap();
         for i in 0..m.rows.len() {
             let (yaml, row, images) = setup(i);
             check_rendered(&yaml, &row, &images).unwrap_or_else(|e| panic!("{}: {e:#}", row.name));

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::http;
 use crate::matrix::Row;
+use crate::measure::remote::Remote;
 
 /// Builds the release server with exactly `row.features` and keeps a copy per row.
 pub fn build(root: &Path, row: &Row, bin_dir: &Path) -> Result<PathBuf> {
@@ -43,53 +43,6 @@ pub struct Server {
     pub remote: Remote,
     pub pid: u32,
     log: PathBuf,
-}
-
-/// The server's own endpoints, wherever it runs.
-pub struct Remote {
-    pub addr: SocketAddr,
-}
-
-impl Remote {
-    /// Whether `/readyz` answers 200 (the database answers through the server).
-    pub fn ready(&self) -> bool {
-        http::get(self.addr, "/readyz", Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
-    }
-
-    /// The features the running binary reports on `/version`.
-    pub fn features(&self) -> Result<Vec<String>> {
-        let r = http::get(self.addr, "/version", Duration::from_secs(5))?;
-        if r.status != 200 {
-            bail!("/version answered {}", r.status);
-        }
-        let v: serde_json::Value = serde_json::from_str(&r.body).context("/version is not JSON")?;
-        let list = v["features"]
-            .as_array()
-            .context("/version has no features list")?;
-        Ok(list
-            .iter()
-            .filter_map(|f| f.as_str().map(String::from))
-            .collect())
-    }
-
-    /// The server's own (CPU ticks, peak RSS in KiB) from `/stats`.
-    pub fn stats(&self) -> Result<(Option<u64>, Option<u64>)> {
-        let r = http::get(self.addr, "/stats", Duration::from_secs(5))?;
-        if r.status != 200 {
-            bail!("/stats answered {}", r.status);
-        }
-        let v: serde_json::Value = serde_json::from_str(&r.body).context("/stats is not JSON")?;
-        Ok((v["cpu_ticks"].as_u64(), v["peak_rss_kib"].as_u64()))
-    }
-
-    /// The server's own counters from `/metrics`.
-    pub fn scrape(&self) -> Result<Scrape> {
-        let r = http::get(self.addr, "/metrics", Duration::from_secs(5))?;
-        if r.status != 200 {
-            bail!("/metrics answered {}", r.status);
-        }
-        Ok(Scrape::parse(&r.body))
-    }
 }
 
 impl Server {
@@ -190,60 +143,5 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// What the harness reads from the server's `/metrics`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Scrape {
-    /// (GET 200, PATCH 200) on `/users/{id}`.
-    pub served: (u64, u64),
-    /// (batches, requests batched) for reads and for writes, with `coalesce`.
-    pub read_batches: (u64, u64),
-    pub write_batches: (u64, u64),
-}
-
-impl Scrape {
-    fn parse(text: &str) -> Self {
-        let value = |series: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(series))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .map_or(0, |v| v as u64)
-        };
-        let served = |method: &str| {
-            value(&format!(
-                r#"perflab_http_requests_total{{method="{method}",route="/users/{{id}}",status="200"}}"#
-            ))
-        };
-        let batches = |kind: &str| {
-            (
-                value(&format!(r#"perflab_db_batch_size_count{{kind="{kind}"}}"#)),
-                value(&format!(r#"perflab_db_batch_size_sum{{kind="{kind}"}}"#)),
-            )
-        };
-        Self {
-            served: (served("GET"), served("PATCH")),
-            read_batches: batches("read"),
-            write_batches: batches("write"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_the_servers_counters() {
-        let text = "# HELP x\nperflab_http_requests_total{method=\"GET\",route=\"/users/{id}\",status=\"200\"} 1234\n\
-                    perflab_http_requests_total{method=\"PATCH\",route=\"/users/{id}\",status=\"200\"} 56\n\
-                    perflab_http_requests_total{method=\"PATCH\",route=\"/users/{id}\",status=\"404\"} 7\n";
-        let s = super::Scrape::parse(text);
-        assert_eq!(s.served, (1234, 56));
-        assert_eq!(s.read_batches, (0, 0));
-        assert_eq!(super::Scrape::parse("").served, (0, 0));
-        let b = super::Scrape::parse(
-            "perflab_db_batch_size_count{kind=\"write\"} 10\nperflab_db_batch_size_sum{kind=\"write\"} 45\n",
-        );
-        assert_eq!(b.write_batches, (10, 45));
     }
 }

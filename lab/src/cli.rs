@@ -1,0 +1,258 @@
+//! The command line: every subcommand's flags, parsed by clap. What each subcommand
+//! does is one function in [`crate::commands`], which takes these structs.
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::environment;
+use crate::k8s::manifests::Images;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lab",
+    version,
+    about = "Measures every build in matrix.toml and reports max QPS and p99."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Validates the matrix and the selection; starts nothing.
+    Validate(MatrixArgs),
+    /// Creates the schema and seeds users into --database-url, gives the app's
+    /// least-privileged role a fresh password, and prints the URL the server should
+    /// connect with on stdout.
+    Seed(SeedArgs),
+    /// Runs the matrix (use ./scripts/run-matrix.sh, which passes its flags here).
+    Run(RunArgs),
+    /// One build at a share of its capacity for a long time (use ./scripts/soak.sh):
+    /// memory, errors and p99 per interval, then a per-id write check.
+    Soak(SoakArgs),
+    /// Builds and checks the images of the selected rows and the load generator's.
+    Images(ImagesArgs),
+    /// Inside the load-generator Job (Kubernetes): measures one row against --url as the
+    /// plan says and prints one result line for the runner.
+    Loadgen(LoadgenArgs),
+    /// Prints the load generator's plan for the first selected row (what a Job reads).
+    Plan(MatrixArgs),
+    /// Reads a load-generator log back as the Kubernetes run does and writes
+    /// results.md, results.svg and the summary from it (for the container test).
+    Ingest(IngestArgs),
+    /// Checks that a run produced results.md and a README table with numbers for every row.
+    Verify(VerifyArgs),
+    /// Adds up the `test result:` lines of cargo test output (for scripts/test.sh).
+    TestTotals(TestTotalsArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct MatrixArgs {
+    /// The matrix file.
+    #[arg(long, default_value = "matrix.toml")]
+    pub matrix: PathBuf,
+    /// Measure only this row (by name or file name); repeatable.
+    #[arg(long = "only", value_name = "ROW")]
+    pub only: Vec<String>,
+    /// Short durations and one repetition: a smoke run, not for publishing.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ImageArgs {
+    /// Registry in the image names (`REG/perflab-server:<commit>-<features>`).
+    #[arg(long, default_value = "localhost")]
+    pub registry: String,
+    /// docker, buildah, or auto (docker when its daemon answers).
+    #[arg(long, default_value = "auto")]
+    pub engine: String,
+    /// The oha binary (for the load-generator image, and the local target's load).
+    #[arg(long, default_value = "oha")]
+    pub oha: PathBuf,
+}
+
+impl ImageArgs {
+    pub fn images(&self, root: &std::path::Path) -> Images {
+        Images {
+            registry: self.registry.clone(),
+            commit: environment::git_commit(root).replace("+uncommitted changes", "-dirty"),
+        }
+    }
+
+    /// The oha binary: a path as given, a bare name looked up on PATH.
+    pub fn oha(&self) -> Result<PathBuf> {
+        if self.oha.components().count() > 1 {
+            return Ok(self.oha.clone());
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|d| d.join(&self.oha))
+            .find(|p| p.is_file())
+            .with_context(|| format!("{} not found on PATH", self.oha.display()))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SeedArgs {
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// How many users; default: the matrix's (with --quick, its quick count).
+    #[arg(long)]
+    pub users: Option<i64>,
+    #[command(flatten)]
+    pub m: MatrixArgs,
+    /// Leave out the index on users.id (the benchmark's naive baseline).
+    #[arg(long)]
+    pub no_index: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetName {
+    /// This machine, with a throwaway PostgreSQL (or --database-url).
+    Local,
+    /// The cluster KUBECONFIG points at.
+    K8s,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub m: MatrixArgs,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "local")]
+    pub target: TargetName,
+    /// Where results.md, results.svg and results/<timestamp>/ go.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// The README whose results block is replaced (default: README.md in --out when
+    /// --out is the repository's root, else none).
+    #[arg(long)]
+    pub readme: Option<PathBuf>,
+    #[command(flatten)]
+    pub img: ImageArgs,
+    /// local: a superuser URL of the PostgreSQL to use.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// local: the data directory of a cluster on this machine (pins it, counts its CPU).
+    #[arg(long)]
+    pub pg_data: Option<PathBuf>,
+    /// k8s: render and check every overlay and print every command, without building
+    /// images or touching a cluster.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// k8s: load the images into a local cluster instead of pushing.
+    #[arg(long, value_parser = ["kind", "k3d", "minikube"])]
+    pub load: Option<String>,
+    /// k8s: where the generated overlays go (ignored by git).
+    #[arg(long, default_value = "target/k8s")]
+    pub overlays: PathBuf,
+    /// k8s: upper bound of each wait for a rollout or the seed Job, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+    /// Only check the matrix, the selection and the flags; start nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SoakArgs {
+    /// The matrix file (its load, pinning and PostgreSQL settings apply).
+    #[arg(long, default_value = "matrix.toml")]
+    pub matrix: PathBuf,
+    /// The row to soak (name or file name); default: the row with the most features.
+    #[arg(long)]
+    pub row: Option<String>,
+    /// The workload; default: the matrix's first.
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// How long to soak, e.g. 10m, 1h.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Length of one reported interval.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// Share of the capacity (searched first on this machine) to offer.
+    #[arg(long, default_value_t = 0.7)]
+    pub share: f64,
+    /// Offer this rate (requests/s) instead of searching the capacity first.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    #[arg(long)]
+    pub database_url: String,
+    /// The data directory of a cluster on this machine: pins it and counts its CPU.
+    #[arg(long)]
+    pub pg_data: Option<PathBuf>,
+    /// Where soak.md, soak.json and the server's log go.
+    #[arg(long, default_value = "target/soak")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "oha")]
+    pub oha: PathBuf,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ImagesArgs {
+    #[command(flatten)]
+    pub m: MatrixArgs,
+    #[command(flatten)]
+    pub img: ImageArgs,
+    /// Fail when the server image is larger than this many MB.
+    #[arg(long)]
+    pub max_server_mb: Option<f64>,
+    /// Print only the image names on stdout: the server's, then the load generator's
+    /// (the table goes to stderr).
+    #[arg(long)]
+    pub names_only: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct LoadgenArgs {
+    /// The server under test, `http://host:port`.
+    #[arg(long)]
+    pub url: String,
+    #[arg(long, default_value = crate::k8s::loadgen::default_plan().as_os_str())]
+    pub plan: PathBuf,
+    #[arg(long, default_value = "oha")]
+    pub oha: PathBuf,
+    /// A writable folder for oha's inputs and outputs.
+    #[arg(long, default_value = "/work")]
+    pub work: PathBuf,
+    /// How long to wait for the server to resolve and be ready.
+    #[arg(long, default_value_t = 300)]
+    pub ready_timeout_secs: u64,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub m: MatrixArgs,
+    /// The load generator's stdout.
+    #[arg(long)]
+    pub log: PathBuf,
+    /// Increase of sum(version) in the database over the whole Job.
+    #[arg(long)]
+    pub applied: i64,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub m: MatrixArgs,
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub readme: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct TestTotalsArgs {
+    /// The saved output of the cargo test runs.
+    pub log: PathBuf,
+    /// Passed checks to add that are not cargo tests (end-to-end steps).
+    #[arg(long, default_value_t = 0)]
+    pub extra: u64,
+}

@@ -1,0 +1,424 @@
+//! One function per subcommand: what `main` dispatches to, and what a test can call.
+//! Each returns `Ok(true)` when its checks passed, `Ok(false)` when it ran but found a
+//! failure (exit code 1), and an error when it could not run (exit code 2).
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::*;
+use crate::experiment::{self, Experiment};
+use crate::k8s::{self, images, loadgen, shell::Shell};
+use crate::local::{self, pg, soak};
+use crate::matrix::Matrix;
+use crate::report;
+use crate::results::{Host, Summary};
+
+/// The matrix file with the selection and `--quick` applied.
+pub fn load_matrix(m: &MatrixArgs) -> Result<Matrix> {
+    let mut matrix = Matrix::load_file(&m.matrix)?;
+    matrix.select(&m.only)?;
+    if m.quick {
+        matrix.quick();
+    }
+    Ok(matrix)
+}
+
+/// The repository: lab's parent folder.
+pub fn repo_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(PathBuf::from)
+        .context("lab/ has no parent directory")
+}
+
+fn absolute(root: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    }
+}
+
+pub fn validate(m: &MatrixArgs) -> Result<bool> {
+    let matrix = load_matrix(m)?;
+    eprintln!(
+        "{}: {} rows × {} workloads × {} repetitions: ok",
+        m.matrix.display(),
+        matrix.rows.len(),
+        matrix.workloads.len(),
+        matrix.load.repetitions
+    );
+    Ok(true)
+}
+
+pub fn seed(a: &SeedArgs) -> Result<bool> {
+    let users = match a.users {
+        Some(n) => n,
+        None => load_matrix(&a.m)?.load.users,
+    };
+    if users < 1 {
+        bail!("--users must be at least 1");
+    }
+    let mut client = pg::connect(&a.database_url)?;
+    let took = pg::seed(&mut client, users, !a.no_index)?;
+    eprintln!(
+        "seeded {users} users (index: {}) in {:.2} s",
+        !a.no_index,
+        took.as_secs_f64()
+    );
+    println!("{}", pg::app_login(&mut client, &a.database_url)?);
+    Ok(true)
+}
+
+/// Flags of one target given to the other are a mistake, not something to ignore.
+fn check_target_flags(a: &RunArgs) -> Result<()> {
+    let k8s_only = a.dry_run || a.load.is_some() || a.registry_given() || a.engine_given();
+    let local_only = a.database_url.is_some() || a.pg_data.is_some();
+    match a.target {
+        TargetName::Local if k8s_only => {
+            bail!("--dry-run, --registry, --load and --engine go with --target k8s")
+        }
+        TargetName::K8s if local_only => {
+            bail!("--database-url and --pg-data go with --target local")
+        }
+        _ => Ok(()),
+    }
+}
+
+impl RunArgs {
+    fn registry_given(&self) -> bool {
+        self.img.registry != "localhost"
+    }
+    fn engine_given(&self) -> bool {
+        self.img.engine != "auto"
+    }
+}
+
+/// The experiment on the chosen target.
+pub fn run(a: &RunArgs) -> Result<bool> {
+    check_target_flags(a)?;
+    if a.check {
+        return validate(&a.m);
+    }
+    let root = repo_root()?;
+    let out = absolute(&std::env::current_dir()?, &a.out);
+    let readme = match &a.readme {
+        Some(r) => Some(r.clone()),
+        None if out.canonicalize().ok() == root.canonicalize().ok() => Some(root.join("README.md")),
+        None => None,
+    };
+    let e = Experiment {
+        root: root.clone(),
+        matrix_path: a.m.matrix.clone(),
+        matrix: load_matrix(&a.m)?,
+        quick: a.m.quick,
+        out: out.clone(),
+        readme,
+    };
+    let summary = match a.target {
+        TargetName::Local => {
+            let database_url = a
+                .database_url
+                .clone()
+                .context("--database-url is required (scripts/run-matrix.sh starts a PostgreSQL and gives it)")?;
+            std::fs::create_dir_all(&out)?;
+            let o = local::Options {
+                root,
+                database_url,
+                pg_data: a.pg_data.clone(),
+                oha: a.img.oha()?,
+            };
+            let mut target = local::Local::new(&o, &e.matrix);
+            experiment::run(&e, &mut target)?
+        }
+        TargetName::K8s => {
+            let o = k8s::Options {
+                root: root.clone(),
+                dry_run: a.dry_run,
+                registry: a.img.registry.clone(),
+                load: a.load.clone(),
+                engine: a.img.engine.clone(),
+                overlays: absolute(&root, &a.overlays),
+                oha: if a.dry_run {
+                    a.img.oha().unwrap_or_else(|_| a.img.oha.clone())
+                } else {
+                    a.img.oha()?
+                },
+                timeout: Duration::from_secs(a.timeout_secs),
+            };
+            let summary = experiment::run(&e, &mut k8s::Cluster::new(&o, &e.matrix))?;
+            if a.dry_run {
+                println!(
+                    "# dry run: {} rows rendered, checked and planned; nothing was applied",
+                    summary.rows.len()
+                );
+                return Ok(true);
+            }
+            summary
+        }
+    };
+    Ok(outcome(&summary))
+}
+
+pub fn soak(a: &SoakArgs) -> Result<bool> {
+    let report = soak::run(&soak::Options {
+        root: repo_root()?,
+        matrix: Matrix::load_file(&a.matrix)?,
+        row: a.row.clone(),
+        workload: a.workload.clone(),
+        duration: a.duration,
+        interval: a.interval,
+        share: a.share,
+        rate: a.rate,
+        database_url: a.database_url.clone(),
+        pg_data: a.pg_data.clone(),
+        oha: a.oha.clone(),
+        out: a.out.clone(),
+    })?;
+    soak::write(&a.out, &report)?;
+    print!("{}", soak::markdown(&report));
+    eprintln!(
+        "==> wrote {} and {}",
+        a.out.join("soak.md").display(),
+        a.out.join("soak.json").display()
+    );
+    Ok(report.passed)
+}
+
+/// Builds the images; prints one line per image (or only the names, server first).
+pub fn images(a: &ImagesArgs) -> Result<bool> {
+    let matrix = load_matrix(&a.m)?;
+    let root = repo_root()?;
+    let names = a.img.images(&root);
+    let engine = images::Engine::choose(&a.img.engine)?;
+    let sh = Shell { dry_run: false };
+    let mut built = vec![];
+    for row in &matrix.rows {
+        let tag = names.server(row);
+        let info = images::server(&sh, engine, &root, row, &tag)?;
+        if let Some(max) = a.max_server_mb {
+            let mb = images::size_mb(&info.size)
+                .with_context(|| format!("cannot read the size {:?} of {tag}", info.size))?;
+            if mb > max {
+                bail!("the server image {tag} is {} (over {max} MB)", info.size);
+            }
+        }
+        built.push((tag, info));
+    }
+    let tag = names.loadgen();
+    let info = images::loadgen(&sh, engine, &root, &a.img.oha()?, &tag)?;
+    built.push((tag, info));
+    for (tag, i) in &built {
+        let line = format!(
+            "{tag}\t{}\tuser {}\tentrypoint {}",
+            i.size, i.user, i.entrypoint
+        );
+        if a.names_only {
+            eprintln!("{line}");
+            println!("{tag}");
+        } else {
+            println!("{line}");
+        }
+    }
+    Ok(true)
+}
+
+pub fn loadgen(a: &LoadgenArgs) -> Result<bool> {
+    let report = loadgen::run(&loadgen::Options {
+        url: a.url.clone(),
+        plan: a.plan.clone(),
+        oha: a.oha.clone(),
+        work: a.work.clone(),
+        ready_within: Duration::from_secs(a.ready_timeout_secs),
+    })?;
+    if let Some(e) = &report.error {
+        eprintln!("!!! {e}");
+    }
+    Ok(report.error.is_none())
+}
+
+pub fn plan(m: &MatrixArgs) -> Result<bool> {
+    let matrix = load_matrix(m)?;
+    println!("{}", serde_json::to_string_pretty(&k8s::plan(&matrix, 1)?)?);
+    Ok(true)
+}
+
+/// A load-generator log read back into results, as a Kubernetes run does.
+pub fn ingest(a: &IngestArgs) -> Result<bool> {
+    let matrix = load_matrix(&a.m)?;
+    let text =
+        std::fs::read_to_string(&a.log).with_context(|| format!("reading {}", a.log.display()))?;
+    let report = loadgen::Report::from_log(&text)?;
+    let oha = report.oha.clone();
+    let rows = k8s::ingest(&matrix, report, a.applied)?;
+    let e = Experiment {
+        root: repo_root()?,
+        matrix_path: a.m.matrix.clone(),
+        matrix,
+        quick: a.m.quick,
+        out: a.out.clone(),
+        readme: None,
+    };
+    let environment = experiment::environment(
+        &e,
+        Host::Cluster {
+            kubernetes: "(none: the container test)".into(),
+        },
+        experiment::Software {
+            postgres: "15 (container)".into(),
+            oha: format!("{oha} (load-generator image)"),
+        },
+        0.0,
+    );
+    let summary = Summary {
+        environment,
+        workloads: e.matrix.workloads.iter().map(|w| w.name.clone()).collect(),
+        rows,
+        reference: vec![],
+        reference_error: None,
+        matrix: serde_json::to_value(&e.matrix)?,
+    };
+    let raw = a.out.join("results").join("ingested");
+    std::fs::create_dir_all(&raw)?;
+    experiment::write_outputs(&a.out, None, &raw, &summary)?;
+    let failures = summary.integrity_failures();
+    for f in &failures {
+        eprintln!("!!! integrity: {f}");
+    }
+    Ok(failures.is_empty())
+}
+
+/// A run wrote results.md with numbers for every row, and the README block.
+pub fn verify(a: &VerifyArgs) -> Result<bool> {
+    let matrix = load_matrix(&a.m)?;
+    let names: Vec<String> = matrix.rows.iter().map(|r| r.name.clone()).collect();
+    let md =
+        std::fs::read_to_string(a.out.join("results.md")).context("results.md was not written")?;
+    report::check_table(&md, &names, matrix.workloads.len()).context("results.md")?;
+    if !md.contains("All checks passed") {
+        bail!("results.md does not report passing integrity checks");
+    }
+    if let Some(readme) = &a.readme {
+        let text = std::fs::read_to_string(readme)?;
+        let (Some(b), Some(e)) = (text.find(report::BEGIN), text.find(report::END)) else {
+            bail!("{} has no results block", readme.display());
+        };
+        report::check_table(&text[b..e], &names, matrix.workloads.len()).context("README table")?;
+    }
+    let svg = std::fs::read_to_string(a.out.join("results.svg"))
+        .context("results.svg was not written")?;
+    if !svg.starts_with("<svg") {
+        bail!("results.svg is not an SVG");
+    }
+    eprintln!(
+        "verified: {} rows with numbers for {} workloads",
+        names.len(),
+        matrix.workloads.len()
+    );
+    Ok(true)
+}
+
+/// (passed, failed) over every `test result:` line of cargo test output.
+pub fn count_tests(text: &str) -> (u64, u64) {
+    let mut totals = (0, 0);
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("test result:") else {
+            continue;
+        };
+        let count = |what: &str| {
+            rest.split(';')
+                .find_map(|part| part.trim().strip_suffix(what))
+                .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        totals.0 += count("passed");
+        totals.1 += count("failed");
+    }
+    totals
+}
+
+pub fn test_totals(a: &TestTotalsArgs) -> Result<bool> {
+    let text =
+        std::fs::read_to_string(&a.log).with_context(|| format!("reading {}", a.log.display()))?;
+    let (passed, failed) = count_tests(&text);
+    println!("{} passed, {failed} failed", passed + a.extra);
+    Ok(failed == 0)
+}
+
+/// Says what went wrong in a run; true when every row was measured and every
+/// integrity check passed.
+pub fn outcome(summary: &Summary) -> bool {
+    let failures = summary.integrity_failures();
+    for f in &failures {
+        eprintln!("!!! INTEGRITY FAILURE (see results.md): {f}");
+    }
+    let failed_rows: Vec<&str> = summary
+        .rows
+        .iter()
+        .filter(|r| !r.failures.is_empty())
+        .map(|r| r.name.as_str())
+        .collect();
+    if !failed_rows.is_empty() {
+        eprintln!(
+            "!!! rows that could not be measured: {}",
+            failed_rows.join(", ")
+        );
+    }
+    failures.is_empty() && failed_rows.is_empty()
+}
+
+/// Runs one parsed command line.
+pub fn dispatch(cmd: &Cmd) -> Result<bool> {
+    match cmd {
+        Cmd::Validate(m) => validate(m),
+        Cmd::Seed(a) => seed(a),
+        Cmd::Run(a) => run(a),
+        Cmd::Soak(a) => soak(a),
+        Cmd::Images(a) => images(a),
+        Cmd::Loadgen(a) => loadgen(a),
+        Cmd::Plan(m) => plan(m),
+        Cmd::Ingest(a) => ingest(a),
+        Cmd::Verify(a) => verify(a),
+        Cmd::TestTotals(a) => test_totals(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn counts_cargo_test_results() {
+        let log = "running 3 tests\n...\ntest result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+                   test result: FAILED. 10 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out\nnoise\n";
+        assert_eq!(count_tests(log), (13, 2));
+        assert_eq!(count_tests(""), (0, 0));
+    }
+
+    #[test]
+    fn flags_of_the_other_target_are_refused() {
+        let parse = |args: &[&str]| match crate::cli::Cli::try_parse_from(args).unwrap().command {
+            Cmd::Run(a) => check_target_flags(&a),
+            _ => unreachable!(),
+        };
+        assert!(parse(&["lab", "run", "--dry-run"]).is_err());
+        assert!(parse(&["lab", "run", "--target", "k8s", "--database-url", "x"]).is_err());
+        assert!(parse(&["lab", "run", "--target", "k8s", "--dry-run"]).is_ok());
+        assert!(parse(&["lab", "run", "--database-url", "x"]).is_ok());
+    }
+
+    #[test]
+    fn every_subcommand_validates_the_committed_matrix() {
+        let root = repo_root().unwrap();
+        let m = MatrixArgs {
+            matrix: root.join("matrix.toml"),
+            only: vec![],
+            quick: true,
+        };
+        assert!(validate(&m).unwrap());
+        assert!(plan(&m).unwrap());
+    }
+}

@@ -1,0 +1,316 @@
+//! The local target: this machine. Every row's server is built once; for each row run
+//! identical data is seeded, the server starts pinned to its CPUs as the app's role,
+//! and each workload is searched with oha on its own CPUs; after each repetition,
+//! pgbench measures PostgreSQL's own ceiling. Everything is visible here: the server's
+//! and PostgreSQL's processes, and the database.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::experiment::{RowRun, Software, Target};
+use crate::matrix::{Matrix, Row};
+use crate::measure::driver::{write_inputs, Driver, Probe, Tally, Ticks};
+use crate::measure::oha::Oha;
+use crate::measure::procfs;
+use crate::measure::remote::{check_features, Scrape};
+use crate::results::{Host, ReferenceResult, SearchResult};
+
+pub mod pg;
+pub mod pgbench;
+pub mod ports;
+pub mod server;
+pub mod soak;
+
+use pgbench::Pgbench;
+use server::Server;
+
+/// What the local target needs beyond the experiment.
+pub struct Options {
+    pub root: PathBuf,
+    /// A superuser URL of the PostgreSQL to use.
+    pub database_url: String,
+    /// The data directory of a cluster on this machine: pins it and counts its CPU.
+    pub pg_data: Option<PathBuf>,
+    pub oha: PathBuf,
+}
+
+pub struct Local<'a> {
+    o: &'a Options,
+    m: &'a Matrix,
+    binaries: Vec<Option<PathBuf>>,
+    ready: Option<Ready>,
+}
+
+/// What `prepare` sets up once the builds are done.
+struct Ready {
+    db: postgres::Client,
+    postmaster: Option<u32>,
+    postgres_version: String,
+    oha: Oha,
+    addr: SocketAddr,
+}
+
+/// On this machine everything is visible: the server's and PostgreSQL's processes, and
+/// the database itself.
+pub(crate) struct LocalProbe<'a> {
+    pub server: &'a Server,
+    pub db: &'a mut postgres::Client,
+    pub postmaster: Option<u32>,
+}
+
+impl Probe for LocalProbe<'_> {
+    fn ticks(&mut self) -> Ticks {
+        Ticks {
+            server: procfs::process_ticks(self.server.pid),
+            postgres: self.postmaster.and_then(procfs::postgres_ticks),
+        }
+    }
+    fn server_peak_rss_kib(&mut self) -> Option<u64> {
+        procfs::peak_rss_kib(self.server.pid)
+    }
+    fn applied_writes(&mut self) -> Result<Option<i64>> {
+        pg::applied_writes(self.db).map(Some)
+    }
+    fn scrape(&mut self) -> Result<Option<Scrape>> {
+        self.server.remote.scrape().map(Some)
+    }
+}
+
+impl<'a> Local<'a> {
+    pub fn new(o: &'a Options, m: &'a Matrix) -> Self {
+        Self {
+            o,
+            m,
+            binaries: Vec::new(),
+            ready: None,
+        }
+    }
+
+    fn ready(&mut self) -> Result<&mut Ready> {
+        self.ready
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the local target was not prepared"))
+    }
+}
+
+impl Target for Local<'_> {
+    /// Builds every row's server first (a failed build fails its row only), then
+    /// connects to PostgreSQL, pins it, and writes oha's inputs.
+    fn prepare(&mut self, rows: &[Row], raw: &Path) -> Result<Vec<Option<String>>> {
+        let bin_dir = self.o.root.join("target/lab-bin");
+        let mut why = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            eprintln!(
+                "==> building row {}/{} {:?} (features: {})",
+                i + 1,
+                rows.len(),
+                row.name,
+                row.features_label()
+            );
+            match server::build(&self.o.root, row, &bin_dir) {
+                Ok(b) => {
+                    self.binaries.push(Some(b));
+                    why.push(None);
+                }
+                Err(e) => {
+                    self.binaries.push(None);
+                    why.push(Some(format!("build failed: {e:#}")));
+                }
+            }
+        }
+        let mut db = pg::connect(&self.o.database_url)?;
+        let postmaster = match &self.o.pg_data {
+            Some(dir) => {
+                let pid = pg::postmaster_pid(dir)?;
+                pg::pin(pid, &self.m.local.postgres_cpus)?;
+                Some(pid)
+            }
+            None => None,
+        };
+        let postgres_version = pg::server_version(&mut db);
+        // Inputs for oha: every id once (oha picks a random line: uniform ids) and bodies.
+        let addr: SocketAddr = format!("127.0.0.1:{}", ports::free_port()?).parse()?;
+        let oha = Oha {
+            binary: self.o.oha.clone(),
+            cpus: Some(self.m.local.oha_cpus.clone()),
+            urls_file: raw.join("urls.txt"),
+            bodies_file: raw.join("bodies.txt"),
+        };
+        write_inputs(
+            &oha.urls_file,
+            &oha.bodies_file,
+            &format!("http://{addr}"),
+            self.m.load.users,
+        )?;
+        self.ready = Some(Ready {
+            db,
+            postmaster,
+            postgres_version,
+            oha,
+            addr,
+        });
+        Ok(why)
+    }
+
+    fn measure(&mut self, run: &RowRun) -> Result<Vec<(String, SearchResult)>> {
+        let (m, database_url) = (self.m, self.o.database_url.clone());
+        let index = self
+            .m
+            .rows
+            .iter()
+            .position(|r| r == run.row)
+            .and_then(|i| self.binaries.get(i).cloned().flatten());
+        let binary =
+            index.ok_or_else(|| anyhow::anyhow!("row {:?} has no binary", run.row.name))?;
+        let r = self.ready()?;
+        pg::apply_settings(&mut r.db, &run.settings)?;
+        let took = pg::seed(&mut r.db, m.load.users, run.row.index)?;
+        (run.say)(&format!(
+            "  seeded {} users (index: {}) in {:.1} s",
+            m.load.users,
+            run.row.index,
+            took.as_secs_f64()
+        ));
+        // The server under test connects as the least-privileged role the seed granted,
+        // never as the superuser.
+        let app_url = pg::app_login(&mut r.db, &database_url)?;
+        let log = run.raw.join(format!(
+            "rep{}-{}-server.log",
+            run.repetition,
+            run.row.slug()
+        ));
+        let mut server = Server::start(
+            &binary,
+            &m.local.server_cpus,
+            r.addr,
+            &app_url,
+            m.local.pool_size,
+            &log,
+        )?;
+        server.wait_ready(Duration::from_secs(30))?;
+        check_features(&server.remote, run.row)?;
+        let driver = Driver {
+            oha: &r.oha,
+            load: &m.load,
+            raw: run.raw,
+            progress: run.say,
+        };
+        let mut probe = LocalProbe {
+            server: &server,
+            db: &mut r.db,
+            postmaster: r.postmaster,
+        };
+        let searches = driver.search_row(
+            &mut probe,
+            run.row,
+            &m.workloads,
+            run.repetition,
+            &run.hints,
+            &mut Tally::default(),
+        )?;
+        server.stop(Duration::from_secs(20))?;
+        Ok(searches)
+    }
+
+    /// pgbench on the same data, statements and mix: PostgreSQL's own ceiling.
+    fn reference(
+        &mut self,
+        rep: u32,
+        raw: &Path,
+        say: &dyn Fn(&str),
+    ) -> Option<Result<Vec<ReferenceResult>>> {
+        let (m, url) = (self.m, self.o.database_url.clone());
+        let r = self.ready.as_mut()?;
+        Some(measure_reference(m, &url, r, rep, raw, say))
+    }
+
+    fn host(&self) -> Host {
+        let l = &self.m.local;
+        Host::Machine {
+            cpu_model: crate::environment::cpu_model(),
+            cpus: crate::environment::cpu_count(),
+            memory_gib: crate::environment::memory_gib(),
+            kernel: crate::environment::kernel(),
+            pgbench: crate::environment::pgbench(),
+            server_cpus: l.server_cpus.clone(),
+            postgres_cpus: l.postgres_cpus.clone(),
+            oha_cpus: l.oha_cpus.clone(),
+        }
+    }
+
+    fn software(&self) -> Software {
+        match &self.ready {
+            Some(r) => Software {
+                postgres: r.postgres_version.clone(),
+                oha: r.oha.version(),
+            },
+            None => Software {
+                postgres: "unknown".into(),
+                oha: "unknown".into(),
+            },
+        }
+    }
+}
+
+impl Drop for Local<'_> {
+    /// The per-run inputs are large and derived; the summary and oha's JSON stay.
+    fn drop(&mut self) {
+        if let Some(r) = &self.ready {
+            let _ = std::fs::remove_file(&r.oha.urls_file);
+        }
+    }
+}
+
+fn measure_reference(
+    m: &Matrix,
+    url: &str,
+    r: &mut Ready,
+    rep: u32,
+    raw: &Path,
+    say: &dyn Fn(&str),
+) -> Result<Vec<ReferenceResult>> {
+    pg::apply_settings(&mut r.db, &m.postgres)?;
+    let mut out = Vec::new();
+    for w in &m.workloads {
+        pg::seed(&mut r.db, m.load.users, true)?;
+        let bench = Pgbench {
+            url,
+            cpus: &m.local.oha_cpus,
+            clients: m.load.pgbench_clients,
+            users: m.load.users,
+        };
+        let secs = (m.load.duration_secs.ceil() as u32).max(1);
+        let pg_ticks = || r.postmaster.and_then(procfs::postgres_ticks);
+        let (pg0, c0, t0) = (
+            pg_ticks(),
+            procfs::reaped_children_ticks(),
+            std::time::Instant::now(),
+        );
+        let run = bench.run(w, secs, raw, &format!("rep{rep}-pgbench-{}", w.name))?;
+        let wall = t0.elapsed().as_secs_f64();
+        let (pg1, c1) = (pg_ticks(), procfs::reaped_children_ticks());
+        let cpu_pg = match (pg0, pg1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / procfs::TICKS_PER_SEC / wall),
+            _ => None,
+        };
+        say(&format!(
+            "  pgbench reference {} rep {rep}: {:.0} TPS ({} transactions), p99 {} ms",
+            w.name,
+            run.tps,
+            run.transactions,
+            run.p99_ms.map_or("n/a".into(), |p| format!("{p:.1}"))
+        ));
+        out.push(ReferenceResult {
+            workload: w.name.clone(),
+            repetition: rep,
+            tps: run.tps,
+            p99_ms: run.p99_ms,
+            clients: m.load.pgbench_clients,
+            cpu_postgres: cpu_pg,
+            cpu_pgbench: c1.saturating_sub(c0) as f64 / procfs::TICKS_PER_SEC / wall,
+        });
+    }
+    Ok(out)
+}

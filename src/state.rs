@@ -1,0 +1,13 @@
+//! What every request handler can reach.
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::db::Db;
+
+pub struct AppState {
+    pub db: Db,
+    /// `BODY_READ_TIMEOUT_MS`: how long a request body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
+    pub draining: AtomicBool,
+}
