@@ -272,7 +272,8 @@ pub fn ingest(a: &IngestArgs) -> Result<bool> {
         },
         0.0,
     );
-    let summary = Summary {
+    let mut summary = Summary {
+        schema_version: crate::results::SCHEMA_VERSION,
         environment,
         workloads: e.matrix.workloads.iter().map(|w| w.name.clone()).collect(),
         rows,
@@ -280,6 +281,7 @@ pub fn ingest(a: &IngestArgs) -> Result<bool> {
         reference_error: None,
         matrix: serde_json::to_value(&e.matrix)?,
     };
+    summary.derive();
     let raw = a.out.join("results").join("ingested");
     std::fs::create_dir_all(&raw)?;
     experiment::write_outputs(&a.out, None, &raw, &summary)?;

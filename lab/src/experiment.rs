@@ -177,10 +177,11 @@ pub fn merge(row: &mut RowResult, searches: Vec<(String, SearchResult)>) {
     for (name, search) in searches {
         match row.workloads.iter_mut().find(|w| w.name == name) {
             Some(w) => w.searches.push(search),
-            None => row.workloads.push(WorkloadResult {
-                name,
-                searches: vec![search],
-            }),
+            None => {
+                let mut w = WorkloadResult::new(&name);
+                w.searches.push(search);
+                row.workloads.push(w);
+            }
         }
     }
 }
@@ -249,7 +250,8 @@ pub fn run(e: &Experiment, target: &mut dyn Target) -> Result<Summary> {
         started.elapsed().as_secs_f64(),
     );
     environment.git_commit = commit;
-    let summary = Summary {
+    let mut summary = Summary {
+        schema_version: crate::results::SCHEMA_VERSION,
         environment,
         workloads: m.workloads.iter().map(|w| w.name.clone()).collect(),
         rows,
@@ -257,6 +259,7 @@ pub fn run(e: &Experiment, target: &mut dyn Target) -> Result<Summary> {
         reference_error,
         matrix: serde_json::to_value(m)?,
     };
+    summary.derive();
     if !target.dry_run() {
         write_outputs(&e.out, e.readme.as_deref(), &raw, &summary)?;
     }

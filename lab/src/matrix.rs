@@ -8,6 +8,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+/// Re-runs a candidate capacity must pass in a row, unless `[load]` says otherwise.
+pub const DEFAULT_CONFIRMATIONS: u32 = 2;
+
 /// Features the server crate knows (the umbrella `full` is refused: rows list features
 /// explicitly, so `/version` can be compared with them). A test checks this against the
 /// server's Cargo.toml.
@@ -49,6 +52,12 @@ struct RawLoad {
     precision: Spanned<f64>,
     max_steps: Spanned<u32>,
     pgbench_clients: Spanned<u32>,
+    #[serde(default)]
+    confirmations: Option<Spanned<u32>>,
+    #[serde(default)]
+    common_qps: Option<Spanned<f64>>,
+    #[serde(default)]
+    common_secs: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -110,6 +119,15 @@ pub struct Load {
     pub precision: f64,
     pub max_steps: u32,
     pub pgbench_clients: u32,
+    /// Re-runs a search's candidate must pass in a row to count as the capacity.
+    #[serde(default)]
+    pub confirmations: u32,
+    /// The offered rate at which every row's cost per request is measured (0: none).
+    #[serde(default)]
+    pub common_qps: f64,
+    /// How long the common-rate window lasts.
+    #[serde(default)]
+    pub common_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,6 +253,9 @@ impl Matrix {
         self.load.max_steps = self.load.max_steps.min(3);
         self.load.precision = self.load.precision.max(1.5);
         self.load.users = self.load.users.min(10_000);
+        // One repetition cannot judge noise, and a smoke run does not confirm either.
+        self.load.confirmations = 0;
+        self.load.common_secs = self.load.common_secs.min(1.5);
     }
 }
 
@@ -298,6 +319,27 @@ fn parse_load(text: &str, l: &RawLoad) -> Result<Load> {
         precision: *l.precision.get_ref(),
         max_steps: *l.max_steps.get_ref(),
         pgbench_clients: *l.pgbench_clients.get_ref(),
+        confirmations: match &l.confirmations {
+            None => DEFAULT_CONFIRMATIONS,
+            Some(k) if (1..=5).contains(k.get_ref()) => *k.get_ref(),
+            Some(k) => bail!("line {}: confirmations must be 1 to 5", at(k.span())),
+        },
+        common_qps: match &l.common_qps {
+            None => 0.0,
+            Some(q) if *q.get_ref() >= 0.0 && q.get_ref().is_finite() => *q.get_ref(),
+            Some(q) => bail!(
+                "line {}: common_qps must be 0 (none) or a rate",
+                at(q.span())
+            ),
+        },
+        common_secs: match &l.common_secs {
+            None => 10.0,
+            Some(s) if *s.get_ref() > 0.0 && *s.get_ref() <= 600.0 => *s.get_ref(),
+            Some(s) => bail!(
+                "line {}: common_secs must be above 0 and at most 600",
+                at(s.span())
+            ),
+        },
     })
 }
 

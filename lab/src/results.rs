@@ -106,15 +106,96 @@ pub struct SearchResult {
     pub steps: usize,
     pub integrity_failures: Vec<String>,
     pub writes_checked: u64,
+    /// The cost of a request at the run's common rate, after the search.
+    #[serde(default)]
+    pub common: Option<CommonLoad>,
+}
+
+/// One row and workload at the run's common offered rate: what a request costs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommonLoad {
+    pub offered: f64,
+    /// True when the row could not sustain the common rate and ran at half its own
+    /// confirmed capacity instead.
+    pub reduced: bool,
+    pub secs: f64,
+    pub achieved: f64,
+    pub passed: bool,
+    pub reasons: Vec<String>,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    /// CPU time per request answered, in µs.
+    pub server_us_per_request: Option<f64>,
+    pub server_user_us_per_request: Option<f64>,
+    pub server_system_us_per_request: Option<f64>,
+    pub postgres_us_per_request: Option<f64>,
+    pub oha_us_per_request: Option<f64>,
+    /// Each CPU's busy share over the window (from /proc/stat).
+    pub cpu_busy: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkloadResult {
     pub name: String,
     pub searches: Vec<SearchResult>,
+    /// The confirmed capacity over the repetitions (derived from `searches`).
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+    /// Medians over the repetitions of the CPU per request at the common rate, in µs.
+    #[serde(default)]
+    pub server_us_per_request: Option<f64>,
+    #[serde(default)]
+    pub postgres_us_per_request: Option<f64>,
 }
 
+/// A capacity over repetitions: good replies per second.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Capacity {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// One per repetition, in order.
+    pub repetitions: Vec<f64>,
+}
+
+/// The version of `summary.json`'s format: 2 added `schema_version`, `capacity`,
+/// `server_us_per_request`, `postgres_us_per_request` and `common` (absent: 1).
+pub const SCHEMA_VERSION: u32 = 2;
+
 impl WorkloadResult {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            searches: Vec::new(),
+            capacity: None,
+            server_us_per_request: None,
+            postgres_us_per_request: None,
+        }
+    }
+
+    /// Fills the fields derived from the searches.
+    pub fn derive(&mut self) {
+        let qps: Vec<f64> = self.searches.iter().map(|s| s.qps).collect();
+        self.capacity = spread(&qps).map(|s| Capacity {
+            median: s.median,
+            min: s.min,
+            max: s.max,
+            repetitions: qps.clone(),
+        });
+        let median = |f: fn(&CommonLoad) -> Option<f64>| {
+            let v: Vec<f64> = self
+                .searches
+                .iter()
+                .filter_map(|s| s.common.as_ref().and_then(f))
+                .collect();
+            spread(&v).map(|s| s.median)
+        };
+        self.server_us_per_request = median(|c| c.server_us_per_request);
+        self.postgres_us_per_request = median(|c| c.postgres_us_per_request);
+    }
+
     pub fn qps(&self) -> Option<Spread> {
         spread(&self.searches.iter().map(|s| s.qps).collect::<Vec<_>>())
     }
@@ -173,6 +254,8 @@ pub struct ReferenceResult {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
+    #[serde(default = "schema_v1")]
+    pub schema_version: u32,
     pub environment: Environment,
     pub workloads: Vec<String>,
     pub rows: Vec<RowResult>,
@@ -181,7 +264,19 @@ pub struct Summary {
     pub matrix: serde_json::Value,
 }
 
+fn schema_v1() -> u32 {
+    1
+}
+
 impl Summary {
+    /// Fills every derived field and the format version, before writing.
+    pub fn derive(&mut self) {
+        self.schema_version = SCHEMA_VERSION;
+        for w in self.rows.iter_mut().flat_map(|r| r.workloads.iter_mut()) {
+            w.derive();
+        }
+    }
+
     pub fn integrity_failures(&self) -> Vec<String> {
         let mut out = Vec::new();
         for row in &self.rows {
@@ -197,5 +292,46 @@ impl Summary {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed runs still read: `target` and the machine's fields map onto
+    /// [`Host`], and writing one back gives the same JSON shape.
+    #[test]
+    fn committed_summaries_read_back() {
+        let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&results).expect("results/") {
+            let path = entry.unwrap().path().join("summary.json");
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let s: Summary =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(matches!(s.environment.host, Host::Machine { .. }));
+            let back = serde_json::to_value(&s.environment).unwrap();
+            assert_eq!(back["target"], "local");
+            assert!(back["server_cpus"].is_string());
+            read += 1;
+        }
+        assert!(
+            read > 0,
+            "no committed summary.json under {}",
+            results.display()
+        );
+    }
+
+    #[test]
+    fn a_cluster_is_described_by_its_version() {
+        let h: Host = serde_json::from_value(serde_json::json!({
+            "target": "k8s", "kubernetes": "v1.32.0"
+        }))
+        .unwrap();
+        assert_eq!(h.describe(), "Kubernetes v1.32.0");
+        assert_eq!(h.pinning(), None);
     }
 }

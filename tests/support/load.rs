@@ -21,6 +21,9 @@ pub struct Outcome {
     pub status: u16,
     /// The version a PATCH answered 200 reports.
     pub version: Option<i64>,
+    /// A 503 that says the server was overloaded (shed at admission, nothing run), as
+    /// opposed to one that waited for the database until its deadline.
+    pub shed: bool,
     pub took: Duration,
 }
 
@@ -83,6 +86,7 @@ async fn client(
             patch,
             status: 0,
             version: None,
+            shed: false,
             took: Duration::ZERO,
         };
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
@@ -91,9 +95,10 @@ async fn client(
         if let Some(s) = sender.as_mut() {
             let email = format!("c{c}-{n}@example.com");
             match send(s, request(id, patch, &email)).await {
-                Some((status, version)) => {
+                Some((status, version, shed)) => {
                     outcome.status = status;
                     outcome.version = version;
+                    outcome.shed = shed;
                 }
                 None => sender = None,
             }
@@ -104,9 +109,9 @@ async fn client(
     out
 }
 
-/// Sends on a ready connection: (status, version of a 200 with one), or `None` when the
-/// connection failed.
-async fn send(s: &mut Sender, req: Request<Full<Bytes>>) -> Option<(u16, Option<i64>)> {
+/// Sends on a ready connection: (status, version of a 200 with one, whether a 503 says
+/// "overloaded"), or `None` when the connection failed.
+async fn send(s: &mut Sender, req: Request<Full<Bytes>>) -> Option<(u16, Option<i64>, bool)> {
     s.ready().await.ok()?;
     let resp = s.send_request(req).await.ok()?;
     let status = resp.status().as_u16();
@@ -121,7 +126,8 @@ async fn send(s: &mut Sender, req: Request<Full<Bytes>>) -> Option<(u16, Option<
         .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
         .flatten()
         .and_then(|v| v["version"].as_i64());
-    Some((status, version))
+    let shed = status == 503 && body.windows(10).any(|w| w == b"overloaded");
+    Some((status, version, shed))
 }
 
 /// `clients` clients offering `rate` requests/s in all over ids 1..=`ids` for `run`.

@@ -78,11 +78,11 @@ struct RemoteProbe<'a> {
 impl Probe for RemoteProbe<'_> {
     /// One `/stats` request per sample: the peak RSS comes with the CPU ticks.
     fn ticks(&mut self) -> Ticks {
-        let (cpu, rss) = self.remote.stats().unwrap_or((None, None));
-        self.peak_rss_kib = rss;
+        let stats = self.remote.stats().unwrap_or_default();
+        self.peak_rss_kib = stats.peak_rss_kib;
         Ticks {
-            server: cpu,
-            postgres: None,
+            server: stats.cpu_ticks,
+            ..Ticks::default()
         }
     }
     fn server_peak_rss_kib(&mut self) -> Option<u64> {

@@ -65,6 +65,7 @@ impl Probe for LocalProbe<'_> {
         Ticks {
             server: procfs::process_ticks(self.server.pid),
             postgres: self.postmaster.and_then(procfs::postgres_ticks),
+            server_split: procfs::process_split(self.server.pid),
         }
     }
     fn server_peak_rss_kib(&mut self) -> Option<u64> {
@@ -75,6 +76,9 @@ impl Probe for LocalProbe<'_> {
     }
     fn scrape(&mut self) -> Result<Option<Scrape>> {
         self.server.remote.scrape().map(Some)
+    }
+    fn versions(&mut self) -> Result<Option<std::collections::HashMap<i64, i64>>> {
+        pg::versions(self.db).map(Some)
     }
 }
 

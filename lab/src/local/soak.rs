@@ -3,7 +3,6 @@
 //! p99 and the server's memory and CPU, and at the end checks every written id: each
 //! acknowledged PATCH is stored, and no id holds more writes than its PATCHes could
 //! explain.
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +16,7 @@ use super::{pg, ports, LocalProbe};
 use crate::environment;
 use crate::matrix::{Matrix, Row, Workload};
 use crate::measure::driver::{sides, write_inputs, Driver, Tally};
+use crate::measure::ids::{check_ids, IdCheck, PatchOutcomes};
 use crate::measure::oha::{self, Oha};
 use crate::measure::remote::check_features;
 use crate::measure::{evaluate, procfs};
@@ -54,63 +54,6 @@ pub struct Sample {
     pub rss_kib: Option<u64>,
     pub server_cpu: Option<f64>,
     pub postgres_cpu: Option<f64>,
-}
-
-/// The per-id write check over the whole soak.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct IdCheck {
-    pub ids_written: usize,
-    /// PATCHes answered 200.
-    pub acked: u64,
-    /// PATCHes answered otherwise (each may or may not have been applied).
-    pub other_replies: u64,
-    /// PATCHes without a reply (not attributable to an id: oha logs replies only).
-    pub transport_errors: u64,
-    /// Versions added in PostgreSQL.
-    pub applied: i64,
-    /// Ids with fewer stored writes than acknowledged ones: (id, acked, applied).
-    pub lost: Vec<(i64, u64, i64)>,
-    /// Stored writes beyond what an id's PATCHes answered 200 or otherwise explain; only
-    /// PATCHes without a reply may account for them.
-    pub unexplained: i64,
-    pub ok: bool,
-}
-
-/// Checks every id: `applied(id) ≥ acked(id)`, and the writes beyond
-/// `acked(id) + other(id)`, summed over ids, do not exceed the PATCHes that got no reply.
-/// Unlike a comparison of sums, a lost write and a doubled one cannot cancel out.
-pub fn check_ids(
-    before: &HashMap<i64, i64>,
-    after: &HashMap<i64, i64>,
-    acked: &HashMap<i64, u64>,
-    other: &HashMap<i64, u64>,
-    transport_errors: u64,
-) -> IdCheck {
-    let mut c = IdCheck {
-        transport_errors,
-        ..IdCheck::default()
-    };
-    let mut ids: Vec<i64> = after.keys().copied().collect();
-    ids.sort_unstable();
-    for id in ids {
-        let applied = after[&id] - before.get(&id).copied().unwrap_or(0);
-        let (a, o) = (
-            acked.get(&id).copied().unwrap_or(0),
-            other.get(&id).copied().unwrap_or(0),
-        );
-        c.acked += a;
-        c.other_replies += o;
-        c.applied += applied;
-        if applied != 0 || a + o > 0 {
-            c.ids_written += 1;
-        }
-        if applied < a as i64 {
-            c.lost.push((id, a, applied));
-        }
-        c.unexplained += (applied - (a + o) as i64).max(0);
-    }
-    c.ok = c.lost.is_empty() && c.unexplained <= transport_errors as i64;
-    c
 }
 
 #[derive(Debug, Serialize)]
@@ -168,11 +111,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// The id at the end of an oha URL (`…/users/ID`).
-fn id_of(url: &str) -> Option<i64> {
-    url.rsplit('/').next()?.parse().ok()
 }
 
 pub fn run(o: &Options) -> Result<Report> {
@@ -265,8 +203,8 @@ pub fn run(o: &Options) -> Result<Report> {
     for f in [&urls, &bodies] {
         let _ = std::fs::remove_file(f);
     }
-    let (samples, acked, other, transport_errors) = report;
-    let ids = check_ids(&before, &after, &acked, &other, transport_errors);
+    let (samples, patches) = report;
+    let ids = check_ids(&before, &after, &patches);
     let mut report = finish(
         o,
         row,
@@ -282,8 +220,6 @@ pub fn run(o: &Options) -> Result<Report> {
     Ok(report)
 }
 
-type Outcomes = (Vec<Sample>, HashMap<i64, u64>, HashMap<i64, u64>, u64);
-
 /// The load itself: one oha run per interval, until the duration is spent.
 fn soak(
     o: &Options,
@@ -293,12 +229,11 @@ fn soak(
     server: &Server,
     postmaster: Option<u32>,
     rate: f64,
-) -> Result<Outcomes> {
+) -> Result<(Vec<Sample>, PatchOutcomes)> {
     let plan = sides(w, rate, m.load.connections);
     let secs = o.interval.as_secs_f64();
     let began = Instant::now();
-    let (mut samples, mut acked, mut other) = (Vec::new(), HashMap::new(), HashMap::new());
-    let mut transport_errors = 0;
+    let (mut samples, mut patches) = (Vec::new(), PatchOutcomes::default());
     let mut n = 0;
     while began.elapsed() + o.interval <= o.duration + Duration::from_secs(1) {
         n += 1;
@@ -319,19 +254,13 @@ fn soak(
             let db = oha::db_path(&o.out, &tag, side.method);
             if side.method == "PATCH" {
                 for (url, status) in oha::read_outcomes(&db)? {
-                    let id = id_of(&url).with_context(|| format!("no id in {url:?}"))?;
-                    let into = if status == 200 {
-                        &mut acked
-                    } else {
-                        &mut other
-                    };
-                    *into.entry(id).or_insert(0) += 1;
+                    patches.record(&url, status)?;
                 }
             }
             let _ = std::fs::remove_file(&db);
         }
         let paired: Vec<_> = plan.iter().cloned().zip(results).collect();
-        transport_errors += paired
+        patches.transport_errors += paired
             .iter()
             .filter(|(s, _)| s.method == "PATCH")
             .map(|(_, r)| r.transport_errors())
@@ -363,7 +292,7 @@ fn soak(
         );
         samples.push(sample);
     }
-    Ok((samples, acked, other, transport_errors))
+    Ok((samples, patches))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -524,38 +453,6 @@ pub fn write(out: &Path, r: &Report) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn map<V: Copy>(pairs: &[(i64, V)]) -> HashMap<i64, V> {
-        pairs.iter().copied().collect()
-    }
-
-    #[test]
-    fn a_lost_write_and_a_doubled_one_do_not_cancel_out() {
-        let before = map(&[(1, 1), (2, 1)]);
-        // id 1: two acknowledged, one stored (lost); id 2: one acknowledged, two stored.
-        let after = map(&[(1, 2), (2, 3)]);
-        let acked = map(&[(1, 2u64), (2, 1)]);
-        let c = check_ids(&before, &after, &acked, &HashMap::new(), 0);
-        assert_eq!(c.applied, 3);
-        assert_eq!(c.acked, 3, "the sums agree...");
-        assert_eq!(c.lost, vec![(1, 2, 1)], "...yet id 1 lost a write");
-        assert_eq!(c.unexplained, 1, "...and id 2 has one too many");
-        assert!(!c.ok);
-    }
-
-    #[test]
-    fn unanswered_patches_may_explain_extra_writes_and_other_replies_may_be_absent() {
-        let before = map(&[(1, 1), (2, 1), (3, 1)]);
-        let after = map(&[(1, 3), (2, 1), (3, 2)]);
-        let acked = map(&[(1, 1u64)]);
-        // id 2 got a 503 that was not applied; id 3's write had no reply at all.
-        let other = map(&[(2, 1u64)]);
-        let c = check_ids(&before, &after, &acked, &other, 2);
-        assert!(c.lost.is_empty());
-        assert_eq!(c.unexplained, 2);
-        assert!(c.ok);
-        assert!(!check_ids(&before, &after, &acked, &other, 1).ok);
-    }
-
     #[test]
     fn memory_that_keeps_growing_is_reported() {
         let sample = |rss| Sample {
@@ -576,11 +473,5 @@ mod tests {
         assert!(memory_verdict(&flat).0);
         let growing: Vec<_> = (0..8).map(|i| sample(20_000 + i * 10_000)).collect();
         assert!(!memory_verdict(&growing).0);
-    }
-
-    #[test]
-    fn ids_come_from_the_url() {
-        assert_eq!(id_of("http://127.0.0.1:1234/users/42"), Some(42));
-        assert_eq!(id_of("http://127.0.0.1:1234/users/x"), None);
     }
 }

@@ -2,25 +2,28 @@
 //! probe, then the open-loop rate search whose steps are judged by `measure::evaluate`.
 //! What differs between targets (whose CPU can be read, whether the database can be
 //! asked how many writes it applied) is behind [`Probe`].
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::matrix::{Load, Row, Workload};
+use crate::measure::ids::{check_ids, IdCheck, PatchOutcomes};
 use crate::measure::oha::{Oha, Side, SideResult};
 use crate::measure::procfs;
 use crate::measure::remote::Scrape;
 use crate::measure::search::Search;
 use crate::measure::{check_integrity, evaluate, Step, WriteCounts};
-use crate::results::SearchResult;
+use crate::results::{CommonLoad, SearchResult};
 
 /// CPU clock ticks consumed so far, where the target can read them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ticks {
     pub server: Option<u64>,
     pub postgres: Option<u64>,
+    /// The server's user and system time apart, where its process is visible.
+    pub server_split: Option<procfs::CpuSplit>,
 }
 
 /// What a target can observe around a step.
@@ -31,6 +34,10 @@ pub trait Probe {
     fn applied_writes(&mut self) -> Result<Option<i64>>;
     /// The server's own counters, when it has `metrics`.
     fn scrape(&mut self) -> Result<Option<Scrape>>;
+    /// Every user's `version`, where the database is reachable: the per-id write check.
+    fn versions(&mut self) -> Result<Option<HashMap<i64, i64>>> {
+        Ok(None)
+    }
 }
 
 /// PATCHes sent over a whole search, the probe included: what a per-Job integrity
@@ -99,10 +106,13 @@ impl Driver<'_> {
             .iter()
             .map(|w| {
                 let hint = hints.get(&w.name).copied();
-                Ok((
-                    w.name.clone(),
-                    self.search(probe, row, w, rep, hint, tally)?,
-                ))
+                let mut result = self.search(probe, row, w, rep, hint, tally)?;
+                if self.load.common_qps > 0.0 {
+                    if let Some(capacity) = result.offered {
+                        result.common = Some(self.common_load(probe, row, w, rep, capacity)?);
+                    }
+                }
+                Ok((w.name.clone(), result))
             })
             .collect()
     }
@@ -124,10 +134,30 @@ impl Driver<'_> {
         // connections, and its throughput (an upper bound of what passes the SLO) seeds
         // the first repetition's search. Not measured.
         let mut hint = hint;
+        let mut integrity_failures = Vec::new();
         if l.warmup_secs > 0.0 {
             let plan = sides(w, 0.0, l.connections);
+            let before = if w.writes() { probe.versions()? } else { None };
             let results = self.oha.run(&plan, l.warmup_secs, self.raw, "probe")?;
             let paired: Vec<_> = plan.into_iter().zip(results).collect();
+            // The probe's writes are checked per id like any step's.
+            if let Some(before) = before {
+                let ids = self.check_ids(probe, &before, &paired, "probe")?;
+                if !ids.ok {
+                    integrity_failures.push(format!(
+                        "in the warm-up probe: {} ids lost an acknowledged write, {} writes unexplained",
+                        ids.lost.len(),
+                        ids.unexplained
+                    ));
+                }
+            }
+            for (side, _) in &paired {
+                let _ = std::fs::remove_file(crate::measure::oha::db_path(
+                    self.raw,
+                    "probe",
+                    side.method,
+                ));
+            }
             tally.add(&paired);
             let good: u64 = paired.iter().map(|(_, r)| r.good()).sum();
             let rate = good as f64 / l.warmup_secs;
@@ -139,13 +169,15 @@ impl Driver<'_> {
                 hint = Some(rate);
             }
         }
-        let mut s = Search::new(l.start_qps, hint, l.max_qps, l.precision, l.max_steps);
+        let mut s = Search::new(l.start_qps, hint, l.max_qps, l.precision, l.max_steps)
+            .confirm(l.confirmations);
         let mut steps: Vec<Step> = Vec::new();
-        let mut integrity_failures = Vec::new();
         let mut writes_checked = 0;
         while let Some(rate) = s.next_rate() {
             let tag = format!("rep{rep}-{}-{}-step{}", row.slug(), w.name, steps.len() + 1);
-            let step = self.measure_step(probe, w, rate, metrics, &tag, tally)?;
+            let confirming = s.confirming();
+            let mut step = self.measure_step(probe, w, rate, metrics, &tag, tally)?;
+            step.confirmation = confirming;
             if let Some(i) = &step.integrity {
                 writes_checked += i.acked;
                 if !i.ok {
@@ -154,10 +186,11 @@ impl Driver<'_> {
                 }
             }
             (self.progress)(&format!(
-                "  {} {} rep {rep} step {}: offered {:.0}/s → {:.0}/s good, p99 {} ms, mix {:.1}% GET, errors {:.2}% → {}",
+                "  {} {} rep {rep} step {}{}: offered {:.0}/s → {:.0}/s good, p99 {} ms, mix {:.1}% GET, errors {:.2}% → {}",
                 row.name,
                 w.name,
                 steps.len() + 1,
+                if confirming { " (confirming)" } else { "" },
                 rate,
                 step.achieved,
                 step.p99_ms.map_or("n/a".into(), |p| format!("{p:.1}")),
@@ -193,10 +226,10 @@ impl Driver<'_> {
     ) -> Result<Step> {
         let l = self.load;
         let plan = sides(w, rate, l.connections);
-        let writes_before = if w.writes() {
-            probe.applied_writes()?
+        let (writes_before, versions_before) = if w.writes() {
+            (probe.applied_writes()?, probe.versions()?)
         } else {
-            None
+            (None, None)
         };
         let served_before = if metrics { probe.scrape()? } else { None };
         let (t0, oha0) = (probe.ticks(), procfs::reaped_children_ticks());
@@ -204,10 +237,14 @@ impl Driver<'_> {
         let results = self.oha.run(&plan, l.duration_secs, self.raw, tag)?;
         let wall = start.elapsed().as_secs_f64();
         let (t1, oha1) = (probe.ticks(), procfs::reaped_children_ticks());
-        for side in &plan {
+        let paired: Vec<(Side, SideResult)> = plan.into_iter().zip(results).collect();
+        let ids = match versions_before {
+            Some(before) => Some(self.check_ids(probe, &before, &paired, tag)?),
+            None => None,
+        };
+        for (side, _) in &paired {
             let _ = std::fs::remove_file(crate::measure::oha::db_path(self.raw, tag, side.method));
         }
-        let paired: Vec<(Side, SideResult)> = plan.into_iter().zip(results).collect();
         tally.add(&paired);
         let mut step = evaluate(rate, l.duration_secs, w.get_share(), &paired, l);
         step.wall_secs = wall;
@@ -258,7 +295,135 @@ impl Driver<'_> {
                 server_counts: served,
             }));
         }
+        if let Some(ids) = ids {
+            let integrity = step.integrity.get_or_insert_with(|| {
+                check_integrity(&WriteCounts {
+                    acked: ids.acked,
+                    ..WriteCounts::default()
+                })
+            });
+            if !ids.ok {
+                integrity.ok = false;
+                integrity.message = format!(
+                    "{}; per id: {} ids lost an acknowledged write {:?}, {} writes unexplained (at most {} PATCHes had no reply)",
+                    integrity.message,
+                    ids.lost.len(),
+                    ids.lost.iter().take(5).collect::<Vec<_>>(),
+                    ids.unexplained,
+                    ids.transport_errors
+                );
+            }
+            step.ids = Some(ids);
+        }
         Ok(step)
+    }
+
+    /// The cost of a request at the run's common rate (`common_qps`, the same for every
+    /// row; half the row's own confirmed capacity when that is lower, and marked):
+    /// CPU per request of each party, the merged percentiles, each CPU's busy share.
+    /// CPU per request is CPU time over requests answered, so oha's start-up and drain
+    /// around the window add nothing to it.
+    fn common_load(
+        &self,
+        probe: &mut dyn Probe,
+        row: &Row,
+        w: &Workload,
+        rep: u32,
+        capacity: f64,
+    ) -> Result<CommonLoad> {
+        let l = self.load;
+        let (rate, reduced) = if capacity >= l.common_qps {
+            (l.common_qps, false)
+        } else {
+            (
+                (capacity / 2.0)
+                    .round()
+                    .max(crate::measure::search::MIN_QPS),
+                true,
+            )
+        };
+        let plan = sides(w, rate, l.connections);
+        let tag = format!("rep{rep}-{}-{}-common", row.slug(), w.name);
+        let (t0, oha0, cpus0) = (
+            probe.ticks(),
+            procfs::reaped_children_ticks(),
+            procfs::cpu_times(),
+        );
+        let results = self.oha.run(&plan, l.common_secs, self.raw, &tag)?;
+        let (t1, oha1, cpus1) = (
+            probe.ticks(),
+            procfs::reaped_children_ticks(),
+            procfs::cpu_times(),
+        );
+        for side in &plan {
+            let _ = std::fs::remove_file(crate::measure::oha::db_path(self.raw, &tag, side.method));
+        }
+        let paired: Vec<(Side, SideResult)> = plan.into_iter().zip(results).collect();
+        let step = evaluate(rate, l.common_secs, w.get_share(), &paired, l);
+        let mut all = crate::measure::stats::Latencies::new();
+        let mut replies = 0;
+        for (_, r) in &paired {
+            let _ = all.merge(&r.latencies);
+            replies += r.replies();
+        }
+        let per_request = |ticks: u64| {
+            (replies > 0).then(|| ticks as f64 / procfs::TICKS_PER_SEC * 1e6 / replies as f64)
+        };
+        let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+        let split = t0.server_split.zip(t1.server_split);
+        let common = CommonLoad {
+            offered: rate,
+            reduced,
+            secs: l.common_secs,
+            achieved: step.achieved,
+            passed: step.passed,
+            reasons: step.reasons.clone(),
+            p50_ms: all.quantile_ms(0.50),
+            p90_ms: all.quantile_ms(0.90),
+            p99_ms: all.quantile_ms(0.99),
+            p999_ms: all.quantile_ms(0.999),
+            server_us_per_request: delta(t0.server, t1.server).and_then(per_request),
+            server_user_us_per_request: split
+                .and_then(|(a, b)| per_request(b.user.saturating_sub(a.user))),
+            server_system_us_per_request: split
+                .and_then(|(a, b)| per_request(b.system.saturating_sub(a.system))),
+            postgres_us_per_request: delta(t0.postgres, t1.postgres).and_then(per_request),
+            oha_us_per_request: per_request(oha1.saturating_sub(oha0)),
+            cpu_busy: procfs::busy_shares(&cpus0, &cpus1),
+        };
+        (self.progress)(&format!(
+            "  {} {} rep {rep} common load {rate:.0}/s{}: p99 {} ms, server {} µs/request, PostgreSQL {} µs/request",
+            row.name,
+            w.name,
+            if reduced { " (half its capacity)" } else { "" },
+            common.p99_ms.map_or("n/a".into(), |p| format!("{p:.1}")),
+            common.server_us_per_request.map_or("n/a".into(), |p| format!("{p:.0}")),
+            common.postgres_us_per_request.map_or("n/a".into(), |p| format!("{p:.0}")),
+        ));
+        Ok(common)
+    }
+
+    /// Each id the step's PATCHes touched, from oha's per-request records, against
+    /// `version` before and after.
+    fn check_ids(
+        &self,
+        probe: &mut dyn Probe,
+        before: &HashMap<i64, i64>,
+        paired: &[(Side, SideResult)],
+        tag: &str,
+    ) -> Result<IdCheck> {
+        let after = probe
+            .versions()?
+            .context("the database answered versions before the step, not after")?;
+        let mut patches = PatchOutcomes::default();
+        for (side, r) in paired.iter().filter(|(s, _)| s.method == "PATCH") {
+            let db = crate::measure::oha::db_path(self.raw, tag, side.method);
+            for (url, status) in crate::measure::oha::read_outcomes(&db)? {
+                patches.record(&url, status)?;
+            }
+            patches.transport_errors += r.transport_errors();
+        }
+        Ok(check_ids(before, &after, &patches))
     }
 }
 
@@ -270,9 +435,13 @@ fn summarize(
     integrity_failures: Vec<String>,
     writes_checked: u64,
 ) -> SearchResult {
-    let best = s
-        .best()
-        .and_then(|b| steps.iter().find(|st| st.passed && st.offered == b));
+    // The confirmed rate's weakest passing step: what the build sustained every time.
+    let best = s.best().and_then(|b| {
+        steps
+            .iter()
+            .filter(|st| st.passed && st.offered == b)
+            .min_by(|x, y| x.achieved.total_cmp(&y.achieved))
+    });
     let limit_step = steps
         .iter()
         .filter(|st| !st.passed && s.best().is_none_or(|b| st.offered > b))
@@ -292,6 +461,7 @@ fn summarize(
         server_peak_rss_kib: best.and_then(|b| b.cpu.server_peak_rss_kib),
         avg_batch: best.and_then(|b| b.avg_batch),
         cpu_postgres_job: None,
+        common: None,
         limit,
         limit_cpu,
         steps: s.steps() as usize,

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 pub mod driver;
 pub mod http;
+pub mod ids;
 pub mod oha;
 pub mod procfs;
 pub mod remote;
@@ -24,6 +25,10 @@ pub const MIX_TOLERANCE: f64 = 0.01;
 /// ... unless the step is so small that two requests are worth more than that: oha
 /// schedules whole requests, so a 2-second step at 50/s cannot be exact to 1%.
 pub const MIX_GRAIN_REQUESTS: f64 = 2.0;
+
+/// Smallest share of the requests a step's rate schedules that the load generator must
+/// have sent; below it the step fails and names the load generator as the limit.
+pub const MIN_SENT: f64 = 0.99;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SideCounts {
@@ -81,6 +86,10 @@ pub struct Step {
     /// Average requests per coalesced batch (reads, writes), with `coalesce` + `metrics`.
     pub avg_batch: Option<(Option<f64>, Option<f64>)>,
     pub passed: bool,
+    /// A re-run of the search's candidate (see `Search::confirm`).
+    pub confirmation: bool,
+    /// The per-id write check, where the database is reachable.
+    pub ids: Option<crate::measure::ids::IdCheck>,
     /// Why the step failed (empty when it passed).
     pub reasons: Vec<String>,
 }
@@ -146,6 +155,15 @@ pub fn evaluate(
             load.min_achieved * 100.0
         ));
     }
+    // oha schedules ⌊T·q⌋ requests per process; those it did not send were never
+    // offered, and the server cannot be blamed for them.
+    let scheduled: f64 = sides.iter().map(|(s, _)| (s.rate * secs).floor()).sum();
+    if offered > 0.0 && (attempted as f64) < MIN_SENT * scheduled {
+        reasons.push(format!(
+            "sent only {attempted} of {scheduled:.0} scheduled requests ({:.1}%: the load generator fell behind, on its CPU or waiting on busy connections)",
+            100.0 * attempted as f64 / scheduled
+        ));
+    }
     if error_rate > load.error_budget {
         reasons.push(format!(
             "{:.2}% errors (> {:.2}%)",
@@ -182,6 +200,8 @@ pub fn evaluate(
         integrity: None,
         avg_batch: None,
         passed: reasons.is_empty(),
+        confirmation: false,
+        ids: None,
         reasons,
     }
 }
@@ -293,6 +313,33 @@ mod tests {
             },
             r,
         )
+    }
+
+    #[test]
+    fn a_step_the_load_generator_did_not_send_fails_and_says_so() {
+        let at = |mut s: (Side, SideResult), rate: f64| {
+            s.0.rate = rate;
+            s
+        };
+        // 900/s + 100/s for 2 s schedule 2000 requests.
+        let sent_all = [
+            at(side("GET", 1800, 0, 0.002), 900.0),
+            at(side("PATCH", 200, 0, 0.004), 100.0),
+        ];
+        assert!(evaluate(1000.0, 2.0, 0.9, &sent_all, &load()).passed);
+        let behind = [
+            at(side("GET", 1710, 0, 0.002), 900.0),
+            at(side("PATCH", 190, 0, 0.004), 100.0),
+        ];
+        let s = evaluate(1000.0, 2.0, 0.9, &behind, &load());
+        assert!(!s.passed);
+        assert!(
+            s.reasons
+                .iter()
+                .any(|r| r.starts_with("sent only 1900 of 2000")),
+            "{:?}",
+            s.reasons
+        );
     }
 
     #[test]

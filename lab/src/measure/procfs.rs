@@ -38,6 +38,62 @@ pub fn process_ticks(pid: u32) -> Option<u64> {
     stat(pid).map(|s| s.utime + s.stime)
 }
 
+/// User and system CPU time of one process, in ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuSplit {
+    pub user: u64,
+    pub system: u64,
+}
+
+/// User and system CPU time of one live process, apart: on loopback the kernel's
+/// share (TCP on both ends) is large.
+pub fn process_split(pid: u32) -> Option<CpuSplit> {
+    stat(pid).map(|s| CpuSplit {
+        user: s.utime,
+        system: s.stime,
+    })
+}
+
+/// (busy, total) ticks of each CPU so far, from /proc/stat (busy: all but idle and
+/// iowait).
+pub fn cpu_times() -> Vec<(u64, u64)> {
+    fs::read_to_string("/proc/stat")
+        .map(|t| parse_cpu_times(&t))
+        .unwrap_or_default()
+}
+
+fn parse_cpu_times(text: &str) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total.saturating_sub(idle), total)
+        })
+        .collect()
+}
+
+/// Each CPU's busy share between two [`cpu_times`] samples.
+pub fn busy_shares(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|((b0, t0), (b1, t1))| {
+            let total = t1.saturating_sub(*t0);
+            if total == 0 {
+                0.0
+            } else {
+                b1.saturating_sub(*b0) as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
 /// CPU time of the children this process has reaped (oha runs), in ticks.
 pub fn reaped_children_ticks() -> u64 {
     stat(std::process::id()).map_or(0, |s| s.cutime + s.cstime)
@@ -84,6 +140,17 @@ mod tests {
         let s = parse_stat(line).unwrap();
         assert_eq!(s.ppid, 1);
         assert_eq!((s.utime, s.stime, s.cutime, s.cstime), (250, 50, 7, 3));
+    }
+
+    #[test]
+    fn reads_each_cpus_busy_share() {
+        let before = parse_cpu_times(
+            "cpu  10 0 10 80 0 0 0 0 0 0\ncpu0 5 0 5 40 0 0 0 0 0 0\ncpu1 5 0 5 40 0 0 0 0 0 0\nintr 1\n",
+        );
+        assert_eq!(before, vec![(10, 50), (10, 50)]);
+        let after = [(60, 100), (10, 100)];
+        assert_eq!(busy_shares(&before, &after), vec![1.0, 0.0]);
+        assert_eq!(cpu_times().len(), crate::environment::cpu_count());
     }
 
     #[test]

@@ -36,14 +36,17 @@ impl Remote {
             .collect())
     }
 
-    /// The server's own (CPU ticks, peak RSS in KiB) from `/stats`.
-    pub fn stats(&self) -> Result<(Option<u64>, Option<u64>)> {
+    /// The server's own CPU time and peak memory, from `/stats`.
+    pub fn stats(&self) -> Result<ServerStats> {
         let r = http::get(self.addr, "/stats", Duration::from_secs(5))?;
         if r.status != 200 {
             bail!("/stats answered {}", r.status);
         }
         let v: serde_json::Value = serde_json::from_str(&r.body).context("/stats is not JSON")?;
-        Ok((v["cpu_ticks"].as_u64(), v["peak_rss_kib"].as_u64()))
+        Ok(ServerStats {
+            cpu_ticks: v["cpu_ticks"].as_u64(),
+            peak_rss_kib: v["peak_rss_kib"].as_u64(),
+        })
     }
 
     /// The server's own counters from `/metrics`.
@@ -54,6 +57,14 @@ impl Remote {
         }
         Ok(Scrape::parse(&r.body))
     }
+}
+
+/// What the server says of itself on `/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServerStats {
+    /// CPU time (user + system) in clock ticks.
+    pub cpu_ticks: Option<u64>,
+    pub peak_rss_kib: Option<u64>,
 }
 
 /// Refuses to measure a server that was not built with exactly the row's features: the

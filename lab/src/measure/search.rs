@@ -17,6 +17,22 @@ pub struct Search {
     max_steps: u32,
     precision: f64,
     max_qps: f64,
+    /// Re-runs a candidate must pass in a row to be confirmed (0: none).
+    confirmations: u32,
+    /// Every rate that passed while exploring.
+    passed: Vec<f64>,
+    phase: Phase,
+    confirm_steps: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Doubling, then bisecting.
+    Explore,
+    /// Re-running `rate`, which has passed `passes` re-runs in a row so far.
+    Confirm { rate: f64, passes: u32 },
+    /// Over: the confirmed rate, if any.
+    Done(Option<f64>),
 }
 
 /// The lowest rate worth trying; below it a build is reported as sustaining nothing.
@@ -43,11 +59,24 @@ impl Search {
             max_steps,
             precision,
             max_qps,
+            confirmations: 0,
+            passed: Vec::new(),
+            phase: Phase::Explore,
+            confirm_steps: 0,
         }
     }
 
-    /// The next rate to offer, or `None` when the search is over.
-    pub fn next_rate(&self) -> Option<f64> {
+    /// Requires the candidate to pass `k` re-runs in a row before it counts. A re-run
+    /// that fails rules the rate out, and the search steps down (to the highest rate
+    /// below it that passed, else one precision step lower) and confirms again, within
+    /// a budget of `4 k` re-runs.
+    pub fn confirm(mut self, k: u32) -> Self {
+        self.confirmations = k;
+        self
+    }
+
+    /// Where exploring would go next, or `None` when exploring is over.
+    fn explore_next(&self) -> Option<f64> {
         if self.steps >= self.max_steps {
             return None;
         }
@@ -59,17 +88,85 @@ impl Search {
         }
     }
 
+    /// The next rate to offer, or `None` when the search is over.
+    pub fn next_rate(&self) -> Option<f64> {
+        match self.phase {
+            Phase::Explore => self.explore_next(),
+            Phase::Confirm { rate, .. } => Some(rate),
+            Phase::Done(_) => None,
+        }
+    }
+
+    /// Whether the next rate is a confirmation re-run.
+    pub fn confirming(&self) -> bool {
+        matches!(self.phase, Phase::Confirm { .. })
+    }
+
     /// Records the verdict of a step at `rate`.
     pub fn record(&mut self, rate: f64, passed: bool) {
         self.steps += 1;
+        match self.phase {
+            Phase::Explore => {
+                self.explore(rate, passed);
+                if self.explore_next().is_none() {
+                    self.phase = match self.pass {
+                        None => Phase::Done(None),
+                        Some(p) if self.confirmations == 0 => Phase::Done(Some(p)),
+                        Some(p) => Phase::Confirm { rate: p, passes: 0 },
+                    };
+                }
+            }
+            Phase::Confirm { rate: r, passes } => {
+                self.confirm_steps += 1;
+                if passed {
+                    self.phase = if passes + 1 >= self.confirmations {
+                        Phase::Done(Some(r))
+                    } else {
+                        Phase::Confirm {
+                            rate: r,
+                            passes: passes + 1,
+                        }
+                    };
+                } else {
+                    self.fail = Some(self.fail.map_or(r, |f| f.min(r)));
+                    self.phase = self.step_down(r);
+                }
+                if self.confirm_steps >= 4 * self.confirmations && self.confirming() {
+                    self.phase = Phase::Done(None);
+                }
+            }
+            Phase::Done(_) => {}
+        }
+    }
+
+    /// After `failed` failed a re-run: the highest explored pass below every failure,
+    /// else one precision step below.
+    fn step_down(&self, failed: f64) -> Phase {
+        let ceiling = self.fail.map_or(failed, |f| f.min(failed));
+        let below = self
+            .passed
+            .iter()
+            .copied()
+            .filter(|p| *p < ceiling)
+            .reduce(f64::max);
+        let rate = below.unwrap_or((failed / self.precision).round());
+        if rate < MIN_QPS {
+            Phase::Done(None)
+        } else {
+            Phase::Confirm { rate, passes: 0 }
+        }
+    }
+
+    fn explore(&mut self, rate: f64, passed: bool) {
         if passed {
+            self.passed.push(rate);
             self.pass = Some(self.pass.map_or(rate, |p| p.max(rate)));
         } else {
             self.fail = Some(self.fail.map_or(rate, |f| f.min(rate)));
         }
         self.next = match (self.pass, self.fail) {
             (Some(p), Some(f)) if p < f => (p * f).sqrt(),
-            // A pass above a fail (noise): trust the pass and probe above it.
+            // A pass above a fail (noise): probe above the pass; confirmation decides.
             (Some(p), Some(_)) => {
                 self.fail = None;
                 (p * self.growth).min(self.max_qps)
@@ -80,9 +177,14 @@ impl Search {
         };
     }
 
-    /// The highest offered rate that passed, if any.
+    /// The highest rate that counts: with confirmation, the confirmed rate once the
+    /// search is over; without, the highest offered rate that passed.
     pub fn best(&self) -> Option<f64> {
-        self.pass
+        match self.phase {
+            Phase::Done(best) => best,
+            _ if self.confirmations == 0 => self.pass,
+            _ => None,
+        }
     }
 
     pub fn steps(&self) -> u32 {
@@ -158,5 +260,60 @@ mod tests {
         s.record(1600.0, true);
         assert_eq!(s.best(), Some(1600.0));
         assert!(s.next_rate().unwrap() > 1600.0);
+    }
+
+    /// Runs a confirming search against `verdict(rate, step)`.
+    fn confirmed(k: u32, verdict: impl Fn(f64, usize) -> bool) -> (Option<f64>, Vec<f64>) {
+        let mut s = Search::new(200.0, None, 60_000.0, 1.1, 20).confirm(k);
+        let mut tried = Vec::new();
+        while let Some(rate) = s.next_rate() {
+            let passed = verdict(rate, tried.len());
+            tried.push(rate);
+            s.record(rate, passed);
+            assert!(tried.len() <= 20 + 4 * k as usize, "{tried:?}");
+        }
+        (s.best(), tried)
+    }
+
+    #[test]
+    fn a_steady_build_is_confirmed_at_its_candidate() {
+        let (best, tried) = confirmed(2, |rate, _| rate <= 5_000.0);
+        let best = best.expect("confirmed");
+        assert!((5_000.0 / 1.1..=5_000.0).contains(&best), "{best} {tried:?}");
+        // The last two steps re-ran the candidate.
+        let n = tried.len();
+        assert_eq!((tried[n - 1], tried[n - 2]), (best, best), "{tried:?}");
+    }
+
+    #[test]
+    fn a_lucky_pass_is_not_a_capacity() {
+        // The build sustains 4000; one step at 6000 passes by luck (the 4th step).
+        let (best, tried) = confirmed(2, |rate, i| rate <= 4_000.0 || (i == 3 && rate > 4_000.0));
+        let best = best.expect("a lower rate is confirmed");
+        assert!(best <= 4_000.0, "{best} {tried:?}");
+    }
+
+    #[test]
+    fn a_rate_that_passed_and_failed_is_not_confirmed() {
+        // Passes while exploring, fails its first re-run: the search steps down.
+        let mut s = Search::new(1000.0, None, 60_000.0, 1.1, 3).confirm(2);
+        s.record(1000.0, true);
+        s.record(2000.0, false);
+        s.record(1414.0, true);
+        assert_eq!(s.next_rate(), Some(1414.0), "the candidate is re-run");
+        s.record(1414.0, false);
+        assert_eq!(s.next_rate(), Some(1000.0), "steps down to the pass below");
+        s.record(1000.0, true);
+        assert_eq!(s.best(), None, "one re-run is not two");
+        s.record(1000.0, true);
+        assert_eq!(s.best(), Some(1000.0));
+        assert_eq!(s.next_rate(), None);
+    }
+
+    #[test]
+    fn confirmation_has_a_budget() {
+        // A build that passes exploring and never again: nothing is confirmed, in bounds.
+        let (best, tried) = confirmed(2, |_, i| i < 3);
+        assert_eq!(best, None, "{tried:?}");
     }
 }
