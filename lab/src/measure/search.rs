@@ -279,7 +279,10 @@ mod tests {
     fn a_steady_build_is_confirmed_at_its_candidate() {
         let (best, tried) = confirmed(2, |rate, _| rate <= 5_000.0);
         let best = best.expect("confirmed");
-        assert!((5_000.0 / 1.1..=5_000.0).contains(&best), "{best} {tried:?}");
+        assert!(
+            (5_000.0 / 1.1..=5_000.0).contains(&best),
+            "{best} {tried:?}"
+        );
         // The last two steps re-ran the candidate.
         let n = tried.len();
         assert_eq!((tried[n - 1], tried[n - 2]), (best, best), "{tried:?}");
