@@ -26,6 +26,41 @@ enum Disruption {
     KillBackend,
 }
 
+/// `pg_ctl restart -m fast` of the cluster in `data`, its output kept in a log beside
+/// the data folder. If the restart reports a failure and the cluster is not running,
+/// one `pg_ctl start` follows; a cluster that still does not run fails the test with
+/// the log's end.
+fn restart(data: &str) {
+    let log = std::path::Path::new(data).with_file_name("restart.log");
+    let log_s = log.to_str().expect("utf-8 path");
+    let pg_ctl = pg_tool("pg_ctl");
+    let restarted = as_owner(
+        &pg_ctl,
+        &[
+            "-D", data, "-l", log_s, "-m", "fast", "-w", "-t", "60", "restart",
+        ],
+    );
+    if restarted.success() {
+        return;
+    }
+    let running = as_owner(&pg_ctl, &["-D", data, "status"]).success();
+    eprintln!("pg_ctl restart reported {restarted}; running afterwards: {running}");
+    if !running {
+        let started = as_owner(
+            &pg_ctl,
+            &["-D", data, "-l", log_s, "-w", "-t", "60", "start"],
+        );
+        if !started.success() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            panic!(
+                "PostgreSQL did not come back after a restart:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
 async fn disrupt(db: &TestDb, how: Disruption) {
     let pg = db.client().await;
     match how {
@@ -36,15 +71,9 @@ async fn disrupt(db: &TestDb, how: Disruption) {
                 .expect("data_directory")
                 .get(0);
             drop(pg);
-            let status = tokio::task::spawn_blocking(move || {
-                as_owner(
-                    &pg_tool("pg_ctl"),
-                    &["-D", &data, "-m", "fast", "-w", "-t", "60", "restart"],
-                )
-            })
-            .await
-            .expect("pg_ctl");
-            assert!(status.success(), "pg_ctl restart failed");
+            tokio::task::spawn_blocking(move || restart(&data))
+                .await
+                .expect("pg_ctl");
         }
         Disruption::KillBackend => {
             // Builds without a pool hold a backend only per statement: look until one

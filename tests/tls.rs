@@ -25,9 +25,18 @@ impl Certs {
         Self { dir }
     }
 
-    /// Runs `openssl` with `args`.
+    /// Runs `openssl req -x509` for a new P-256 key, valid 2 days, with `args`.
     fn openssl(&self, args: &[&str]) {
         let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2"])
             .args(args)
             .current_dir(&self.dir)
             .stdout(Stdio::null())
@@ -40,15 +49,6 @@ impl Certs {
     /// A certificate authority of its own: `NAME.crt` (returned) and `NAME.key`.
     fn authority(&self, name: &str) -> PathBuf {
         self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
             "-subj",
             &format!("/CN={name}"),
             "-addext",
@@ -67,15 +67,6 @@ impl Certs {
     /// `server.crt` and `server.key`, the key owned by PostgreSQL's user.
     fn server(&self, ca: &str) -> (PathBuf, PathBuf) {
         self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
             "-subj",
             "/CN=localhost",
             "-CA",
