@@ -109,7 +109,10 @@ impl Driver<'_> {
                 let mut result = self.search(probe, row, w, rep, hint, tally)?;
                 if self.load.common_qps > 0.0 {
                     if let Some(capacity) = result.offered {
-                        result.common = Some(self.common_load(probe, row, w, rep, capacity)?);
+                        let (common, failures) =
+                            self.common_load(probe, row, w, rep, capacity, tally)?;
+                        result.common = Some(common);
+                        result.integrity_failures.extend(failures);
                     }
                 }
                 Ok((w.name.clone(), result))
@@ -330,7 +333,8 @@ impl Driver<'_> {
         w: &Workload,
         rep: u32,
         capacity: f64,
-    ) -> Result<CommonLoad> {
+        tally: &mut Tally,
+    ) -> Result<(CommonLoad, Vec<String>)> {
         let l = self.load;
         let (rate, reduced) = if capacity >= l.common_qps {
             (l.common_qps, false)
@@ -344,6 +348,7 @@ impl Driver<'_> {
         };
         let plan = sides(w, rate, l.connections);
         let tag = format!("rep{rep}-{}-{}-common", row.slug(), w.name);
+        let before = if w.writes() { probe.versions()? } else { None };
         let (t0, oha0, cpus0) = (
             probe.ticks(),
             procfs::reaped_children_ticks(),
@@ -355,10 +360,24 @@ impl Driver<'_> {
             procfs::reaped_children_ticks(),
             procfs::cpu_times(),
         );
-        for side in &plan {
+        let paired: Vec<(Side, SideResult)> = plan.into_iter().zip(results).collect();
+        // Its writes are checked per id like any step's.
+        let mut failures = Vec::new();
+        if let Some(before) = before {
+            let ids = self.check_ids(probe, &before, &paired, &tag)?;
+            if !ids.ok {
+                failures.push(format!(
+                    "at the common rate ({rate:.0}/s): {} ids lost an acknowledged write, {} writes unexplained",
+                    ids.lost.len(),
+                    ids.unexplained
+                ));
+            }
+        }
+        for (side, _) in &paired {
             let _ = std::fs::remove_file(crate::measure::oha::db_path(self.raw, &tag, side.method));
         }
-        let paired: Vec<(Side, SideResult)> = plan.into_iter().zip(results).collect();
+        // Its PATCHes count in the Job's write check (Kubernetes) like any step's.
+        tally.add(&paired);
         let step = evaluate(rate, l.common_secs, w.get_share(), &paired, l);
         let mut all = crate::measure::stats::Latencies::new();
         let mut replies = 0;
@@ -400,7 +419,7 @@ impl Driver<'_> {
             common.server_us_per_request.map_or("n/a".into(), |p| format!("{p:.0}")),
             common.postgres_us_per_request.map_or("n/a".into(), |p| format!("{p:.0}")),
         ));
-        Ok(common)
+        Ok((common, failures))
     }
 
     /// Each id the step's PATCHes touched, from oha's per-request records, against
