@@ -193,6 +193,7 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
         load: &plan.load,
         raw: &raw,
         progress: &progress,
+        sent_emails: Default::default(),
     };
     let mut probe = RemoteProbe {
         remote: &remote,

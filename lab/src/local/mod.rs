@@ -80,6 +80,9 @@ impl Probe for LocalProbe<'_> {
     fn versions(&mut self) -> Result<Option<std::collections::HashMap<i64, i64>>> {
         pg::versions(self.db).map(Some)
     }
+    fn emails(&mut self, ids: &[i64]) -> Result<Option<std::collections::HashMap<i64, String>>> {
+        pg::emails(self.db, ids).map(Some)
+    }
 }
 
 impl<'a> Local<'a> {
@@ -200,6 +203,7 @@ impl Target for Local<'_> {
             load: &m.load,
             raw: run.raw,
             progress: run.say,
+            sent_emails: Default::default(),
         };
         let mut probe = LocalProbe {
             server: &server,

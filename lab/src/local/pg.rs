@@ -108,6 +108,15 @@ pub fn versions(client: &mut Client) -> Result<std::collections::HashMap<i64, i6
         .collect())
 }
 
+/// The stored email of each of `ids`.
+pub fn emails(client: &mut Client, ids: &[i64]) -> Result<std::collections::HashMap<i64, String>> {
+    Ok(client
+        .query("SELECT id, email FROM users WHERE id = ANY($1)", &[&ids])?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 pub fn server_version(client: &mut Client) -> String {
     client
         .query_one("SHOW server_version", &[])

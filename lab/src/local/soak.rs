@@ -177,6 +177,7 @@ pub fn run(o: &Options) -> Result<Report> {
                 load: &m.load,
                 raw: &o.out,
                 progress: &progress,
+                sent_emails: Default::default(),
             };
             let mut probe = LocalProbe {
                 server: &server,
@@ -230,7 +231,7 @@ fn soak(
     postmaster: Option<u32>,
     rate: f64,
 ) -> Result<(Vec<Sample>, PatchOutcomes)> {
-    let plan = sides(w, rate, m.load.connections);
+    let plan = sides(w, rate, m.load.connections, m.load.slo_p99_ms);
     let secs = o.interval.as_secs_f64();
     let began = Instant::now();
     let (mut samples, mut patches) = (Vec::new(), PatchOutcomes::default());

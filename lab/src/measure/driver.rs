@@ -2,7 +2,7 @@
 //! probe, then the open-loop rate search whose steps are judged by `measure::evaluate`.
 //! What differs between targets (whose CPU can be read, whether the database can be
 //! asked how many writes it applied) is behind [`Probe`].
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
@@ -38,6 +38,11 @@ pub trait Probe {
     fn versions(&mut self) -> Result<Option<HashMap<i64, i64>>> {
         Ok(None)
     }
+    /// The stored email of each of `ids`, where the database is reachable.
+    fn emails(&mut self, ids: &[i64]) -> Result<Option<HashMap<i64, String>>> {
+        let _ = ids;
+        Ok(None)
+    }
 }
 
 /// PATCHes sent over a whole search, the probe included: what a per-Job integrity
@@ -65,14 +70,31 @@ pub struct Driver<'a> {
     /// Where oha's raw outputs and the step files go.
     pub raw: &'a Path,
     pub progress: &'a dyn Fn(&str),
+    /// The emails of oha's bodies file, read at the first email check.
+    pub sent_emails: std::sync::OnceLock<Result<HashSet<String>, String>>,
 }
 
-/// The GET and PATCH processes of a mix at `rate` (0: closed loop), connections shared
-/// out by the mix.
-pub fn sides(w: &Workload, rate: f64, connections: u32) -> Vec<Side> {
+/// The GET and PATCH processes of a mix at `rate` (0: closed loop).
+///
+/// `connections` are shared out by the mix (at least [`MIN_SIDE_CONNECTIONS`] each), and
+/// in open loop the minority method also gets at least `rate_side × SLO` connections
+/// (Little's law): while its requests take no longer than the SLO on average, its
+/// connections carry its rate, and once they take longer the step fails on p99 anyway.
+/// So the minority (PATCH at 90/10, whose commits are slower than the reads its share
+/// of connections was sized by) is never starved before the SLO is. The majority keeps
+/// its share: when its connections run short, oha's corrected latency shows the queue.
+pub fn sides(w: &Workload, rate: f64, connections: u32, slo_p99_ms: f64) -> Vec<Side> {
     let mut v = Vec::new();
     let share = w.get_share();
-    let conns = |s: f64| ((f64::from(connections) * s).round() as u32).max(8);
+    let conns = |s: f64| {
+        let by_share = ((f64::from(connections) * s).round() as u32).max(MIN_SIDE_CONNECTIONS);
+        let by_slo = (rate * s * slo_p99_ms / 1000.0).ceil() as u32;
+        if s < 0.5 {
+            by_share.max(by_slo)
+        } else {
+            by_share
+        }
+    };
     if w.get_percent > 0 {
         v.push(Side {
             method: "GET",
@@ -89,6 +111,9 @@ pub fn sides(w: &Workload, rate: f64, connections: u32) -> Vec<Side> {
     }
     v
 }
+
+/// Fewest connections a side of a mix gets.
+pub const MIN_SIDE_CONNECTIONS: u32 = 8;
 
 impl Driver<'_> {
     /// Every workload of one row, in order: one search each, seeded by `hints` (best
@@ -139,7 +164,7 @@ impl Driver<'_> {
         let mut hint = hint;
         let mut integrity_failures = Vec::new();
         if l.warmup_secs > 0.0 {
-            let plan = sides(w, 0.0, l.connections);
+            let plan = sides(w, 0.0, l.connections, l.slo_p99_ms);
             let before = if w.writes() { probe.versions()? } else { None };
             let results = self.oha.run(&plan, l.warmup_secs, self.raw, "probe")?;
             let paired: Vec<_> = plan.into_iter().zip(results).collect();
@@ -147,11 +172,7 @@ impl Driver<'_> {
             if let Some(before) = before {
                 let ids = self.check_ids(probe, &before, &paired, "probe")?;
                 if !ids.ok {
-                    integrity_failures.push(format!(
-                        "in the warm-up probe: {} ids lost an acknowledged write, {} writes unexplained",
-                        ids.lost.len(),
-                        ids.unexplained
-                    ));
+                    integrity_failures.push(format!("in the warm-up probe: {}", ids.describe()));
                 }
             }
             for (side, _) in &paired {
@@ -228,7 +249,7 @@ impl Driver<'_> {
         tally: &mut Tally,
     ) -> Result<Step> {
         let l = self.load;
-        let plan = sides(w, rate, l.connections);
+        let plan = sides(w, rate, l.connections, l.slo_p99_ms);
         let (writes_before, versions_before) = if w.writes() {
             (probe.applied_writes()?, probe.versions()?)
         } else {
@@ -307,14 +328,7 @@ impl Driver<'_> {
             });
             if !ids.ok {
                 integrity.ok = false;
-                integrity.message = format!(
-                    "{}; per id: {} ids lost an acknowledged write {:?}, {} writes unexplained (at most {} PATCHes had no reply)",
-                    integrity.message,
-                    ids.lost.len(),
-                    ids.lost.iter().take(5).collect::<Vec<_>>(),
-                    ids.unexplained,
-                    ids.transport_errors
-                );
+                integrity.message = format!("{}; per id: {}", integrity.message, ids.describe());
             }
             step.ids = Some(ids);
         }
@@ -346,7 +360,7 @@ impl Driver<'_> {
                 true,
             )
         };
-        let plan = sides(w, rate, l.connections);
+        let plan = sides(w, rate, l.connections, l.slo_p99_ms);
         let tag = format!("rep{rep}-{}-{}-common", row.slug(), w.name);
         let before = if w.writes() { probe.versions()? } else { None };
         let (t0, oha0, cpus0) = (
@@ -367,9 +381,8 @@ impl Driver<'_> {
             let ids = self.check_ids(probe, &before, &paired, &tag)?;
             if !ids.ok {
                 failures.push(format!(
-                    "at the common rate ({rate:.0}/s): {} ids lost an acknowledged write, {} writes unexplained",
-                    ids.lost.len(),
-                    ids.unexplained
+                    "at the common rate ({rate:.0}/s): {}",
+                    ids.describe()
                 ));
             }
         }
@@ -442,7 +455,19 @@ impl Driver<'_> {
             }
             patches.transport_errors += r.transport_errors();
         }
-        Ok(check_ids(before, &after, &patches))
+        let mut c = check_ids(before, &after, &patches);
+        let written = crate::measure::ids::written_ids(before, &after);
+        if let Some(stored) = probe.emails(&written)? {
+            let sent = self.sent_emails.get_or_init(|| {
+                std::fs::read_to_string(&self.oha.bodies_file)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| crate::measure::ids::sent_emails(&b))
+                    .map_err(|e| format!("reading {}: {e:#}", self.oha.bodies_file.display()))
+            });
+            let sent = sent.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::measure::ids::check_emails(&mut c, &stored, sent);
+        }
+        Ok(c)
     }
 }
 
@@ -512,4 +537,53 @@ pub fn write_inputs(urls: &Path, bodies: &Path, base: &str, users: i64) -> Resul
     }
     b.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mix(get: u32) -> Workload {
+        Workload {
+            name: "mix".into(),
+            get_percent: get,
+            patch_percent: 100 - get,
+        }
+    }
+
+    #[test]
+    fn the_minority_method_gets_enough_connections_for_its_rate_at_the_slo() {
+        // 90/10 at 20k/s: PATCH carries 2000/s; at a 50 ms SLO it needs 100 connections,
+        // far more than its 10% of 96.
+        let s = sides(&mix(90), 20_000.0, 96, 50.0);
+        let patch = s.iter().find(|s| s.method == "PATCH").unwrap();
+        assert!((patch.rate - 2000.0).abs() < 1e-6);
+        assert_eq!(patch.connections, 100);
+        // The rule holds for every mix and rate: the minority's connections carry its
+        // rate at the SLO.
+        for get in [10, 30, 70, 90] {
+            for rate in [100.0, 1_500.0, 7_777.0, 40_000.0] {
+                let s = sides(&mix(get), rate, 96, 50.0);
+                let minority = s.iter().min_by(|a, b| a.rate.total_cmp(&b.rate)).unwrap();
+                assert!(
+                    f64::from(minority.connections) >= minority.rate * 0.050,
+                    "{minority:?}"
+                );
+                for side in &s {
+                    assert!(side.connections >= MIN_SIDE_CONNECTIONS);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn low_rates_and_closed_loop_share_connections_by_the_mix() {
+        let s = sides(&mix(90), 1_000.0, 96, 50.0);
+        assert_eq!(
+            (s[0].connections, s[1].connections),
+            (86, MIN_SIDE_CONNECTIONS.max(10))
+        );
+        let closed = sides(&mix(10), 0.0, 96, 50.0);
+        assert_eq!((closed[0].connections, closed[1].connections), (10, 86));
+    }
 }

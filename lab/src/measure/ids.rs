@@ -2,7 +2,7 @@
 //! status of every reply), each id's acknowledged and otherwise-answered PATCHes, and
 //! the check against each row's `version` before and after. Unlike a comparison of
 //! sums, a lost write on one id and a doubled write on another cannot cancel out.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -54,7 +54,73 @@ pub struct IdCheck {
     /// Stored writes beyond what an id's PATCHes answered 200 or otherwise explain; only
     /// PATCHes without a reply may account for them.
     pub unexplained: i64,
+    /// Ids written whose stored email was checked against the bodies sent.
+    pub emails_checked: usize,
+    /// Written ids whose stored email is none of the bodies sent: (id, email), first few.
+    pub foreign_emails: Vec<(i64, String)>,
     pub ok: bool,
+}
+
+impl IdCheck {
+    /// What failed, for a note: lost writes, unexplained ones, foreign emails.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ids lost an acknowledged write {:?}, {} writes unexplained (at most {} PATCHes had no reply), {} of {} written ids hold an email nobody sent {:?}",
+            self.lost.len(),
+            self.lost.iter().take(5).collect::<Vec<_>>(),
+            self.unexplained,
+            self.transport_errors,
+            self.foreign_emails.len(),
+            self.emails_checked,
+            self.foreign_emails,
+        )
+    }
+}
+
+/// The ids a check saw written (`version` moved), whose stored email must be one the
+/// load generator sent.
+pub fn written_ids(before: &HashMap<i64, i64>, after: &HashMap<i64, i64>) -> Vec<i64> {
+    let mut ids: Vec<i64> = after
+        .iter()
+        .filter(|(id, v)| before.get(id).is_none_or(|b| b != *v))
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Adds the email check to `c`: every written id's stored email must be one of the
+/// bodies sent. oha picks a body at random for each PATCH, independently of its URL, so
+/// which of them an id got cannot be known; a torn, stale-seed or foreign value can.
+pub fn check_emails(c: &mut IdCheck, stored: &HashMap<i64, String>, sent: &HashSet<String>) {
+    let mut foreign: Vec<(i64, String)> = stored
+        .iter()
+        .filter(|(_, e)| !sent.contains(*e))
+        .map(|(id, e)| (*id, e.clone()))
+        .collect();
+    foreign.sort();
+    c.emails_checked += stored.len();
+    if !foreign.is_empty() {
+        c.ok = false;
+    }
+    foreign.truncate(5);
+    c.foreign_emails.extend(foreign);
+}
+
+/// The emails in a bodies file (`{"email":"…"}` per line), as sent by oha's `-Z`.
+pub fn sent_emails(bodies: &str) -> Result<HashSet<String>> {
+    bodies
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).with_context(|| format!("body {l:?}"))?;
+            v["email"]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("no email in body {l:?}"))
+        })
+        .collect()
 }
 
 /// Checks every id: `applied(id) ≥ acked(id)`, and the writes beyond
@@ -144,6 +210,32 @@ mod tests {
         assert_eq!(c.unexplained, 2);
         assert!(c.ok);
         assert!(!check_ids(&before, &after, &outcomes(acked, other, 1)).ok);
+    }
+
+    #[test]
+    fn a_written_id_must_hold_one_of_the_emails_sent() {
+        let before = map(&[(1, 1), (2, 1), (3, 1)]);
+        let after = map(&[(1, 2), (2, 1), (3, 3)]);
+        assert_eq!(written_ids(&before, &after), vec![1, 3]);
+        let sent = sent_emails("{\"email\":\"a@x.org\"}\n{\"email\":\"b@x.org\"}\n").unwrap();
+        let acked = map(&[(1, 1u64), (3, 2)]);
+        let mut c = check_ids(&before, &after, &outcomes(acked, HashMap::new(), 0));
+        assert!(c.ok);
+        let good: HashMap<i64, String> =
+            [(1, "a@x.org".to_string()), (3, "b@x.org".to_string())].into();
+        check_emails(&mut c, &good, &sent);
+        assert!(c.ok);
+        assert_eq!(c.emails_checked, 2);
+        // Versions agree, yet id 3 holds its seed email: the write bumped the version only.
+        let stale: HashMap<i64, String> = [
+            (1, "a@x.org".to_string()),
+            (3, "user3@example.com".to_string()),
+        ]
+        .into();
+        check_emails(&mut c, &stale, &sent);
+        assert!(!c.ok);
+        assert_eq!(c.foreign_emails, vec![(3, "user3@example.com".to_string())]);
+        assert!(sent_emails("{\"name\":1}").is_err());
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub const MIX_GRAIN_REQUESTS: f64 = 2.0;
 /// have sent; below it the step fails and names the load generator as the limit.
 pub const MIN_SENT: f64 = 0.99;
 
+/// Largest 99th percentile of oha's scheduler lag (release − due; see
+/// [`oha::Schedule`]) a step may have: a fifth of a 50 ms SLO. Beyond it the offered
+/// rate was not what the timetable says, and the step fails naming the load generator.
+pub const MAX_SCHEDULER_LAG_MS: f64 = 10.0;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SideCounts {
     pub method: String,
@@ -40,6 +45,8 @@ pub struct SideCounts {
     pub status: BTreeMap<u16, u64>,
     pub transport_errors: BTreeMap<String, u64>,
     pub p99_ms: Option<f64>,
+    /// oha's scheduler against its timetable, in open loop.
+    pub schedule: Option<crate::measure::oha::Schedule>,
 }
 
 /// CPU-seconds per wall second (1.0 = one core busy).
@@ -126,6 +133,7 @@ pub fn evaluate(
             status: r.status.clone(),
             transport_errors: r.errors.clone(),
             p99_ms: r.latencies.quantile_ms(0.99),
+            schedule: r.schedule,
         });
     }
     let attempted = replies + sides.iter().map(|(_, r)| r.transport_errors()).sum::<u64>();
@@ -163,6 +171,15 @@ pub fn evaluate(
             "sent only {attempted} of {scheduled:.0} scheduled requests ({:.1}%: the load generator fell behind, on its CPU or waiting on busy connections)",
             100.0 * attempted as f64 / scheduled
         ));
+    }
+    for (side, r) in sides {
+        match r.schedule {
+            Some(s) if offered > 0.0 && s.lag_p99_ms > MAX_SCHEDULER_LAG_MS => reasons.push(format!(
+                "the load generator's {} scheduler ran {:.1} ms late at p99 (> {MAX_SCHEDULER_LAG_MS} ms): oha, not the server, was the limit",
+                side.method, s.lag_p99_ms
+            )),
+            _ => {}
+        }
     }
     if error_rate > load.error_budget {
         reasons.push(format!(
@@ -337,6 +354,33 @@ mod tests {
             s.reasons
                 .iter()
                 .any(|r| r.starts_with("sent only 1900 of 2000")),
+            "{:?}",
+            s.reasons
+        );
+    }
+
+    #[test]
+    fn a_step_whose_scheduler_lagged_fails_and_names_the_load_generator() {
+        let lagging = |lag: f64| {
+            let mut get = side("GET", 1800, 0, 0.002);
+            get.0.rate = 900.0;
+            get.1.schedule = Some(crate::measure::oha::Schedule {
+                lag_p99_ms: lag,
+                lag_max_ms: lag,
+                wait_p99_ms: 0.0,
+            });
+            let mut patch = side("PATCH", 200, 0, 0.004);
+            patch.0.rate = 100.0;
+            evaluate(1000.0, 2.0, 0.9, &[get, patch], &load())
+        };
+        assert!(lagging(MAX_SCHEDULER_LAG_MS).passed);
+        let s = lagging(MAX_SCHEDULER_LAG_MS + 5.0);
+        assert!(!s.passed);
+        assert!(
+            s.reasons
+                .iter()
+                .any(|r| r.contains("GET scheduler ran 15.0 ms late")
+                    && r.contains("oha, not the server")),
             "{:?}",
             s.reasons
         );

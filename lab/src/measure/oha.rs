@@ -19,6 +19,59 @@ pub struct SideResult {
     pub errors: BTreeMap<String, u64>,
     /// Latency of every reply (corrected for coordinated omission).
     pub latencies: Latencies,
+    /// How late oha's scheduler released requests against its rate's timetable (see
+    /// [`Schedule`]); None in closed loop.
+    pub schedule: Option<Schedule>,
+}
+
+/// The open-loop scheduler, seen from oha's per-request records: request i of a rate q
+/// is due at i/q; its `start_latency_correction` is when the scheduler released it, and
+/// its `start` when a connection took it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Schedule {
+    /// 99th percentile and maximum of release − due, in ms (relative to the earliest
+    /// release, so a constant offset between oha's clocks does not count).
+    pub lag_p99_ms: f64,
+    pub lag_max_ms: f64,
+    /// 99th percentile of start − release: waiting for a free connection, in ms.
+    pub wait_p99_ms: f64,
+}
+
+impl Schedule {
+    /// From the release and start times (seconds) of every reply of a side at `qps`.
+    /// Replies only: a request without a reply shifts later ones by 1/q, which errs on
+    /// the side of reporting lag.
+    pub fn from_records(mut released: Vec<f64>, mut waits: Vec<f64>, qps: f64) -> Option<Self> {
+        if released.is_empty() || qps <= 0.0 {
+            return None;
+        }
+        released.sort_by(f64::total_cmp);
+        let mut lags: Vec<f64> = released
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t - i as f64 / qps)
+            .collect();
+        let earliest = lags.iter().copied().fold(f64::INFINITY, f64::min);
+        for l in &mut lags {
+            *l -= earliest;
+        }
+        lags.sort_by(f64::total_cmp);
+        waits.sort_by(f64::total_cmp);
+        Some(Self {
+            lag_p99_ms: quantile(&lags, 0.99) * 1000.0,
+            lag_max_ms: lags.last().copied().unwrap_or(0.0) * 1000.0,
+            wait_p99_ms: quantile(&waits, 0.99).max(0.0) * 1000.0,
+        })
+    }
+}
+
+/// The q-quantile of sorted values (nearest rank); 0 when empty.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 impl SideResult {
@@ -125,7 +178,7 @@ impl Oha {
                 .with_context(|| format!("reading {}", json.display()))?;
             let mut side =
                 parse_summary(&summary).with_context(|| format!("parsing {}", json.display()))?;
-            side.latencies = read_latencies(&db)?;
+            read_records(&db, side_rate(sides, results.len()), &mut side)?;
             results.push(side);
         }
         Ok(results)
@@ -169,20 +222,38 @@ pub fn parse_summary(text: &str) -> Result<SideResult> {
     Ok(out)
 }
 
-/// Per-request latencies from oha's SQLite output (`--db-url`).
-fn read_latencies(db: &Path) -> Result<Latencies> {
-    let mut lat = Latencies::new();
+fn side_rate(sides: &[Side], i: usize) -> f64 {
+    sides.get(i).map_or(0.0, |s| s.rate)
+}
+
+/// Per-request latencies and the scheduler's timetable from oha's SQLite output
+/// (`--db-url`).
+fn read_records(db: &Path, qps: f64, into: &mut SideResult) -> Result<()> {
+    into.latencies = Latencies::new();
     if !db.exists() {
-        return Ok(lat); // no reply at all: oha writes no database
+        return Ok(()); // no reply at all: oha writes no database
     }
     let conn =
         rusqlite::Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
-    let mut stmt = conn.prepare("SELECT duration FROM oha")?;
-    let rows = stmt.query_map([], |r| r.get::<_, f64>(0))?;
-    for d in rows {
-        lat.record_secs(d?);
+    let mut stmt = conn.prepare("SELECT duration, start, start_latency_correction FROM oha")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, f64>(0)?,
+            r.get::<_, f64>(1)?,
+            r.get::<_, Option<f64>>(2)?,
+        ))
+    })?;
+    let (mut released, mut waits) = (Vec::new(), Vec::new());
+    for row in rows {
+        let (duration, start, release) = row?;
+        into.latencies.record_secs(duration);
+        if let Some(release) = release {
+            released.push(release);
+            waits.push(start - release);
+        }
     }
-    Ok(lat)
+    into.schedule = Schedule::from_records(released, waits, qps);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -199,5 +270,26 @@ mod tests {
         assert_eq!(s.transport_errors(), 5);
         assert_eq!(s.count(503), 3);
         assert!(parse_summary("{}").is_err());
+    }
+
+    #[test]
+    fn scheduler_lag_is_release_time_against_the_rates_timetable() {
+        // 1000/s: due every ms. On time, with a constant clock offset of 0.5 s.
+        let on_time: Vec<f64> = (0..1000).map(|i| 0.5 + i as f64 / 1000.0).collect();
+        let s = Schedule::from_records(on_time.clone(), vec![0.0; 1000], 1000.0).unwrap();
+        assert!(s.lag_max_ms < 1e-6, "{s:?}");
+        // The scheduler stalls 30 ms at request 500 and catches up by request 540.
+        let mut late = on_time;
+        for (i, t) in late.iter_mut().enumerate().take(540).skip(500) {
+            *t += (30.0 - (i - 500) as f64 * 0.75) / 1000.0;
+        }
+        let waits: Vec<f64> = (0..1000)
+            .map(|i| if i < 980 { 0.001 } else { 0.2 })
+            .collect();
+        let s = Schedule::from_records(late, waits, 1000.0).unwrap();
+        assert!((s.lag_max_ms - 30.0).abs() < 0.01, "{s:?}");
+        assert!(s.lag_p99_ms > 20.0, "{s:?}");
+        assert!((s.wait_p99_ms - 200.0).abs() < 1e-6, "{s:?}");
+        assert_eq!(Schedule::from_records(vec![], vec![], 1000.0), None);
     }
 }
