@@ -343,6 +343,7 @@ pub fn write_outputs(
         raw.join("summary.json"),
         serde_json::to_string_pretty(summary)?,
     )?;
+    let steps = bundle_steps(raw)?;
     std::fs::write(out.join("results.md"), report::results_md(summary))?;
     std::fs::write(out.join("results.svg"), report::chart_svg(summary))?;
     if let Some(readme) = readme {
@@ -351,17 +352,88 @@ pub fn write_outputs(
         std::fs::write(readme, report::update_readme(&text, summary)?)?;
     }
     eprintln!(
-        "==> wrote {}, {} and {}",
+        "==> wrote {}, {}, {} and {}",
         out.join("results.md").display(),
         out.join("results.svg").display(),
-        raw.join("summary.json").display()
+        raw.join("summary.json").display(),
+        steps.display()
     );
     Ok(())
+}
+
+/// Above this size the per-step data are committed gzip-compressed.
+const STEPS_GZIP_ABOVE: usize = 1 << 20;
+
+/// Every search's steps of a run (the `rep*-steps.json` files) in one file to commit:
+/// `steps.json`, an object from "rep-row-workload" to that search's steps, gzipped as
+/// `steps.json.gz` when over 1 MiB. Returns its path.
+pub fn bundle_steps(raw: &Path) -> Result<std::path::PathBuf> {
+    let mut all = serde_json::Map::new();
+    let mut names: Vec<_> = std::fs::read_dir(raw)?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .filter(|n| n.starts_with("rep") && n.ends_with("-steps.json"))
+        .collect();
+    names.sort();
+    for name in names {
+        let text = std::fs::read_to_string(raw.join(&name))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {name}"))?;
+        all.insert(name.trim_end_matches("-steps.json").to_string(), value);
+    }
+    let text = serde_json::to_string(&serde_json::Value::Object(all))?;
+    let (plain, gz) = (raw.join("steps.json"), raw.join("steps.json.gz"));
+    let _ = std::fs::remove_file(&plain);
+    let _ = std::fs::remove_file(&gz);
+    if text.len() > STEPS_GZIP_ABOVE {
+        use std::io::Write as _;
+        let mut enc =
+            flate2::write::GzEncoder::new(std::fs::File::create(&gz)?, flate2::Compression::best());
+        enc.write_all(text.as_bytes())?;
+        enc.finish()?;
+        Ok(gz)
+    } else {
+        std::fs::write(&plain, text)?;
+        Ok(plain)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_steps_of_every_search_go_into_one_file_compressed_when_large() {
+        let dir = std::env::temp_dir().join(format!("lab-steps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("rep1-pool-read-heavy-steps.json"),
+            r#"[{"offered":100.0}]"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("rep1-pool-server.log"), "not steps").unwrap();
+        let small = bundle_steps(&dir).unwrap();
+        assert_eq!(small, dir.join("steps.json"));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&small).unwrap()).unwrap();
+        assert_eq!(v["rep1-pool-read-heavy"][0]["offered"], 100.0);
+        assert_eq!(v.as_object().unwrap().len(), 1);
+        let big = format!("[{}]", vec![r#"{"offered":1.5}"#; 200_000].join(","));
+        std::fs::write(dir.join("rep2-pool-write-heavy-steps.json"), big).unwrap();
+        let gz = bundle_steps(&dir).unwrap();
+        assert_eq!(gz, dir.join("steps.json.gz"));
+        assert!(!small.exists(), "one file per run");
+        let mut text = String::new();
+        use std::io::Read as _;
+        flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["rep2-pool-write-heavy"].as_array().unwrap().len(),
+            200_000
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn search(qps: f64) -> SearchResult {
         serde_json::from_value(serde_json::json!({

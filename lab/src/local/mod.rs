@@ -80,6 +80,12 @@ impl Probe for LocalProbe<'_> {
     fn versions(&mut self) -> Result<Option<std::collections::HashMap<i64, i64>>> {
         pg::versions(self.db).map(Some)
     }
+    fn settle(&mut self) -> Result<()> {
+        pg::settle(self.db)
+    }
+    fn background(&mut self) -> Result<Option<crate::measure::driver::Background>> {
+        pg::background(self.db).map(Some)
+    }
     fn emails(&mut self, ids: &[i64]) -> Result<Option<std::collections::HashMap<i64, String>>> {
         pg::emails(self.db, ids).map(Some)
     }

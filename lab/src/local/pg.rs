@@ -108,6 +108,28 @@ pub fn versions(client: &mut Client) -> Result<std::collections::HashMap<i64, i6
         .collect())
 }
 
+/// The same database state before every search: the previous search's dead rows
+/// vacuumed and its dirty pages written, so neither autovacuum (off for the run, see
+/// matrix.toml) nor a checkpoint is owed to an earlier search.
+pub fn settle(client: &mut Client) -> Result<()> {
+    client
+        .batch_execute("VACUUM users; CHECKPOINT")
+        .context("VACUUM and CHECKPOINT before a search")
+}
+
+/// Checkpoints so far (timed and requested) and autovacuum runs on `users`.
+pub fn background(client: &mut Client) -> Result<crate::measure::driver::Background> {
+    let row = client.query_one(
+        "SELECT (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter), \
+                coalesce((SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'users'), 0)",
+        &[],
+    )?;
+    Ok(crate::measure::driver::Background {
+        checkpoints: row.get(0),
+        autovacuums: row.get(1),
+    })
+}
+
 /// The stored email of each of `ids`.
 pub fn emails(client: &mut Client, ids: &[i64]) -> Result<std::collections::HashMap<i64, String>> {
     Ok(client

@@ -38,11 +38,28 @@ pub trait Probe {
     fn versions(&mut self) -> Result<Option<HashMap<i64, i64>>> {
         Ok(None)
     }
+    /// Brings the database to the same state before every search, where it is
+    /// reachable: dead rows vacuumed, dirty pages checkpointed.
+    fn settle(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// PostgreSQL's checkpoints and autovacuum runs on `users` so far, where reachable.
+    fn background(&mut self) -> Result<Option<Background>> {
+        Ok(None)
+    }
     /// The stored email of each of `ids`, where the database is reachable.
     fn emails(&mut self, ids: &[i64]) -> Result<Option<HashMap<i64, String>>> {
         let _ = ids;
         Ok(None)
     }
+}
+
+/// PostgreSQL's background work that could decide a step (counters, or their change
+/// over a step).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Background {
+    pub checkpoints: i64,
+    pub autovacuums: i64,
 }
 
 /// PATCHes sent over a whole search, the probe included: what a per-Job integrity
@@ -163,6 +180,7 @@ impl Driver<'_> {
         // the first repetition's search. Not measured.
         let mut hint = hint;
         let mut integrity_failures = Vec::new();
+        probe.settle()?;
         if l.warmup_secs > 0.0 {
             let plan = sides(w, 0.0, l.connections, l.slo_p99_ms);
             let before = if w.writes() { probe.versions()? } else { None };
@@ -256,11 +274,19 @@ impl Driver<'_> {
             (None, None)
         };
         let served_before = if metrics { probe.scrape()? } else { None };
+        let background_before = probe.background()?;
         let (t0, oha0) = (probe.ticks(), procfs::reaped_children_ticks());
         let start = Instant::now();
         let results = self.oha.run(&plan, l.duration_secs, self.raw, tag)?;
         let wall = start.elapsed().as_secs_f64();
         let (t1, oha1) = (probe.ticks(), procfs::reaped_children_ticks());
+        let background = match background_before {
+            Some(a) => probe.background()?.map(|b| Background {
+                checkpoints: b.checkpoints - a.checkpoints,
+                autovacuums: b.autovacuums - a.autovacuums,
+            }),
+            None => None,
+        };
         let paired: Vec<(Side, SideResult)> = plan.into_iter().zip(results).collect();
         let ids = match versions_before {
             Some(before) => Some(self.check_ids(probe, &before, &paired, tag)?),
@@ -272,6 +298,7 @@ impl Driver<'_> {
         tally.add(&paired);
         let mut step = evaluate(rate, l.duration_secs, w.get_share(), &paired, l);
         step.wall_secs = wall;
+        step.background = background;
         // Every party's CPU over the same window: from just before oha starts to just
         // after it exits (oha's figure includes writing its per-request log).
         let per_sec = |a: Option<u64>, b: Option<u64>| match (a, b) {

@@ -97,6 +97,9 @@ pub struct Step {
     pub confirmation: bool,
     /// The per-id write check, where the database is reachable.
     pub ids: Option<crate::measure::ids::IdCheck>,
+    /// Checkpoints and autovacuum runs that happened during the step, where the
+    /// database is reachable (the run's settings aim for none).
+    pub background: Option<crate::measure::driver::Background>,
     /// Why the step failed (empty when it passed).
     pub reasons: Vec<String>,
 }
@@ -219,6 +222,7 @@ pub fn evaluate(
         passed: reasons.is_empty(),
         confirmation: false,
         ids: None,
+        background: None,
         reasons,
     }
 }
