@@ -161,8 +161,9 @@ pub struct Capacity {
 }
 
 /// The version of `summary.json`'s format: 2 added `schema_version`, `capacity`,
-/// `server_us_per_request`, `postgres_us_per_request` and `common` (absent: 1).
-pub const SCHEMA_VERSION: u32 = 2;
+/// `server_us_per_request`, `postgres_us_per_request` and `common` (absent: 1); 3 made
+/// the pgbench reference an open-loop search (`offered`, `steps`, `common`).
+pub const SCHEMA_VERSION: u32 = 3;
 
 impl WorkloadResult {
     pub fn new(name: &str) -> Self {
@@ -241,6 +242,10 @@ impl RowResult {
     }
 }
 
+/// PostgreSQL alone (pgbench) for one workload and repetition. Since schema 3 it is
+/// measured like the rows: `tps` is the confirmed open-loop capacity (good transactions
+/// per second of its weakest passing step), `p99_ms` and the CPU figures are that
+/// step's; before, `tps` was a closed-loop maximum.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReferenceResult {
     pub workload: String,
@@ -250,6 +255,29 @@ pub struct ReferenceResult {
     pub clients: u32,
     pub cpu_postgres: Option<f64>,
     pub cpu_pgbench: f64,
+    /// The confirmed offered rate (None: closed loop, or nothing confirmed).
+    #[serde(default)]
+    pub offered: Option<f64>,
+    #[serde(default)]
+    pub steps: usize,
+    #[serde(default)]
+    pub common: Option<ReferenceCommon>,
+}
+
+/// PostgreSQL alone at the run's common rate (or half its capacity, `reduced`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReferenceCommon {
+    pub offered: f64,
+    pub reduced: bool,
+    pub secs: f64,
+    pub achieved: f64,
+    pub passed: bool,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub postgres_us_per_transaction: Option<f64>,
+    pub pgbench_us_per_transaction: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

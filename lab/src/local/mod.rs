@@ -289,41 +289,50 @@ fn measure_reference(
     let mut out = Vec::new();
     for w in &m.workloads {
         pg::seed(&mut r.db, m.load.users, true)?;
+        pg::settle(&mut r.db)?;
         let bench = Pgbench {
             url,
             cpus: &m.local.oha_cpus,
             clients: m.load.pgbench_clients,
             users: m.load.users,
+            postmaster: r.postmaster,
         };
-        let secs = (m.load.duration_secs.ceil() as u32).max(1);
-        let pg_ticks = || r.postmaster.and_then(procfs::postgres_ticks);
-        let (pg0, c0, t0) = (
-            pg_ticks(),
-            procfs::reaped_children_ticks(),
-            std::time::Instant::now(),
-        );
-        let run = bench.run(w, secs, raw, &format!("rep{rep}-pgbench-{}", w.name))?;
-        let wall = t0.elapsed().as_secs_f64();
-        let (pg1, c1) = (pg_ticks(), procfs::reaped_children_ticks());
-        let cpu_pg = match (pg0, pg1) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / procfs::TICKS_PER_SEC / wall),
-            _ => None,
+        let found = bench.search(
+            w,
+            &m.load,
+            raw,
+            &format!("rep{rep}-pgbench-{}", w.name),
+            say,
+        )?;
+        let (offered, at) = match &found.capacity {
+            Some((rate, step)) => (Some(*rate), Some(step)),
+            None => (None, None),
         };
         say(&format!(
-            "  pgbench reference {} rep {rep}: {:.0} TPS ({} transactions), p99 {} ms",
+            "  pgbench reference {} rep {rep}: {} confirmed, {}",
             w.name,
-            run.tps,
-            run.transactions,
-            run.p99_ms.map_or("n/a".into(), |p| format!("{p:.1}"))
+            at.map_or("nothing".into(), |s| format!("{:.0} TPS", s.achieved)),
+            found
+                .common
+                .as_ref()
+                .map_or("no common-rate window".into(), |c| format!(
+                    "at {:.0}/s PostgreSQL spent {} µs per transaction",
+                    c.offered,
+                    c.postgres_us_per_transaction
+                        .map_or("n/a".into(), |u| format!("{u:.0}"))
+                ))
         ));
         out.push(ReferenceResult {
             workload: w.name.clone(),
             repetition: rep,
-            tps: run.tps,
-            p99_ms: run.p99_ms,
+            tps: at.map_or(0.0, |s| s.achieved),
+            p99_ms: at.and_then(|s| s.p99_ms),
             clients: m.load.pgbench_clients,
-            cpu_postgres: cpu_pg,
-            cpu_pgbench: c1.saturating_sub(c0) as f64 / procfs::TICKS_PER_SEC / wall,
+            cpu_postgres: at.and_then(|s| s.cpu_postgres),
+            cpu_pgbench: at.map_or(0.0, |s| s.cpu_pgbench),
+            offered,
+            steps: found.steps.len(),
+            common: found.common,
         });
     }
     Ok(out)
