@@ -60,6 +60,9 @@ fn p99_cell(w: &WorkloadResult) -> String {
 /// What limited a build: the busiest CPUs at its best step, and why the next rate failed.
 /// CPU use is in cores (1.0 = one core busy); parties may share CPUs (e.g. PostgreSQL
 /// floating over all of them), so the whole machine is judged as well as each party.
+/// A CPU at least this busy over a step counts as saturated.
+const SATURATED: f64 = 0.9;
+
 fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
     let Some(m) = w.median_search() else {
         return String::new();
@@ -95,7 +98,38 @@ fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
             })
         })
         .collect();
-    if !saturated.is_empty() {
+    let busy = &m.cpu_busy_at_limit;
+    if !busy.is_empty() {
+        // Judged from the CPUs themselves (/proc/stat), naming who is pinned where.
+        let on = |cpu: usize| -> String {
+            let who: Vec<&str> = parties
+                .iter()
+                .filter(|(_, _, c)| c.contains(&cpu))
+                .map(|(who, _, _)| *who)
+                .collect();
+            if who.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", who.join(", "))
+            }
+        };
+        let hot: Vec<String> = busy
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b >= SATURATED)
+            .map(|(cpu, b)| format!("CPU {cpu} {:.0}%{}", b * 100.0, on(cpu)))
+            .collect();
+        let all: Vec<String> = busy
+            .iter()
+            .enumerate()
+            .map(|(cpu, b)| format!("{cpu}: {:.0}%", b * 100.0))
+            .collect();
+        if hot.is_empty() {
+            parts.push(format!("no CPU saturated (busy {})", all.join(", ")));
+        } else {
+            parts.push(format!("saturated: {}", hot.join(", ")));
+        }
+    } else if !saturated.is_empty() {
         parts.push(format!("saturated: {}", saturated.join(", ")));
     } else if !all.is_empty() && total / all.len() as f64 >= 0.8 {
         parts.push(format!(
@@ -170,6 +204,17 @@ fn change(prev: Option<&RowResult>, row: &RowResult) -> String {
         }
         None => format!("{what} n/a"),
     };
+    let reps = row
+        .workloads
+        .iter()
+        .map(|w| w.searches.len())
+        .min()
+        .unwrap_or(0);
+    if reps < MIN_REPETITIONS {
+        return format!(
+            "not judged: {reps} repetition(s) cannot tell a change from noise (needs {MIN_REPETITIONS})"
+        );
+    }
     for (a, b) in prev.workloads.iter().zip(&row.workloads) {
         let name = short(&b.name);
         parts.push(label(&name, compare(&qps(a), &qps(b))));
@@ -457,13 +502,13 @@ pub fn results_md(s: &Summary) -> String {
         "- Method: open-loop rate search with two oha processes (GET and PATCH) at the exact mix, {} s per step, \
          {} repetition(s) interleaved across rows, median (min–max) shown. A step passes when good replies ≥ {:.0}% of \
          the offered rate, errors ≤ {:.2}%, the mix is exact within ±1 point (or 2 requests, in steps too small for 1 point to be a whole request), and the p99 of all requests (merged \
-         per-request data, latency-corrected) ≤ {} ms. QPS is the good-reply rate of the highest passing step; p99 is at that step. {} oha connections in all.",
+         per-request data, latency-corrected) ≤ {} ms. QPS is the good-reply rate of the confirmed step; p99 is at that step. {} oha connections shared by the mix, and the minority method at least its rate × the SLO (so its connections are never the limit). Before every search the database is vacuumed and checkpointed, with autovacuum off and checkpoints spaced beyond a search (each step records any it saw).",
         e.duration_secs, e.repetitions, e.min_achieved * 100.0, e.error_budget * 100.0, e.slo_p99_ms, e.connections
     );
     let load = &s.matrix["load"];
     let _ = writeln!(
         out,
-        "- Capacity: the search's best rate is re-run and counts only after {} passing re-runs in a row (0: not confirmed, as in --quick); a step also fails when oha sent under 99% of the requests its rate schedules. Cost: after its search, each row runs each workload at {} requests/s for {} s (`*`: a row below that rate ran at half its own capacity); CPU per request is each party's CPU time over the requests answered. Changes are significant only when the rows' min–max ranges do not overlap (\"≈\": within noise), and not judged below 3 repetitions.",
+        "- Capacity: the search's best rate is re-run and counts only after {} passing re-runs in a row (0: not confirmed, as in --quick); a step also fails when oha sent under 99% of the requests its rate schedules, or when its scheduler released them over 10 ms late at p99 (then the note names the load generator as the limit). Cost: after its search, each row runs each workload at {} requests/s for {} s (`*`: a row below that rate ran at half its own capacity); CPU per request is each party's CPU time over the requests answered. Changes are significant only when the rows' min–max ranges do not overlap (\"≈\": within noise), and not judged below 3 repetitions.",
         load["confirmations"].as_u64().unwrap_or(0),
         load["common_qps"].as_f64().map_or("—".into(), |q| format!("{q:.0}")),
         load["common_secs"].as_f64().map_or("—".into(), |q| format!("{q}")),
@@ -477,7 +522,7 @@ pub fn results_md(s: &Summary) -> String {
     if failures.is_empty() && matches!(e.host, Host::Cluster { .. }) {
         out.push_str("Every load-generator Job was checked: PATCHes answered 200 over the whole Job = updates applied by PostgreSQL (sum of `version`, read in the PostgreSQL pod before and after the Job; the Job itself cannot reach the database), and, with `metrics`, the server's own counts = oha's at every step. All checks passed.\n");
     } else if failures.is_empty() {
-        out.push_str("Every write-bearing step was checked: PATCHes answered 200 = updates applied by PostgreSQL (sum of `version`), and, with `metrics`, the server's own counts = oha's. All checks passed.\n");
+        out.push_str("Every write-bearing window was checked per id (the warm-up probe, every step, the common-rate window): from oha's per-request records, each id's stored `version` grew by at least its PATCHes answered 200 and by at most those plus its PATCHes answered otherwise, with extra writes only up to the PATCHes that got no reply; every written id holds an email that was sent; and, with `metrics`, the server's own counts = oha's. All checks passed.\n");
     } else {
         out.push_str(
             "**INTEGRITY FAILURES** — these numbers must not be trusted until explained:\n\n",
@@ -631,6 +676,7 @@ mod tests {
             cpu_postgres_job: None,
             limit: Some("p99 80 ms > 50 ms".into()),
             limit_cpu: None,
+            cpu_busy_at_limit: Vec::new(),
             steps: 5,
             integrity_failures: vec![],
             writes_checked: 100,

@@ -103,6 +103,10 @@ pub struct SearchResult {
     /// CPU cores used (server, PostgreSQL, oha) at that failing step: what saturated.
     #[serde(default)]
     pub limit_cpu: Option<(Option<f64>, Option<f64>, f64)>,
+    /// Each CPU's busy share (from /proc/stat) at that failing step, else at the best
+    /// one: what saturated, judged from the CPUs (empty where they are not this machine's).
+    #[serde(default)]
+    pub cpu_busy_at_limit: Vec<f64>,
     pub steps: usize,
     pub integrity_failures: Vec<String>,
     pub writes_checked: u64,

@@ -80,6 +80,9 @@ impl Probe for LocalProbe<'_> {
     fn versions(&mut self) -> Result<Option<std::collections::HashMap<i64, i64>>> {
         pg::versions(self.db).map(Some)
     }
+    fn cpu_times(&mut self) -> Vec<(u64, u64)> {
+        procfs::cpu_times()
+    }
     fn settle(&mut self) -> Result<()> {
         pg::settle(self.db)
     }

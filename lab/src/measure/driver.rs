@@ -38,6 +38,11 @@ pub trait Probe {
     fn versions(&mut self) -> Result<Option<HashMap<i64, i64>>> {
         Ok(None)
     }
+    /// Each CPU's (busy, total) ticks so far, where the target's CPUs are this
+    /// machine's (see `procfs::cpu_times`).
+    fn cpu_times(&mut self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
     /// Brings the database to the same state before every search, where it is
     /// reachable: dead rows vacuumed, dirty pages checkpointed.
     fn settle(&mut self) -> Result<()> {
@@ -275,11 +280,19 @@ impl Driver<'_> {
         };
         let served_before = if metrics { probe.scrape()? } else { None };
         let background_before = probe.background()?;
-        let (t0, oha0) = (probe.ticks(), procfs::reaped_children_ticks());
+        let (t0, oha0, cpus0) = (
+            probe.ticks(),
+            procfs::reaped_children_ticks(),
+            probe.cpu_times(),
+        );
         let start = Instant::now();
         let results = self.oha.run(&plan, l.duration_secs, self.raw, tag)?;
         let wall = start.elapsed().as_secs_f64();
-        let (t1, oha1) = (probe.ticks(), procfs::reaped_children_ticks());
+        let (t1, oha1, cpus1) = (
+            probe.ticks(),
+            procfs::reaped_children_ticks(),
+            probe.cpu_times(),
+        );
         let background = match background_before {
             Some(a) => probe.background()?.map(|b| Background {
                 checkpoints: b.checkpoints - a.checkpoints,
@@ -299,6 +312,7 @@ impl Driver<'_> {
         let mut step = evaluate(rate, l.duration_secs, w.get_share(), &paired, l);
         step.wall_secs = wall;
         step.background = background;
+        step.cpu_busy = procfs::busy_shares(&cpus0, &cpus1);
         // Every party's CPU over the same window: from just before oha starts to just
         // after it exits (oha's figure includes writing its per-request log).
         let per_sec = |a: Option<u64>, b: Option<u64>| match (a, b) {
@@ -520,6 +534,10 @@ fn summarize(
     let limit =
         limit_step.map(|st| format!("{} at {:.0}/s offered", st.reasons.join(", "), st.offered));
     let limit_cpu = limit_step.map(|st| (st.cpu.server, st.cpu.postgres, st.cpu.oha));
+    let cpu_busy_at_limit = limit_step
+        .or(best)
+        .map(|st| st.cpu_busy.clone())
+        .unwrap_or_default();
     SearchResult {
         repetition: rep,
         qps: best.map_or(0.0, |b| b.achieved),
@@ -535,6 +553,7 @@ fn summarize(
         common: None,
         limit,
         limit_cpu,
+        cpu_busy_at_limit,
         steps: s.steps() as usize,
         integrity_failures,
         writes_checked,

@@ -97,6 +97,10 @@ pub struct Step {
     pub confirmation: bool,
     /// The per-id write check, where the database is reachable.
     pub ids: Option<crate::measure::ids::IdCheck>,
+    /// Each CPU's busy share over the step (from /proc/stat), where the target's CPUs
+    /// are this machine's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpu_busy: Vec<f64>,
     /// Checkpoints and autovacuum runs that happened during the step, where the
     /// database is reachable (the run's settings aim for none).
     pub background: Option<crate::measure::driver::Background>,
@@ -170,8 +174,20 @@ pub fn evaluate(
     // offered, and the server cannot be blamed for them.
     let scheduled: f64 = sides.iter().map(|(s, _)| (s.rate * secs).floor()).sum();
     if offered > 0.0 && (attempted as f64) < MIN_SENT * scheduled {
+        // Released on time but stuck behind busy connections: the server was too slow
+        // to free them (each side has connections for its rate at the SLO). Otherwise
+        // oha itself fell behind.
+        let waited = sides
+            .iter()
+            .filter_map(|(_, r)| r.schedule)
+            .any(|s| s.wait_p99_ms > load.slo_p99_ms);
+        let why = if waited {
+            "requests queued for a connection the server did not free in time"
+        } else {
+            "the load generator fell behind: oha, not the server, was the limit"
+        };
         reasons.push(format!(
-            "sent only {attempted} of {scheduled:.0} scheduled requests ({:.1}%: the load generator fell behind, on its CPU or waiting on busy connections)",
+            "sent only {attempted} of {scheduled:.0} scheduled requests ({:.1}%: {why})",
             100.0 * attempted as f64 / scheduled
         ));
     }
@@ -222,6 +238,7 @@ pub fn evaluate(
         passed: reasons.is_empty(),
         confirmation: false,
         ids: None,
+        cpu_busy: Vec::new(),
         background: None,
         reasons,
     }
