@@ -46,6 +46,33 @@ pub enum Cmd {
     Verify(VerifyArgs),
     /// Adds up the `test result:` lines of cargo test output (for scripts/test.sh).
     TestTotals(TestTotalsArgs),
+    /// Compares two runs (folders or summary.json files) row by row: capacity and CPU per
+    /// request, each change judged significant or within noise. Exits 1 when a row got
+    /// significantly worse by more than --fail-above percent.
+    Compare(CompareArgs),
+    /// The repeatability of runs: per row and workload, how far the repetitions spread.
+    Repeatability(RepeatabilityArgs),
+    /// Prints how many ns a fixed CPU loop takes per thousand iterations here (the run
+    /// calls it pinned to each CPU before every search, to see the machine's speed).
+    Calibrate,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct CompareArgs {
+    /// The baseline run: a results/<stamp> folder or its summary.json.
+    pub old: PathBuf,
+    /// The run to judge.
+    pub new: PathBuf,
+    /// A significant change for the worse beyond this percentage fails the comparison.
+    #[arg(long, default_value_t = 5.0, value_name = "PCT")]
+    pub fail_above: f64,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RepeatabilityArgs {
+    /// Runs: results/<stamp> folders or summary.json files.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -59,6 +86,15 @@ pub struct MatrixArgs {
     /// Short durations and one repetition: a smoke run, not for publishing.
     #[arg(long)]
     pub quick: bool,
+    /// Study: the length of each measured step, in seconds, instead of the matrix's.
+    #[arg(long, value_name = "SECS")]
+    pub step_secs: Option<f64>,
+    /// Study: the common rate instead of the matrix's (0: no common-rate window).
+    #[arg(long, value_name = "QPS")]
+    pub common_qps: Option<f64>,
+    /// Study: leave out the reference line (pgbench).
+    #[arg(long)]
+    pub no_reference: bool,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -18,6 +18,7 @@ use crate::results::{Host, Summary};
 pub fn load_matrix(m: &MatrixArgs) -> Result<Matrix> {
     let mut matrix = Matrix::load_file(&m.matrix)?;
     matrix.select(&m.only)?;
+    matrix.override_load(m.step_secs, m.common_qps, !m.no_reference)?;
     if m.quick {
         matrix.quick();
     }
@@ -384,7 +385,60 @@ pub fn dispatch(cmd: &Cmd) -> Result<bool> {
         Cmd::Ingest(a) => ingest(a),
         Cmd::Verify(a) => verify(a),
         Cmd::TestTotals(a) => test_totals(a),
+        Cmd::Compare(a) => compare(a),
+        Cmd::Repeatability(a) => repeatability(a),
+        Cmd::Calibrate => {
+            println!("{:.0}", crate::measure::calibrate::ns_per_thousand(5));
+            Ok(true)
+        }
     }
+}
+
+/// `lab compare OLD NEW`: the report on stdout; false when a row regressed.
+pub fn compare(a: &CompareArgs) -> Result<bool> {
+    let (old, new) = (crate::compare::load(&a.old)?, crate::compare::load(&a.new)?);
+    let lines = crate::compare::lines(&old, &new);
+    if lines.is_empty() {
+        bail!("the two runs have no row and workload in common");
+    }
+    print!(
+        "{}",
+        crate::compare::report(&old, &new, &lines, a.fail_above)
+    );
+    let regressed: Vec<String> = lines
+        .iter()
+        .filter(|l| l.regressed(a.fail_above))
+        .map(|l| format!("{} / {} / {}", l.row, l.workload, l.measure))
+        .collect();
+    if !regressed.is_empty() {
+        eprintln!(
+            "!!! significant regression beyond {}%: {}",
+            a.fail_above,
+            regressed.join("; ")
+        );
+    }
+    Ok(regressed.is_empty())
+}
+
+/// `lab repeatability RUN...`: the spread of each run's repetitions, on stdout.
+pub fn repeatability(a: &RepeatabilityArgs) -> Result<bool> {
+    let runs = a
+        .runs
+        .iter()
+        .map(|p| {
+            let name = p
+                .components()
+                .rev()
+                .find(|c| c.as_os_str() != "summary.json")
+                .map_or_else(
+                    || p.display().to_string(),
+                    |c| c.as_os_str().to_string_lossy().to_string(),
+                );
+            Ok((name, crate::compare::load(p)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    print!("{}", crate::compare::repeatability(&runs));
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -419,6 +473,9 @@ mod tests {
             matrix: root.join("matrix.toml"),
             only: vec![],
             quick: true,
+            step_secs: None,
+            common_qps: None,
+            no_reference: false,
         };
         assert!(validate(&m).unwrap());
         assert!(plan(&m).unwrap());

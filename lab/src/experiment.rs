@@ -234,7 +234,12 @@ pub fn run(e: &Experiment, target: &mut dyn Target) -> Result<Summary> {
             clock.done += 1;
         }
         let say = |s: &str| clock.say(s);
-        match target.reference(rep, &raw, &say) {
+        let measured = if e.matrix.load.reference {
+            target.reference(rep, &raw, &say)
+        } else {
+            None
+        };
+        match measured {
             Some(Ok(mut r)) => reference.append(&mut r),
             Some(Err(err)) => {
                 eprintln!("!!! the reference failed: {err:#}");

@@ -11,9 +11,11 @@
 //! - [`matrix`] (matrix.toml), [`results`] (the summary), [`report`] (results.md, the
 //!   README table, the chart), [`sql`] (the schema and role both targets seed),
 //!   [`environment`] (facts about this machine and repository);
+//! - [`compare`]: two runs side by side, and the repeatability of runs;
 //! - [`cli`] and [`commands`]: the command line, one function per subcommand.
 pub mod cli;
 pub mod commands;
+pub mod compare;
 pub mod environment;
 pub mod experiment;
 pub mod k8s;

@@ -128,6 +128,9 @@ pub struct Load {
     /// How long the common-rate window lasts.
     #[serde(default)]
     pub common_secs: f64,
+    /// Whether the target measures its reference line (pgbench) after each repetition;
+    /// not a matrix key: `--no-reference` turns it off for a study.
+    pub reference: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -245,6 +248,30 @@ impl Matrix {
         Ok(())
     }
 
+    /// A study's overrides of `[load]`: the step length, the common rate (0: none) and
+    /// whether the reference line is measured. The run's record shows the values used.
+    pub fn override_load(
+        &mut self,
+        step_secs: Option<f64>,
+        common_qps: Option<f64>,
+        reference: bool,
+    ) -> Result<()> {
+        if let Some(s) = step_secs {
+            if !(s > 0.0 && s <= 600.0) {
+                bail!("--step-secs must be above 0 and at most 600");
+            }
+            self.load.duration_secs = s;
+        }
+        if let Some(q) = common_qps {
+            if !(q >= 0.0 && q.is_finite()) {
+                bail!("--common-qps must be 0 (none) or a rate");
+            }
+            self.load.common_qps = q;
+        }
+        self.load.reference = reference;
+        Ok(())
+    }
+
     /// Short durations for a smoke run.
     pub fn quick(&mut self) {
         self.load.warmup_secs = self.load.warmup_secs.min(0.5);
@@ -340,6 +367,7 @@ fn parse_load(text: &str, l: &RawLoad) -> Result<Load> {
                 at(s.span())
             ),
         },
+        reference: true,
     })
 }
 
@@ -680,6 +708,13 @@ postgres = { work_mem = "8MB", jit = false }
         assert!(m.select(&["nope".into()]).is_err());
         m.select(&["+pool".into()]).unwrap();
         assert_eq!(m.rows.len(), 1);
+        m.override_load(Some(5.0), Some(0.0), false).unwrap();
+        assert_eq!(
+            (m.load.duration_secs, m.load.common_qps, m.load.reference),
+            (5.0, 0.0, false)
+        );
+        assert!(m.override_load(Some(0.0), None, true).is_err());
+        assert!(m.override_load(None, Some(-1.0), true).is_err());
         m.quick();
         assert_eq!(m.load.repetitions, 1);
         assert!(m.load.duration_secs <= 2.0);

@@ -60,6 +60,45 @@ fn p99_cell(w: &WorkloadResult) -> String {
 /// What limited a build: the busiest CPUs at its best step, and why the next rate failed.
 /// CPU use is in cores (1.0 = one core busy); parties may share CPUs (e.g. PostgreSQL
 /// floating over all of them), so the whole machine is judged as well as each party.
+/// How fast the machine itself was over the run: the fixed loop timed on every CPU
+/// before each search, overall and by repetition (None when not measured).
+fn machine_speed_line(s: &Summary) -> Option<String> {
+    let searches: Vec<_> = s
+        .rows
+        .iter()
+        .flat_map(|r| &r.workloads)
+        .flat_map(|w| &w.searches)
+        .filter(|x| !x.machine_ns_per_thousand.is_empty())
+        .collect();
+    let all: Vec<f64> = searches
+        .iter()
+        .flat_map(|x| x.machine_ns_per_thousand.iter().copied())
+        .collect();
+    let total = spread(&all)?;
+    let mut reps: Vec<u32> = searches.iter().map(|x| x.repetition).collect();
+    reps.sort_unstable();
+    reps.dedup();
+    let by_rep: Vec<String> = reps
+        .iter()
+        .filter_map(|rep| {
+            let v: Vec<f64> = searches
+                .iter()
+                .filter(|x| x.repetition == *rep)
+                .flat_map(|x| x.machine_ns_per_thousand.iter().copied())
+                .collect();
+            spread(&v).map(|m| format!("repetition {rep}: {:.0}", m.median))
+        })
+        .collect();
+    Some(format!(
+        "- Machine speed: a fixed CPU loop, timed on every CPU before each search, took {:.0} ns per 1000 iterations (median; {:.0}–{:.0}, a spread of {:.1}%; {}). The rows' numbers can move with it: a spread of more than a few percent means the machine itself changed speed during the run.\n",
+        total.median,
+        total.min,
+        total.max,
+        (total.max - total.min) / total.median * 100.0,
+        by_rep.join(", ")
+    ))
+}
+
 /// A CPU at least this busy over a step counts as saturated.
 const SATURATED: f64 = 0.9;
 
@@ -513,6 +552,9 @@ pub fn results_md(s: &Summary) -> String {
         load["common_qps"].as_f64().map_or("—".into(), |q| format!("{q:.0}")),
         load["common_secs"].as_f64().map_or("—".into(), |q| format!("{q}")),
     );
+    if let Some(line) = machine_speed_line(s) {
+        out.push_str(&line);
+    }
     out.push('\n');
     out.push_str(&table(s));
     out.push('\n');
@@ -677,6 +719,7 @@ mod tests {
             limit: Some("p99 80 ms > 50 ms".into()),
             limit_cpu: None,
             cpu_busy_at_limit: Vec::new(),
+            machine_ns_per_thousand: Vec::new(),
             steps: 5,
             integrity_failures: vec![],
             writes_checked: 100,

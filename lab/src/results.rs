@@ -107,6 +107,10 @@ pub struct SearchResult {
     /// one: what saturated, judged from the CPUs (empty where they are not this machine's).
     #[serde(default)]
     pub cpu_busy_at_limit: Vec<f64>,
+    /// The machine's speed before the search: ns per thousand iterations of a fixed
+    /// loop on each CPU (`measure::calibrate`; empty where not measured).
+    #[serde(default)]
+    pub machine_ns_per_thousand: Vec<f64>,
     pub steps: usize,
     pub integrity_failures: Vec<String>,
     pub writes_checked: u64,

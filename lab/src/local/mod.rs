@@ -80,6 +80,11 @@ impl Probe for LocalProbe<'_> {
     fn versions(&mut self) -> Result<Option<std::collections::HashMap<i64, i64>>> {
         pg::versions(self.db).map(Some)
     }
+    fn machine_speed(&mut self) -> Result<Vec<f64>> {
+        crate::measure::calibrate::per_cpu(
+            &(0..crate::environment::cpu_count()).collect::<Vec<_>>(),
+        )
+    }
     fn cpu_times(&mut self) -> Vec<(u64, u64)> {
         procfs::cpu_times()
     }

@@ -43,6 +43,11 @@ pub trait Probe {
     fn cpu_times(&mut self) -> Vec<(u64, u64)> {
         Vec::new()
     }
+    /// The machine's speed on each of its CPUs (see `measure::calibrate`), where the
+    /// target's CPUs are this machine's.
+    fn machine_speed(&mut self) -> Result<Vec<f64>> {
+        Ok(Vec::new())
+    }
     /// Brings the database to the same state before every search, where it is
     /// reachable: dead rows vacuumed, dirty pages checkpointed.
     fn settle(&mut self) -> Result<()> {
@@ -186,6 +191,7 @@ impl Driver<'_> {
         let mut hint = hint;
         let mut integrity_failures = Vec::new();
         probe.settle()?;
+        let machine_ns = probe.machine_speed()?;
         if l.warmup_secs > 0.0 {
             let plan = sides(w, 0.0, l.connections, l.slo_p99_ms);
             let before = if w.writes() { probe.versions()? } else { None };
@@ -253,13 +259,9 @@ impl Driver<'_> {
                 .join(format!("rep{rep}-{}-{}-steps.json", row.slug(), w.name)),
             serde_json::to_string_pretty(&steps)?,
         )?;
-        Ok(summarize(
-            &s,
-            &steps,
-            rep,
-            integrity_failures,
-            writes_checked,
-        ))
+        let mut result = summarize(&s, &steps, rep, integrity_failures, writes_checked);
+        result.machine_ns_per_thousand = machine_ns;
+        Ok(result)
     }
 
     fn measure_step(
@@ -554,6 +556,7 @@ fn summarize(
         limit,
         limit_cpu,
         cpu_busy_at_limit,
+        machine_ns_per_thousand: Vec::new(),
         steps: s.steps() as usize,
         integrity_failures,
         writes_checked,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub mod calibrate;
 pub mod driver;
 pub mod http;
 pub mod ids;
