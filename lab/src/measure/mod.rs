@@ -175,17 +175,18 @@ pub fn evaluate(
     // offered, and the server cannot be blamed for them.
     let scheduled: f64 = sides.iter().map(|(s, _)| (s.rate * secs).floor()).sum();
     if offered > 0.0 && (attempted as f64) < MIN_SENT * scheduled {
-        // Released on time but stuck behind busy connections: the server was too slow
-        // to free them (each side has connections for its rate at the SLO). Otherwise
-        // oha itself fell behind.
-        let waited = sides
+        // oha's scheduler and its connections share one runtime: when oha is short of
+        // CPU its scheduler runs late too. Released on time but never sent means the
+        // requests queued behind connections the server did not free in time (each
+        // side has connections for its rate at the SLO); a late scheduler means oha.
+        let lagged = sides
             .iter()
             .filter_map(|(_, r)| r.schedule)
-            .any(|s| s.wait_p99_ms > load.slo_p99_ms);
-        let why = if waited {
-            "requests queued for a connection the server did not free in time"
-        } else {
+            .any(|s| s.lag_p99_ms > MAX_SCHEDULER_LAG_MS);
+        let why = if lagged {
             "the load generator fell behind: oha, not the server, was the limit"
+        } else {
+            "released on time, they queued for connections the server did not free"
         };
         reasons.push(format!(
             "sent only {attempted} of {scheduled:.0} scheduled requests ({:.1}%: {why})",
