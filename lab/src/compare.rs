@@ -68,7 +68,23 @@ impl Line {
     }
 }
 
-/// Every row (by name) and workload present in both runs, each measure that both have.
+/// Whether the CPU per request of two workloads' repetitions compare: all measured at
+/// one and the same common rate, none at a reduced one (fixed costs spread differently
+/// over other rates).
+pub fn same_common_rate(a: &WorkloadResult, b: &WorkloadResult) -> bool {
+    let rates: Vec<(f64, bool)> = a
+        .searches
+        .iter()
+        .chain(&b.searches)
+        .filter_map(|s| s.common.as_ref().map(|c| (c.offered, c.reduced)))
+        .collect();
+    rates
+        .first()
+        .is_some_and(|first| rates.iter().all(|r| r.0 == first.0 && !r.1))
+}
+
+/// Every row (by name) and workload present in both runs, each measure that both have
+/// (CPU per request only where [`same_common_rate`]).
 pub fn lines(old: &Summary, new: &Summary) -> Vec<Line> {
     type Measure = (&'static str, bool, fn(&WorkloadResult) -> Vec<f64>);
     let measures: [Measure; 3] = [
@@ -87,7 +103,7 @@ pub fn lines(old: &Summary, new: &Summary) -> Vec<Line> {
             };
             for (measure, higher_is_better, f) in measures {
                 let (a, b) = (f(old_w), f(w));
-                if a.is_empty() || b.is_empty() {
+                if a.is_empty() || b.is_empty() || (!higher_is_better && !same_common_rate(old_w, w)) {
                     continue;
                 }
                 out.push(Line {
@@ -135,17 +151,29 @@ pub fn warnings(old: &Summary, new: &Summary) -> Vec<String> {
         b.repetitions.to_string(),
     );
     differ("quick", a.quick.to_string(), b.quick.to_string());
-    differ(
-        "matrix [load]",
-        old.matrix["load"].to_string(),
-        new.matrix["load"].to_string(),
-    );
-    differ(
-        "matrix [postgres]",
-        old.matrix["postgres"].to_string(),
-        new.matrix["postgres"].to_string(),
-    );
+    for section in ["load", "local", "postgres"] {
+        for key in differing_keys(&old.matrix[section], &new.matrix[section]) {
+            differ(
+                &format!("matrix [{section}] {key}"),
+                old.matrix[section][&key].to_string(),
+                new.matrix[section][&key].to_string(),
+            );
+        }
+    }
     w
+}
+
+/// The keys two JSON objects both have with different values (a key only one of them
+/// has is a field an older run did not record, not a difference).
+fn differing_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => a
+            .iter()
+            .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn cell(v: &[f64], digits: usize) -> String {
@@ -342,9 +370,13 @@ mod tests {
         assert!(warnings(&a, &b).is_empty());
         b.environment.oha = "oha 1.17.0".into();
         b.environment.duration_secs = 5.0;
+        b.matrix["load"]["slo_p99_ms"] = serde_json::json!(100.0);
+        // A key the older run did not record is no difference.
+        b.matrix["load"]["a_new_key"] = serde_json::json!(1);
         let w = warnings(&a, &b);
-        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].starts_with("oha differs"));
+        assert!(w[2].starts_with("matrix [load] slo_p99_ms differs: 50.0 → 100.0"), "{w:?}");
     }
 
     #[test]

@@ -130,6 +130,7 @@ pub struct Load {
     pub common_secs: f64,
     /// Whether the target measures its reference line (pgbench) after each repetition;
     /// not a matrix key: `--no-reference` turns it off for a study.
+    #[serde(default = "yes")]
     pub reference: bool,
 }
 
@@ -284,6 +285,10 @@ impl Matrix {
         self.load.confirmations = 0;
         self.load.common_secs = self.load.common_secs.min(1.5);
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[load]`: every number within its bounds.

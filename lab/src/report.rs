@@ -57,9 +57,6 @@ fn p99_cell(w: &WorkloadResult) -> String {
     }
 }
 
-/// What limited a build: the busiest CPUs at its best step, and why the next rate failed.
-/// CPU use is in cores (1.0 = one core busy); parties may share CPUs (e.g. PostgreSQL
-/// floating over all of them), so the whole machine is judged as well as each party.
 /// How fast the machine itself was over the run: the fixed loop timed on every CPU
 /// before each search, overall and by repetition (None when not measured).
 fn machine_speed_line(s: &Summary) -> Option<String> {
@@ -99,9 +96,23 @@ fn machine_speed_line(s: &Summary) -> Option<String> {
     ))
 }
 
+/// How background work was kept out of the steps, where the lab did so: on this
+/// machine (the lab reaches the database before every search) with autovacuum off.
+fn background_sentence(s: &Summary) -> &'static str {
+    let off = s.matrix["postgres"]["autovacuum"].as_str() == Some("off");
+    match (&s.environment.host, off) {
+        (Host::Machine { .. }, true) => " Before every search (after its warm-up) the database is vacuumed and checkpointed, with autovacuum off and checkpoints spaced beyond a search; each step records any checkpoint or autovacuum it saw.",
+        (Host::Machine { .. }, false) => " Before every search (after its warm-up) the database is vacuumed and checkpointed; autovacuum stays on.",
+        _ => "",
+    }
+}
+
 /// A CPU at least this busy over a step counts as saturated.
 const SATURATED: f64 = 0.9;
 
+/// What limited a build: each CPU's busy share (or, where not measured, each party's CPU) at its limit, and why the next rate failed.
+/// CPU use is in cores (1.0 = one core busy); parties may share CPUs (e.g. PostgreSQL
+/// floating over all of them), so the whole machine is judged as well as each party.
 fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
     let Some(m) = w.median_search() else {
         return String::new();
@@ -243,6 +254,9 @@ fn change(prev: Option<&RowResult>, row: &RowResult) -> String {
         }
         None => format!("{what} n/a"),
     };
+    if row.workloads.is_empty() {
+        return "—".into();
+    }
     let reps = row
         .workloads
         .iter()
@@ -258,7 +272,7 @@ fn change(prev: Option<&RowResult>, row: &RowResult) -> String {
         let name = short(&b.name);
         parts.push(label(&name, compare(&qps(a), &qps(b))));
         let (ca, cb) = (cpu(a), cpu(b));
-        if !ca.is_empty() && !cb.is_empty() {
+        if !ca.is_empty() && !cb.is_empty() && crate::compare::same_common_rate(a, b) {
             parts.push(label(&format!("{name} server µs/req"), compare(&ca, &cb)));
         }
     }
@@ -455,7 +469,13 @@ fn reference_line(s: &Summary) -> String {
         notes.push(format!("**FAILED: {e}**"));
     }
     notes.push(if open_loop {
-        "the database's own capacity, searched like the rows (pgbench -R, latency from the scheduled start, pinned where oha is; as many clients as the rows' pool has connections)".into()
+        let clients = s.reference.first().map_or(0, |r| r.clients);
+        let pool = if clients == s.environment.pool_size {
+            format!("{clients} clients, as many as the rows' pool has connections")
+        } else {
+            format!("{clients} clients (the rows' pool: {})", s.environment.pool_size)
+        };
+        format!("the database's own capacity, searched like the rows (pgbench -R, latency from the scheduled start, pinned where oha is; {pool}; pgbench's arrivals are Poisson, burstier than oha's timetable)")
     } else {
         "the database's own ceiling on this hardware, for scale (closed loop: not measured like the rows)".into()
     });
@@ -541,8 +561,10 @@ pub fn results_md(s: &Summary) -> String {
         "- Method: open-loop rate search with two oha processes (GET and PATCH) at the exact mix, {} s per step, \
          {} repetition(s) interleaved across rows, median (min–max) shown. A step passes when good replies ≥ {:.0}% of \
          the offered rate, errors ≤ {:.2}%, the mix is exact within ±1 point (or 2 requests, in steps too small for 1 point to be a whole request), and the p99 of all requests (merged \
-         per-request data, latency-corrected) ≤ {} ms. QPS is the good-reply rate of the confirmed step; p99 is at that step. {} oha connections shared by the mix, and the minority method at least its rate × the SLO (so its connections are never the limit). Before every search the database is vacuumed and checkpointed, with autovacuum off and checkpoints spaced beyond a search (each step records any it saw).",
-        e.duration_secs, e.repetitions, e.min_achieved * 100.0, e.error_budget * 100.0, e.slo_p99_ms, e.connections
+         per-request data, latency-corrected) ≤ {} ms. QPS is the good-reply rate of the confirmed step; p99 is at that step. {} oha connections shared by the mix, and each side at least its rate × the SLO (up to {}; so the minority method's connections are never the limit).{}",
+        e.duration_secs, e.repetitions, e.min_achieved * 100.0, e.error_budget * 100.0, e.slo_p99_ms, e.connections,
+        crate::measure::driver::MAX_SIDE_CONNECTIONS,
+        background_sentence(s)
     );
     let load = &s.matrix["load"];
     let _ = writeln!(

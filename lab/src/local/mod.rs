@@ -80,10 +80,15 @@ impl Probe for LocalProbe<'_> {
     fn versions(&mut self) -> Result<Option<std::collections::HashMap<i64, i64>>> {
         pg::versions(self.db).map(Some)
     }
+    /// Best effort, like `background`: on the CPUs this process may use.
     fn machine_speed(&mut self) -> Result<Vec<f64>> {
-        crate::measure::calibrate::per_cpu(
-            &(0..crate::environment::cpu_count()).collect::<Vec<_>>(),
-        )
+        match crate::measure::calibrate::per_cpu(&crate::measure::calibrate::allowed_cpus()) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                eprintln!("warning: the machine's speed could not be timed ({e:#}); not recorded");
+                Ok(Vec::new())
+            }
+        }
     }
     fn cpu_times(&mut self) -> Vec<(u64, u64)> {
         procfs::cpu_times()
@@ -91,8 +96,16 @@ impl Probe for LocalProbe<'_> {
     fn settle(&mut self) -> Result<()> {
         pg::settle(self.db)
     }
+    /// Best effort: the counters only inform, so a server whose statistics views
+    /// differ records none rather than failing the step.
     fn background(&mut self) -> Result<Option<crate::measure::driver::Background>> {
-        pg::background(self.db).map(Some)
+        match pg::background(self.db) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) => {
+                eprintln!("warning: PostgreSQL's checkpoint and autovacuum counters are unreadable ({e:#}); not recorded");
+                Ok(None)
+            }
+        }
     }
     fn emails(&mut self, ids: &[i64]) -> Result<Option<std::collections::HashMap<i64, String>>> {
         pg::emails(self.db, ids).map(Some)

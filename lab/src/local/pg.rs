@@ -122,11 +122,22 @@ pub fn settle(client: &mut Client) -> Result<()> {
         .context("CHECKPOINT before a search")
 }
 
-/// Checkpoints so far (timed and requested) and autovacuum runs on `users`.
+/// Checkpoints so far (timed and requested) and autovacuum runs on `users`. The
+/// checkpoint counters moved to `pg_stat_checkpointer` in PostgreSQL 17.
 pub fn background(client: &mut Client) -> Result<crate::measure::driver::Background> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])?
+        .get(0);
+    let checkpoints = if version >= 170_000 {
+        "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+    } else {
+        "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+    };
     let row = client.query_one(
-        "SELECT (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter), \
-                coalesce((SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'users'), 0)",
+        &format!(
+            "SELECT ({checkpoints}), \
+             coalesce((SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'users'), 0)"
+        ),
         &[],
     )?;
     Ok(crate::measure::driver::Background {

@@ -2,7 +2,9 @@
 //! and statements, no HTTP), measured like the rows: a closed-loop probe, then the same
 //! open-loop search (`pgbench -R`, latency from each transaction's scheduled start, so
 //! a queue behind busy clients counts), the same SLO and confirmations, with pgbench
-//! pinned where oha is; then the cost of a transaction at the run's common rate.
+//! pinned where oha is; then the cost of a transaction at the run's common rate. One
+//! difference remains: pgbench's arrivals are Poisson, burstier than oha's even
+//! timetable, which makes the same p99 slightly harder to meet.
 use std::path::Path;
 use std::process::Command;
 
@@ -23,6 +25,8 @@ pub struct PgbenchRun {
     /// Transactions of the GET script (the first `-f`).
     pub reads: u64,
     pub latencies: Latencies,
+    /// The whole run's wall time, connecting and exiting included: the CPU window.
+    pub wall_secs: f64,
     /// CPU-seconds of PostgreSQL and of pgbench over the run.
     pub cpu_postgres: Option<f64>,
     pub cpu_pgbench: f64,
@@ -61,9 +65,13 @@ pub fn judge(offered: f64, target_read_share: f64, run: &PgbenchRun, load: &Load
     let read_share = run.read_share();
     let p99 = run.latencies.quantile_ms(0.99);
     let mut reasons = Vec::new();
-    if achieved < load.min_achieved * offered {
+    // pgbench -R draws arrivals from a Poisson process: over T seconds the count has a
+    // standard deviation of √(rate·T), allowed three times over (the rows' oha sends an
+    // exact timetable instead).
+    let poisson = 3.0 * (offered * run.secs).sqrt() / run.secs;
+    if achieved < load.min_achieved * offered - poisson {
         reasons.push(format!(
-            "achieved {achieved:.0}/s is {:.1}% of offered (< {:.0}%)",
+            "achieved {achieved:.0}/s is {:.1}% of offered (< {:.0}% less {poisson:.0}/s of Poisson arrival noise)",
             100.0 * achieved / offered,
             load.min_achieved * 100.0
         ));
@@ -90,8 +98,8 @@ pub fn judge(offered: f64, target_read_share: f64, run: &PgbenchRun, load: &Load
         read_share,
         p50_ms: run.latencies.quantile_ms(0.5),
         p99_ms: p99,
-        cpu_postgres: run.cpu_postgres.map(|c| c / run.secs),
-        cpu_pgbench: run.cpu_pgbench / run.secs,
+        cpu_postgres: run.cpu_postgres.map(|c| c / run.wall_secs),
+        cpu_pgbench: run.cpu_pgbench / run.wall_secs,
         passed: reasons.is_empty(),
         confirmation: false,
         reasons,
@@ -153,7 +161,8 @@ impl Pgbench<'_> {
         let mut steps = Vec::new();
         while let Some(rate) = s.next_rate() {
             let confirming = s.confirming();
-            let run = self.run(w, Some(rate), secs(load.duration_secs), dir, tag)?;
+            let step_tag = format!("{tag}-step{}", steps.len() + 1);
+            let run = self.run(w, Some(rate), secs(load.duration_secs), dir, &step_tag)?;
             let mut step = judge(rate, w.get_share(), &run, load);
             step.confirmation = confirming;
             say(&format!(
@@ -279,8 +288,13 @@ impl Pgbench<'_> {
         }
         cmd.arg(self.url);
         let pg_ticks = || self.postmaster.and_then(procfs::postgres_ticks);
-        let (pg0, c0) = (pg_ticks(), procfs::reaped_children_ticks());
+        let (pg0, c0, t0) = (
+            pg_ticks(),
+            procfs::reaped_children_ticks(),
+            std::time::Instant::now(),
+        );
         let out = cmd.output().context("running pgbench")?;
+        let wall = t0.elapsed().as_secs_f64();
         let (pg1, c1) = (pg_ticks(), procfs::reaped_children_ticks());
         std::fs::write(dir.join(format!("{tag}.txt")), &out.stdout)?;
         if !out.status.success() {
@@ -292,6 +306,7 @@ impl Pgbench<'_> {
         let read_script = if w.get_percent > 0 { Some(0) } else { None };
         let mut run = PgbenchRun {
             secs: f64::from(whole_secs),
+            wall_secs: wall,
             transactions: 0,
             reads: 0,
             latencies: Latencies::new(),
@@ -361,6 +376,7 @@ mod tests {
             transactions,
             reads,
             latencies,
+            wall_secs: secs + 0.1,
             cpu_postgres: Some(1.0),
             cpu_pgbench: 0.5,
         }
@@ -382,6 +398,9 @@ mod tests {
         );
         let short = judge(1000.0, 0.9, &run(2000, 1800, 0.002, 3.0), &load);
         assert!(short.reasons.iter().any(|r| r.starts_with("achieved")));
+        // 95% of 200/s over 3 s is 570 transactions; Poisson arrivals may bring 530.
+        assert!(judge(200.0, 0.9, &run(530, 477, 0.002, 3.0), &load).passed);
+        assert!(!judge(200.0, 0.9, &run(480, 432, 0.002, 3.0), &load).passed);
         let mix = judge(1000.0, 0.9, &run(3000, 2400, 0.002, 3.0), &load);
         assert!(mix.reasons.iter().any(|r| r.starts_with("mix")));
         // A small step's random draw is allowed its standard error.

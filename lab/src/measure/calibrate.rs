@@ -59,6 +59,19 @@ pub fn per_cpu(cpus: &[usize]) -> Result<Vec<f64>> {
         .collect()
 }
 
+/// The CPUs this process may run on (`Cpus_allowed_list` in /proc/self/status; a
+/// container's cpuset can hide some of the machine's).
+pub fn allowed_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .and_then(|list| crate::matrix::parse_cpu_list(list.trim()).ok())
+        })
+        .unwrap_or_else(|| (0..crate::environment::cpu_count()).collect())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -66,5 +79,6 @@ mod tests {
         let ns = super::ns_per_thousand(3);
         assert!(ns > 0.0 && ns.is_finite());
         assert_ne!(super::spin(10), super::spin(11));
+        assert!(!super::allowed_cpus().is_empty());
     }
 }

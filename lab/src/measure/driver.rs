@@ -104,23 +104,21 @@ pub struct Driver<'a> {
 /// The GET and PATCH processes of a mix at `rate` (0: closed loop).
 ///
 /// `connections` are shared out by the mix (at least [`MIN_SIDE_CONNECTIONS`] each), and
-/// in open loop the minority method also gets at least `rate_side × SLO` connections
-/// (Little's law): while its requests take no longer than the SLO on average, its
-/// connections carry its rate, and once they take longer the step fails on p99 anyway.
-/// So the minority (PATCH at 90/10, whose commits are slower than the reads its share
-/// of connections was sized by) is never starved before the SLO is. The majority keeps
-/// its share: when its connections run short, oha's corrected latency shows the queue.
+/// in open loop each side also gets `rate_side × SLO` connections (Little's law), up to
+/// [`MAX_SIDE_CONNECTIONS`]: while its requests take no longer than the SLO on average,
+/// its connections carry its rate, and once they take longer the step fails on p99
+/// anyway. So the minority method (PATCH at 90/10, whose commits are slower than the
+/// reads a share of connections would be sized by) is never starved before the SLO is:
+/// its rate stays far below the cap up to `max_qps`. At the cap, the majority side carries
+/// its rate while its mean latency is under `cap / rate` (19 ms at 27k/s), well above
+/// what a step within a 50 ms p99 shows.
 pub fn sides(w: &Workload, rate: f64, connections: u32, slo_p99_ms: f64) -> Vec<Side> {
     let mut v = Vec::new();
     let share = w.get_share();
     let conns = |s: f64| {
         let by_share = ((f64::from(connections) * s).round() as u32).max(MIN_SIDE_CONNECTIONS);
-        let by_slo = (rate * s * slo_p99_ms / 1000.0).ceil() as u32;
-        if s < 0.5 {
-            by_share.max(by_slo)
-        } else {
-            by_share
-        }
+        let by_slo = ((rate * s * slo_p99_ms / 1000.0).ceil() as u32).min(MAX_SIDE_CONNECTIONS);
+        by_share.max(by_slo)
     };
     if w.get_percent > 0 {
         v.push(Side {
@@ -138,6 +136,10 @@ pub fn sides(w: &Workload, rate: f64, connections: u32, slo_p99_ms: f64) -> Vec<
     }
     v
 }
+
+/// Most connections the SLO rule gives a side: within the usual open-file limits of
+/// oha and the server, which hold both sides' connections.
+pub const MAX_SIDE_CONNECTIONS: u32 = 512;
 
 /// Fewest connections a side of a mix gets.
 pub const MIN_SIDE_CONNECTIONS: u32 = 8;
@@ -190,8 +192,6 @@ impl Driver<'_> {
         // the first repetition's search. Not measured.
         let mut hint = hint;
         let mut integrity_failures = Vec::new();
-        probe.settle()?;
-        let machine_ns = probe.machine_speed()?;
         if l.warmup_secs > 0.0 {
             let plan = sides(w, 0.0, l.connections, l.slo_p99_ms);
             let before = if w.writes() { probe.versions()? } else { None };
@@ -222,6 +222,10 @@ impl Driver<'_> {
                 hint = Some(rate);
             }
         }
+        // After the warm-up, so that every search's first step finds the same state
+        // (VACUUM and CHECKPOINT keep the warm cache).
+        probe.settle()?;
+        let machine_ns = probe.machine_speed()?;
         let mut s = Search::new(l.start_qps, hint, l.max_qps, l.precision, l.max_steps)
             .confirm(l.confirmations);
         let mut steps: Vec<Step> = Vec::new();
@@ -409,13 +413,13 @@ impl Driver<'_> {
         let (t0, oha0, cpus0) = (
             probe.ticks(),
             procfs::reaped_children_ticks(),
-            procfs::cpu_times(),
+            probe.cpu_times(),
         );
         let results = self.oha.run(&plan, l.common_secs, self.raw, &tag)?;
         let (t1, oha1, cpus1) = (
             probe.ticks(),
             procfs::reaped_children_ticks(),
-            procfs::cpu_times(),
+            probe.cpu_times(),
         );
         let paired: Vec<(Side, SideResult)> = plan.into_iter().zip(results).collect();
         // Its writes are checked per id like any step's.
@@ -631,6 +635,11 @@ mod tests {
         assert_eq!(
             (s[0].connections, s[1].connections),
             (86, MIN_SIDE_CONNECTIONS.max(10))
+        );
+        let s = sides(&mix(90), 30_000.0, 96, 50.0);
+        assert_eq!(
+            (s[0].connections, s[1].connections),
+            (MAX_SIDE_CONNECTIONS, 150)
         );
         let closed = sides(&mix(10), 0.0, 96, 50.0);
         assert_eq!((closed[0].connections, closed[1].connections), (10, 86));

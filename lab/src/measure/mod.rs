@@ -177,16 +177,16 @@ pub fn evaluate(
     if offered > 0.0 && (attempted as f64) < MIN_SENT * scheduled {
         // oha's scheduler and its connections share one runtime: when oha is short of
         // CPU its scheduler runs late too. Released on time but never sent means the
-        // requests queued behind connections the server did not free in time (each
-        // side has connections for its rate at the SLO); a late scheduler means oha.
-        let lagged = sides
-            .iter()
-            .filter_map(|(_, r)| r.schedule)
-            .any(|s| s.lag_p99_ms > MAX_SCHEDULER_LAG_MS);
-        let why = if lagged {
+        // requests queued for a free connection until the deadline: the server answered
+        // too slowly for the side's connections (sized for its rate at the SLO, see
+        // `driver::sides`). A late scheduler means oha.
+        let schedules: Vec<_> = sides.iter().filter_map(|(_, r)| r.schedule).collect();
+        let why = if schedules.iter().any(|s| s.lag_p99_ms > MAX_SCHEDULER_LAG_MS) {
             "the load generator fell behind: oha, not the server, was the limit"
+        } else if schedules.is_empty() {
+            "no per-request records to tell whether oha or the server held them back"
         } else {
-            "released on time, they queued for connections the server did not free"
+            "released on time, they waited for a free connection: the server answered too slowly for its connections"
         };
         reasons.push(format!(
             "sent only {attempted} of {scheduled:.0} scheduled requests ({:.1}%: {why})",
