@@ -52,8 +52,9 @@ pub enum Cmd {
     Compare(CompareArgs),
     /// The repeatability of runs: per row and workload, how far the repetitions spread.
     Repeatability(RepeatabilityArgs),
-    /// Prints how many ns a fixed CPU loop takes per thousand iterations here (the run
-    /// calls it pinned to each CPU before every search, to see the machine's speed).
+    /// Prints how many ns a fixed CPU loop takes per thousand iterations here, and how
+    /// many ns a random memory read takes (the run calls it pinned to each CPU before
+    /// every search, to see the machine's speed).
     Calibrate,
 }
 

@@ -388,7 +388,11 @@ pub fn dispatch(cmd: &Cmd) -> Result<bool> {
         Cmd::Compare(a) => compare(a),
         Cmd::Repeatability(a) => repeatability(a),
         Cmd::Calibrate => {
-            println!("{:.0}", crate::measure::calibrate::ns_per_thousand(5));
+            println!(
+                "{:.0} {:.1}",
+                crate::measure::calibrate::ns_per_thousand(5),
+                crate::measure::calibrate::memory_ns_per_read()
+            );
             Ok(true)
         }
     }

@@ -111,6 +111,12 @@ pub struct SearchResult {
     /// loop on each CPU (`measure::calibrate`; empty where not measured).
     #[serde(default)]
     pub machine_ns_per_thousand: Vec<f64>,
+    /// ... ns per random memory read on each CPU (a 32 MiB chase) ...
+    #[serde(default)]
+    pub machine_memory_ns_per_read: Vec<f64>,
+    /// ... and the median µs of an 8 KiB write + fdatasync on the disk.
+    #[serde(default)]
+    pub machine_fsync_us: Option<f64>,
     pub steps: usize,
     pub integrity_failures: Vec<String>,
     pub writes_checked: u64,

@@ -58,6 +58,8 @@ pub(crate) struct LocalProbe<'a> {
     pub server: &'a Server,
     pub db: &'a mut postgres::Client,
     pub postmaster: Option<u32>,
+    /// The cluster's data directory, where it is on this machine.
+    pub pg_dir: Option<PathBuf>,
 }
 
 impl Probe for LocalProbe<'_> {
@@ -81,14 +83,20 @@ impl Probe for LocalProbe<'_> {
         pg::versions(self.db).map(Some)
     }
     /// Best effort, like `background`: on the CPUs this process may use.
-    fn machine_speed(&mut self) -> Result<Vec<f64>> {
-        match crate::measure::calibrate::per_cpu(&crate::measure::calibrate::allowed_cpus()) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                eprintln!("warning: the machine's speed could not be timed ({e:#}); not recorded");
-                Ok(Vec::new())
-            }
+    fn machine_speed(&mut self) -> Result<crate::measure::calibrate::Machine> {
+        use crate::measure::calibrate;
+        let mut m = calibrate::Machine::default();
+        match calibrate::per_cpu(&calibrate::allowed_cpus()) {
+            Ok(v) => (m.alu_ns_per_thousand, m.memory_ns_per_read) = v.into_iter().unzip(),
+            Err(e) => eprintln!("warning: the machine's speed could not be timed ({e:#}); not recorded"),
         }
+        // Where a throwaway cluster keeps its data: the same disk as its WAL.
+        let dir = self.pg_dir.clone().unwrap_or_else(std::env::temp_dir);
+        match calibrate::fsync_us(&dir) {
+            Ok(us) => m.fsync_us = Some(us),
+            Err(e) => eprintln!("warning: the disk's write latency could not be timed ({e:#}); not recorded"),
+        }
+        Ok(m)
     }
     fn cpu_times(&mut self) -> Vec<(u64, u64)> {
         procfs::cpu_times()
@@ -236,6 +244,7 @@ impl Target for Local<'_> {
             server: &server,
             db: &mut r.db,
             postmaster: r.postmaster,
+            pg_dir: self.o.pg_data.clone(),
         };
         let searches = driver.search_row(
             &mut probe,

@@ -183,6 +183,7 @@ pub fn run(o: &Options) -> Result<Report> {
                 server: &server,
                 db: &mut db,
                 postmaster,
+                pg_dir: o.pg_data.clone(),
             };
             let found = driver.search(&mut probe, row, w, 1, None, &mut Tally::default())?;
             if found.qps <= 0.0 {

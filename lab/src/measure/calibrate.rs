@@ -1,7 +1,8 @@
-//! The machine's own speed, seen by the method: a fixed CPU-bound loop timed on each
-//! CPU before every search. On a shared virtual machine the same work can take a
-//! quarter longer from one half hour to the next; when a row's repetitions disagree,
-//! this shows whether the machine moved under them.
+//! The machine's own speed, seen by the method before every search: a fixed CPU-bound
+//! loop and a chase of random memory reads timed on each CPU, and the latency of a
+//! small synchronous write (what each commit waits for). On a shared virtual machine
+//! the same work can take longer from one half hour to the next; when a row's
+//! repetitions disagree, these show whether the machine moved under them, and where.
 use std::process::Command;
 use std::time::Instant;
 
@@ -32,9 +33,65 @@ pub fn ns_per_thousand(passes: u32) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// [`ns_per_thousand`] on each of `cpus`, each measured by this program pinned there
-/// (`lab calibrate`, through taskset).
-pub fn per_cpu(cpus: &[usize]) -> Result<Vec<f64>> {
+/// Words in the memory chase's buffer: 32 MiB, beyond the caches of this class of CPU.
+const CHASE_WORDS: usize = 4 << 20;
+/// Dependent reads timed per chase.
+const CHASE_READS: usize = 1 << 20;
+
+/// Nanoseconds per random memory read: a chase through one random cycle over
+/// [`CHASE_WORDS`] (each read's address comes from the previous one, so none overlap).
+pub fn memory_ns_per_read() -> f64 {
+    // Sattolo's shuffle gives one cycle through every word; a fixed xorshift seed
+    // makes it the same cycle every time.
+    let mut next: Vec<u32> = (0..CHASE_WORDS as u32).collect();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for i in (1..CHASE_WORDS).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        next.swap(i, (x % i as u64) as usize);
+    }
+    let mut at = 0u32;
+    let t = Instant::now();
+    for _ in 0..CHASE_READS {
+        at = next[at as usize];
+    }
+    std::hint::black_box(at);
+    t.elapsed().as_nanos() as f64 / CHASE_READS as f64
+}
+
+/// Median microseconds of writing 8 KiB and `fdatasync` in `dir`, over 16 writes: the
+/// wait each PostgreSQL commit has on this disk.
+pub fn fsync_us(dir: &std::path::Path) -> Result<f64> {
+    use std::io::Write as _;
+    let path = dir.join(format!("lab-fsync-{}", std::process::id()));
+    let mut f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let block = [0x5Au8; 8192];
+    let mut times = Vec::new();
+    for _ in 0..16 {
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The machine before a search: per CPU, ns per thousand loop iterations and ns per
+/// random memory read; and the disk's synchronous-write latency.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Machine {
+    pub alu_ns_per_thousand: Vec<f64>,
+    pub memory_ns_per_read: Vec<f64>,
+    pub fsync_us: Option<f64>,
+}
+
+/// [`ns_per_thousand`] and [`memory_ns_per_read`] on each of `cpus`, each measured by
+/// this program pinned there (`lab calibrate`, through taskset).
+pub fn per_cpu(cpus: &[usize]) -> Result<Vec<(f64, f64)>> {
     let exe = std::env::current_exe().context("locating lab")?;
     cpus.iter()
         .map(|cpu| {
@@ -51,10 +108,15 @@ pub fn per_cpu(cpus: &[usize]) -> Result<Vec<f64>> {
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse::<f64>()
-                .with_context(|| format!("lab calibrate on CPU {cpu} printed no number"))
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v: Vec<f64> = text
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            match v[..] {
+                [alu, memory] => Ok((alu, memory)),
+                _ => bail!("lab calibrate on CPU {cpu} printed {text:?}, not two numbers"),
+            }
         })
         .collect()
 }
@@ -80,5 +142,9 @@ mod tests {
         assert!(ns > 0.0 && ns.is_finite());
         assert_ne!(super::spin(10), super::spin(11));
         assert!(!super::allowed_cpus().is_empty());
+        let mem = super::memory_ns_per_read();
+        assert!(mem > 0.0 && mem < 10_000.0, "{mem}");
+        let us = super::fsync_us(&std::env::temp_dir()).unwrap();
+        assert!(us > 0.0, "{us}");
     }
 }

@@ -45,8 +45,8 @@ pub trait Probe {
     }
     /// The machine's speed on each of its CPUs (see `measure::calibrate`), where the
     /// target's CPUs are this machine's.
-    fn machine_speed(&mut self) -> Result<Vec<f64>> {
-        Ok(Vec::new())
+    fn machine_speed(&mut self) -> Result<crate::measure::calibrate::Machine> {
+        Ok(Default::default())
     }
     /// Brings the database to the same state before every search, where it is
     /// reachable: dead rows vacuumed, dirty pages checkpointed.
@@ -225,7 +225,7 @@ impl Driver<'_> {
         // After the warm-up, so that every search's first step finds the same state
         // (VACUUM and CHECKPOINT keep the warm cache).
         probe.settle()?;
-        let machine_ns = probe.machine_speed()?;
+        let machine = probe.machine_speed()?;
         let mut s = Search::new(l.start_qps, hint, l.max_qps, l.precision, l.max_steps)
             .confirm(l.confirmations);
         let mut steps: Vec<Step> = Vec::new();
@@ -264,7 +264,9 @@ impl Driver<'_> {
             serde_json::to_string_pretty(&steps)?,
         )?;
         let mut result = summarize(&s, &steps, rep, integrity_failures, writes_checked);
-        result.machine_ns_per_thousand = machine_ns;
+        result.machine_ns_per_thousand = machine.alu_ns_per_thousand;
+        result.machine_memory_ns_per_read = machine.memory_ns_per_read;
+        result.machine_fsync_us = machine.fsync_us;
         Ok(result)
     }
 
@@ -561,6 +563,8 @@ fn summarize(
         limit_cpu,
         cpu_busy_at_limit,
         machine_ns_per_thousand: Vec::new(),
+        machine_memory_ns_per_read: Vec::new(),
+        machine_fsync_us: None,
         steps: s.steps() as usize,
         integrity_failures,
         writes_checked,
