@@ -103,7 +103,10 @@ pub fn lines(old: &Summary, new: &Summary) -> Vec<Line> {
             };
             for (measure, higher_is_better, f) in measures {
                 let (a, b) = (f(old_w), f(w));
-                if a.is_empty() || b.is_empty() || (!higher_is_better && !same_common_rate(old_w, w)) {
+                if a.is_empty()
+                    || b.is_empty()
+                    || (!higher_is_better && !same_common_rate(old_w, w))
+                {
                     continue;
                 }
                 out.push(Line {
@@ -376,7 +379,10 @@ mod tests {
         let w = warnings(&a, &b);
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].starts_with("oha differs"));
-        assert!(w[2].starts_with("matrix [load] slo_p99_ms differs: 50.0 → 100.0"), "{w:?}");
+        assert!(
+            w[2].starts_with("matrix [load] slo_p99_ms differs: 50.0 → 100.0"),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -571,7 +571,7 @@ pub fn results_md(s: &Summary) -> String {
         "- Method: open-loop rate search with two oha processes (GET and PATCH) at the exact mix, {} s per step, \
          {} repetition(s) interleaved across rows, median (min–max) shown. A step passes when good replies ≥ {:.0}% of \
          the offered rate, errors ≤ {:.2}%, the mix is exact within ±1 point (or 2 requests, in steps too small for 1 point to be a whole request), and the p99 of all requests (merged \
-         per-request data, latency-corrected) ≤ {} ms. QPS is the good-reply rate of the confirmed step; p99 is at that step. {} oha connections shared by the mix, and each side at least its rate × the SLO (up to {}; so the minority method's connections are never the limit).{}",
+         per-request data, latency-corrected) ≤ {} ms. QPS is the good-reply rate of the confirmed step; p99 is at that step. {} oha connections shared by the mix, and each side at least its rate × the SLO (the majority at most {}; so the minority method's connections are never the limit).{}",
         e.duration_secs, e.repetitions, e.min_achieved * 100.0, e.error_budget * 100.0, e.slo_p99_ms, e.connections,
         crate::measure::driver::MAX_SIDE_CONNECTIONS,
         background_sentence(s)

@@ -88,13 +88,17 @@ impl Probe for LocalProbe<'_> {
         let mut m = calibrate::Machine::default();
         match calibrate::per_cpu(&calibrate::allowed_cpus()) {
             Ok(v) => (m.alu_ns_per_thousand, m.memory_ns_per_read) = v.into_iter().unzip(),
-            Err(e) => eprintln!("warning: the machine's speed could not be timed ({e:#}); not recorded"),
+            Err(e) => {
+                eprintln!("warning: the machine's speed could not be timed ({e:#}); not recorded")
+            }
         }
         // Where a throwaway cluster keeps its data: the same disk as its WAL.
         let dir = self.pg_dir.clone().unwrap_or_else(std::env::temp_dir);
         match calibrate::fsync_us(&dir) {
             Ok(us) => m.fsync_us = Some(us),
-            Err(e) => eprintln!("warning: the disk's write latency could not be timed ({e:#}); not recorded"),
+            Err(e) => eprintln!(
+                "warning: the disk's write latency could not be timed ({e:#}); not recorded"
+            ),
         }
         Ok(m)
     }
@@ -206,6 +210,7 @@ impl Target for Local<'_> {
             .and_then(|i| self.binaries.get(i).cloned().flatten());
         let binary =
             index.ok_or_else(|| anyhow::anyhow!("row {:?} has no binary", run.row.name))?;
+        let pg_dir = self.o.pg_data.clone();
         let r = self.ready()?;
         pg::apply_settings(&mut r.db, &run.settings)?;
         let took = pg::seed(&mut r.db, m.load.users, run.row.index)?;
@@ -244,7 +249,7 @@ impl Target for Local<'_> {
             server: &server,
             db: &mut r.db,
             postmaster: r.postmaster,
-            pg_dir: self.o.pg_data.clone(),
+            pg_dir,
         };
         let searches = driver.search_row(
             &mut probe,

@@ -65,7 +65,8 @@ pub fn memory_ns_per_read() -> f64 {
 pub fn fsync_us(dir: &std::path::Path) -> Result<f64> {
     use std::io::Write as _;
     let path = dir.join(format!("lab-fsync-{}", std::process::id()));
-    let mut f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let block = [0x5Au8; 8192];
     let mut times = Vec::new();
     for _ in 0..16 {

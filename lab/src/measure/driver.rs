@@ -104,12 +104,12 @@ pub struct Driver<'a> {
 /// The GET and PATCH processes of a mix at `rate` (0: closed loop).
 ///
 /// `connections` are shared out by the mix (at least [`MIN_SIDE_CONNECTIONS`] each), and
-/// in open loop each side also gets `rate_side × SLO` connections (Little's law), up to
-/// [`MAX_SIDE_CONNECTIONS`]: while its requests take no longer than the SLO on average,
-/// its connections carry its rate, and once they take longer the step fails on p99
-/// anyway. So the minority method (PATCH at 90/10, whose commits are slower than the
-/// reads a share of connections would be sized by) is never starved before the SLO is:
-/// its rate stays far below the cap up to `max_qps`. At the cap, the majority side carries
+/// in open loop each side also gets `rate_side × SLO` connections (Little's law; the
+/// majority up to [`MAX_SIDE_CONNECTIONS`]): while its requests take no longer than the
+/// SLO on average, its connections carry its rate, and once they take longer the step
+/// fails on p99 anyway. So the minority method (PATCH at 90/10, whose commits are slower
+/// than the reads a share of connections would be sized by) is never starved before the
+/// SLO is. At the cap, the majority side carries
 /// its rate while its mean latency is under `cap / rate` (19 ms at 27k/s), well above
 /// what a step within a 50 ms p99 shows.
 pub fn sides(w: &Workload, rate: f64, connections: u32, slo_p99_ms: f64) -> Vec<Side> {
@@ -117,7 +117,13 @@ pub fn sides(w: &Workload, rate: f64, connections: u32, slo_p99_ms: f64) -> Vec<
     let share = w.get_share();
     let conns = |s: f64| {
         let by_share = ((f64::from(connections) * s).round() as u32).max(MIN_SIDE_CONNECTIONS);
-        let by_slo = ((rate * s * slo_p99_ms / 1000.0).ceil() as u32).min(MAX_SIDE_CONNECTIONS);
+        let by_slo = (rate * s * slo_p99_ms / 1000.0).ceil() as u32;
+        // The minority is never capped: it is the side the rule is for.
+        let by_slo = if s < 0.5 {
+            by_slo
+        } else {
+            by_slo.min(MAX_SIDE_CONNECTIONS)
+        };
         by_share.max(by_slo)
     };
     if w.get_percent > 0 {
@@ -137,8 +143,8 @@ pub fn sides(w: &Workload, rate: f64, connections: u32, slo_p99_ms: f64) -> Vec<
     v
 }
 
-/// Most connections the SLO rule gives a side: within the usual open-file limits of
-/// oha and the server, which hold both sides' connections.
+/// Most connections the SLO rule gives the majority side: within the usual open-file
+/// limits of oha and the server, which hold both sides' connections.
 pub const MAX_SIDE_CONNECTIONS: u32 = 512;
 
 /// Fewest connections a side of a mix gets.

@@ -181,7 +181,10 @@ pub fn evaluate(
         // too slowly for the side's connections (sized for its rate at the SLO, see
         // `driver::sides`). A late scheduler means oha.
         let schedules: Vec<_> = sides.iter().filter_map(|(_, r)| r.schedule).collect();
-        let why = if schedules.iter().any(|s| s.lag_p99_ms > MAX_SCHEDULER_LAG_MS) {
+        let why = if schedules
+            .iter()
+            .any(|s| s.lag_p99_ms > MAX_SCHEDULER_LAG_MS)
+        {
             "the load generator fell behind: oha, not the server, was the limit"
         } else if schedules.is_empty() {
             "no per-request records to tell whether oha or the server held them back"
