@@ -47,7 +47,7 @@ pub enum Cmd {
     /// Adds up the `test result:` lines of cargo test output (for scripts/test.sh).
     TestTotals(TestTotalsArgs),
     /// Compares two runs (folders or summary.json files) row by row: capacity and CPU per
-    /// request, each change judged significant or within noise. Exits 1 when a row got
+    /// request, each change judged significant or within noise. Exits 3 when a row got
     /// significantly worse by more than --fail-above percent.
     Compare(CompareArgs),
     /// The repeatability of runs: per row and workload, how far the repetitions spread.
@@ -192,6 +192,17 @@ pub struct RunArgs {
     /// Only check the matrix, the selection and the flags; start nothing.
     #[arg(long)]
     pub check: bool,
+    /// Print the run's summary (summary.json's content) on stdout when it is done.
+    #[arg(long)]
+    pub json: bool,
+    /// After the run, compare it with this earlier run (a results/<stamp> folder or its
+    /// summary.json), as `lab compare` does; exit 3 on a significant regression.
+    #[arg(long, value_name = "OLD")]
+    pub compare: Option<PathBuf>,
+    /// With --compare: a significant change for the worse beyond this percentage is a
+    /// regression.
+    #[arg(long, default_value_t = 5.0, value_name = "PCT")]
+    pub fail_above: f64,
 }
 
 #[derive(Args, Clone, Debug)]

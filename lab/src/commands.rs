@@ -1,6 +1,7 @@
 //! One function per subcommand: what `main` dispatches to, and what a test can call.
 //! Each returns `Ok(true)` when its checks passed, `Ok(false)` when it ran but found a
-//! failure (exit code 1), and an error when it could not run (exit code 2).
+//! failure, and an error when it could not run; [`dispatch`] turns these into an
+//! [`Outcome`] and its exit code.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -98,10 +99,16 @@ impl RunArgs {
 }
 
 /// The experiment on the chosen target.
-pub fn run(a: &RunArgs) -> Result<bool> {
+pub fn run(a: &RunArgs) -> Result<Outcome> {
     check_target_flags(a)?;
+    // The baseline is read before anything runs: a wrong path fails at once.
+    let baseline = a
+        .compare
+        .as_deref()
+        .map(crate::compare::load)
+        .transpose()?;
     if a.check {
-        return validate(&a.m);
+        return validate(&a.m).map(Outcome::from);
     }
     let root = repo_root()?;
     let out = absolute(&std::env::current_dir()?, &a.out);
@@ -155,12 +162,25 @@ pub fn run(a: &RunArgs) -> Result<bool> {
                     "# dry run: {} rows rendered, checked and planned; nothing was applied",
                     summary.rows.len()
                 );
-                return Ok(true);
+                return Ok(Outcome::Passed);
             }
             summary
         }
     };
-    Ok(outcome(&summary))
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    let intact = Outcome::from(outcome(&summary));
+    let compared = match &baseline {
+        Some(old) => compare_summaries(old, &summary, a.fail_above, a.json)?,
+        None => Outcome::Passed,
+    };
+    // An integrity failure or an unmeasured row outranks a regression.
+    Ok(if intact == Outcome::Failed {
+        intact
+    } else {
+        compared
+    })
 }
 
 pub fn soak(a: &SoakArgs) -> Result<bool> {
@@ -373,11 +393,52 @@ pub fn outcome(summary: &Summary) -> bool {
 }
 
 /// Runs one parsed command line.
-pub fn dispatch(cmd: &Cmd) -> Result<bool> {
+/// How a command ended, as its exit code says (documented in README): 0 measured and
+/// intact; 1 an integrity failure, an unmeasured row or a failed check; 2 a usage error
+/// or a command that could not run (clap's own usage errors exit 2 too); 3 a
+/// significant regression found by a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Failed,
+    Regressed,
+}
+
+impl From<bool> for Outcome {
+    fn from(passed: bool) -> Self {
+        if passed {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
+impl Outcome {
+    pub const USAGE: u8 = 2;
+
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Passed => 0,
+            Outcome::Failed => 1,
+            Outcome::Regressed => 3,
+        }
+    }
+}
+
+pub fn dispatch(cmd: &Cmd) -> Result<Outcome> {
+    match cmd {
+        Cmd::Compare(a) => compare(a),
+        Cmd::Run(a) => run(a),
+        other => dispatch_checks(other).map(Outcome::from),
+    }
+}
+
+fn dispatch_checks(cmd: &Cmd) -> Result<bool> {
     match cmd {
         Cmd::Validate(m) => validate(m),
         Cmd::Seed(a) => seed(a),
-        Cmd::Run(a) => run(a),
+        Cmd::Run(_) | Cmd::Compare(_) => unreachable!("dispatched above"),
         Cmd::Soak(a) => soak(a),
         Cmd::Images(a) => images(a),
         Cmd::Loadgen(a) => loadgen(a),
@@ -385,7 +446,6 @@ pub fn dispatch(cmd: &Cmd) -> Result<bool> {
         Cmd::Ingest(a) => ingest(a),
         Cmd::Verify(a) => verify(a),
         Cmd::TestTotals(a) => test_totals(a),
-        Cmd::Compare(a) => compare(a),
         Cmd::Repeatability(a) => repeatability(a),
         Cmd::Calibrate => {
             println!(
@@ -398,30 +458,43 @@ pub fn dispatch(cmd: &Cmd) -> Result<bool> {
     }
 }
 
-/// `lab compare OLD NEW`: the report on stdout; false when a row regressed.
-pub fn compare(a: &CompareArgs) -> Result<bool> {
+/// `lab compare OLD NEW`: the report on stdout; `Regressed` when a row regressed.
+pub fn compare(a: &CompareArgs) -> Result<Outcome> {
     let (old, new) = (crate::compare::load(&a.old)?, crate::compare::load(&a.new)?);
-    let lines = crate::compare::lines(&old, &new);
+    compare_summaries(&old, &new, a.fail_above, false)
+}
+
+/// Compares two summaries; the report goes to stdout, or to stderr when stdout carries
+/// something else (`run --json`).
+fn compare_summaries(
+    old: &Summary,
+    new: &Summary,
+    fail_above: f64,
+    to_stderr: bool,
+) -> Result<Outcome> {
+    let lines = crate::compare::lines(old, new);
     if lines.is_empty() {
         bail!("the two runs have no row and workload in common");
     }
-    print!(
-        "{}",
-        crate::compare::report(&old, &new, &lines, a.fail_above)
-    );
+    let text = crate::compare::report(old, new, &lines, fail_above);
+    if to_stderr {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
     let regressed: Vec<String> = lines
         .iter()
-        .filter(|l| l.regressed(a.fail_above))
+        .filter(|l| l.regressed(fail_above))
         .map(|l| format!("{} / {} / {}", l.row, l.workload, l.measure))
         .collect();
-    if !regressed.is_empty() {
-        eprintln!(
-            "!!! significant regression beyond {}%: {}",
-            a.fail_above,
-            regressed.join("; ")
-        );
+    if regressed.is_empty() {
+        return Ok(Outcome::Passed);
     }
-    Ok(regressed.is_empty())
+    eprintln!(
+        "!!! significant regression beyond {fail_above}%: {}",
+        regressed.join("; ")
+    );
+    Ok(Outcome::Regressed)
 }
 
 /// `lab repeatability RUN...`: the spread of each run's repetitions, on stdout.
@@ -468,6 +541,39 @@ mod tests {
         assert!(parse(&["lab", "run", "--target", "k8s", "--database-url", "x"]).is_err());
         assert!(parse(&["lab", "run", "--target", "k8s", "--dry-run"]).is_ok());
         assert!(parse(&["lab", "run", "--database-url", "x"]).is_ok());
+    }
+
+    #[test]
+    fn compare_exits_3_on_a_crafted_regression_and_0_on_the_same_run() {
+        let root = repo_root().unwrap();
+        let committed = root.join("results/20261129T020005Z/summary.json");
+        let args = |new: PathBuf| CompareArgs {
+            old: committed.clone(),
+            new,
+            fail_above: 5.0,
+        };
+        assert_eq!(compare(&args(committed.clone())).unwrap(), Outcome::Passed);
+        // The same run with every capacity of +coalesce cut by 40%.
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&committed).unwrap()).unwrap();
+        for row in v["rows"].as_array_mut().unwrap() {
+            if row["name"] == "+coalesce" {
+                for w in row["workloads"].as_array_mut().unwrap() {
+                    for s in w["searches"].as_array_mut().unwrap() {
+                        s["qps"] = serde_json::json!(s["qps"].as_f64().unwrap() * 0.6);
+                    }
+                }
+            }
+        }
+        let crafted = std::env::temp_dir().join(format!("lab-crafted-{}.json", std::process::id()));
+        std::fs::write(&crafted, v.to_string()).unwrap();
+        let outcome = compare(&args(crafted.clone())).unwrap();
+        std::fs::remove_file(&crafted).unwrap();
+        assert_eq!(outcome, Outcome::Regressed);
+        assert_eq!(
+            (Outcome::Passed.code(), Outcome::Failed.code(), Outcome::USAGE, outcome.code()),
+            (0, 1, 2, 3)
+        );
     }
 
     #[test]

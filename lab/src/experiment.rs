@@ -349,6 +349,7 @@ pub fn write_outputs(
         serde_json::to_string_pretty(summary)?,
     )?;
     let steps = bundle_steps(raw)?;
+    std::fs::write(raw.join("results.csv"), report::csv(summary))?;
     std::fs::write(out.join("results.md"), report::results_md(summary))?;
     std::fs::write(out.join("results.svg"), report::chart_svg(summary))?;
     if let Some(readme) = readme {

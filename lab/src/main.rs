@@ -7,11 +7,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = lab::cli::Cli::parse();
     match lab::commands::dispatch(&cli.command) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(lab::commands::Outcome::USAGE)
         }
     }
 }

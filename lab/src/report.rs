@@ -498,6 +498,60 @@ fn reference_line(s: &Summary) -> String {
     out
 }
 
+/// The columns of `results.csv`, one line per row × workload.
+pub const CSV_HEADER: &str = "row,features,index,workload,repetitions,capacity_median,capacity_min,capacity_max,p99_ms_at_capacity,common_offered,common_reduced,server_us_per_request,server_user_us_per_request,server_system_us_per_request,postgres_us_per_request,oha_us_per_request,common_p50_ms,common_p90_ms,common_p99_ms,common_p999_ms,writes_checked,integrity_failures";
+
+/// `results/<run>/results.csv`: every numeric column of the table and more, medians
+/// over the repetitions (empty where not measured), for spreadsheets and scripts.
+pub fn csv(s: &Summary) -> String {
+    let mut out = format!("{CSV_HEADER}\n");
+    let num = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.3}"));
+    let text = |t: &str| {
+        if t.contains([',', '"', '\n']) {
+            format!("\"{}\"", t.replace('"', "\"\""))
+        } else {
+            t.to_string()
+        }
+    };
+    for row in &s.rows {
+        for w in &row.workloads {
+            let caps: Vec<f64> = w.searches.iter().map(|x| x.qps).collect();
+            let cap = spread(&caps);
+            let med = |f: &dyn Fn(&crate::results::SearchResult) -> Option<f64>| {
+                spread(&w.searches.iter().filter_map(|x| f(x)).collect::<Vec<_>>()).map(|m| m.median)
+            };
+            let common = |f: &dyn Fn(&CommonLoad) -> Option<f64>| med(&|x| x.common.as_ref().and_then(|c| f(c)));
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                text(&row.name),
+                text(&row.features.join(" ")),
+                u8::from(row.index),
+                text(&w.name),
+                w.searches.len(),
+                num(cap.map(|c| c.median)),
+                num(cap.map(|c| c.min)),
+                num(cap.map(|c| c.max)),
+                num(med(&|x| x.p99_ms)),
+                num(common(&|c| Some(c.offered))),
+                u8::from(w.searches.iter().any(|x| x.common.as_ref().is_some_and(|c| c.reduced))),
+                num(common(&|c| c.server_us_per_request)),
+                num(common(&|c| c.server_user_us_per_request)),
+                num(common(&|c| c.server_system_us_per_request)),
+                num(common(&|c| c.postgres_us_per_request)),
+                num(common(&|c| c.oha_us_per_request)),
+                num(common(&|c| c.p50_ms)),
+                num(common(&|c| c.p90_ms)),
+                num(common(&|c| c.p99_ms)),
+                num(common(&|c| c.p999_ms)),
+                w.searches.iter().map(|x| x.writes_checked).sum::<u64>(),
+                w.searches.iter().map(|x| x.integrity_failures.len()).sum::<usize>(),
+            );
+        }
+    }
+    out
+}
+
 /// The whole `results.md`.
 pub fn results_md(s: &Summary) -> String {
     let e = &s.environment;
@@ -759,6 +813,28 @@ mod tests {
             writes_checked: 100,
             common: None,
         }
+    }
+
+    #[test]
+    fn the_csv_has_one_numeric_line_per_row_and_workload() {
+        let s = summary();
+        let text = csv(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(lines.len(), 1 + s.rows.len() * 2);
+        let cols = CSV_HEADER.split(',').count();
+        for line in &lines[1..] {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), cols, "{line}");
+            // Every column after row, features and workload is a number or empty.
+            for (i, f) in fields.iter().enumerate() {
+                if [0, 1, 3].contains(&i) || f.is_empty() {
+                    continue;
+                }
+                assert!(f.parse::<f64>().is_ok(), "column {i} of {line}");
+            }
+        }
+        assert!(lines[1].starts_with("Baseline,pool,1,read-heavy,3,"), "{}", lines[1]);
     }
 
     fn summary() -> Summary {
