@@ -102,11 +102,7 @@ impl RunArgs {
 pub fn run(a: &RunArgs) -> Result<Outcome> {
     check_target_flags(a)?;
     // The baseline is read before anything runs: a wrong path fails at once.
-    let baseline = a
-        .compare
-        .as_deref()
-        .map(crate::compare::load)
-        .transpose()?;
+    let baseline = a.compare.as_deref().map(crate::compare::load).transpose()?;
     if a.check {
         return validate(&a.m).map(Outcome::from);
     }
@@ -571,7 +567,12 @@ mod tests {
         std::fs::remove_file(&crafted).unwrap();
         assert_eq!(outcome, Outcome::Regressed);
         assert_eq!(
-            (Outcome::Passed.code(), Outcome::Failed.code(), Outcome::USAGE, outcome.code()),
+            (
+                Outcome::Passed.code(),
+                Outcome::Failed.code(),
+                Outcome::USAGE,
+                outcome.code()
+            ),
             (0, 1, 2, 3)
         );
     }

@@ -518,9 +518,12 @@ pub fn csv(s: &Summary) -> String {
             let caps: Vec<f64> = w.searches.iter().map(|x| x.qps).collect();
             let cap = spread(&caps);
             let med = |f: &dyn Fn(&crate::results::SearchResult) -> Option<f64>| {
-                spread(&w.searches.iter().filter_map(|x| f(x)).collect::<Vec<_>>()).map(|m| m.median)
+                spread(&w.searches.iter().filter_map(f).collect::<Vec<_>>())
+                    .map(|m| m.median)
             };
-            let common = |f: &dyn Fn(&CommonLoad) -> Option<f64>| med(&|x| x.common.as_ref().and_then(|c| f(c)));
+            let common = |f: &dyn Fn(&CommonLoad) -> Option<f64>| {
+                med(&|x| x.common.as_ref().and_then(f))
+            };
             let _ = writeln!(
                 out,
                 "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
@@ -534,7 +537,11 @@ pub fn csv(s: &Summary) -> String {
                 num(cap.map(|c| c.max)),
                 num(med(&|x| x.p99_ms)),
                 num(common(&|c| Some(c.offered))),
-                u8::from(w.searches.iter().any(|x| x.common.as_ref().is_some_and(|c| c.reduced))),
+                u8::from(
+                    w.searches
+                        .iter()
+                        .any(|x| x.common.as_ref().is_some_and(|c| c.reduced))
+                ),
                 num(common(&|c| c.server_us_per_request)),
                 num(common(&|c| c.server_user_us_per_request)),
                 num(common(&|c| c.server_system_us_per_request)),
@@ -545,7 +552,10 @@ pub fn csv(s: &Summary) -> String {
                 num(common(&|c| c.p99_ms)),
                 num(common(&|c| c.p999_ms)),
                 w.searches.iter().map(|x| x.writes_checked).sum::<u64>(),
-                w.searches.iter().map(|x| x.integrity_failures.len()).sum::<usize>(),
+                w.searches
+                    .iter()
+                    .map(|x| x.integrity_failures.len())
+                    .sum::<usize>(),
             );
         }
     }
@@ -834,7 +844,11 @@ mod tests {
                 assert!(f.parse::<f64>().is_ok(), "column {i} of {line}");
             }
         }
-        assert!(lines[1].starts_with("Baseline,pool,1,read-heavy,3,"), "{}", lines[1]);
+        assert!(
+            lines[1].starts_with("Baseline,pool,1,read-heavy,3,"),
+            "{}",
+            lines[1]
+        );
     }
 
     fn summary() -> Summary {
