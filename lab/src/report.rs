@@ -518,12 +518,10 @@ pub fn csv(s: &Summary) -> String {
             let caps: Vec<f64> = w.searches.iter().map(|x| x.qps).collect();
             let cap = spread(&caps);
             let med = |f: &dyn Fn(&crate::results::SearchResult) -> Option<f64>| {
-                spread(&w.searches.iter().filter_map(f).collect::<Vec<_>>())
-                    .map(|m| m.median)
+                spread(&w.searches.iter().filter_map(f).collect::<Vec<_>>()).map(|m| m.median)
             };
-            let common = |f: &dyn Fn(&CommonLoad) -> Option<f64>| {
-                med(&|x| x.common.as_ref().and_then(f))
-            };
+            let common =
+                |f: &dyn Fn(&CommonLoad) -> Option<f64>| med(&|x| x.common.as_ref().and_then(f));
             let _ = writeln!(
                 out,
                 "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
