@@ -95,6 +95,17 @@ async fn disrupt(db: &TestDb, how: Disruption) {
                         .status()
                         .expect("kill");
                     if killed.success() {
+                        // A killed backend makes the postmaster end every session and
+                        // recover. Wait until that has begun (this session ends too):
+                        // a connection made before it would say "back" too early.
+                        let gone = Instant::now();
+                        while pg.simple_query("SELECT 1").await.is_ok() {
+                            assert!(
+                                gone.elapsed() < Duration::from_secs(10),
+                                "PostgreSQL did not restart after a backend was killed"
+                            );
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                         break;
                     }
                 }
