@@ -423,18 +423,11 @@ impl Outcome {
 }
 
 pub fn dispatch(cmd: &Cmd) -> Result<Outcome> {
-    match cmd {
-        Cmd::Compare(a) => compare(a),
-        Cmd::Run(a) => run(a),
-        other => dispatch_checks(other).map(Outcome::from),
-    }
-}
-
-fn dispatch_checks(cmd: &Cmd) -> Result<bool> {
-    match cmd {
+    let passed = match cmd {
+        Cmd::Compare(a) => return compare(a),
+        Cmd::Run(a) => return run(a),
         Cmd::Validate(m) => validate(m),
         Cmd::Seed(a) => seed(a),
-        Cmd::Run(_) | Cmd::Compare(_) => unreachable!("dispatched above"),
         Cmd::Soak(a) => soak(a),
         Cmd::Images(a) => images(a),
         Cmd::Loadgen(a) => loadgen(a),
@@ -451,7 +444,8 @@ fn dispatch_checks(cmd: &Cmd) -> Result<bool> {
             );
             Ok(true)
         }
-    }
+    };
+    passed.map(Outcome::from)
 }
 
 /// `lab compare OLD NEW`: the report on stdout; `Regressed` when a row regressed.
