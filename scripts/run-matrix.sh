@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: measures every build in matrix.toml and writes results.md, results.svg,
+# The main job: measures every build in matrix.toml and writes results.md, the charts,
 # results/<timestamp>/ and the README's results table. A thin entry point: it installs
 # what the chosen target needs and, locally, owns the throwaway PostgreSQL; every flag
 # is lab's (`lab run --help`), which does the validation, builds, measurement,

@@ -40,7 +40,7 @@ pub enum Cmd {
     /// Prints the load generator's plan for the first selected row (what a Job reads).
     Plan(MatrixArgs),
     /// Reads a load-generator log back as the Kubernetes run does and writes
-    /// results.md, results.svg and the summary from it (for the container test).
+    /// results.md, the charts and the summary from it (for the container test).
     Ingest(IngestArgs),
     /// Checks that a run produced results.md and a README table with numbers for every row.
     Verify(VerifyArgs),
@@ -52,6 +52,9 @@ pub enum Cmd {
     Compare(CompareArgs),
     /// The repeatability of runs: per row and workload, how far the repetitions spread.
     Repeatability(RepeatabilityArgs),
+    /// Redraws results.md, the charts, results.csv and (with --readme) the README's
+    /// table from a run's summary.json and steps, without measuring anything.
+    Render(RenderArgs),
     /// Prints how many ns a fixed CPU loop takes per thousand iterations here, and how
     /// many ns a random memory read takes (the run calls it pinned to each CPU before
     /// every search, to see the machine's speed).
@@ -67,6 +70,22 @@ pub struct CompareArgs {
     /// A significant change for the worse beyond this percentage fails the comparison.
     #[arg(long, default_value_t = 5.0, value_name = "PCT")]
     pub fail_above: f64,
+    /// A change under this percentage is noise however tight the ranges: the machine
+    /// drifts between runs (two runs of one commit here differed by up to 26%).
+    #[arg(long, default_value_t = crate::compare::NOISE_FLOOR_PCT, value_name = "PCT")]
+    pub noise_floor: f64,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RenderArgs {
+    /// The run: a results/<stamp> folder (holding summary.json and steps.json[.gz]).
+    pub run: PathBuf,
+    /// Where results.md and the charts go.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// The README whose results block to replace.
+    #[arg(long)]
+    pub readme: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -161,7 +180,7 @@ pub struct RunArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "local")]
     pub target: TargetName,
-    /// Where results.md, results.svg and results/<timestamp>/ go.
+    /// Where results.md, the charts (results-*.svg) and results/<timestamp>/ go.
     #[arg(long, default_value = ".")]
     pub out: PathBuf,
     /// The README whose results block is replaced (default: README.md in --out when
@@ -203,6 +222,9 @@ pub struct RunArgs {
     /// regression.
     #[arg(long, default_value_t = 5.0, value_name = "PCT")]
     pub fail_above: f64,
+    /// With --compare: a change under this percentage is noise between runs.
+    #[arg(long, default_value_t = crate::compare::NOISE_FLOOR_PCT, value_name = "PCT")]
+    pub noise_floor: f64,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -168,7 +168,7 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
     }
     let intact = Outcome::from(outcome(&summary));
     let compared = match &baseline {
-        Some(old) => compare_summaries(old, &summary, a.fail_above, a.json)?,
+        Some(old) => compare_summaries(old, &summary, a.fail_above, a.noise_floor, a.json)?,
         None => Outcome::Passed,
     };
     // An integrity failure or an unmeasured row outranks a regression.
@@ -326,13 +326,21 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
         };
         report::check_table(&text[b..e], &names, matrix.workloads.len()).context("README table")?;
     }
-    let svg = std::fs::read_to_string(a.out.join("results.svg"))
-        .context("results.svg was not written")?;
-    if !svg.starts_with("<svg") {
-        bail!("results.svg is not an SVG");
+    for (file, _) in crate::charts::CHARTS {
+        let svg = std::fs::read_to_string(a.out.join(file))
+            .with_context(|| format!("{file} was not written"))?;
+        if !svg.starts_with("<svg") || !svg.trim_end().ends_with("</svg>") {
+            bail!("{file} is not an SVG");
+        }
+        if let Some(missing) = names
+            .iter()
+            .find(|n| !svg.contains(&n.replace('&', "&amp;")))
+        {
+            bail!("{file} does not show row {missing:?}");
+        }
     }
     eprintln!(
-        "verified: {} rows with numbers for {} workloads",
+        "verified: {} rows with numbers for {} workloads, and the four charts",
         names.len(),
         matrix.workloads.len()
     );
@@ -436,6 +444,7 @@ pub fn dispatch(cmd: &Cmd) -> Result<Outcome> {
         Cmd::Verify(a) => verify(a),
         Cmd::TestTotals(a) => test_totals(a),
         Cmd::Repeatability(a) => repeatability(a),
+        Cmd::Render(a) => render(a),
         Cmd::Calibrate => {
             println!(
                 "{:.0} {:.1}",
@@ -451,7 +460,7 @@ pub fn dispatch(cmd: &Cmd) -> Result<Outcome> {
 /// `lab compare OLD NEW`: the report on stdout; `Regressed` when a row regressed.
 pub fn compare(a: &CompareArgs) -> Result<Outcome> {
     let (old, new) = (crate::compare::load(&a.old)?, crate::compare::load(&a.new)?);
-    compare_summaries(&old, &new, a.fail_above, false)
+    compare_summaries(&old, &new, a.fail_above, a.noise_floor, false)
 }
 
 /// Compares two summaries; the report goes to stdout, or to stderr when stdout carries
@@ -460,13 +469,14 @@ fn compare_summaries(
     old: &Summary,
     new: &Summary,
     fail_above: f64,
+    floor: f64,
     to_stderr: bool,
 ) -> Result<Outcome> {
-    let lines = crate::compare::lines(old, new);
+    let lines = crate::compare::lines(old, new, floor);
     if lines.is_empty() {
         bail!("the two runs have no row and workload in common");
     }
-    let text = crate::compare::report(old, new, &lines, fail_above);
+    let text = crate::compare::report(old, new, &lines, fail_above, floor);
     if to_stderr {
         eprint!("{text}");
     } else {
@@ -488,6 +498,20 @@ fn compare_summaries(
 }
 
 /// `lab repeatability RUN...`: the spread of each run's repetitions, on stdout.
+/// `lab render RUN`: redraws the outputs of a run from its summary and steps.
+pub fn render(a: &RenderArgs) -> Result<bool> {
+    if !a.run.join("summary.json").is_file() {
+        bail!(
+            "{} holds no summary.json: give a results/<stamp> folder",
+            a.run.display()
+        );
+    }
+    let summary = crate::compare::load(&a.run)?;
+    std::fs::create_dir_all(&a.out)?;
+    experiment::render_outputs(&a.out, a.readme.as_deref(), &a.run, &summary)?;
+    Ok(summary.integrity_failures().is_empty())
+}
+
 pub fn repeatability(a: &RepeatabilityArgs) -> Result<bool> {
     let runs = a
         .runs
@@ -541,6 +565,7 @@ mod tests {
             old: committed.clone(),
             new,
             fail_above: 5.0,
+            noise_floor: crate::compare::NOISE_FLOOR_PCT,
         };
         assert_eq!(compare(&args(committed.clone())).unwrap(), Outcome::Passed);
         // The same run with every capacity of +coalesce cut by 40%.

@@ -1,6 +1,8 @@
 //! Two runs side by side (`lab compare OLD NEW`), and the repeatability of runs
 //! (`lab repeatability RUN...`). Every change is judged by the one rule of the tables,
 //! [`stats::compare`]: significant only when the repetitions' ranges do not overlap.
+//! Between two runs the machine itself drifts, which no run's repetitions show, so a
+//! change must also clear a noise floor between runs ([`NOISE_FLOOR_PCT`]).
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +42,12 @@ fn postgres_us(w: &WorkloadResult) -> Vec<f64> {
         .collect()
 }
 
+/// The default noise floor between two runs, in percent: two full default runs of one
+/// commit on this machine, one after the other, differed by up to 26% in a median whose
+/// repetitions' ranges were apart (`results/repeatability.md`). A change smaller than
+/// this is called "≈" however tight the ranges; on a quieter machine lower it.
+pub const NOISE_FLOOR_PCT: f64 = 30.0;
+
 /// One measure of one row and workload, old against new.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
@@ -51,6 +59,9 @@ pub struct Line {
     pub old: Vec<f64>,
     pub new: Vec<f64>,
     pub change: Option<Change>,
+    /// The ranges were apart but the change was under the noise floor between runs
+    /// (then `change` is `Noise`).
+    pub under_floor: bool,
 }
 
 impl Line {
@@ -84,8 +95,9 @@ pub fn same_common_rate(a: &WorkloadResult, b: &WorkloadResult) -> bool {
 }
 
 /// Every row (by name) and workload present in both runs, each measure that both have
-/// (CPU per request only where [`same_common_rate`]).
-pub fn lines(old: &Summary, new: &Summary) -> Vec<Line> {
+/// (CPU per request only where [`same_common_rate`]); a significant change smaller than
+/// `floor` percent is demoted to noise.
+pub fn lines(old: &Summary, new: &Summary, floor: f64) -> Vec<Line> {
     type Measure = (&'static str, bool, fn(&WorkloadResult) -> Vec<f64>);
     let measures: [Measure; 3] = [
         ("capacity (QPS)", true, capacities),
@@ -109,12 +121,19 @@ pub fn lines(old: &Summary, new: &Summary) -> Vec<Line> {
                 {
                     continue;
                 }
+                let (change, under_floor) = match compare(&a, &b) {
+                    Some(Change::Significant(d)) if d.abs() < floor => {
+                        (Some(Change::Noise(d)), true)
+                    }
+                    c => (c, false),
+                };
                 out.push(Line {
                     row: row.name.clone(),
                     workload: w.name.clone(),
                     measure,
                     higher_is_better,
-                    change: compare(&a, &b),
+                    change,
+                    under_floor,
                     old: a,
                     new: b,
                 });
@@ -189,8 +208,11 @@ fn cell(v: &[f64], digits: usize) -> String {
     }
 }
 
-fn verdict(c: Option<Change>) -> String {
-    match c {
+fn verdict(l: &Line, floor: f64) -> String {
+    match l.change {
+        Some(Change::Noise(d)) if l.under_floor => {
+            format!("≈ ({d:+.1}%: ranges apart, under the {floor:.0}% floor between runs)")
+        }
         Some(Change::Significant(d)) => format!("{d:+.1}% significant"),
         Some(Change::Noise(d)) => format!("≈ ({d:+.1}%, within noise)"),
         Some(Change::Unjudged(d)) => format!("{d:+.1}% (not judged: under 3 repetitions)"),
@@ -200,7 +222,7 @@ fn verdict(c: Option<Change>) -> String {
 
 /// The markdown report of `lines`, with the warnings first and, per measure, the
 /// largest distance between the two runs' medians.
-pub fn report(old: &Summary, new: &Summary, lines: &[Line], fail_above: f64) -> String {
+pub fn report(old: &Summary, new: &Summary, lines: &[Line], fail_above: f64, floor: f64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -213,6 +235,10 @@ pub fn report(old: &Summary, new: &Summary, lines: &[Line], fail_above: f64) -> 
     for w in warnings(old, new) {
         let _ = writeln!(out, "> warning: {w}");
     }
+    let _ = writeln!(
+        out,
+        "A change is significant when the repetitions' min–max ranges do not overlap and the medians differ by at least {floor:.0}% (the noise floor between runs: the machine drifts between runs in ways one run's repetitions do not show). A significant change for the worse beyond {fail_above:.0}% is a **REGRESSION**."
+    );
     out.push_str("\n| Row | Workload | Measure | Old median (min–max) | New median (min–max) | Change |\n|---|---|---|---:|---:|---|\n");
     for l in lines {
         let digits = usize::from(!l.higher_is_better);
@@ -224,7 +250,7 @@ pub fn report(old: &Summary, new: &Summary, lines: &[Line], fail_above: f64) -> 
             l.measure,
             cell(&l.old, digits),
             cell(&l.new, digits),
-            verdict(l.change),
+            verdict(l, floor),
             if l.regressed(fail_above) {
                 " **REGRESSION**"
             } else {
@@ -348,22 +374,49 @@ mod tests {
     fn same_code_is_within_noise_and_a_crafted_regression_is_caught() {
         let old = summary(&[10_000.0, 10_400.0, 9_800.0], &[80.0, 82.0, 79.0]);
         let same = summary(&[10_200.0, 9_900.0, 10_300.0], &[81.0, 80.0, 83.0]);
-        let l = lines(&old, &same);
+        let l = lines(&old, &same, 0.0);
         assert_eq!(l.len(), 3, "capacity, server and PostgreSQL µs");
         assert!(l.iter().all(|l| !l.regressed(5.0)), "{l:?}");
         assert!(matches!(l[0].change, Some(Change::Noise(_))));
         // 20% fewer QPS and 25% more server CPU per request, ranges apart.
         let worse = summary(&[8_000.0, 8_200.0, 7_900.0], &[100.0, 101.0, 99.0]);
-        let l = lines(&old, &worse);
+        let l = lines(&old, &worse, 0.0);
         assert!(l[0].regressed(5.0) && l[1].regressed(5.0), "{l:?}");
         assert!(
             !l[0].regressed(25.0),
             "below the threshold it is reported, not failed"
         );
-        let text = report(&old, &worse, &l, 5.0);
+        let text = report(&old, &worse, &l, 5.0, 0.0);
         assert!(text.contains("**REGRESSION**"), "{text}");
         // Better is never a regression.
-        assert!(lines(&worse, &old).iter().all(|l| !l.regressed(5.0)));
+        assert!(lines(&worse, &old, 0.0).iter().all(|l| !l.regressed(5.0)));
+        // Under the default floor between runs, 20% is noise; 40% fewer QPS is not.
+        let l = lines(&old, &worse, NOISE_FLOOR_PCT);
+        assert!(l.iter().all(|l| !l.regressed(5.0)), "{l:?}");
+        assert!(l[0].under_floor && l[1].under_floor, "{l:?}");
+        let much_worse = summary(&[6_000.0, 6_200.0, 5_900.0], &[80.0, 81.0, 79.0]);
+        let l = lines(&old, &much_worse, NOISE_FLOOR_PCT);
+        assert!(l[0].regressed(5.0) && !l[1].regressed(5.0), "{l:?}");
+    }
+
+    /// The two committed full runs of one commit: every row "≈" under the default floor.
+    #[test]
+    fn two_committed_runs_of_one_commit_are_within_noise() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
+        let old = load(&dir.join("20261129T042103Z")).unwrap();
+        let new = load(&dir.join("20261129T045528Z")).unwrap();
+        assert_eq!(old.environment.git_commit, new.environment.git_commit);
+        let l = lines(&old, &new, NOISE_FLOOR_PCT);
+        assert!(l.len() >= 40, "{}", l.len());
+        let significant: Vec<&Line> = l
+            .iter()
+            .filter(|l| matches!(l.change, Some(Change::Significant(_))))
+            .collect();
+        assert!(significant.is_empty(), "{significant:?}");
+        // Without the floor, the ranges alone call some of them changes.
+        assert!(lines(&old, &new, 0.0)
+            .iter()
+            .any(|l| matches!(l.change, Some(Change::Significant(_)))));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct Experiment {
     pub matrix_path: PathBuf,
     pub matrix: Matrix,
     pub quick: bool,
-    /// Where results.md, results.svg and results/<stamp>/ go.
+    /// Where results.md, the charts and results/<stamp>/ go.
     pub out: PathBuf,
     /// The README whose results block is replaced.
     pub readme: Option<PathBuf>,
@@ -80,15 +80,45 @@ pub trait Target {
     }
 }
 
-/// Progress lines with elapsed time and an estimate of what is left.
+/// Progress lines with elapsed time and an estimate of what is left. When stderr is a
+/// terminal, a progress bar (rows × repetitions done, the ETA, the latest step) stays
+/// under the lines; otherwise the plain lines alone.
 struct Clock {
     started: Instant,
     measuring: Option<Instant>,
     done: usize,
     total: usize,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Clock {
+    fn new(started: Instant, total: usize) -> Self {
+        use std::io::IsTerminal as _;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "[{elapsed}] {bar:24} {pos}/{len} row runs, ETA {eta}  {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        Clock {
+            started,
+            measuring: Some(Instant::now()),
+            done: 0,
+            total,
+            bar,
+        }
+    }
+
+    fn finished_one(&mut self) {
+        self.done += 1;
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done as u64);
+        }
+    }
+
     fn say(&self, what: &str) {
         let elapsed = self.started.elapsed().as_secs_f64();
         let measuring = self.measuring.map_or(0.0, |m| m.elapsed().as_secs_f64());
@@ -101,8 +131,25 @@ impl Clock {
         } else {
             String::new()
         };
-        eprintln!("[{:>5.1} min{left}] {what}", elapsed / 60.0);
-        let _ = std::io::stderr().flush();
+        let line = format!("[{:>5.1} min{left}] {what}", elapsed / 60.0);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(what.trim().to_string());
+                bar.println(line);
+            }
+            None => {
+                eprintln!("{line}");
+                let _ = std::io::stderr().flush();
+            }
+        }
+    }
+}
+
+impl Drop for Clock {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -211,12 +258,7 @@ pub fn run(e: &Experiment, target: &mut dyn Target) -> Result<Summary> {
             row.failures.push(why);
         }
     }
-    let mut clock = Clock {
-        started,
-        measuring: Some(Instant::now()),
-        done: 0,
-        total: m.rows.len() * m.load.repetitions as usize,
-    };
+    let mut clock = Clock::new(started, m.rows.len() * m.load.repetitions as usize);
     let mut reference = Vec::new();
     let mut reference_error = None;
     for rep in 1..=m.load.repetitions {
@@ -231,7 +273,7 @@ pub fn run(e: &Experiment, target: &mut dyn Target) -> Result<Summary> {
                 ));
                 measure_row(e, target, row, rep, &raw, &clock, &mut rows[i]);
             }
-            clock.done += 1;
+            clock.finished_one();
         }
         let say = |s: &str| clock.say(s);
         let measured = if e.matrix.load.reference {
@@ -337,7 +379,7 @@ pub fn environment(
     }
 }
 
-/// results/<stamp>/summary.json, results.md, results.svg and the README's block.
+/// results/<stamp>/summary.json and steps.json(.gz), then what [`render_outputs`] draws.
 pub fn write_outputs(
     out: &Path,
     readme: Option<&Path>,
@@ -349,20 +391,41 @@ pub fn write_outputs(
         serde_json::to_string_pretty(summary)?,
     )?;
     let steps = bundle_steps(raw)?;
+    render_outputs(out, readme, raw, summary)?;
+    eprintln!(
+        "==> wrote {} and {}",
+        raw.join("summary.json").display(),
+        steps.display()
+    );
+    Ok(())
+}
+
+/// What is drawn from a run's summary and steps: results/<stamp>/results.csv,
+/// results.md, the four charts and the README's block (`lab render` redraws them from
+/// a committed run).
+pub fn render_outputs(
+    out: &Path,
+    readme: Option<&Path>,
+    raw: &Path,
+    summary: &Summary,
+) -> Result<()> {
     std::fs::write(raw.join("results.csv"), report::csv(summary))?;
     std::fs::write(out.join("results.md"), report::results_md(summary))?;
-    std::fs::write(out.join("results.svg"), report::chart_svg(summary))?;
+    let steps = crate::charts::read_steps(raw)?;
+    let charts = crate::charts::write_all(out, summary, steps.as_ref())?;
+    // The one chart of earlier versions, now the capacity chart's.
+    let _ = std::fs::remove_file(out.join("results.svg"));
     if let Some(readme) = readme {
         let text = std::fs::read_to_string(readme)
             .with_context(|| format!("reading {}", readme.display()))?;
         std::fs::write(readme, report::update_readme(&text, summary)?)?;
     }
     eprintln!(
-        "==> wrote {}, {}, {} and {}",
+        "==> wrote {}, {} charts ({}) and {}",
         out.join("results.md").display(),
-        out.join("results.svg").display(),
-        raw.join("summary.json").display(),
-        steps.display()
+        charts.len(),
+        out.join("results-*.svg").display(),
+        raw.join("results.csv").display(),
     );
     Ok(())
 }

@@ -9,10 +9,11 @@
 //! - [`local`]: this machine (builds, a pinned server and PostgreSQL, pgbench, the soak);
 //! - [`k8s`]: a cluster (images, manifests, the load-generator Job and its side);
 //! - [`matrix`] (matrix.toml), [`results`] (the summary), [`report`] (results.md, the
-//!   README table, the chart), [`sql`] (the schema and role both targets seed),
+//!   README table, the CSV), [`charts`] (the four SVG charts), [`sql`] (the schema and role both targets seed),
 //!   [`environment`] (facts about this machine and repository);
 //! - [`compare`]: two runs side by side, and the repeatability of runs;
 //! - [`cli`] and [`commands`]: the command line, one function per subcommand.
+pub mod charts;
 pub mod cli;
 pub mod commands;
 pub mod compare;

@@ -167,29 +167,34 @@ pub struct Row {
     pub postgres: BTreeMap<String, String>,
 }
 
+/// A file-name-safe form of a row's name: lower-case letters and digits, runs of
+/// anything else one '-' ("all + metrics" → "all-metrics").
+pub fn slug(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while s.contains("--") {
+        s = s.replace("--", "-");
+    }
+    let s = s.trim_matches('-').to_string();
+    if s.is_empty() {
+        "row".into()
+    } else {
+        s
+    }
+}
+
 impl Row {
     /// A file-name-safe name for the row's artifacts.
     pub fn slug(&self) -> String {
-        let mut s: String = self
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        while s.contains("--") {
-            s = s.replace("--", "-");
-        }
-        let s = s.trim_matches('-').to_string();
-        if s.is_empty() {
-            "row".into()
-        } else {
-            s
-        }
+        slug(&self.name)
     }
 
     pub fn features_label(&self) -> String {

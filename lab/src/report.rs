@@ -1,5 +1,6 @@
-//! Rendering: `results.md` (environment header, the table, integrity section), the same
-//! table between markers in README.md, and an SVG chart of QPS per row.
+//! Rendering: `results.md` (environment header, the concise table, the charts, a
+//! section per row with the details, integrity), the same table and charts between
+//! markers in README.md, and `results.csv`. The charts themselves are in `charts`.
 use std::fmt::Write as _;
 
 use anyhow::{bail, Result};
@@ -47,13 +48,6 @@ fn qps_cell(w: &WorkloadResult) -> String {
             fmt_qps(s.min),
             fmt_qps(s.max)
         ),
-    }
-}
-
-fn p99_cell(w: &WorkloadResult) -> String {
-    match w.p99() {
-        None => "—".into(),
-        Some(s) => fmt_ms(s.median),
     }
 }
 
@@ -243,7 +237,8 @@ fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
     parts.join("; ")
 }
 
-fn change(prev: Option<&RowResult>, row: &RowResult) -> String {
+/// The change from the previous row in full: every measure's percentage and verdict.
+fn change_detail(prev: Option<&RowResult>, row: &RowResult) -> String {
     let Some(prev) = prev else {
         return "—".into();
     };
@@ -293,41 +288,39 @@ fn change(prev: Option<&RowResult>, row: &RowResult) -> String {
     }
 }
 
-/// Per workload, the medians over repetitions of the server's and PostgreSQL's CPU per
-/// request and the p99 at the common rate; `*` marks a row that ran at half its own
-/// capacity instead (it could not sustain the common rate).
-fn common_cell(row: &RowResult) -> String {
-    let mut parts = Vec::new();
-    for w in &row.workloads {
-        let runs: Vec<&CommonLoad> = w
-            .searches
-            .iter()
-            .filter_map(|s| s.common.as_ref())
-            .collect();
-        if runs.is_empty() {
-            continue;
-        }
-        let median = |f: &dyn Fn(&CommonLoad) -> Option<f64>| {
-            spread(&runs.iter().filter_map(|c| f(c)).collect::<Vec<_>>()).map(|s| s.median)
-        };
-        let us = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.0}"));
-        parts.push(format!(
-            "{}{}: {} / {} µs, p99 {} ms",
-            short(&w.name),
-            if runs.iter().any(|c| c.reduced) {
-                "*"
-            } else {
-                ""
-            },
-            us(median(&|c| c.server_us_per_request)),
-            us(median(&|c| c.postgres_us_per_request)),
-            median(&|c| c.p99_ms).map_or("n/a".into(), |p| format!("{p:.1}"))
-        ));
-    }
-    if parts.is_empty() {
+/// Per workload, the median over repetitions of one measure at the common rate, joined
+/// with " / "; `*` marks a workload that ran at half the row's own capacity instead
+/// (it could not sustain the common rate).
+fn common_cell(row: &RowResult, f: &dyn Fn(&CommonLoad) -> Option<f64>, digits: usize) -> String {
+    let cells: Vec<String> = row
+        .workloads
+        .iter()
+        .map(|w| {
+            let runs: Vec<&CommonLoad> = w
+                .searches
+                .iter()
+                .filter_map(|s| s.common.as_ref())
+                .collect();
+            let v: Vec<f64> = runs.iter().filter_map(|c| f(c)).collect();
+            match spread(&v) {
+                Some(m) => format!(
+                    "{:.d$}{}",
+                    m.median,
+                    if runs.iter().any(|c| c.reduced) {
+                        "*"
+                    } else {
+                        ""
+                    },
+                    d = digits
+                ),
+                None => "—".into(),
+            }
+        })
+        .collect();
+    if cells.iter().all(|c| c == "—") {
         "—".into()
     } else {
-        parts.join("; ")
+        cells.join(" / ")
     }
 }
 
@@ -335,17 +328,176 @@ fn short(workload: &str) -> String {
     workload.split('-').next().unwrap_or(workload).to_string()
 }
 
-/// The results table (Markdown), rows in matrix order, then the pgbench reference.
+/// What limited a workload's capacity, in words: "load generator", "server CPU",
+/// "PostgreSQL CPU", "p99 SLO" (no CPU saturated), "connections" (requests waited for
+/// a free connection, no CPU saturated), judged at the median repetition's limit.
+pub fn limit_words(s: &Summary, w: &WorkloadResult) -> &'static str {
+    let Some(m) = w.median_search() else {
+        return "not measured";
+    };
+    let limit = m.limit.as_deref().unwrap_or("");
+    let cpus = |list: &str| crate::matrix::parse_cpu_list(list).unwrap_or_default();
+    let pinning = s.environment.host.pinning();
+    let (server, postgres, oha) = match m.limit_cpu {
+        Some((s, p, o)) => (s, p, Some(o)),
+        None => (m.cpu_server, m.cpu_postgres, m.cpu_oha),
+    };
+    let oha_cpus = pinning.map_or(1, |p| cpus(p[2]).len().max(1)) as f64;
+    if limit.contains("scheduler ran") || oha.is_some_and(|o| o / oha_cpus >= 0.8) {
+        return "load generator";
+    }
+    // The parties on the saturated CPUs; the one that used most CPU is named.
+    let hot: Vec<usize> = m
+        .cpu_busy_at_limit
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b >= SATURATED)
+        .map(|(cpu, _)| cpu)
+        .collect();
+    let parties = [("server", server, 0), ("PostgreSQL", postgres, 1)];
+    let on_hot = |i: usize| match pinning {
+        Some(p) => cpus(p[i]).iter().any(|c| hot.contains(c)),
+        None => false,
+    };
+    let busiest = parties
+        .iter()
+        .filter(|(_, used, i)| used.is_some() && on_hot(*i))
+        .max_by(|a, b| a.1.unwrap_or(0.0).total_cmp(&b.1.unwrap_or(0.0)));
+    if let Some((who, _, _)) = busiest {
+        return if *who == "server" {
+            "server CPU"
+        } else {
+            "PostgreSQL CPU"
+        };
+    }
+    if m.cpu_busy_at_limit.is_empty() {
+        // No per-CPU figures (a cluster): a party near all of its CPU.
+        if server.is_some_and(|x| x >= 0.85) {
+            return "server CPU";
+        }
+    }
+    if limit.contains("free connection") {
+        "connections"
+    } else if limit.contains("p99") {
+        "p99 SLO"
+    } else if limit.is_empty() {
+        "none found (search ceiling)"
+    } else {
+        "error budget or achieved rate"
+    }
+}
+
+/// The Notes cell: what limited each workload, in words, and any failure (at most
+/// about 80 characters; the details are in results.md).
+fn notes_cell(s: &Summary, row: &RowResult) -> String {
+    let mut parts = Vec::new();
+    if !row.failures.is_empty() {
+        parts.push("**FAILED** (see results.md)".to_string());
+    }
+    let limits: Vec<(String, &str)> = row
+        .workloads
+        .iter()
+        .filter(|w| !w.searches.is_empty())
+        .map(|w| (short(&w.name), limit_words(s, w)))
+        .collect();
+    match limits.as_slice() {
+        [] => {}
+        [(_, a), rest @ ..] if !rest.is_empty() && rest.iter().all(|(_, b)| b == a) => {
+            parts.push(format!("limit: {a}"));
+        }
+        _ => parts.push(
+            limits
+                .iter()
+                .map(|(w, l)| format!("{w}: {l}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    }
+    let bad: usize = row
+        .workloads
+        .iter()
+        .flat_map(|w| &w.searches)
+        .map(|x| x.integrity_failures.len())
+        .sum();
+    if bad > 0 {
+        parts.push("**INTEGRITY FAILURE**".into());
+    } else if row
+        .workloads
+        .iter()
+        .any(|w| w.searches.iter().any(|x| x.writes_checked > 0))
+    {
+        parts.push("writes intact".into());
+    }
+    parts.join("; ")
+}
+
+/// The Change cell: per workload, the capacity's change from the previous row
+/// ("≈" within noise) and, when significant, the server's CPU per request.
+fn change_cell(prev: Option<&RowResult>, row: &RowResult) -> String {
+    let Some(prev) = prev else {
+        return "—".into();
+    };
+    if row.workloads.is_empty() {
+        return "—".into();
+    }
+    let reps = row
+        .workloads
+        .iter()
+        .map(|w| w.searches.len())
+        .min()
+        .unwrap_or(0);
+    if reps < MIN_REPETITIONS {
+        return format!("not judged ({reps} rep.)");
+    }
+    let qps = |w: &WorkloadResult| w.searches.iter().map(|s| s.qps).collect::<Vec<_>>();
+    let cpu = |w: &WorkloadResult| {
+        w.searches
+            .iter()
+            .filter_map(|s| s.common.as_ref()?.server_us_per_request)
+            .collect::<Vec<_>>()
+    };
+    let mut parts = Vec::new();
+    for (a, b) in prev.workloads.iter().zip(&row.workloads) {
+        let mut cell = format!(
+            "{} {}",
+            short(&b.name),
+            match compare(&qps(a), &qps(b)) {
+                Some(Change::Significant(d)) => format!("{d:+.0}%"),
+                Some(_) => "≈".into(),
+                None => "n/a".into(),
+            }
+        );
+        if crate::compare::same_common_rate(a, b) {
+            if let Some(Change::Significant(d)) = compare(&cpu(a), &cpu(b)) {
+                let _ = write!(cell, " (µs {d:+.0}%)");
+            }
+        }
+        parts.push(cell);
+    }
+    parts.join(", ")
+}
+
+/// The results table (Markdown), rows in matrix order, then the pgbench reference:
+/// capacities, the cost at the common rate, the change and the limit in a few words.
 pub fn table(s: &Summary) -> String {
-    let mut out = String::from("| Optimization applied | Features |");
+    let names: Vec<String> = s.workloads.iter().map(|w| short(w)).collect();
+    let names = names.join(" / ");
+    let common = s.matrix["load"]["common_qps"]
+        .as_f64()
+        .map_or("the common rate".to_string(), |q| format!("{q:.0}/s"));
+    let mut out = String::from("| Row | Features |");
     for w in &s.workloads {
-        let _ = write!(out, " {} QPS | {} p99 (ms) |", title(w), title(w));
+        let _ = write!(out, " {} capacity (QPS) |", title(w));
     }
-    out.push_str(" At the common rate: server / PostgreSQL CPU per request, p99 | Change vs previous row | Notes |\n|---|---|");
+    let _ = writeln!(
+        out,
+        " p99 at {common}, ms ({names}) | Server µs/req ({names}) | PostgreSQL µs/req ({names}) | Change vs previous row | Notes |"
+    );
+    out.push_str("|---|---|");
     for _ in &s.workloads {
-        out.push_str("---:|---:|");
+        out.push_str("---:|");
     }
-    out.push_str("---|---|---|\n");
+    out.push_str("---:|---:|---:|---|---|\n");
     let mut prev: Option<&RowResult> = None;
     for row in &s.rows {
         let features = if row.features.is_empty() {
@@ -355,49 +507,22 @@ pub fn table(s: &Summary) -> String {
         };
         let index = if row.index { "index" } else { "no index" };
         let _ = write!(out, "| {} | {features}; {index} |", row.name);
-        let mut notes = Vec::new();
-        if let Some(n) = &row.note {
-            notes.push(n.clone());
-        }
-        for f in &row.failures {
-            notes.push(format!("**FAILED: {f}**"));
-        }
-        for w in &row.workloads {
-            let _ = write!(out, " {} | {} |", qps_cell(w), p99_cell(w));
-            if !w.searches.is_empty() {
-                notes.push(format!("{}: {}", short(&w.name), bottleneck(s, w)));
-            }
-        }
         if row.workloads.is_empty() {
             for _ in &s.workloads {
-                out.push_str(" failed | — |");
+                out.push_str(" failed |");
             }
         }
-        let bad: usize = row
-            .workloads
-            .iter()
-            .flat_map(|w| &w.searches)
-            .map(|x| x.integrity_failures.len())
-            .sum();
-        let checked: u64 = row
-            .workloads
-            .iter()
-            .flat_map(|w| &w.searches)
-            .map(|x| x.writes_checked)
-            .sum();
-        if bad > 0 {
-            notes.push(format!("**INTEGRITY FAILURE ({bad} steps, see below)**"));
-        } else if checked > 0 {
-            notes.push(format!(
-                "integrity ok ({checked} acknowledged writes checked)"
-            ));
+        for w in &row.workloads {
+            let _ = write!(out, " {} |", qps_cell(w));
         }
         let _ = writeln!(
             out,
-            " {} | {} | {} |",
-            common_cell(row),
-            change(prev, row),
-            notes.join(". ")
+            " {} | {} | {} | {} | {} |",
+            common_cell(row, &|c| c.p99_ms, 1),
+            common_cell(row, &|c| c.server_us_per_request, 0),
+            common_cell(row, &|c| c.postgres_us_per_request, 0),
+            change_cell(prev, row),
+            notes_cell(s, row)
         );
         if row.failures.is_empty() {
             prev = Some(row);
@@ -406,24 +531,31 @@ pub fn table(s: &Summary) -> String {
     if !s.reference.is_empty() || s.reference_error.is_some() {
         out.push_str(&reference_line(s));
     }
+    let reduced = s
+        .rows
+        .iter()
+        .flat_map(|r| &r.workloads)
+        .flat_map(|w| &w.searches)
+        .any(|x| x.common.as_ref().is_some_and(|c| c.reduced));
+    out.push_str("\nCapacity: median (min–max) over the repetitions. µs/req: CPU time per request answered, at the common rate. Change: capacity, \"≈\" within noise; \"µs\": the server's CPU per request, when significant.");
+    if reduced {
+        out.push_str(&format!(
+            " `*`: the row could not sustain {common} and ran at half its own capacity."
+        ));
+    }
+    out.push('\n');
     out
 }
 
+/// The pgbench line of the table: the database's own capacity and cost, per workload.
 fn reference_line(s: &Summary) -> String {
     let open_loop = s
         .reference
         .iter()
         .any(|r| r.offered.is_some() || r.steps > 0);
-    let mut out = format!(
-        "| *PostgreSQL alone (pgbench)* | prepared, no HTTP, {} |",
-        if open_loop {
-            "same search and SLO"
-        } else {
-            "closed loop"
-        }
-    );
-    let mut notes = Vec::new();
-    let mut common = Vec::new();
+    let mut out = String::from("| *PostgreSQL alone (pgbench)* | prepared, no HTTP |");
+    let mut p99 = Vec::new();
+    let mut us = Vec::new();
     for w in &s.workloads {
         let runs: Vec<&ReferenceResult> = s.reference.iter().filter(|r| &r.workload == w).collect();
         match spread(&runs.iter().map(|r| r.tps).collect::<Vec<_>>()) {
@@ -441,60 +573,194 @@ fn reference_line(s: &Summary) -> String {
             }
             None => out.push_str(" — |"),
         }
-        match spread(&runs.iter().filter_map(|r| r.p99_ms).collect::<Vec<_>>()) {
-            Some(p) => {
-                let _ = write!(out, " {} |", fmt_ms(p.median));
-            }
-            None => out.push_str(" — |"),
-        }
-        let at: Vec<_> = runs.iter().filter_map(|r| r.common.as_ref()).collect();
-        if !at.is_empty() {
-            let median = |f: &dyn Fn(&ReferenceCommon) -> Option<f64>| {
-                spread(&at.iter().filter_map(|c| f(c)).collect::<Vec<_>>()).map(|s| s.median)
-            };
-            common.push(format!(
-                "{}{}: — / {} µs, p99 {} ms",
-                short(w),
-                if at.iter().any(|c| c.reduced) {
-                    "*"
-                } else {
-                    ""
-                },
-                median(&|c| c.postgres_us_per_transaction)
-                    .map_or("n/a".into(), |u| format!("{u:.0}")),
-                median(&|c| c.p99_ms).map_or("n/a".into(), |p| format!("{p:.1}"))
-            ));
-        }
-        if let Some(r) = runs.first() {
-            notes.push(format!(
-                "{}: {} clients, CPU cores used: PG {} / pgbench {:.2}",
-                short(w),
-                r.clients,
-                r.cpu_postgres.map_or("n/a".into(), |x| format!("{x:.2}")),
-                r.cpu_pgbench
-            ));
-        }
-    }
-    if let Some(e) = &s.reference_error {
-        notes.push(format!("**FAILED: {e}**"));
-    }
-    notes.push(if open_loop {
-        let clients = s.reference.first().map_or(0, |r| r.clients);
-        let pool = if clients == s.environment.pool_size {
-            format!("{clients} clients, as many as the rows' pool has connections")
-        } else {
-            format!("{clients} clients (the rows' pool: {})", s.environment.pool_size)
+        let at: Vec<&ReferenceCommon> = runs.iter().filter_map(|r| r.common.as_ref()).collect();
+        let median = |f: &dyn Fn(&ReferenceCommon) -> Option<f64>, digits: usize| {
+            spread(&at.iter().filter_map(|c| f(c)).collect::<Vec<_>>()).map_or("—".into(), |m| {
+                format!(
+                    "{:.d$}{}",
+                    m.median,
+                    if at.iter().any(|c| c.reduced) {
+                        "*"
+                    } else {
+                        ""
+                    },
+                    d = digits
+                )
+            })
         };
-        format!("the database's own capacity, searched like the rows (pgbench -R, latency from the scheduled start, pinned where oha is; {pool}; pgbench's arrivals are Poisson, burstier than oha's timetable)")
-    } else {
-        "the database's own ceiling on this hardware, for scale (closed loop: not measured like the rows)".into()
-    });
-    let common = if common.is_empty() {
-        "—".to_string()
-    } else {
-        common.join("; ")
+        p99.push(median(&|c| c.p99_ms, 1));
+        us.push(median(&|c| c.postgres_us_per_transaction, 0));
+    }
+    let note = match (&s.reference_error, open_loop) {
+        (Some(_), _) => "**FAILED** (see results.md)",
+        (None, true) => "the database's own capacity, searched like the rows",
+        (None, false) => "closed loop: for scale only",
     };
-    let _ = writeln!(out, " {common} | — | {} |", notes.join(". "));
+    let joined = |v: Vec<String>| {
+        if v.iter().all(|c| c == "—") {
+            "—".to_string()
+        } else {
+            v.join(" / ")
+        }
+    };
+    let _ = writeln!(out, " {} | — | {} | — | {note} |", joined(p99), joined(us));
+    out
+}
+
+/// results.md's section on the pgbench line: how it was measured and what it used.
+fn reference_detail(s: &Summary) -> String {
+    let open_loop = s
+        .reference
+        .iter()
+        .any(|r| r.offered.is_some() || r.steps > 0);
+    let mut out = String::from("### PostgreSQL alone (pgbench)\n\n");
+    if let Some(e) = &s.reference_error {
+        let _ = writeln!(out, "- **FAILED: {e}**");
+    }
+    if open_loop {
+        let clients = s.reference.first().map_or(0, |r| r.clients);
+        let _ = writeln!(out, "- The database's own capacity, searched like the rows: `pgbench -R` steps, latency from each transaction's scheduled start, pinned where oha is, {clients} clients (the rows' pool: {}); pgbench's arrivals are Poisson, burstier than oha's timetable.", s.environment.pool_size);
+    } else {
+        out.push_str("- The database's own ceiling on this hardware, for scale (closed loop: not measured like the rows).\n");
+    }
+    for r in &s.reference {
+        let _ = write!(
+            out,
+            "- {} / repetition {}: {} TPS{}, p99 {} ms, {} clients, CPU cores used: PG {} / pgbench {:.2}",
+            r.workload,
+            r.repetition,
+            fmt_qps(r.tps),
+            r.offered.map_or(String::new(), |o| format!(" at {o:.0}/s offered")),
+            r.p99_ms.map_or("n/a".into(), fmt_ms),
+            r.clients,
+            r.cpu_postgres.map_or("n/a".into(), |x| format!("{x:.2}")),
+            r.cpu_pgbench
+        );
+        if let Some(c) = &r.common {
+            let _ = write!(
+                out,
+                "; at {:.0}/s{}: p50/p90/p99/p99.9 {} ms, PostgreSQL {} µs and pgbench {:.0} µs per transaction",
+                c.offered,
+                if c.reduced { " (half its capacity)" } else { "" },
+                percentiles(&[c.p50_ms, c.p90_ms, c.p99_ms, c.p999_ms]),
+                c.postgres_us_per_transaction.map_or("n/a".into(), |u| format!("{u:.0}")),
+                c.pgbench_us_per_transaction
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// "0.2 / 0.4 / 1.4 / 8.3" (n/a where missing).
+fn percentiles(v: &[Option<f64>]) -> String {
+    v.iter()
+        .map(|p| p.map_or("n/a".into(), |p| format!("{p:.1}")))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// results.md's section on one row: its hypothesis, then per workload the capacity of
+/// every repetition, what limited it, its CPU, memory and batches, the cost at the
+/// common rate, and the change from the previous row in full.
+fn row_detail(s: &Summary, prev: Option<&RowResult>, row: &RowResult) -> String {
+    let features = if row.features.is_empty() {
+        "(none)".to_string()
+    } else {
+        row.features.join(", ")
+    };
+    let mut out = format!(
+        "### {} — {features}; {}\n\n",
+        row.name,
+        if row.index { "index" } else { "no index" }
+    );
+    if let Some(n) = &row.note {
+        let _ = writeln!(out, "_{n}_\n");
+    }
+    for f in &row.failures {
+        let _ = writeln!(out, "- **FAILED: {f}**");
+    }
+    for w in &row.workloads {
+        let _ = writeln!(
+            out,
+            "- **{}**: capacity {} QPS; limit: {} — {}.",
+            w.name,
+            qps_cell(w),
+            limit_words(s, w),
+            bottleneck(s, w)
+        );
+        let mut reps: Vec<&crate::results::SearchResult> = w.searches.iter().collect();
+        reps.sort_by_key(|x| x.repetition);
+        for x in reps {
+            let cores = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.2}"));
+            let _ = write!(
+                out,
+                "  - repetition {}: {} QPS{}, p99 {} ms, {} steps; CPU cores server {} / PG {} / oha {}",
+                x.repetition,
+                fmt_qps(x.qps),
+                x.offered.map_or(String::new(), |o| format!(" at {o:.0}/s offered")),
+                x.p99_ms.map_or("n/a".into(), fmt_ms),
+                x.steps,
+                cores(x.cpu_server),
+                cores(x.cpu_postgres),
+                cores(x.cpu_oha),
+            );
+            if let Some(kib) = x.server_peak_rss_kib {
+                let _ = write!(out, "; RSS {:.0} MiB", kib as f64 / 1024.0);
+            }
+            if let Some((r, wr)) = x.avg_batch {
+                let f = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.1}"));
+                let _ = write!(out, "; avg batch {} GETs, {} PATCHes", f(r), f(wr));
+            }
+            if let Some(limit) = &x.limit {
+                let _ = write!(out, "; first failing step: {limit}");
+            }
+            if let Some(c) = &x.common {
+                let us = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.0}"));
+                let _ = write!(
+                    out,
+                    "; at {:.0}/s{}: p50/p90/p99/p99.9 {} ms, CPU per request server {} (user {}, system {}) / PG {} / oha {} µs",
+                    c.offered,
+                    if c.reduced { " (half its capacity)" } else { "" },
+                    percentiles(&[c.p50_ms, c.p90_ms, c.p99_ms, c.p999_ms]),
+                    us(c.server_us_per_request),
+                    us(c.server_user_us_per_request),
+                    us(c.server_system_us_per_request),
+                    us(c.postgres_us_per_request),
+                    us(c.oha_us_per_request),
+                );
+            }
+            out.push_str(".\n");
+        }
+    }
+    if prev.is_some() {
+        let _ = writeln!(
+            out,
+            "- Change vs previous row: {}.",
+            change_detail(prev, row)
+        );
+    }
+    let checked: u64 = row
+        .workloads
+        .iter()
+        .flat_map(|w| &w.searches)
+        .map(|x| x.writes_checked)
+        .sum();
+    let bad: usize = row
+        .workloads
+        .iter()
+        .flat_map(|w| &w.searches)
+        .map(|x| x.integrity_failures.len())
+        .sum();
+    if bad > 0 {
+        let _ = writeln!(out, "- **INTEGRITY FAILURE in {bad} steps** (below).");
+    } else if checked > 0 {
+        let _ = writeln!(
+            out,
+            "- Integrity: {checked} acknowledged writes checked, all intact."
+        );
+    }
+    out.push('\n');
     out
 }
 
@@ -652,7 +918,19 @@ pub fn results_md(s: &Summary) -> String {
     out.push('\n');
     out.push_str(&table(s));
     out.push('\n');
-    out.push_str("![QPS per row](results.svg)\n\n");
+    out.push_str(&crate::charts::markdown(s));
+    out.push_str("\n## Rows in detail\n\n");
+    let mut prev: Option<&RowResult> = None;
+    for row in &s.rows {
+        out.push_str(&row_detail(s, prev, row));
+        if row.failures.is_empty() {
+            prev = Some(row);
+        }
+    }
+    if !s.reference.is_empty() || s.reference_error.is_some() {
+        out.push_str(&reference_detail(s));
+        out.push('\n');
+    }
     let failures = s.integrity_failures();
     out.push_str("## Integrity\n\n");
     if failures.is_empty() && matches!(e.host, Host::Cluster { .. }) {
@@ -673,8 +951,8 @@ pub fn results_md(s: &Summary) -> String {
 /// Replaces what lies between the markers (adding them at the end when absent).
 pub fn update_readme(readme: &str, s: &Summary) -> Result<String> {
     let block = format!(
-        "{BEGIN}\n_Run of {} on {} (commit `{}`); full details in [results.md](results.md)._\n\n{}\n![QPS per row](results.svg)\n{END}",
-        s.environment.date, s.environment.host.describe(), s.environment.git_commit, table(s)
+        "{BEGIN}\n_Run of {} on {} (commit `{}`); full details in [results.md](results.md)._\n\n{}\n{}{END}",
+        s.environment.date, s.environment.host.describe(), s.environment.git_commit, table(s), crate::charts::markdown(s)
     );
     match (readme.find(BEGIN), readme.find(END)) {
         (Some(b), Some(e)) if b < e => Ok(format!(
@@ -688,94 +966,7 @@ pub fn update_readme(readme: &str, s: &Summary) -> Result<String> {
     }
 }
 
-/// A horizontal bar chart of median QPS per row and workload, log scale.
-pub fn chart_svg(s: &Summary) -> String {
-    let colors = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759"];
-    let mut bars: Vec<(String, Vec<Option<f64>>)> = s
-        .rows
-        .iter()
-        .map(|r| {
-            (
-                r.name.clone(),
-                r.workloads
-                    .iter()
-                    .map(|w| w.qps().map(|q| q.median))
-                    .collect(),
-            )
-        })
-        .collect();
-    let reference: Vec<Option<f64>> = s
-        .workloads
-        .iter()
-        .map(|w| {
-            spread(
-                &s.reference
-                    .iter()
-                    .filter(|r| &r.workload == w)
-                    .map(|r| r.tps)
-                    .collect::<Vec<_>>(),
-            )
-            .map(|x| x.median)
-        })
-        .collect();
-    if !s.reference.is_empty() {
-        bars.push(("PostgreSQL alone (pgbench)".into(), reference));
-    }
-    let nw = s.workloads.len().max(1);
-    let (left, right, top, bar_h, gap) = (190.0, 90.0, 50.0, 14.0, 12.0);
-    let width = 900.0;
-    let plot_w = width - left - right;
-    let group_h = bar_h * nw as f64 + gap;
-    let height = top + group_h * bars.len() as f64 + 40.0;
-    let max = bars
-        .iter()
-        .flat_map(|(_, v)| v.iter().flatten())
-        .fold(10.0_f64, |a, b| a.max(*b));
-    let decades = max.log10().ceil().max(2.0);
-    let x = |q: f64| left + plot_w * (q.max(1.0).log10() / decades);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"20\" font-size=\"15\" font-weight=\"bold\">Max sustained QPS per build (median; log scale) — {}</text>\n",
-        s.environment.date
-    );
-    for d in 0..=decades as i32 {
-        let q = 10f64.powi(d);
-        let xx = x(q);
-        let _ = writeln!(svg, "<line x1=\"{xx:.1}\" y1=\"{:.0}\" x2=\"{xx:.1}\" y2=\"{:.0}\" stroke=\"#ddd\"/><text x=\"{xx:.1}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#666\">{}</text>", top - 10.0, height - 30.0, height - 15.0, fmt_qps(q));
-    }
-    for (i, w) in s.workloads.iter().enumerate() {
-        let lx = left + 160.0 * i as f64;
-        let _ = writeln!(svg, "<rect x=\"{lx}\" y=\"28\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"38\">{}</text>", colors[i % colors.len()], lx + 16.0, xml(w));
-    }
-    for (r, (name, values)) in bars.iter().enumerate() {
-        let y0 = top + group_h * r as f64;
-        let _ = writeln!(
-            svg,
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            left - 8.0,
-            y0 + bar_h * nw as f64 / 2.0 + 4.0,
-            xml(name)
-        );
-        for (i, v) in values.iter().enumerate() {
-            let y = y0 + bar_h * i as f64;
-            if let Some(q) = v {
-                let w = (x(*q) - left).max(1.0);
-                let _ = writeln!(svg, "<rect x=\"{left}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{:.1}\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#333\">{}</text>", bar_h - 2.0, colors[i % colors.len()], left + w + 4.0, y + bar_h - 4.0, fmt_qps(*q));
-            }
-        }
-    }
-    svg.push_str("</svg>\n");
-    svg
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// Checks that a rendered table has a numeric QPS and p99 cell for every named row.
+/// Checks that a rendered table has a numeric capacity cell per workload for every named row.
 pub fn check_table(text: &str, rows: &[String], workloads: usize) -> Result<()> {
     for name in rows {
         let prefix = format!("| {name} |");
@@ -783,7 +974,7 @@ pub fn check_table(text: &str, rows: &[String], workloads: usize) -> Result<()> 
             bail!("row {name:?} is missing from the table");
         };
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        for (i, cell) in cells.iter().skip(2).take(workloads * 2).enumerate() {
+        for (i, cell) in cells.iter().skip(2).take(workloads).enumerate() {
             if !cell.chars().next().is_some_and(|c| c.is_ascii_digit()) {
                 bail!("row {name:?}: cell {} is not a number: {cell:?}", i + 3);
             }
@@ -933,15 +1124,17 @@ mod tests {
     #[test]
     fn table_shows_median_range_and_deltas() {
         let t = table(&summary());
-        assert!(t.starts_with("| Optimization applied | Features | Read-heavy QPS | Read-heavy p99 (ms) | Write-heavy QPS |"), "{t}");
+        assert!(t.starts_with("| Row | Features | Read-heavy capacity (QPS) | Write-heavy capacity (QPS) | p99 at"), "{t}");
         assert!(
-            t.contains(
-                "| Baseline | pool; index | 200 (180–240) | 6.0 | 100 (100–100) | 9.0 | — |"
-            ),
+            t.contains("| Baseline | pool; index | 200 (180–240) | 100 (100–100) | — | — | — | — | limit: server CPU; writes intact |"),
             "{t}"
         );
         assert!(t.contains("read +2400%, write +2400%"), "{t}");
-        assert!(t.contains("saturated: server (95% of its 1 CPU)"), "{t}");
+        // The details live in results.md, one section per row.
+        let md = results_md(&summary());
+        assert!(md.contains("### +pool — pool; index"), "{md}");
+        assert!(md.contains("saturated: server (95% of its 1 CPU)"), "{md}");
+        assert!(md.contains("first failing step: p99 80 ms > 50 ms"), "{md}");
         assert!(t.contains("| *PostgreSQL alone (pgbench)* |"), "{t}");
         check_table(&t, &["Baseline".into(), "+pool".into()], 2).unwrap();
         assert!(check_table(&t, &["Missing".into()], 2).is_err());
@@ -976,10 +1169,43 @@ mod tests {
         assert!(results_md(&summary()).contains("All checks passed"));
     }
 
+    /// The Notes cell names the limit in words and stays short; each rule of
+    /// `limit_words` is reached.
     #[test]
-    fn chart_is_svg_with_every_row() {
-        let svg = chart_svg(&summary());
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains(">Baseline<") && svg.contains(">+pool<") && svg.contains("pgbench"));
+    fn notes_name_the_limit_in_a_few_words() {
+        let mut s = summary();
+        for row in &s.rows {
+            assert!(
+                notes_cell(&s, row).chars().count() <= 80,
+                "{}",
+                notes_cell(&s, row)
+            );
+        }
+        let w = &mut s.rows[1].workloads[0];
+        for x in &mut w.searches {
+            x.limit = Some("the load generator's GET scheduler ran 12 ms late at p99".into());
+        }
+        let s2 = s.clone();
+        assert_eq!(limit_words(&s2, &s2.rows[1].workloads[0]), "load generator");
+        let w = &mut s.rows[1].workloads[0];
+        for x in &mut w.searches {
+            x.limit = Some("p99 80 ms > 50 ms".into());
+            x.cpu_server = Some(0.3);
+            x.cpu_postgres = Some(0.9);
+            x.cpu_oha = Some(0.2);
+            // CPU 1 (PostgreSQL's, with oha) saturated.
+            x.cpu_busy_at_limit = vec![0.5, 0.97];
+        }
+        let s2 = s.clone();
+        assert_eq!(limit_words(&s2, &s2.rows[1].workloads[0]), "PostgreSQL CPU");
+        for x in &mut s.rows[1].workloads[0].searches {
+            x.cpu_busy_at_limit = vec![0.5, 0.6];
+        }
+        let s2 = s.clone();
+        assert_eq!(limit_words(&s2, &s2.rows[1].workloads[0]), "p99 SLO");
+        assert_eq!(
+            notes_cell(&s2, &s2.rows[1]),
+            "read: p99 SLO, write: server CPU; writes intact"
+        );
     }
 }

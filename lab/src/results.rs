@@ -140,6 +140,9 @@ pub struct CommonLoad {
     pub p90_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
+    /// The 99.99th percentile (absent in runs before the latency chart).
+    #[serde(default)]
+    pub p9999_ms: Option<f64>,
     /// CPU time per request answered, in µs.
     pub server_us_per_request: Option<f64>,
     pub server_user_us_per_request: Option<f64>,

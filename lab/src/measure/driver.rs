@@ -469,6 +469,7 @@ impl Driver<'_> {
             p90_ms: all.quantile_ms(0.90),
             p99_ms: all.quantile_ms(0.99),
             p999_ms: all.quantile_ms(0.999),
+            p9999_ms: all.quantile_ms(0.9999),
             server_us_per_request: delta(t0.server, t1.server).and_then(per_request),
             server_user_us_per_request: split
                 .and_then(|(a, b)| per_request(b.user.saturating_sub(a.user))),
