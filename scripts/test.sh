@@ -171,11 +171,11 @@ run_quick_matrix() {
   local out_dir
   out_dir="$(mktemp -d "${TMPDIR:-/tmp}/perflab-matrix.XXXXXX")"
   cp "${ROOT}/README.md" "${out_dir}/README.md"
-  log "end-to-end: a --quick run of tests/ci-matrix.toml into ${out_dir}"
-  "${ROOT}/scripts/run-matrix.sh" --quick --matrix "${ROOT}/tests/ci-matrix.toml" \
+  log "end-to-end: a --quick, --profile run of tests/ci-matrix.toml into ${out_dir}"
+  "${ROOT}/scripts/run-matrix.sh" --quick --profile --matrix "${ROOT}/tests/ci-matrix.toml" \
     --out "${out_dir}" --readme "${out_dir}/README.md"
   cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/ci-matrix.toml" \
-    --out "${out_dir}" --readme "${out_dir}/README.md"
+    --out "${out_dir}" --readme "${out_dir}/README.md" --profiled
 }
 
 main() {

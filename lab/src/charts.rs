@@ -292,13 +292,19 @@ fn capacity(s: &Summary) -> Result<String> {
             dashed: false,
             swatch: true,
         })
-        .chain(s.workloads.iter().enumerate().map(|(j, name)| Key {
-            name: format!("PostgreSQL alone (pgbench), {name}"),
-            color: workload_color(j),
-            marker: None,
-            dashed: true,
-            swatch: false,
-        }))
+        .chain(
+            s.workloads
+                .iter()
+                .enumerate()
+                .filter(|(_, name)| s.reference.iter().any(|r| &r.workload == *name))
+                .map(|(j, name)| Key {
+                    name: format!("PostgreSQL alone (pgbench), {name}"),
+                    color: workload_color(j),
+                    marker: None,
+                    dashed: true,
+                    swatch: false,
+                }),
+        )
         .collect();
     let legend_h = legend_rows(keys.len(), 2);
     let plot_h = band * n as i32;
@@ -470,7 +476,7 @@ fn median_rep(w: &WorkloadResult) -> Option<(u32, Option<(f64, f64)>)> {
     Some((m.repetition, m.offered.zip(m.p99_ms)))
 }
 
-/// Chart 2: per workload, p99 (log) against the offered rate (log) for every row's
+/// Chart 2: per workload, p99 (log) against the offered rate (linear) for every row's
 /// median repetition: each step a marker (hollow: failed), a line through them, the
 /// confirmed capacity ringed, the SLO a red line.
 fn curves(s: &Summary, steps: Option<&serde_json::Value>) -> Result<String> {
@@ -602,7 +608,12 @@ fn curves(s: &Summary, steps: Option<&serde_json::Value>) -> Result<String> {
                     }
                 }
                 if let Some((x, y)) = c.confirmed {
+                    // The confirmed rate's recorded p99 (of its re-runs), ringed.
                     let at = chart.backend_coord(&(x, y));
+                    match i {
+                        Some(i) => marker(root, at, *i, 4, color.filled())?,
+                        None => root.draw(&Circle::new(at, 3, color.filled()))?,
+                    }
                     root.draw(&Circle::new(at, 9, BLACK.stroke_width(2)))?;
                 }
             }
@@ -830,9 +841,10 @@ fn cpu(s: &Summary) -> Result<String> {
         let med = |f: fn(&CommonLoad) -> Option<f64>| {
             spread(&runs.iter().filter_map(|c| f(c)).collect::<Vec<_>>()).map(|m| m.median)
         };
+        // PostgreSQL's or oha's CPU may be unseen on a target: their part is then 0.
         let v = [
             med(|c| c.server_us_per_request)?,
-            med(|c| c.postgres_us_per_request)?,
+            med(|c| c.postgres_us_per_request).unwrap_or(0.0),
             med(|c| c.oha_us_per_request).unwrap_or(0.0),
         ];
         Some((v, runs.iter().any(|c| c.reduced)))
@@ -862,9 +874,21 @@ fn cpu(s: &Summary) -> Result<String> {
         format!("{q:.0} requests/s")
     });
     let draw = |root: &Area| -> Result<()> {
+        let unseen = if s
+            .rows
+            .iter()
+            .flat_map(|r| &r.workloads)
+            .flat_map(|w| &w.searches)
+            .filter_map(|x| x.common.as_ref())
+            .all(|c| c.postgres_us_per_request.is_none())
+        {
+            "; PostgreSQL's CPU not measured on this target"
+        } else {
+            ""
+        };
         title(
             root,
-            &format!("CPU time per request at {rate} (µs; median of the repetitions)"),
+            &format!("CPU time per request at {rate} (µs; median of the repetitions{unseen})"),
         )?;
         for (j, wname) in s.workloads.iter().enumerate() {
             let y0 = top + j as i32 * (panel_h + 30);
@@ -946,8 +970,14 @@ fn cpu(s: &Summary) -> Result<String> {
                 } else {
                     format!("{total:.0}")
                 };
+                // White on the dark parts, black on the load generator's pale one.
+                let last_dark = v[0] + v[1] >= x_max;
                 let (lx, pos, color) = if total > x_max {
-                    (tx - 6, Pos::new(HPos::Right, VPos::Center), WHITE)
+                    (
+                        tx - 6,
+                        Pos::new(HPos::Right, VPos::Center),
+                        if last_dark { WHITE } else { BLACK },
+                    )
                 } else {
                     (tx + 6, Pos::new(HPos::Left, VPos::Center), BLACK)
                 };

@@ -214,6 +214,12 @@ pub struct RunArgs {
     /// Print the run's summary (summary.json's content) on stdout when it is done.
     #[arg(long)]
     pub json: bool,
+    /// Profile the server (local target): after each row and workload's common-rate
+    /// window, in the first repetition, a second window at the same rate runs with
+    /// `perf record -g` on the server; a flame graph per row and workload goes to
+    /// results/<run>/, with system calls and context switches per request.
+    #[arg(long)]
+    pub profile: bool,
     /// After the run, compare it with this earlier run (a results/<stamp> folder or its
     /// summary.json), as `lab compare` does; exit 3 on a significant regression.
     #[arg(long, value_name = "OLD")]
@@ -316,6 +322,9 @@ pub struct VerifyArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub readme: Option<PathBuf>,
+    /// The run was made with --profile: every row and workload must have a flame graph.
+    #[arg(long)]
+    pub profiled: bool,
 }
 
 #[derive(Args, Clone, Debug)]

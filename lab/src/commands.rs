@@ -77,13 +77,13 @@ pub fn seed(a: &SeedArgs) -> Result<bool> {
 /// Flags of one target given to the other are a mistake, not something to ignore.
 fn check_target_flags(a: &RunArgs) -> Result<()> {
     let k8s_only = a.dry_run || a.load.is_some() || a.registry_given() || a.engine_given();
-    let local_only = a.database_url.is_some() || a.pg_data.is_some();
+    let local_only = a.database_url.is_some() || a.pg_data.is_some() || a.profile;
     match a.target {
         TargetName::Local if k8s_only => {
             bail!("--dry-run, --registry, --load and --engine go with --target k8s")
         }
         TargetName::K8s if local_only => {
-            bail!("--database-url and --pg-data go with --target local")
+            bail!("--database-url, --pg-data and --profile go with --target local")
         }
         _ => Ok(()),
     }
@@ -133,7 +133,11 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
                 database_url,
                 pg_data: a.pg_data.clone(),
                 oha: a.img.oha()?,
+                profile: a.profile,
             };
+            if a.profile && !local::profile::available() {
+                bail!("--profile needs perf (Debian: apt-get install linux-perf; scripts/run-matrix.sh --profile installs it)");
+            }
             let mut target = local::Local::new(&o, &e.matrix);
             experiment::run(&e, &mut target)?
         }
@@ -319,6 +323,17 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
     if !md.contains("All checks passed") {
         bail!("results.md does not report passing integrity checks");
     }
+    let graphs = md.matches("[flame graph](").count();
+    let wanted = names.len() * matrix.workloads.len();
+    if a.profiled && graphs < wanted {
+        bail!("results.md links {graphs} flame graphs, not one per row and workload ({wanted})");
+    }
+    // Every file results.md links under results/ (flame graphs) was written.
+    for link in md.split("](").skip(1).filter_map(|t| t.split(')').next()) {
+        if link.starts_with("results/") && !a.out.join(link).is_file() {
+            bail!("results.md links {link}, which was not written");
+        }
+    }
     if let Some(readme) = &a.readme {
         let text = std::fs::read_to_string(readme)?;
         let (Some(b), Some(e)) = (text.find(report::BEGIN), text.find(report::END)) else {
@@ -497,7 +512,6 @@ fn compare_summaries(
     Ok(Outcome::Regressed)
 }
 
-/// `lab repeatability RUN...`: the spread of each run's repetitions, on stdout.
 /// `lab render RUN`: redraws the outputs of a run from its summary and steps.
 pub fn render(a: &RenderArgs) -> Result<bool> {
     if !a.run.join("summary.json").is_file() {
@@ -512,6 +526,7 @@ pub fn render(a: &RenderArgs) -> Result<bool> {
     Ok(summary.integrity_failures().is_empty())
 }
 
+/// `lab repeatability RUN...`: the spread of each run's repetitions, on stdout.
 pub fn repeatability(a: &RepeatabilityArgs) -> Result<bool> {
     let runs = a
         .runs

@@ -330,7 +330,9 @@ fn short(workload: &str) -> String {
 
 /// What limited a workload's capacity, in words: "load generator", "server CPU",
 /// "PostgreSQL CPU", "p99 SLO" (no CPU saturated), "connections" (requests waited for
-/// a free connection, no CPU saturated), judged at the median repetition's limit.
+/// a free connection, no CPU saturated), "errors or rate" (the error budget or the
+/// achieved rate), "search ceiling" (the highest rate searched passed), judged at the
+/// median repetition's limit.
 pub fn limit_words(s: &Summary, w: &WorkloadResult) -> &'static str {
     let Some(m) = w.median_search() else {
         return "not measured";
@@ -381,9 +383,9 @@ pub fn limit_words(s: &Summary, w: &WorkloadResult) -> &'static str {
     } else if limit.contains("p99") {
         "p99 SLO"
     } else if limit.is_empty() {
-        "none found (search ceiling)"
+        "search ceiling"
     } else {
-        "error budget or achieved rate"
+        "errors or rate"
     }
 }
 
@@ -731,6 +733,22 @@ fn row_detail(s: &Summary, prev: Option<&RowResult>, row: &RowResult) -> String 
                 );
             }
             out.push_str(".\n");
+        }
+        if let Some(p) = w
+            .searches
+            .iter()
+            .find_map(|x| x.common.as_ref()?.profile.as_ref())
+        {
+            let per = |v: Option<f64>, d: usize| v.map_or("n/a".into(), |x| format!("{x:.d$}"));
+            let _ = writeln!(
+                out,
+                "  - profile at the common rate: [flame graph]({}) ({:.0} ms of server CPU sampled over {} requests); per request {} system calls and {} context switches.",
+                p.flame_graph,
+                p.cpu_ns as f64 / 1e6,
+                p.requests,
+                per(p.syscalls_per_request, 1),
+                per(p.context_switches_per_request, 2)
+            );
         }
     }
     if prev.is_some() {

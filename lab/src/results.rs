@@ -151,6 +151,26 @@ pub struct CommonLoad {
     pub oha_us_per_request: Option<f64>,
     /// Each CPU's busy share over the window (from /proc/stat).
     pub cpu_busy: Vec<f64>,
+    /// The server's profile over a second window at the same rate (`--profile`, the
+    /// first repetition only; the measured window above runs without perf attached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ServerProfile>,
+}
+
+/// The server's CPU profile at the common rate, and its kernel work per request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServerProfile {
+    /// The flame graph, relative to results.md (`results/<run>/flame-….svg`).
+    pub flame_graph: String,
+    /// The server's CPU time the samples stand for, in ns.
+    pub cpu_ns: u64,
+    /// Requests answered in the profiled window.
+    pub requests: u64,
+    /// System calls of the server per request (None where the tracepoint is not
+    /// readable).
+    pub syscalls_per_request: Option<f64>,
+    /// Context switches of all the server's threads per request.
+    pub context_switches_per_request: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ use crate::results::{Host, ReferenceResult, SearchResult};
 pub mod pg;
 pub mod pgbench;
 pub mod ports;
+pub mod profile;
 pub mod server;
 pub mod soak;
 
@@ -34,6 +35,8 @@ pub struct Options {
     /// The data directory of a cluster on this machine: pins it and counts its CPU.
     pub pg_data: Option<PathBuf>,
     pub oha: PathBuf,
+    /// Profile the server at the common rate (`--profile`).
+    pub profile: bool,
 }
 
 pub struct Local<'a> {
@@ -60,6 +63,9 @@ pub(crate) struct LocalProbe<'a> {
     pub postmaster: Option<u32>,
     /// The cluster's data directory, where it is on this machine.
     pub pg_dir: Option<PathBuf>,
+    /// Where flame graphs go, when the run profiles the server (`--profile`).
+    pub profile_to: Option<PathBuf>,
+    pub recording: Option<profile::Recording>,
 }
 
 impl Probe for LocalProbe<'_> {
@@ -121,6 +127,38 @@ impl Probe for LocalProbe<'_> {
     }
     fn emails(&mut self, ids: &[i64]) -> Result<Option<std::collections::HashMap<i64, String>>> {
         pg::emails(self.db, ids).map(Some)
+    }
+    fn profiles(&self) -> bool {
+        self.profile_to.is_some()
+    }
+    /// Best effort: a profile that cannot be recorded is reported and left out.
+    fn profile_start(&mut self, tag: &str, secs: f64, title: &str) -> Result<()> {
+        let Some(raw) = &self.profile_to else {
+            return Ok(());
+        };
+        match profile::start(self.server.pid, secs, raw, tag, title) {
+            Ok(r) => self.recording = Some(r),
+            Err(e) => eprintln!("warning: the server could not be profiled ({e:#})"),
+        }
+        Ok(())
+    }
+    fn profile_finish(&mut self, requests: u64) -> Result<Option<crate::results::ServerProfile>> {
+        let Some(recording) = self.recording.take() else {
+            return Ok(None);
+        };
+        match recording.finish(requests) {
+            Ok(mut p) => {
+                // Relative to results.md, which sits two folders above the run's.
+                if let Some(run) = self.profile_to.as_deref().and_then(Path::file_name) {
+                    p.flame_graph = format!("results/{}/{}", run.to_string_lossy(), p.flame_graph);
+                }
+                Ok(Some(p))
+            }
+            Err(e) => {
+                eprintln!("warning: the server's profile was lost ({e:#})");
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -211,6 +249,7 @@ impl Target for Local<'_> {
         let binary =
             index.ok_or_else(|| anyhow::anyhow!("row {:?} has no binary", run.row.name))?;
         let pg_dir = self.o.pg_data.clone();
+        let profile_to = self.o.profile.then(|| run.raw.to_path_buf());
         let r = self.ready()?;
         pg::apply_settings(&mut r.db, &run.settings)?;
         let took = pg::seed(&mut r.db, m.load.users, run.row.index)?;
@@ -250,6 +289,8 @@ impl Target for Local<'_> {
             db: &mut r.db,
             postmaster: r.postmaster,
             pg_dir,
+            profile_to,
+            recording: None,
         };
         let searches = driver.search_row(
             &mut probe,

@@ -184,6 +184,8 @@ pub fn run(o: &Options) -> Result<Report> {
                 db: &mut db,
                 postmaster,
                 pg_dir: o.pg_data.clone(),
+                profile_to: None,
+                recording: None,
             };
             let found = driver.search(&mut probe, row, w, 1, None, &mut Tally::default())?;
             if found.qps <= 0.0 {

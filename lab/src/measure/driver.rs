@@ -62,6 +62,20 @@ pub trait Probe {
         let _ = ids;
         Ok(None)
     }
+    /// Whether the server is to be profiled (`--profile`, where it runs on this machine).
+    fn profiles(&self) -> bool {
+        false
+    }
+    /// Starts recording the server's profile for `secs` (see `local::profile`).
+    fn profile_start(&mut self, tag: &str, secs: f64, title: &str) -> Result<()> {
+        let _ = (tag, secs, title);
+        Ok(())
+    }
+    /// Ends the recording; `requests` were answered in its window.
+    fn profile_finish(&mut self, requests: u64) -> Result<Option<crate::results::ServerProfile>> {
+        let _ = requests;
+        Ok(None)
+    }
 }
 
 /// PostgreSQL's background work that could decide a step (counters, or their change
@@ -169,10 +183,18 @@ impl Driver<'_> {
                 let mut result = self.search(probe, row, w, rep, hint, tally)?;
                 if self.load.common_qps > 0.0 {
                     if let Some(capacity) = result.offered {
-                        let (common, failures) =
-                            self.common_load(probe, row, w, rep, capacity, tally)?;
-                        result.common = Some(common);
+                        let (mut common, failures) =
+                            self.common_load(probe, row, w, rep, capacity, tally, false)?;
                         result.integrity_failures.extend(failures);
+                        // The profile: a second window at the same rate, with perf
+                        // attached, so that its overhead is not in the measured one.
+                        if rep == 1 && probe.profiles() {
+                            let (profiled, failures) =
+                                self.common_load(probe, row, w, rep, capacity, tally, true)?;
+                            common.profile = profiled.profile;
+                            result.integrity_failures.extend(failures);
+                        }
+                        result.common = Some(common);
                     }
                 }
                 Ok((w.name.clone(), result))
@@ -395,6 +417,7 @@ impl Driver<'_> {
     /// CPU per request of each party, the merged percentiles, each CPU's busy share.
     /// CPU per request is CPU time over requests answered, so oha's start-up and drain
     /// around the window add nothing to it.
+    #[allow(clippy::too_many_arguments)]
     fn common_load(
         &self,
         probe: &mut dyn Probe,
@@ -403,6 +426,7 @@ impl Driver<'_> {
         rep: u32,
         capacity: f64,
         tally: &mut Tally,
+        profiled: bool,
     ) -> Result<(CommonLoad, Vec<String>)> {
         let l = self.load;
         let (rate, reduced) = if capacity >= l.common_qps {
@@ -416,13 +440,22 @@ impl Driver<'_> {
             )
         };
         let plan = sides(w, rate, l.connections, l.slo_p99_ms);
-        let tag = format!("rep{rep}-{}-{}-common", row.slug(), w.name);
+        let window = if profiled { "profile" } else { "common" };
+        let tag = format!("rep{rep}-{}-{}-{window}", row.slug(), w.name);
         let before = if w.writes() { probe.versions()? } else { None };
         let (t0, oha0, cpus0) = (
             probe.ticks(),
             procfs::reaped_children_ticks(),
             probe.cpu_times(),
         );
+        if profiled {
+            let title = format!("{} · {} at {rate:.0}/s", row.name, w.name);
+            probe.profile_start(
+                &format!("{}-{}", row.slug(), w.name),
+                l.common_secs + 1.0,
+                &title,
+            )?;
+        }
         let results = self.oha.run(&plan, l.common_secs, self.raw, &tag)?;
         let (t1, oha1, cpus1) = (
             probe.ticks(),
@@ -436,7 +469,12 @@ impl Driver<'_> {
             let ids = self.check_ids(probe, &before, &paired, &tag)?;
             if !ids.ok {
                 failures.push(format!(
-                    "at the common rate ({rate:.0}/s): {}",
+                    "{} ({rate:.0}/s): {}",
+                    if profiled {
+                        "in the profiled window at the common rate"
+                    } else {
+                        "at the common rate"
+                    },
                     ids.describe()
                 ));
             }
@@ -478,7 +516,29 @@ impl Driver<'_> {
             postgres_us_per_request: delta(t0.postgres, t1.postgres).and_then(per_request),
             oha_us_per_request: per_request(oha1.saturating_sub(oha0)),
             cpu_busy: procfs::busy_shares(&cpus0, &cpus1),
+            profile: None,
         };
+        if profiled {
+            let mut common = common;
+            common.profile = probe.profile_finish(replies)?;
+            (self.progress)(&format!(
+                "  {} {} rep {rep} profile at {rate:.0}/s: {}",
+                row.name,
+                w.name,
+                common
+                    .profile
+                    .as_ref()
+                    .map_or("not recorded".to_string(), |p| format!(
+                        "{:.0} ms of CPU sampled, {} syscalls and {} context switches per request",
+                        p.cpu_ns as f64 / 1e6,
+                        p.syscalls_per_request
+                            .map_or("n/a".into(), |x| format!("{x:.1}")),
+                        p.context_switches_per_request
+                            .map_or("n/a".into(), |x| format!("{x:.2}")),
+                    )),
+            ));
+            return Ok((common, failures));
+        }
         (self.progress)(&format!(
             "  {} {} rep {rep} common load {rate:.0}/s{}: p99 {} ms, server {} µs/request, PostgreSQL {} µs/request",
             row.name,
