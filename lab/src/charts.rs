@@ -156,6 +156,16 @@ fn marker(area: &Area, at: (i32, i32), kind: usize, size: i32, style: ShapeStyle
     Ok(())
 }
 
+/// A workload's panel of a two-panel chart: its caption and room for the axes.
+fn panel<'a, 'b>(area: &'a Area<'b>, workload: &str) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(workload, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(56);
+    b
+}
+
 fn text(area: &Area, at: (i32, i32), s: &str, size: u32, pos: Pos, color: &RGBColor) -> Result<()> {
     let style = TextStyle::from((FONT, size).into_font())
         .color(color)
@@ -547,12 +557,8 @@ fn curves(s: &Summary, steps: Option<&serde_json::Value>) -> Result<String> {
         let body = root.margin(top as u32, (legend_h + 10) as u32, 0, 0);
         let areas = body.split_evenly((1, nw));
         for ((wname, curves), area) in s.workloads.iter().zip(&panels).zip(&areas) {
-            let mut chart = ChartBuilder::on(area)
-                .caption(wname, (FONT, 18))
-                .margin(12)
-                .x_label_area_size(48)
-                .y_label_area_size(56)
-                .build_cartesian_2d(x_min..x_max, (y_min..y_max).log_scale())?;
+            let mut chart =
+                panel(area, wname).build_cartesian_2d(x_min..x_max, (y_min..y_max).log_scale())?;
             chart
                 .configure_mesh()
                 .x_desc("offered rate (requests/s)")
@@ -737,12 +743,8 @@ fn latency(s: &Summary) -> Result<String> {
         let body = root.margin(top as u32, (legend_h + 10) as u32, 0, 0);
         let areas = body.split_evenly((1, nw));
         for ((wname, rows), area) in s.workloads.iter().zip(&series).zip(&areas) {
-            let mut chart = ChartBuilder::on(area)
-                .caption(wname, (FONT, 18))
-                .margin(12)
-                .x_label_area_size(48)
-                .y_label_area_size(56)
-                .build_cartesian_2d(0.15..4.15, (y_min..y_max).log_scale())?;
+            let mut chart =
+                panel(area, wname).build_cartesian_2d(0.15..4.15, (y_min..y_max).log_scale())?;
             chart
                 .configure_mesh()
                 .disable_x_mesh()

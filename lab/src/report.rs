@@ -262,12 +262,7 @@ fn change_detail(prev: Option<&RowResult>, row: &RowResult) -> String {
     if row.workloads.is_empty() {
         return "—".into();
     }
-    let reps = row
-        .workloads
-        .iter()
-        .map(|w| w.searches.len())
-        .min()
-        .unwrap_or(0);
+    let reps = fewest_repetitions(row);
     if reps < MIN_REPETITIONS {
         return format!(
             "not judged: {reps} repetition(s) cannot tell a change from noise (needs {MIN_REPETITIONS})"
@@ -433,6 +428,15 @@ fn notes_cell(s: &Summary, row: &RowResult) -> String {
     parts.join("; ")
 }
 
+/// The fewest repetitions any of a row's workloads has.
+fn fewest_repetitions(row: &RowResult) -> usize {
+    row.workloads
+        .iter()
+        .map(|w| w.searches.len())
+        .min()
+        .unwrap_or(0)
+}
+
 /// The Change cell: per workload, the capacity's change from the previous row
 /// ("≈" within noise) and, when significant, the server's CPU per request.
 fn change_cell(prev: Option<&RowResult>, row: &RowResult) -> String {
@@ -442,12 +446,7 @@ fn change_cell(prev: Option<&RowResult>, row: &RowResult) -> String {
     if row.workloads.is_empty() {
         return "—".into();
     }
-    let reps = row
-        .workloads
-        .iter()
-        .map(|w| w.searches.len())
-        .min()
-        .unwrap_or(0);
+    let reps = fewest_repetitions(row);
     if reps < MIN_REPETITIONS {
         return format!("not judged ({reps} rep.)");
     }
