@@ -11,14 +11,18 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib.sh
 source "${ROOT}/scripts/lib.sh"
 
+WORK=""
+cleanup() { if [[ -n "${WORK}" ]]; then rm -rf "${WORK}"; fi; }
+
 main() {
   local -a rows=("$@")
   if [[ "${#rows[@]}" -eq 0 ]]; then rows=(+prepared +coalesce); fi
-  local study="${ROOT}/studies/server-profile" work row run
+  local study="${ROOT}/studies/server-profile" row run
   local -a only=()
   for row in "${rows[@]}"; do only+=(--only "${row}"); done
-  work="$(mktemp -d /tmp/perflab-profile.XXXXXX)"
-  trap 'rm -rf "${work}"' EXIT
+  WORK="$(mktemp -d /tmp/perflab-profile.XXXXXX)"
+  trap cleanup EXIT
+  local work="${WORK}"
   log "profiling ${rows[*]}: the usual search, then perf at the common rate (first repetition)"
   cp "${ROOT}/README.md" "${work}/README.md"
   "${ROOT}/scripts/run-matrix.sh" "${only[@]}" --profile --no-reference \
