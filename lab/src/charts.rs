@@ -156,6 +156,20 @@ fn marker(area: &Area, at: (i32, i32), kind: usize, size: i32, style: ShapeStyle
     Ok(())
 }
 
+/// A chart of one panel per workload side by side: the title, then the panels' areas
+/// between `top` and `bottom` pixels of margin.
+fn two_panels<'a>(
+    root: &Area<'a>,
+    heading: &str,
+    top: i32,
+    bottom: i32,
+    panels: usize,
+) -> Result<Vec<Area<'a>>> {
+    title(root, heading)?;
+    let body = root.margin(top as u32, bottom as u32, 0, 0);
+    Ok(body.split_evenly((1, panels)))
+}
+
 /// A workload's panel of a two-panel chart: its caption and room for the axes.
 fn panel<'a, 'b>(area: &'a Area<'b>, workload: &str) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
     let mut b = ChartBuilder::on(area);
@@ -550,12 +564,13 @@ fn curves(s: &Summary, steps: Option<&serde_json::Value>) -> Result<String> {
     let y_min = all.iter().map(|p| p.1).fold(y_max, f64::min).max(0.05) / 1.5;
     let n = s.rows.len();
     let draw = |root: &Area| -> Result<()> {
-        title(
+        let areas = two_panels(
             root,
             &format!("Capacity curves: p99 against the offered rate, the median repetition of each row (SLO {slo:.0} ms)"),
+            top,
+            legend_h + 10,
+            nw,
         )?;
-        let body = root.margin(top as u32, (legend_h + 10) as u32, 0, 0);
-        let areas = body.split_evenly((1, nw));
         for ((wname, curves), area) in s.workloads.iter().zip(&panels).zip(&areas) {
             let mut chart =
                 panel(area, wname).build_cartesian_2d(x_min..x_max, (y_min..y_max).log_scale())?;
@@ -736,12 +751,13 @@ fn latency(s: &Summary) -> Result<String> {
         format!("{q:.0} requests/s")
     });
     let draw = |root: &Area| -> Result<()> {
-        title(
+        let areas = two_panels(
             root,
             &format!("Latency at {rate}: percentiles of all requests (median of the repetitions)"),
+            top,
+            legend_h + 10,
+            nw,
         )?;
-        let body = root.margin(top as u32, (legend_h + 10) as u32, 0, 0);
-        let areas = body.split_evenly((1, nw));
         for ((wname, rows), area) in s.workloads.iter().zip(&series).zip(&areas) {
             let mut chart =
                 panel(area, wname).build_cartesian_2d(0.15..4.15, (y_min..y_max).log_scale())?;

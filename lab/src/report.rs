@@ -548,12 +548,16 @@ pub fn table(s: &Summary) -> String {
     out
 }
 
+/// Whether the pgbench line was searched like the rows (schema 3), not closed loop.
+fn reference_is_open_loop(s: &Summary) -> bool {
+    s.reference
+        .iter()
+        .any(|r| r.offered.is_some() || r.steps > 0)
+}
+
 /// The pgbench line of the table: the database's own capacity and cost, per workload.
 fn reference_line(s: &Summary) -> String {
-    let open_loop = s
-        .reference
-        .iter()
-        .any(|r| r.offered.is_some() || r.steps > 0);
+    let open_loop = reference_is_open_loop(s);
     let mut out = String::from("| *PostgreSQL alone (pgbench)* | prepared, no HTTP |");
     let mut p99 = Vec::new();
     let mut us = Vec::new();
@@ -610,10 +614,7 @@ fn reference_line(s: &Summary) -> String {
 
 /// results.md's section on the pgbench line: how it was measured and what it used.
 fn reference_detail(s: &Summary) -> String {
-    let open_loop = s
-        .reference
-        .iter()
-        .any(|r| r.offered.is_some() || r.steps > 0);
+    let open_loop = reference_is_open_loop(s);
     let mut out = String::from("### PostgreSQL alone (pgbench)\n\n");
     if let Some(e) = &s.reference_error {
         let _ = writeln!(out, "- **FAILED: {e}**");
