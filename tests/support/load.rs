@@ -24,6 +24,9 @@ pub struct Outcome {
     /// A 503 that says the server was overloaded (shed at admission, nothing run), as
     /// opposed to one that waited for the database until its deadline.
     pub shed: bool,
+    /// A 503 that says the statement was sent but no answer came in time: by the
+    /// contract it may have been applied (at most once).
+    pub unknown: bool,
     pub took: Duration,
 }
 
@@ -87,6 +90,7 @@ async fn client(
             status: 0,
             version: None,
             shed: false,
+            unknown: false,
             took: Duration::ZERO,
         };
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
@@ -95,10 +99,11 @@ async fn client(
         if let Some(s) = sender.as_mut() {
             let email = format!("c{c}-{n}@example.com");
             match send(s, request(id, patch, &email)).await {
-                Some((status, version, shed)) => {
+                Some((status, version, shed, unknown)) => {
                     outcome.status = status;
                     outcome.version = version;
                     outcome.shed = shed;
+                    outcome.unknown = unknown;
                 }
                 None => sender = None,
             }
@@ -110,8 +115,9 @@ async fn client(
 }
 
 /// Sends on a ready connection: (status, version of a 200 with one, whether a 503 says
-/// "overloaded"), or `None` when the connection failed.
-async fn send(s: &mut Sender, req: Request<Full<Bytes>>) -> Option<(u16, Option<i64>, bool)> {
+/// "overloaded", whether it says the outcome is unknown), or `None` when the connection
+/// failed.
+async fn send(s: &mut Sender, req: Request<Full<Bytes>>) -> Option<(u16, Option<i64>, bool, bool)> {
     s.ready().await.ok()?;
     let resp = s.send_request(req).await.ok()?;
     let status = resp.status().as_u16();
@@ -127,7 +133,8 @@ async fn send(s: &mut Sender, req: Request<Full<Bytes>>) -> Option<(u16, Option<
         .flatten()
         .and_then(|v| v["version"].as_i64());
     let shed = status == 503 && body.windows(10).any(|w| w == b"overloaded");
-    Some((status, version, shed))
+    let unknown = status == 503 && body.windows(18).any(|w| w == b"outcome is unknown");
+    Some((status, version, shed, unknown))
 }
 
 /// `clients` clients offering `rate` requests/s in all over ids 1..=`ids` for `run`.
