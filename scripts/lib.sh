@@ -212,6 +212,29 @@ pg_stop() {
 }
 
 # Installs oha 1.16.0 from crates.io when it is missing (~7 minutes on 2 cores).
+# require_peer_venv NAME: the virtual environment of peer NAME (target/peers/NAME),
+# made from its pinned peers/NAME/requirements.txt with Debian's python3 on first use,
+# and again when the requirements change (a stamp holds their checksum).
+require_peer_venv() {
+  local name="$1"
+  local req="${ROOT}/peers/${name}/requirements.txt" venv="${ROOT}/target/peers/${name}"
+  local sum
+  [[ -f "${req}" ]] || die "peer ${name}: ${req} not found"
+  sum="$(sha256sum "${req}" | cut -d' ' -f1)"
+  if [[ -x "${venv}/bin/python" && "$(cat "${venv}/.requirements.sha256" 2>/dev/null)" == "${sum}" ]]; then
+    return 0
+  fi
+  if ! /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+  fi
+  log "creating the ${name} peer's virtual environment in ${venv} from PyPI (pinned in peers/${name}/requirements.txt; under a minute, once)"
+  rm -rf "${venv}"
+  /usr/bin/python3 -m venv "${venv}" >&2 || die "could not create ${venv}"
+  "${venv}/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: \
+    --requirement "${req}" >&2 || { rm -rf "${venv}"; die "could not install the ${name} peer's requirements from PyPI"; }
+  printf '%s\n' "${sum}" >"${venv}/.requirements.sha256"
+}
+
 require_oha() {
   if command -v oha >/dev/null 2>&1; then return 0; fi
   if [[ -x "${HOME}/.cargo/bin/oha" ]]; then

@@ -29,8 +29,10 @@ main() {
     if [[ "${prev}" == "--target" ]]; then target="${arg}"; fi
     prev="${arg}"
   done
-  # Validate everything before starting or installing anything.
-  "${lab}" run --check "$@"
+  # Validate everything before starting or installing anything; lab names the peers
+  # (external servers shipped in peers/) the selected rows run.
+  local checked peer
+  checked="$("${lab}" run --check "$@")"
 
   if [[ "${target}" == "k8s" ]]; then
     command -v kubectl >/dev/null 2>&1 || die "kubectl not found: install kubectl 1.32 (it carries kustomize)"
@@ -46,6 +48,9 @@ main() {
   fi
 
   command -v taskset >/dev/null 2>&1 || apt_install util-linux
+  while read -r _ peer; do
+    if [[ -n "${peer}" ]]; then require_peer_venv "${peer}"; fi
+  done <<<"${checked}"
   if [[ "${profile}" -eq 1 ]] && ! command -v perf >/dev/null 2>&1; then
     apt_install linux-perf
   fi

@@ -52,6 +52,19 @@ pub fn validate(m: &MatrixArgs) -> Result<bool> {
         matrix.workloads.len(),
         matrix.load.repetitions
     );
+    // The scripts prepare what the selected rows' peers need (their Python
+    // environments): one "peer NAME" line on stdout per peers/NAME/ a command runs.
+    let mut peers: Vec<&str> = matrix
+        .rows
+        .iter()
+        .filter_map(|r| r.external.as_ref())
+        .filter_map(|e| e.command[0].strip_prefix("peers/")?.split('/').next())
+        .collect();
+    peers.sort_unstable();
+    peers.dedup();
+    for p in peers {
+        println!("peer {p}");
+    }
     Ok(true)
 }
 

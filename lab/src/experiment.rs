@@ -520,6 +520,7 @@ mod tests {
             index: true,
             note: None,
             postgres: BTreeMap::from([("work_mem".to_string(), "8MB".to_string())]),
+            external: None,
         }
     }
 

@@ -81,7 +81,16 @@ struct RawWorkload {
 #[serde(deny_unknown_fields)]
 struct RawRow {
     name: Spanned<String>,
-    features: Spanned<Vec<String>>,
+    #[serde(default)]
+    features: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    env: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    image: Option<Spanned<String>>,
+    #[serde(default)]
+    ready_path: Option<Spanned<String>>,
     index: bool,
     #[serde(default)]
     note: Option<String>,
@@ -165,6 +174,46 @@ pub struct Row {
     pub index: bool,
     pub note: Option<String>,
     pub postgres: BTreeMap<String, String>,
+    /// A server that is not ours (`command` instead of `features`): started as given,
+    /// checked by the contract probe instead of `/version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<External>,
+}
+
+/// Placeholders an external row's `command` may use.
+pub const PLACEHOLDERS: &[&str] = &["{port}", "{database_url}", "{pool_size}"];
+
+/// An external row: any HTTP server that speaks the API contract.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct External {
+    /// argv, with [`PLACEHOLDERS`]; a relative program path is taken from the
+    /// repository's root.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// The image for `--target k8s`: its entrypoint plays `command[0]`, and the rest of
+    /// `command` become its arguments.
+    pub image: Option<String>,
+    /// Answers 200 once the server can reach the database.
+    pub ready_path: String,
+}
+
+impl External {
+    /// `command` with its placeholders filled in.
+    pub fn argv(&self, port: u16, database_url: &str, pool_size: u32) -> Vec<String> {
+        self.command
+            .iter()
+            .map(|a| {
+                a.replace("{port}", &port.to_string())
+                    .replace("{database_url}", database_url)
+                    .replace("{pool_size}", &pool_size.to_string())
+            })
+            .collect()
+    }
+
+    /// The command as a reader sees it (the table, the row's section).
+    pub fn label(&self) -> String {
+        self.command.join(" ")
+    }
 }
 
 /// A file-name-safe form of a row's name: lower-case letters and digits, runs of
@@ -198,7 +247,9 @@ impl Row {
     }
 
     pub fn features_label(&self) -> String {
-        if self.features.is_empty() {
+        if let Some(e) = &self.external {
+            format!("external: {}", e.label())
+        } else if self.features.is_empty() {
             "(none)".into()
         } else {
             self.features.join(", ")
@@ -460,35 +511,36 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
                 at(inner.name.span())
             );
         }
-        let mut features: Vec<String> = Vec::new();
-        for f in inner.features.get_ref() {
-            if f == "full" {
-                bail!(
-                    "line {}: row {name:?}: list the features instead of the umbrella `full` ({})",
-                    at(inner.features.span()),
-                    KNOWN_FEATURES.join(", ")
-                );
+        let (features, external) = match (&inner.features, &inner.command) {
+            (Some(f), None) => {
+                for (what, given) in [
+                    ("env", inner.env.as_ref().map(|e| e.span())),
+                    ("image", inner.image.as_ref().map(|e| e.span())),
+                    ("ready_path", inner.ready_path.as_ref().map(|e| e.span())),
+                ] {
+                    if let Some(span) = given {
+                        bail!(
+                            "line {}: row {name:?}: `{what}` is for external rows (`command`); a row with `features` is our own server",
+                            at(span)
+                        );
+                    }
+                }
+                (parse_features(text, &name, f)?, None)
             }
-            if !KNOWN_FEATURES.contains(&f.as_str()) {
-                bail!(
-                    "line {}: row {name:?}: unknown feature {f:?} (known: {})",
-                    at(inner.features.span()),
-                    KNOWN_FEATURES.join(", ")
-                );
-            }
-            if features.contains(f) {
-                bail!(
-                    "line {}: row {name:?}: feature {f:?} listed twice",
-                    at(inner.features.span())
-                );
-            }
-            features.push(f.clone());
-        }
-        // The server reports features in its own fixed order; use the same.
-        features.sort_by_key(|f| KNOWN_FEATURES.iter().position(|k| k == f));
+            (None, Some(c)) => (Vec::new(), Some(parse_external(text, &name, inner, c)?)),
+            (Some(_), Some(c)) => bail!(
+                "line {}: row {name:?}: give `features` (our server) or `command` (an external one), not both",
+                at(c.span())
+            ),
+            (None, None) => bail!(
+                "line {}: row {name:?}: give `features` (our server, e.g. []) or `command` (an external server)",
+                at(r.span())
+            ),
+        };
         let row = Row {
             name,
             features,
+            external,
             index: inner.index,
             note: inner.note.clone(),
             postgres: settings(&inner.postgres)
@@ -504,6 +556,109 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// A Rust row's `features`: known ones, each once, in the server's order.
+fn parse_features(text: &str, name: &str, raw: &Spanned<Vec<String>>) -> Result<Vec<String>> {
+    let line = line_of(text, raw.span().start);
+    let mut features: Vec<String> = Vec::new();
+    for f in raw.get_ref() {
+        if f == "full" {
+            bail!(
+                "line {line}: row {name:?}: list the features instead of the umbrella `full` ({})",
+                KNOWN_FEATURES.join(", ")
+            );
+        }
+        if !KNOWN_FEATURES.contains(&f.as_str()) {
+            bail!(
+                "line {line}: row {name:?}: unknown feature {f:?} (known: {})",
+                KNOWN_FEATURES.join(", ")
+            );
+        }
+        if features.contains(f) {
+            bail!("line {line}: row {name:?}: feature {f:?} listed twice");
+        }
+        features.push(f.clone());
+    }
+    // The server reports features in its own fixed order; use the same.
+    features.sort_by_key(|f| KNOWN_FEATURES.iter().position(|k| k == f));
+    Ok(features)
+}
+
+/// An external row: a non-empty argv whose placeholders are known and which gets its
+/// port, `env` names a shell could export, a `ready_path` that is a path.
+fn parse_external(
+    text: &str,
+    name: &str,
+    inner: &RawRow,
+    command: &Spanned<Vec<String>>,
+) -> Result<External> {
+    let at = |span: Range<usize>| line_of(text, span.start);
+    let line = at(command.span());
+    let argv = command.get_ref();
+    if argv.is_empty() || argv[0].trim().is_empty() {
+        bail!("line {line}: row {name:?}: `command` needs a program");
+    }
+    for arg in argv {
+        let mut rest = arg.as_str();
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..].find('}').map(|c| open + c + 1);
+            let Some(close) = close else { break };
+            let token = &rest[open..close];
+            if !PLACEHOLDERS.contains(&token) {
+                bail!(
+                    "line {line}: row {name:?}: unknown placeholder {token} in `command` (known: {})",
+                    PLACEHOLDERS.join(", ")
+                );
+            }
+            rest = &rest[close..];
+        }
+    }
+    if !argv.iter().any(|a| a.contains("{port}")) {
+        bail!(
+            "line {line}: row {name:?}: `command` must pass the server its port with {{port}}"
+        );
+    }
+    let env = match &inner.env {
+        None => BTreeMap::new(),
+        Some(e) => {
+            for k in e.get_ref().keys() {
+                let ok = !k.is_empty()
+                    && !k.starts_with(|c: char| c.is_ascii_digit())
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    bail!(
+                        "line {}: row {name:?}: {k:?} is not an environment variable name",
+                        at(e.span())
+                    );
+                }
+            }
+            e.get_ref().clone()
+        }
+    };
+    let ready_path = match &inner.ready_path {
+        None => "/readyz".to_string(),
+        Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) => {
+            p.get_ref().clone()
+        }
+        Some(p) => bail!(
+            "line {}: row {name:?}: ready_path must be a path starting with '/'",
+            at(p.span())
+        ),
+    };
+    let image = match &inner.image {
+        None => None,
+        Some(i) if !i.get_ref().trim().is_empty() && !i.get_ref().contains(char::is_whitespace) => {
+            Some(i.get_ref().clone())
+        }
+        Some(i) => bail!("line {}: row {name:?}: image must be an image name", at(i.span())),
+    };
+    Ok(External {
+        command: argv.clone(),
+        env,
+        image,
+        ready_path,
+    })
 }
 
 fn settings(map: &BTreeMap<String, toml::Value>) -> Result<BTreeMap<String, String>> {

@@ -501,11 +501,7 @@ pub fn table(s: &Summary) -> String {
     out.push_str("---:|---:|---:|---|---|\n");
     let mut prev: Option<&RowResult> = None;
     for row in &s.rows {
-        let features = if row.features.is_empty() {
-            "(none)".to_string()
-        } else {
-            row.features.join(", ")
-        };
+        let features = row.build_label();
         let index = if row.index { "index" } else { "no index" };
         let _ = write!(out, "| {} | {features}; {index} |", row.name);
         if row.workloads.is_empty() {
@@ -666,11 +662,7 @@ fn percentiles(v: &[Option<f64>]) -> String {
 /// every repetition, what limited it, its CPU, memory and batches, the cost at the
 /// common rate, and the change from the previous row in full.
 fn row_detail(s: &Summary, prev: Option<&RowResult>, row: &RowResult) -> String {
-    let features = if row.features.is_empty() {
-        "(none)".to_string()
-    } else {
-        row.features.join(", ")
-    };
+    let features = row.build_label();
     let mut out = format!(
         "### {} — {features}; {}\n\n",
         row.name,
@@ -810,7 +802,10 @@ pub fn csv(s: &Summary) -> String {
                 out,
                 "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 text(&row.name),
-                text(&row.features.join(" ")),
+                text(&match &row.external {
+                    Some(_) => "external".to_string(),
+                    None => row.features.join(" "),
+                }),
                 u8::from(row.index),
                 text(&w.name),
                 w.searches.len(),
@@ -1062,6 +1057,7 @@ mod tests {
         let row = |name: &str, base: f64| RowResult {
             name: name.into(),
             features: vec!["pool".into()],
+            external: None,
             index: true,
             note: None,
             failures: vec![],

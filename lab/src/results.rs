@@ -258,9 +258,13 @@ impl WorkloadResult {
 pub struct RowResult {
     pub name: String,
     pub features: Vec<String>,
+    /// An external row's command (it has no features).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
     pub index: bool,
     pub note: Option<String>,
-    /// Problems that kept the row from being measured (build, start-up, wrong features).
+    /// Problems that kept the row from being measured (build, start-up, wrong features,
+    /// a failed contract probe).
     pub failures: Vec<String>,
     pub workloads: Vec<WorkloadResult>,
 }
@@ -271,10 +275,20 @@ impl RowResult {
         Self {
             name: r.name.clone(),
             features: r.features.clone(),
+            external: r.external.as_ref().map(|e| e.label()),
             index: r.index,
             note: r.note.clone(),
             failures: vec![],
             workloads: vec![],
+        }
+    }
+
+    /// What was measured: our server's features, or "external: <command>".
+    pub fn build_label(&self) -> String {
+        match &self.external {
+            Some(command) => format!("external: `{command}`"),
+            None if self.features.is_empty() => "(none)".into(),
+            None => self.features.join(", "),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::experiment::{RowRun, Software, Target};
 use crate::matrix::{Matrix, Row};
 use crate::measure::driver::{write_inputs, Driver, Probe, Tally, Ticks};
 use crate::measure::oha::Oha;
-use crate::measure::procfs;
+use crate::measure::{contract, procfs};
 use crate::measure::remote::{check_features, Scrape};
 use crate::results::{Host, ReferenceResult, SearchResult};
 
@@ -70,10 +70,12 @@ pub(crate) struct LocalProbe<'a> {
 
 impl Probe for LocalProbe<'_> {
     fn ticks(&mut self) -> Ticks {
+        // The server's whole process tree: an external one may fork workers.
+        let server_split = procfs::tree_split(self.server.pid);
         Ticks {
-            server: procfs::process_ticks(self.server.pid),
+            server: server_split.map(|s| s.user + s.system),
             postgres: self.postmaster.and_then(procfs::postgres_ticks),
-            server_split: procfs::process_split(self.server.pid),
+            server_split,
         }
     }
     fn server_peak_rss_kib(&mut self) -> Option<u64> {
@@ -186,6 +188,16 @@ impl Target for Local<'_> {
         let bin_dir = self.o.root.join("target/lab-bin");
         let mut why = Vec::new();
         for (i, row) in rows.iter().enumerate() {
+            if let Some(external) = &row.external {
+                // Nothing to build: its program must be there.
+                self.binaries.push(None);
+                why.push(
+                    server::external_program(&self.o.root, external)
+                        .err()
+                        .map(|e| format!("{e:#}")),
+                );
+                continue;
+            }
             eprintln!(
                 "==> building row {}/{} {:?} (features: {})",
                 i + 1,
@@ -240,14 +252,13 @@ impl Target for Local<'_> {
 
     fn measure(&mut self, run: &RowRun) -> Result<Vec<(String, SearchResult)>> {
         let (m, database_url) = (self.m, self.o.database_url.clone());
-        let index = self
+        let binary = self
             .m
             .rows
             .iter()
             .position(|r| r == run.row)
             .and_then(|i| self.binaries.get(i).cloned().flatten());
-        let binary =
-            index.ok_or_else(|| anyhow::anyhow!("row {:?} has no binary", run.row.name))?;
+        let root = self.o.root.clone();
         let pg_dir = self.o.pg_data.clone();
         let profile_to = self.o.profile.then(|| run.raw.to_path_buf());
         let r = self.ready()?;
@@ -267,16 +278,29 @@ impl Target for Local<'_> {
             run.repetition,
             run.row.slug()
         ));
-        let mut server = Server::start(
-            &binary,
-            &m.local.server_cpus,
-            r.addr,
-            &app_url,
-            m.local.pool_size,
-            &log,
-        )?;
+        let l = &m.local;
+        let mut server = match (&run.row.external, binary) {
+            (Some(external), _) => Server::start_external(
+                &root,
+                external,
+                &l.server_cpus,
+                r.addr,
+                &app_url,
+                l.pool_size,
+                &log,
+            )?,
+            (None, Some(binary)) => {
+                Server::start(&binary, &l.server_cpus, r.addr, &app_url, l.pool_size, &log)?
+            }
+            (None, None) => anyhow::bail!("row {:?} has no binary", run.row.name),
+        };
         server.wait_ready(Duration::from_secs(30))?;
-        check_features(&server.remote, run.row)?;
+        // Ours must be the build the row names; any server must keep the contract.
+        if run.row.external.is_none() {
+            check_features(&server.remote, run.row)?;
+        }
+        contract::probe(r.addr, m.load.users)
+            .map_err(|e| anyhow::anyhow!("the contract probe failed: {e:#}"))?;
         let driver = Driver {
             oha: &r.oha,
             load: &m.load,

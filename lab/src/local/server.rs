@@ -1,14 +1,16 @@
 //! The server under test on the local target: built once per row with exactly the
-//! row's features, started pinned to its CPUs, checked, and stopped with SIGTERM.
+//! row's features (or, for an external row, its command), started pinned to its CPUs,
+//! checked, and stopped with SIGTERM.
 use std::fs::File;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::matrix::Row;
+use crate::matrix::{External, Row};
 use crate::measure::remote::Remote;
 
 /// Builds the release server with exactly `row.features` and keeps a copy per row.
@@ -43,6 +45,29 @@ pub struct Server {
     pub remote: Remote,
     pub pid: u32,
     log: PathBuf,
+    ready_path: String,
+    /// An external server runs in a process group of its own (it may fork workers),
+    /// which `stop` and `drop` signal whole.
+    group: bool,
+}
+
+/// Where an external row's program is: a path with a '/' is taken from the repository's
+/// root, a bare name from PATH.
+pub fn external_program(root: &Path, external: &External) -> Result<PathBuf> {
+    let program = &external.command[0];
+    if program.contains('/') {
+        let path = root.join(program);
+        if !path.is_file() {
+            bail!("external command {program:?}: no such file");
+        }
+        return Ok(path);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .with_context(|| format!("external command {program:?} is not on PATH"))
 }
 
 impl Server {
@@ -74,7 +99,60 @@ impl Server {
             remote: Remote { addr },
             pid,
             log: log.to_path_buf(),
+            ready_path: "/readyz".into(),
+            group: false,
         })
+    }
+
+    /// Starts an external row's command, pinned like ours, in the repository's root,
+    /// with the row's `env` and its placeholders filled in.
+    pub fn start_external(
+        root: &Path,
+        external: &External,
+        cpus: &str,
+        addr: SocketAddr,
+        database_url: &str,
+        pool_size: u32,
+        log: &Path,
+    ) -> Result<Self> {
+        let program = external_program(root, external)?;
+        let argv = external.argv(addr.port(), database_url, pool_size);
+        let out = File::create(log)?;
+        let child = Command::new("taskset")
+            .arg("-c")
+            .arg(cpus)
+            .arg(&program)
+            .args(&argv[1..])
+            .envs(&external.env)
+            .current_dir(root)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", external.label()))?;
+        let pid = child.id();
+        Ok(Self {
+            child: Some(child),
+            remote: Remote { addr },
+            pid,
+            log: log.to_path_buf(),
+            ready_path: external.ready_path.clone(),
+            group: true,
+        })
+    }
+
+    /// `kill -SIGNAL` to the server, or to its whole process group.
+    fn signal(&self, signal: &str) {
+        let target = if self.group {
+            format!("-{}", self.pid)
+        } else {
+            self.pid.to_string()
+        };
+        let _ = Command::new("kill")
+            .args([signal, "--", &target])
+            .stderr(Stdio::null())
+            .status();
     }
 
     fn log_tail(&self) -> String {
@@ -83,7 +161,8 @@ impl Server {
         lines[lines.len().saturating_sub(10)..].join("\n")
     }
 
-    /// Waits until `/readyz` says 200 (the database answers through the server).
+    /// Waits until `/readyz` (an external row: its `ready_path`) says 200 (the
+    /// database answers through the server).
     pub fn wait_ready(&mut self, within: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
@@ -95,7 +174,7 @@ impl Server {
                     );
                 }
             }
-            if self.remote.ready() {
+            if self.remote.ready_at(&self.ready_path) {
                 return Ok(());
             }
             if start.elapsed() > within {
@@ -108,17 +187,20 @@ impl Server {
         }
     }
 
-    /// SIGTERM, then wait for a clean exit (code 0) within `grace`.
+    /// SIGTERM, then wait for a clean exit (code 0; any exit for an external server,
+    /// whose group is then killed) within `grace`.
     pub fn stop(&mut self, grace: Duration) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
+        self.signal("-TERM");
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
+                if self.group {
+                    self.signal("-KILL");
+                    return Ok(());
+                }
                 if status.success() {
                     return Ok(());
                 }
@@ -128,6 +210,9 @@ impl Server {
                 );
             }
             if start.elapsed() > grace {
+                if self.group {
+                    self.signal("-KILL");
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!("the server did not stop within {grace:?} of SIGTERM");
@@ -140,6 +225,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.group {
+                self.signal("-KILL");
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -1,5 +1,5 @@
 //! A tiny blocking HTTP/1.1 client for the harness's own checks (`/readyz`,
-//! `/version`, `/metrics`); the load itself is always oha's.
+//! `/version`, `/metrics`, the contract probe); the load itself is always oha's.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -12,17 +12,34 @@ pub struct Reply {
 }
 
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Reply> {
+    request(addr, "GET", path, None, timeout)
+}
+
+/// One request on its own connection; `json` is sent as an `application/json` body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    timeout: Duration,
+) -> Result<Reply> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = json {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    head.push_str(json.unwrap_or(""));
+    s.write_all(head.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
-        .with_context(|| format!("reading GET {path}"))?;
+        .with_context(|| format!("reading {method} {path}"))?;
     parse(&raw)
 }
 
@@ -36,10 +53,34 @@ fn parse(raw: &[u8]) -> Result<Reply> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no status in HTTP reply")?;
-    Ok(Reply {
-        status,
-        body: body.to_string(),
-    })
+    let chunked = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.to_ascii_lowercase().contains("chunked")
+        })
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Ok(Reply { status, body })
+}
+
+/// A chunked body's data (servers other than ours may send one).
+fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("a truncated chunked body")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .context("a malformed chunk size")?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let data = rest.get(..size).context("a truncated chunk")?;
+        out.push_str(data);
+        body = rest.get(size..).unwrap_or("").trim_start_matches("\r\n");
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +92,10 @@ mod tests {
         assert_eq!(r.status, 503);
         assert_eq!(r.body, "{}");
         assert!(super::parse(b"garbage").is_err());
+        let r = super::parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, "{\"a\":1}");
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub mod calibrate;
+pub mod contract;
 pub mod driver;
 pub mod http;
 pub mod ids;

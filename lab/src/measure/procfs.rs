@@ -78,6 +78,41 @@ fn parse_cpu_times(text: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// User and system CPU time of a process and everything it started: each live
+/// process of the tree, plus what its members have reaped (`cutime`, `cstime`). An
+/// external server may fork workers; ours is one process, for which this equals
+/// [`process_split`].
+pub fn tree_split(root: u32) -> Option<CpuSplit> {
+    let top = stat(root)?;
+    let mut all: Vec<(u32, Stat)> = Vec::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            if pid != root {
+                if let Some(s) = stat(pid) {
+                    all.push((pid, s));
+                }
+            }
+        }
+    }
+    Some(sum_tree(root, top, &all))
+}
+
+fn sum_tree(root: u32, top: Stat, others: &[(u32, Stat)]) -> CpuSplit {
+    let mut split = CpuSplit {
+        user: top.utime + top.cutime,
+        system: top.stime + top.cstime,
+    };
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, s) in others.iter().filter(|(_, s)| s.ppid == parent) {
+            split.user += s.utime + s.cutime;
+            split.system += s.stime + s.cstime;
+            frontier.push(*pid);
+        }
+    }
+    split
+}
+
 /// Each CPU's busy share between two [`cpu_times`] samples.
 pub fn busy_shares(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
     before
@@ -140,6 +175,27 @@ mod tests {
         let s = parse_stat(line).unwrap();
         assert_eq!(s.ppid, 1);
         assert_eq!((s.utime, s.stime, s.cutime, s.cstime), (250, 50, 7, 3));
+    }
+
+    #[test]
+    fn a_tree_counts_every_descendant_once() {
+        let st = |ppid, u, s, cu, cs| Stat {
+            ppid,
+            utime: u,
+            stime: s,
+            cutime: cu,
+            cstime: cs,
+        };
+        // 10 → 11 → 12, and 13 unrelated.
+        let others = vec![
+            (11, st(10, 5, 1, 2, 0)),
+            (12, st(11, 7, 3, 0, 0)),
+            (13, st(1, 100, 100, 0, 0)),
+        ];
+        let t = sum_tree(10, st(1, 10, 4, 1, 1), &others);
+        assert_eq!((t.user, t.system), (10 + 1 + 5 + 2 + 7, 4 + 1 + 1 + 3));
+        let me = std::process::id();
+        assert!(tree_split(me).unwrap().user >= process_split(me).unwrap().user);
     }
 
     #[test]

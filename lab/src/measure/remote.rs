@@ -17,7 +17,12 @@ pub struct Remote {
 impl Remote {
     /// Whether `/readyz` answers 200 (the database answers through the server).
     pub fn ready(&self) -> bool {
-        http::get(self.addr, "/readyz", Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
+        self.ready_at("/readyz")
+    }
+
+    /// Whether `path` answers 200 (an external server's readiness may live elsewhere).
+    pub fn ready_at(&self, path: &str) -> bool {
+        http::get(self.addr, path, Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
     }
 
     /// The features the running binary reports on `/version`.
