@@ -180,11 +180,14 @@ pub struct RunArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "local")]
     pub target: TargetName,
-    /// Where results.md, the charts (results-*.svg) and results/<timestamp>/ go.
-    #[arg(long, default_value = ".")]
-    pub out: PathBuf,
-    /// The README whose results block is replaced (default: README.md in --out when
-    /// --out is the repository's root, else none).
+    /// Where results.md, the charts (results-*.svg) and results/<timestamp>/ go
+    /// (default: the repository's root for matrix.toml, results/<name>/ for any other
+    /// matrix file, e.g. results/matrix-peers/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The README whose results block is replaced (default: the repository's README.md
+    /// when --out is not given or is the root, else none). Each matrix file has a block
+    /// of its own.
     #[arg(long)]
     pub readme: Option<PathBuf>,
     #[command(flatten)]
@@ -325,6 +328,13 @@ pub struct VerifyArgs {
     /// The run was made with --profile: every row and workload must have a flame graph.
     #[arg(long)]
     pub profiled: bool,
+    /// A row that must have been reported as failed, with a reason containing
+    /// `--failed-because` (repeatable); the others must have numbers.
+    #[arg(long)]
+    pub expect_failed: Vec<String>,
+    /// What the reason of every `--expect-failed` row must say.
+    #[arg(long, default_value = "the contract probe failed")]
+    pub failed_because: String,
 }
 
 #[derive(Args, Clone, Debug)]

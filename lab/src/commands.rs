@@ -120,10 +120,21 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
         return validate(&a.m).map(Outcome::from);
     }
     let root = repo_root()?;
-    let out = absolute(&std::env::current_dir()?, &a.out);
+    // By default the default matrix writes into the repository's root, any other into
+    // results/<its name>/; both update their own block of the README.
+    let out = match &a.out {
+        Some(out) => absolute(&std::env::current_dir()?, out),
+        None => match report::Block::new(&a.m.matrix.to_string_lossy(), &root, &root).name {
+            None => root.clone(),
+            Some(name) => root.join("results").join(name),
+        },
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let readme = match &a.readme {
         Some(r) => Some(r.clone()),
-        None if out.canonicalize().ok() == root.canonicalize().ok() => Some(root.join("README.md")),
+        None if a.out.is_none() || out.canonicalize().ok() == root.canonicalize().ok() => {
+            Some(root.join("README.md"))
+        }
         None => None,
     };
     let e = Experiment {
@@ -329,10 +340,23 @@ pub fn ingest(a: &IngestArgs) -> Result<bool> {
 /// A run wrote results.md with numbers for every row, and the README block.
 pub fn verify(a: &VerifyArgs) -> Result<bool> {
     let matrix = load_matrix(&a.m)?;
-    let names: Vec<String> = matrix.rows.iter().map(|r| r.name.clone()).collect();
+    for name in &a.expect_failed {
+        if !matrix.rows.iter().any(|r| &r.name == name) {
+            bail!("--expect-failed {name:?}: no such row");
+        }
+    }
+    let names: Vec<String> = matrix
+        .rows
+        .iter()
+        .map(|r| r.name.clone())
+        .filter(|n| !a.expect_failed.contains(n))
+        .collect();
     let md =
         std::fs::read_to_string(a.out.join("results.md")).context("results.md was not written")?;
     report::check_table(&md, &names, matrix.workloads.len()).context("results.md")?;
+    for name in &a.expect_failed {
+        report::check_failed(&md, name, &a.failed_because).context("results.md")?;
+    }
     if !md.contains("All checks passed") {
         bail!("results.md does not report passing integrity checks");
     }
@@ -349,10 +373,11 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
     }
     if let Some(readme) = &a.readme {
         let text = std::fs::read_to_string(readme)?;
-        let (Some(b), Some(e)) = (text.find(report::BEGIN), text.find(report::END)) else {
-            bail!("{} has no results block", readme.display());
+        let at = report::Block::new(&a.m.matrix.to_string_lossy(), &a.out, readme);
+        let Some(block) = at.find(&text) else {
+            bail!("{} has no results block for {}", readme.display(), a.m.matrix.display());
         };
-        report::check_table(&text[b..e], &names, matrix.workloads.len()).context("README table")?;
+        report::check_table(block, &names, matrix.workloads.len()).context("README table")?;
     }
     for (file, _) in crate::charts::CHARTS {
         let svg = std::fs::read_to_string(a.out.join(file))
@@ -368,9 +393,18 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
         }
     }
     eprintln!(
-        "verified: {} rows with numbers for {} workloads, and the four charts",
+        "verified: {} rows with numbers for {} workloads, and the four charts{}",
         names.len(),
-        matrix.workloads.len()
+        matrix.workloads.len(),
+        if a.expect_failed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} reported as failed: {}",
+                a.expect_failed.join(", "),
+                a.failed_because
+            )
+        }
     );
     Ok(true)
 }

@@ -418,7 +418,8 @@ pub fn render_outputs(
     if let Some(readme) = readme {
         let text = std::fs::read_to_string(readme)
             .with_context(|| format!("reading {}", readme.display()))?;
-        std::fs::write(readme, report::update_readme(&text, summary)?)?;
+        let at = report::Block::new(&summary.environment.matrix_file, out, readme);
+        std::fs::write(readme, report::update_readme(&text, summary, &at)?)?;
     }
     eprintln!(
         "==> wrote {}, {} charts ({}) and {}",

@@ -857,6 +857,61 @@ postgres = { work_mem = "8MB", jit = false }
         }
     }
 
+    const EXTERNAL: &str = r#"
+[[row]]
+name = "peer"
+command = ["peers/x/run", "--port", "{port}", "--db", "{database_url}", "-n", "{pool_size}"]
+env = { WORKERS = "1" }
+image = "x:1"
+index = true
+"#;
+
+    #[test]
+    fn an_external_row_parses_and_fills_its_placeholders() {
+        let m = Matrix::parse(&format!("{GOOD}{EXTERNAL}")).expect("valid");
+        let row = &m.rows[2];
+        assert!(row.features.is_empty());
+        let e = row.external.as_ref().expect("external");
+        assert_eq!(e.ready_path, "/readyz");
+        assert_eq!(e.image.as_deref(), Some("x:1"));
+        assert_eq!(e.env["WORKERS"], "1");
+        assert_eq!(
+            e.argv(8080, "postgres://u@h/db", 16),
+            ["peers/x/run", "--port", "8080", "--db", "postgres://u@h/db", "-n", "16"]
+        );
+        assert!(row.features_label().starts_with("external: peers/x/run"));
+    }
+
+    #[test]
+    fn a_bad_external_row_is_refused_with_its_line() {
+        let text = format!("{GOOD}{EXTERNAL}");
+        for (from, to, needle) in [
+            ("command = [", "features = []\ncommand = [", "not both"),
+            ("command = [\"peers/x/run\"", "commands = [\"peers/x/run\"", "unknown field"),
+            ("\"{pool_size}\"]", "\"{pool}\"]", "unknown placeholder {pool}"),
+            ("\"--port\", \"{port}\", ", "", "{port}"),
+            ("[\"peers/x/run\", ", "[\"\", ", "needs a program"),
+            ("env = { WORKERS", "env = { \"1X\"", "environment variable"),
+            ("image = \"x:1\"", "ready_path = \"readyz\"", "ready_path"),
+        ] {
+            let bad = text.replace(from, to);
+            assert_ne!(bad, text, "{from}");
+            let e = err(&bad);
+            assert!(e.contains(needle) && e.starts_with("line "), "{to}: {e}");
+        }
+        let e = err(&GOOD.replace("index = false", "index = false\nimage = \"x\""));
+        assert!(e.contains("for external rows"), "{e}");
+        let e = err(&GOOD.replace("features = []\n", ""));
+        assert!(e.contains("give `features`"), "{e}");
+    }
+
+    #[test]
+    fn the_peers_matrix_is_valid() {
+        let m = Matrix::parse(include_str!("../../matrix-peers.toml")).expect("matrix-peers.toml");
+        let external = m.rows.iter().filter(|r| r.external.is_some()).count();
+        assert_eq!((m.rows.len(), external), (4, 2));
+    }
+
     #[test]
     fn cpu_lists() {
         assert_eq!(parse_cpu_list("0").unwrap(), vec![0]);

@@ -3,7 +3,9 @@
 //! markers in README.md, and `results.csv`. The charts themselves are in `charts`.
 use std::fmt::Write as _;
 
-use anyhow::{bail, Result};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 
 use crate::measure::stats::{compare, spread, Change, MIN_REPETITIONS};
 use crate::results::{
@@ -501,7 +503,7 @@ pub fn table(s: &Summary) -> String {
     out.push_str("---:|---:|---:|---|---|\n");
     let mut prev: Option<&RowResult> = None;
     for row in &s.rows {
-        let features = row.build_label();
+        let features = row.short_label();
         let index = if row.index { "index" } else { "no index" };
         let _ = write!(out, "| {} | {features}; {index} |", row.name);
         if row.workloads.is_empty() {
@@ -962,21 +964,103 @@ pub fn results_md(s: &Summary) -> String {
 }
 
 /// Replaces what lies between the markers (adding them at the end when absent).
-pub fn update_readme(readme: &str, s: &Summary) -> Result<String> {
+/// Where a run's block goes in the README: the default matrix's block, or one of its
+/// own per other matrix file (`matrix-peers.toml` → "matrix-peers"), with links that
+/// reach the run's outputs from the README's folder.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Block {
+    /// None for matrix.toml.
+    pub name: Option<String>,
+    /// The outputs' folder relative to the README's, with a trailing '/' ("" when the same).
+    pub dir: String,
+}
+
+impl Block {
+    pub fn new(matrix_file: &str, out: &Path, readme: &Path) -> Self {
+        let stem = Path::new(matrix_file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let name = (stem != "matrix" && !stem.is_empty()).then_some(stem);
+        let base = readme
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .and_then(|p| p.canonicalize().ok());
+        let dir = match (base, out.canonicalize().ok()) {
+            (Some(b), Some(o)) if o != b => o
+                .strip_prefix(&b)
+                .map(|r| format!("{}/", r.display()))
+                .unwrap_or_else(|_| format!("{}/", o.display())),
+            _ => String::new(),
+        };
+        Self { name, dir }
+    }
+
+    pub fn begin(&self) -> String {
+        match &self.name {
+            None => BEGIN.to_string(),
+            Some(n) => BEGIN.replace("results:begin", &format!("results:begin {n}")),
+        }
+    }
+
+    pub fn end(&self) -> String {
+        match &self.name {
+            None => END.to_string(),
+            Some(n) => END.replace("results:end", &format!("results:end {n}")),
+        }
+    }
+
+    /// The block's text between its markers, if the README has it.
+    pub fn find<'a>(&self, readme: &'a str) -> Option<&'a str> {
+        let (b, e) = (readme.find(&self.begin())?, readme.find(&self.end())?);
+        readme.get(b..e)
+    }
+}
+
+pub fn update_readme(readme: &str, s: &Summary, at: &Block) -> Result<String> {
+    let (begin, end, dir) = (at.begin(), at.end(), &at.dir);
+    let charts: String = crate::charts::markdown(s)
+        .lines()
+        .map(|l| format!("{}\n", l.replacen("](", &format!("]({dir}"), 1)))
+        .collect();
     let block = format!(
-        "{BEGIN}\n_Run of {} on {} (commit `{}`); full details in [results.md](results.md)._\n\n{}\n{}{END}",
-        s.environment.date, s.environment.host.describe(), s.environment.git_commit, table(s), crate::charts::markdown(s)
+        "{begin}\n_Run of {} on {} (commit `{}`); full details in [results.md]({dir}results.md)._\n\n{}\n{charts}{end}",
+        s.environment.date, s.environment.host.describe(), s.environment.git_commit, table(s)
     );
-    match (readme.find(BEGIN), readme.find(END)) {
+    match (readme.find(&begin), readme.find(&end)) {
         (Some(b), Some(e)) if b < e => Ok(format!(
             "{}{}{}",
             &readme[..b],
             block,
-            &readme[e + END.len()..]
+            &readme[e + end.len()..]
         )),
         (None, None) => Ok(format!("{}\n{}\n", readme.trim_end(), block)),
         _ => bail!("README has a broken results block: one marker without the other"),
     }
+}
+
+/// A row reported as failed: its table line says FAILED and has no numbers, and its
+/// section gives a reason containing `because`.
+pub fn check_failed(text: &str, name: &str, because: &str) -> Result<()> {
+    let prefix = format!("| {name} |");
+    let Some(line) = text.lines().find(|l| l.starts_with(&prefix)) else {
+        bail!("row {name:?} is missing from the table");
+    };
+    if !line.contains("**FAILED**") || !line.contains(" failed |") {
+        bail!("row {name:?} is not shown as failed: {line}");
+    }
+    let section = text
+        .split(&format!("\n### {name} — "))
+        .nth(1)
+        .with_context(|| format!("row {name:?} has no section"))?;
+    let section = section.split("\n### ").next().unwrap_or(section);
+    if !section
+        .lines()
+        .any(|l| l.starts_with("- **FAILED: ") && l.contains(because))
+    {
+        bail!("row {name:?}'s section gives no failure that says {because:?}");
+    }
+    Ok(())
 }
 
 /// Checks that a rendered table has a numeric capacity cell per workload for every named row.
@@ -1158,16 +1242,30 @@ mod tests {
     fn readme_update_is_idempotent_and_keeps_the_rest() {
         let s = summary();
         let original = format!("# Title\n\nintro\n\n{BEGIN}\nold table\n{END}\n\n## After\n");
-        let once = update_readme(&original, &s).unwrap();
-        let twice = update_readme(&once, &s).unwrap();
+        let at = Block::default();
+        let once = update_readme(&original, &s, &at).unwrap();
+        let twice = update_readme(&once, &s, &at).unwrap();
         assert_eq!(once, twice);
         assert!(once.starts_with("# Title\n\nintro\n\n"));
         assert!(once.ends_with("\n\n## After\n"));
         assert!(!once.contains("old table"));
         assert!(once.contains("| Baseline |"));
-        let appended = update_readme("# T\n", &s).unwrap();
+        let appended = update_readme("# T\n", &s, &at).unwrap();
         assert!(appended.contains(BEGIN) && appended.contains(END));
-        assert!(update_readme(&format!("x {BEGIN} y"), &s).is_err());
+        assert!(update_readme(&format!("x {BEGIN} y"), &s, &at).is_err());
+        // Another matrix's block lives beside it, untouched by the default's, and links
+        // into its own folder.
+        let peers = Block {
+            name: Some("matrix-peers".into()),
+            dir: "results/matrix-peers/".into(),
+        };
+        let both = update_readme(&once, &s, &peers).unwrap();
+        assert!(both.starts_with(&once.trim_end()[..once.len() - 10]));
+        let block = peers.find(&both).expect("the peers block");
+        assert!(block.contains("(results/matrix-peers/results.md)"), "{block}");
+        assert!(block.contains("](results/matrix-peers/results-capacity.svg)"), "{block}");
+        assert_eq!(update_readme(&both, &s, &at).unwrap(), both);
+        assert_eq!(Block::find(&at, &both), Block::find(&at, &once));
     }
 
     #[test]

@@ -283,6 +283,20 @@ impl RowResult {
         }
     }
 
+    /// For the table: an external row's command up to its first option or placeholder.
+    pub fn short_label(&self) -> String {
+        match &self.external {
+            Some(command) => {
+                let head: Vec<&str> = command
+                    .split(' ')
+                    .take_while(|w| !w.starts_with('-') && !w.contains('{'))
+                    .collect();
+                format!("external: `{}`", head.join(" "))
+            }
+            None => self.build_label(),
+        }
+    }
+
     /// What was measured: our server's features, or "external: <command>".
     pub fn build_label(&self) -> String {
         match &self.external {
