@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Kubernetes images, run for real without a cluster: builds the server image of one
-# row and the load-generator image with buildah, checks their config, then runs them with
+# row, the FastAPI peer's image (on a Debian base made here with debootstrap: no
+# registry) and the load-generator image with buildah, checks their config, then runs them with
 # podman under the pod's own constraints (non-root UID, read-only root filesystem, all
 # capabilities dropped, no privilege escalation, a CPU limit) on the host network against
 # a throwaway PostgreSQL. The load generator runs a --quick search exactly as its Job
@@ -14,8 +15,10 @@ source "${ROOT}/scripts/lib.sh"
 
 MATRIX="${ROOT}/tests/ci-matrix.toml"
 ROW="all"
+PEER_ROW="FastAPI tuned"
 APP_PORT=""
 APP_NAME="perflab-ct-$$"
+PEER_NAME="perflab-ct-peer-$$"
 LOADGEN_NAME="perflab-ct-loadgen-$$"
 
 # Removes the containers (killing what a failed removal leaves running), waits until
@@ -30,7 +33,7 @@ cleanup() {
   # Only ever the private store: never touch the machine's own containers.
   if [[ -n "${CT_DIR:-}" && -d "${CT_DIR}" && "${CONTAINERS_STORAGE_CONF:-}" == "${CT_DIR}/storage.conf" ]]; then
     cleanup_step "removing the containers" \
-      timeout -k 5 60 podman rm --force --ignore --time 0 "${APP_NAME}" "${LOADGEN_NAME}" >/dev/null
+      timeout -k 5 60 podman rm --force --ignore --time 0 "${APP_NAME}" "${PEER_NAME}" "${LOADGEN_NAME}" >/dev/null
     cleanup_step "stopping containers that survived removal" kill_running_containers
     cleanup_step "waiting for podman to release ${CT_DIR}" wait_store_released
     cleanup_step "removing the images" timeout -k 5 120 podman rmi --all --force >/dev/null 2>&1
@@ -85,7 +88,7 @@ require_containers() {
 }
 
 # Settings for a root sandbox without systemd: runc, cgroupfs, no raised rlimits or pid
-# limits, and a private vfs image store under CT_DIR (see README, "Containers in CI").
+# limits, and a private vfs image store under CT_DIR (see README, "Tests of the Kubernetes target").
 container_config() {
   mkdir -p "${CT_DIR}/storage" "${CT_DIR}/run" "${CT_DIR}/tmp" "${CT_DIR}/networks"
   cat >"${CT_DIR}/containers.conf" <<EOF
@@ -142,18 +145,20 @@ start_app() {
   done
 }
 
-# run_loadgen IMAGE: the load generator, as its Job: read-only root, a writable /work
-# like the Job's emptyDir, the plan mounted where the ConfigMap goes. It waits for
-# /readyz and refuses to measure unless /version lists the row's features. Detached and
-# polled (at most 10 minutes), so Ctrl-C reaches the clean-up at once.
+# run_loadgen IMAGE ROW PORT PLAN: the load generator, as its Job: read-only root, a
+# writable /work like the Job's emptyDir, the plan mounted where the ConfigMap goes. It
+# waits for /readyz, refuses to measure unless /version lists the row's features (ours)
+# and the contract probe passes. Detached and polled (at most 10 minutes), so Ctrl-C
+# reaches the clean-up at once.
 run_loadgen() {
-  local image="$1" i code
+  local image="$1" row="$2" port="$3" plan="$4" i code
+  rm -rf "${CT_DIR}/work"
   mkdir -p "${CT_DIR}/work"
   chown 65532:65532 "${CT_DIR}/work"
-  log "containers: a --quick search of row ${ROW} from the load-generator image"
+  log "containers: a --quick search of row ${row} from the load-generator image"
   podman run -d --name "${LOADGEN_NAME}" "${POD_FLAGS[@]}" -v "${CT_DIR}/work:/work" \
-    -v "${CT_DIR}/plan.json:/etc/perflab/plan.json:ro" "${image}" \
-    loadgen --url "http://localhost:${APP_PORT}" >/dev/null
+    -v "${plan}:/etc/perflab/plan.json:ro" "${image}" \
+    loadgen --url "http://localhost:${port}" >/dev/null
   for ((i = 0; i < 600; i++)); do
     [[ "$(podman inspect "${LOADGEN_NAME}" --format '{{.State.Running}}')" == "true" ]] || break
     sleep 1
@@ -163,10 +168,53 @@ run_loadgen() {
   if [[ "${i}" -ge 600 || "${code}" != "0" ]]; then
     tail -n 20 "${CT_DIR}/loadgen.err" >&2
     podman logs "${APP_NAME}" 2>&1 | tail -n 20 >&2
+    podman logs "${PEER_NAME}" 2>&1 | tail -n 20 >&2 || true
     die "the load-generator container failed (exit ${code}, $((i)) s)"
   fi
   cat "${CT_DIR}/loadgen.err" >&2
   podman rm --force --time 0 "${LOADGEN_NAME}" >/dev/null
+}
+
+# The Debian mirror apt uses here (one-line or deb822 sources), for debootstrap.
+debian_mirror() {
+  local mirror
+  mirror="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+    grep -oE 'https?://[^ ]*/debian/?( |$)' | grep -v security | head -n 1 | tr -d ' ')"
+  printf '%s\n' "${mirror:-http://deb.debian.org/debian}"
+}
+
+# debian:bookworm-slim in the private store, for the FastAPI peer's Containerfile: no
+# registry can be reached here, so it is made with debootstrap (minbase) and imported.
+make_debian_base() {
+  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+  local mirror
+  mirror="$(debian_mirror)"
+  log "containers: making debian:bookworm-slim with debootstrap from ${mirror} (no registry here; about a minute)"
+  if ! debootstrap --variant=minbase bookworm "${CT_DIR}/debian" "${mirror}" >"${CT_DIR}/debootstrap.log" 2>&1; then
+    tail -n 20 "${CT_DIR}/debootstrap.log" >&2
+    die "debootstrap failed"
+  fi
+  tar -C "${CT_DIR}/debian" -c . | podman import - docker.io/library/debian:bookworm-slim >/dev/null
+  remove_dir "${CT_DIR}/debian"
+}
+
+# The FastAPI peer's image, run with the pod's constraints and searched by the load
+# generator like our server: its entrypoint is the row's command, with its arguments.
+run_peer() {
+  local image="$1" loadgen="$2" port before after
+  port="$(free_port)"
+  log "containers: the FastAPI peer's image on 127.0.0.1:${port} with the pod's constraints"
+  podman run -d --name "${PEER_NAME}" "${POD_FLAGS[@]}" "${image}" \
+    tuned --port "${port}" --database-url "${APP_DB_URL}" --pool-size 8 >/dev/null
+  "${lab}" plan --matrix "${MATRIX}" --only "${PEER_ROW}" --quick >"${CT_DIR}/peer-plan.json"
+  before="$(psql "${PG_URL}" -tAc 'SELECT coalesce(sum(version), 0) FROM users')"
+  run_loadgen "${loadgen}" "${PEER_ROW}" "${port}" "${CT_DIR}/peer-plan.json"
+  after="$(psql "${PG_URL}" -tAc 'SELECT coalesce(sum(version), 0) FROM users')"
+  mkdir -p "${CT_DIR}/peer-out"
+  "${lab}" ingest --matrix "${MATRIX}" --only "${PEER_ROW}" --quick --log "${CT_DIR}/loadgen.log" \
+    --applied "$((after - before))" --out "${CT_DIR}/peer-out"
+  "${lab}" verify --matrix "${MATRIX}" --only "${PEER_ROW}" --quick --out "${CT_DIR}/peer-out"
+  log "containers: the FastAPI peer passed the contract probe and the report's checks ($((after - before)) writes applied)"
 }
 
 main() {
@@ -184,13 +232,16 @@ main() {
   CT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/perflab-ct.XXXXXX")"
   container_config
 
-  log "containers: building the images of row ${ROW} and the load generator (buildah)"
-  # Small: the server image is one static binary (lab checks the size).
+  make_debian_base
+  log "containers: building the images of rows ${ROW} and ${PEER_ROW} and the load generator (buildah)"
+  # Small: the server image is one static binary (lab checks the size). RUN steps (the
+  # peer's) run chroot-isolated (see README, "Tests of the Kubernetes target").
   local -a names
-  mapfile -t names < <("${lab}" images --matrix "${MATRIX}" --only "${ROW}" --engine buildah \
+  mapfile -t names < <(BUILDAH_ISOLATION=chroot "${lab}" images --matrix "${MATRIX}" \
+    --only "${ROW}" --only "${PEER_ROW}" --engine buildah \
     --oha "$(command -v oha)" --names-only --max-server-mb 20)
-  [[ ${#names[@]} -eq 2 ]] || die "lab images named ${#names[@]} images, not a server and a load generator"
-  local server="${names[0]}" loadgen="${names[1]}"
+  [[ ${#names[@]} -eq 3 ]] || die "lab images named ${#names[@]} images, not a server, a peer and a load generator"
+  local server="${names[0]}" peer="${names[1]}" loadgen="${names[2]}"
   if podman run --rm --pull=never --entrypoint /bin/sh "${server}" -c true >/dev/null 2>&1; then
     die "the server image has a shell; it should hold only the binary"
   fi
@@ -213,7 +264,7 @@ main() {
 
   local before after
   before="$(psql "${PG_URL}" -tAc 'SELECT coalesce(sum(version), 0) FROM users')"
-  run_loadgen "${loadgen}"
+  run_loadgen "${loadgen}" "${ROW}" "${APP_PORT}" "${CT_DIR}/plan.json"
   after="$(psql "${PG_URL}" -tAc 'SELECT coalesce(sum(version), 0) FROM users')"
   podman logs "${APP_NAME}" >"${CT_DIR}/app.log" 2>&1
   grep -q "listening" "${CT_DIR}/app.log" || die "the app did not log that it listened"
@@ -223,6 +274,7 @@ main() {
     --applied "$((after - before))" --out "${CT_DIR}/out"
   "${lab}" verify --matrix "${MATRIX}" --only "${ROW}" --quick --out "${CT_DIR}/out"
   log "containers: the load generator's result passed the report's checks ($((after - before)) writes applied)"
+  run_peer "${peer}" "${loadgen}"
 }
 
 main "$@"

@@ -80,9 +80,10 @@ pub struct CompareArgs {
 pub struct RenderArgs {
     /// The run: a results/<stamp> folder (holding summary.json and steps.json[.gz]).
     pub run: PathBuf,
-    /// Where results.md and the charts go.
-    #[arg(long, default_value = ".")]
-    pub out: PathBuf,
+    /// Where results.md and the charts go (default: where the run wrote them, the
+    /// repository's root for matrix.toml and results/<name>/ for another matrix file).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// The README whose results block to replace.
     #[arg(long)]
     pub readme: Option<PathBuf>,

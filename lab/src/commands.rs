@@ -57,8 +57,7 @@ pub fn validate(m: &MatrixArgs) -> Result<bool> {
     let mut peers: Vec<&str> = matrix
         .rows
         .iter()
-        .filter_map(|r| r.external.as_ref())
-        .filter_map(|e| e.command[0].strip_prefix("peers/")?.split('/').next())
+        .filter_map(|r| r.external.as_ref()?.peer())
         .collect();
     peers.sort_unstable();
     peers.dedup();
@@ -111,6 +110,15 @@ impl RunArgs {
     }
 }
 
+/// Where a run of `matrix_file` writes by default: the repository's root for
+/// matrix.toml, results/<name>/ for any other (results/matrix-peers/).
+fn default_out(root: &Path, matrix_file: &str) -> PathBuf {
+    match report::Block::new(matrix_file, root, root).name {
+        None => root.to_path_buf(),
+        Some(name) => root.join("results").join(name),
+    }
+}
+
 /// The experiment on the chosen target.
 pub fn run(a: &RunArgs) -> Result<Outcome> {
     check_target_flags(a)?;
@@ -124,10 +132,7 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
     // results/<its name>/; both update their own block of the README.
     let out = match &a.out {
         Some(out) => absolute(&std::env::current_dir()?, out),
-        None => match report::Block::new(&a.m.matrix.to_string_lossy(), &root, &root).name {
-            None => root.clone(),
-            Some(name) => root.join("results").join(name),
-        },
+        None => default_out(&root, &a.m.matrix.to_string_lossy()),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let readme = match &a.readme {
@@ -242,8 +247,11 @@ pub fn images(a: &ImagesArgs) -> Result<bool> {
     let mut built = vec![];
     for row in &matrix.rows {
         let tag = names.server(row);
-        let info = images::server(&sh, engine, &root, row, &tag)?;
-        if let Some(max) = a.max_server_mb {
+        let Some(info) = images::row_image(&sh, engine, &root, row, &tag)? else {
+            eprintln!("{tag}: row {:?}'s own image, not built here", row.name);
+            continue;
+        };
+        if let (Some(max), None) = (a.max_server_mb, &row.external) {
             let mb = images::size_mb(&info.size)
                 .with_context(|| format!("cannot read the size {:?} of {tag}", info.size))?;
             if mb > max {
@@ -375,7 +383,11 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
         let text = std::fs::read_to_string(readme)?;
         let at = report::Block::new(&a.m.matrix.to_string_lossy(), &a.out, readme);
         let Some(block) = at.find(&text) else {
-            bail!("{} has no results block for {}", readme.display(), a.m.matrix.display());
+            bail!(
+                "{} has no results block for {}",
+                readme.display(),
+                a.m.matrix.display()
+            );
         };
         report::check_table(block, &names, matrix.workloads.len()).context("README table")?;
     }
@@ -568,8 +580,12 @@ pub fn render(a: &RenderArgs) -> Result<bool> {
         );
     }
     let summary = crate::compare::load(&a.run)?;
-    std::fs::create_dir_all(&a.out)?;
-    experiment::render_outputs(&a.out, a.readme.as_deref(), &a.run, &summary)?;
+    let out = match &a.out {
+        Some(out) => out.clone(),
+        None => default_out(&repo_root()?, &summary.environment.matrix_file),
+    };
+    std::fs::create_dir_all(&out)?;
+    experiment::render_outputs(&out, a.readme.as_deref(), &a.run, &summary)?;
     Ok(summary.integrity_failures().is_empty())
 }
 

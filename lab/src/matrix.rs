@@ -190,8 +190,10 @@ pub struct External {
     /// repository's root.
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
-    /// The image for `--target k8s`: its entrypoint plays `command[0]`, and the rest of
-    /// `command` become its arguments.
+    /// The image for `--target k8s` (tagged, never `latest`; without it, a peer of this
+    /// repository runs the image lab builds for it): its entrypoint plays `command[0]`,
+    /// and the rest of `command` become its arguments (`{port}` 8080, `{database_url}`
+    /// the pod's `$(DATABASE_URL)`).
     pub image: Option<String>,
     /// Answers 200 once the server can reach the database.
     pub ready_path: String,
@@ -202,18 +204,34 @@ impl External {
     pub fn argv(&self, port: u16, database_url: &str, pool_size: u32) -> Vec<String> {
         self.command
             .iter()
-            .map(|a| {
-                a.replace("{port}", &port.to_string())
-                    .replace("{database_url}", database_url)
-                    .replace("{pool_size}", &pool_size.to_string())
-            })
+            .map(|a| fill(a, port, database_url, pool_size))
             .collect()
+    }
+
+    /// `env` with its placeholders filled in (`{database_url}` is best passed here: a
+    /// command line is visible to every user of the machine).
+    pub fn env(&self, port: u16, database_url: &str, pool_size: u32) -> BTreeMap<String, String> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.clone(), fill(v, port, database_url, pool_size)))
+            .collect()
+    }
+
+    /// The peer of this repository the command runs (`peers/<name>/...`), if any.
+    pub fn peer(&self) -> Option<&str> {
+        self.command[0].strip_prefix("peers/")?.split('/').next()
     }
 
     /// The command as a reader sees it (the table, the row's section).
     pub fn label(&self) -> String {
         self.command.join(" ")
     }
+}
+
+fn fill(text: &str, port: u16, database_url: &str, pool_size: u32) -> String {
+    text.replace("{port}", &port.to_string())
+        .replace("{database_url}", database_url)
+        .replace("{pool_size}", &pool_size.to_string())
 }
 
 /// A file-name-safe form of a row's name: lower-case letters and digits, runs of
@@ -585,6 +603,26 @@ fn parse_features(text: &str, name: &str, raw: &Spanned<Vec<String>>) -> Result<
     Ok(features)
 }
 
+/// The first placeholder in `text` that is not one of [`PLACEHOLDERS`], or an unclosed
+/// '{'.
+fn unknown_placeholder(text: &str) -> std::result::Result<(), String> {
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}').map(|c| open + c + 1) else {
+            return Err(format!("an unclosed '{{' in {text:?}"));
+        };
+        let token = &rest[open..close];
+        if !PLACEHOLDERS.contains(&token) {
+            return Err(format!(
+                "unknown placeholder {token} (known: {})",
+                PLACEHOLDERS.join(", ")
+            ));
+        }
+        rest = &rest[close..];
+    }
+    Ok(())
+}
+
 /// An external row: a non-empty argv whose placeholders are known and which gets its
 /// port, `env` names a shell could export, a `ready_path` that is a path.
 fn parse_external(
@@ -600,29 +638,26 @@ fn parse_external(
         bail!("line {line}: row {name:?}: `command` needs a program");
     }
     for arg in argv {
-        let mut rest = arg.as_str();
-        while let Some(open) = rest.find('{') {
-            let close = rest[open..].find('}').map(|c| open + c + 1);
-            let Some(close) = close else { break };
-            let token = &rest[open..close];
-            if !PLACEHOLDERS.contains(&token) {
-                bail!(
-                    "line {line}: row {name:?}: unknown placeholder {token} in `command` (known: {})",
-                    PLACEHOLDERS.join(", ")
-                );
-            }
-            rest = &rest[close..];
-        }
+        unknown_placeholder(arg)
+            .map_err(|e| anyhow::anyhow!("line {line}: row {name:?}: {e} in `command`"))?;
     }
-    if !argv.iter().any(|a| a.contains("{port}")) {
+    let port_given = argv.iter().any(|a| a.contains("{port}"))
+        || inner
+            .env
+            .as_ref()
+            .is_some_and(|e| e.get_ref().values().any(|v| v.contains("{port}")));
+    if !port_given {
         bail!(
-            "line {line}: row {name:?}: `command` must pass the server its port with {{port}}"
+            "line {line}: row {name:?}: `command` (or `env`) must pass the server its port with {{port}}"
         );
     }
     let env = match &inner.env {
         None => BTreeMap::new(),
         Some(e) => {
-            for k in e.get_ref().keys() {
+            for (k, v) in e.get_ref() {
+                unknown_placeholder(v).map_err(|err| {
+                    anyhow::anyhow!("line {}: row {name:?}: {err} in `env`", at(e.span()))
+                })?;
                 let ok = !k.is_empty()
                     && !k.starts_with(|c: char| c.is_ascii_digit())
                     && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -648,10 +683,28 @@ fn parse_external(
     };
     let image = match &inner.image {
         None => None,
-        Some(i) if !i.get_ref().trim().is_empty() && !i.get_ref().contains(char::is_whitespace) => {
-            Some(i.get_ref().clone())
+        Some(i) => {
+            let image = i.get_ref();
+            // A tag after the last '/', and not `latest`: the cluster runs what was named.
+            let tag = image
+                .rsplit('/')
+                .next()
+                .and_then(|last| last.split_once(':'));
+            match tag {
+                Some((repo, tag))
+                    if !repo.is_empty()
+                        && !tag.is_empty()
+                        && tag != "latest"
+                        && !image.contains(char::is_whitespace) =>
+                {
+                    Some(image.clone())
+                }
+                _ => bail!(
+                    "line {}: row {name:?}: image must be a name with a tag other than `latest`, e.g. \"my-service:1.4\"",
+                    at(i.span())
+                ),
+            }
         }
-        Some(i) => bail!("line {}: row {name:?}: image must be an image name", at(i.span())),
     };
     Ok(External {
         command: argv.clone(),
@@ -861,7 +914,7 @@ postgres = { work_mem = "8MB", jit = false }
 [[row]]
 name = "peer"
 command = ["peers/x/run", "--port", "{port}", "--db", "{database_url}", "-n", "{pool_size}"]
-env = { WORKERS = "1" }
+env = { WORKERS = "1", DB = "{database_url}" }
 image = "x:1"
 index = true
 "#;
@@ -875,9 +928,18 @@ index = true
         assert_eq!(e.ready_path, "/readyz");
         assert_eq!(e.image.as_deref(), Some("x:1"));
         assert_eq!(e.env["WORKERS"], "1");
+        assert_eq!(e.env(1, "postgres://x", 2)["DB"], "postgres://x");
         assert_eq!(
             e.argv(8080, "postgres://u@h/db", 16),
-            ["peers/x/run", "--port", "8080", "--db", "postgres://u@h/db", "-n", "16"]
+            [
+                "peers/x/run",
+                "--port",
+                "8080",
+                "--db",
+                "postgres://u@h/db",
+                "-n",
+                "16"
+            ]
         );
         assert!(row.features_label().starts_with("external: peers/x/run"));
     }
@@ -887,12 +949,28 @@ index = true
         let text = format!("{GOOD}{EXTERNAL}");
         for (from, to, needle) in [
             ("command = [", "features = []\ncommand = [", "not both"),
-            ("command = [\"peers/x/run\"", "commands = [\"peers/x/run\"", "unknown field"),
-            ("\"{pool_size}\"]", "\"{pool}\"]", "unknown placeholder {pool}"),
+            (
+                "command = [\"peers/x/run\"",
+                "commands = [\"peers/x/run\"",
+                "unknown field",
+            ),
+            (
+                "\"{pool_size}\"]",
+                "\"{pool}\"]",
+                "unknown placeholder {pool}",
+            ),
+            ("\"{pool_size}\"]", "\"{pool_size\"]", "unclosed"),
+            ("DB = \"{database_url}\"", "DB = \"{url}\"", "in `env`"),
             ("\"--port\", \"{port}\", ", "", "{port}"),
             ("[\"peers/x/run\", ", "[\"\", ", "needs a program"),
             ("env = { WORKERS", "env = { \"1X\"", "environment variable"),
             ("image = \"x:1\"", "ready_path = \"readyz\"", "ready_path"),
+            ("image = \"x:1\"", "image = \"x:latest\"", "tag other than"),
+            (
+                "image = \"x:1\"",
+                "image = \"registry:5000/x\"",
+                "tag other than",
+            ),
         ] {
             let bad = text.replace(from, to);
             assert_ne!(bad, text, "{from}");

@@ -984,7 +984,13 @@ impl Block {
         let name = (stem != "matrix" && !stem.is_empty()).then_some(stem);
         let base = readme
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .and_then(|p| p.canonicalize().ok());
         let dir = match (base, out.canonicalize().ok()) {
             (Some(b), Some(o)) if o != b => o
@@ -1262,8 +1268,14 @@ mod tests {
         let both = update_readme(&once, &s, &peers).unwrap();
         assert!(both.starts_with(&once.trim_end()[..once.len() - 10]));
         let block = peers.find(&both).expect("the peers block");
-        assert!(block.contains("(results/matrix-peers/results.md)"), "{block}");
-        assert!(block.contains("](results/matrix-peers/results-capacity.svg)"), "{block}");
+        assert!(
+            block.contains("(results/matrix-peers/results.md)"),
+            "{block}"
+        );
+        assert!(
+            block.contains("](results/matrix-peers/results-capacity.svg)"),
+            "{block}"
+        );
         assert_eq!(update_readme(&both, &s, &at).unwrap(), both);
         assert_eq!(Block::find(&at, &both), Block::find(&at, &once));
     }

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import sys
 
 import asyncpg
@@ -54,11 +55,34 @@ def unavailable():
     return ApiError(503, "database unavailable", {"Retry-After": "1"})
 
 
+UTC = datetime.timezone.utc
+INFINITY = datetime.datetime.max.replace(tzinfo=UTC)   # asyncpg's 'infinity'
+MINUS_INFINITY = datetime.datetime.min.replace(tzinfo=UTC)
+
+# Errors that mean the database cannot answer now (down, restarting, out of
+# connections, the link broken or silent): a 503, as the contract says.
+UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.QueryCanceledError,
+)
+
+
 def timestamp(value):
-    """RFC 3339 with microseconds in UTC, as the Rust server writes it."""
-    if isinstance(value, datetime.datetime):
-        return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return str(value)  # asyncpg's infinity
+    """RFC 3339 with microseconds in UTC, as the Rust server writes it (years 0001-9999,
+    zero-padded; the infinities as PostgreSQL writes them)."""
+    if value == INFINITY:
+        return "infinity"
+    if value == MINUS_INFINITY:
+        return "-infinity"
+    v = value.astimezone(UTC)
+    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:"
+            f"{v.second:02d}.{v.microsecond:06d}Z")
 
 
 def profile(row):
@@ -97,12 +121,26 @@ def validate_email(email):
     return None
 
 
-def parse_patch(content_type, body):
+def check_content_type(content_type):
     essence = (content_type or "").split(";")[0].strip().lower()
     if essence != "application/json":
         raise ApiError(415, "content type must be application/json")
-    if len(body) > BODY_MAX_BYTES:
+
+
+async def read_body(request):
+    """The body, refused with 413 past 4 KiB without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > BODY_MAX_BYTES:
         raise ApiError(413, "body is larger than 4 KiB")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > BODY_MAX_BYTES:
+            raise ApiError(413, "body is larger than 4 KiB")
+    return body
+
+
+def parse_patch(body):
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -133,15 +171,17 @@ class Naive:
                 self.dsn, timeout=DB_TIMEOUT_S, command_timeout=DB_TIMEOUT_S,
                 statement_cache_size=0,
             )
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError):
+        except (*UNAVAILABLE, asyncpg.PostgresError):
             raise unavailable() from None
         try:
             return await conn.fetchrow(sql, *args)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-                asyncpg.QueryCanceledError):
+        except UNAVAILABLE:
             raise unavailable() from None
         finally:
-            await conn.close()
+            try:
+                await conn.close(timeout=DB_TIMEOUT_S)
+            except Exception:  # the answer stands; the connection is dropped
+                conn.terminate()
 
 
 class Tuned:
@@ -164,11 +204,15 @@ class Tuned:
 
     async def run(self, sql, *args):
         try:
-            async with self.pool.acquire(timeout=DB_TIMEOUT_S) as conn:
-                return await conn.fetchrow(sql, *args)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-                asyncpg.QueryCanceledError, asyncpg.InterfaceError):
+            conn = await self.pool.acquire(timeout=DB_TIMEOUT_S)
+        except (*UNAVAILABLE, asyncpg.PostgresError):
             raise unavailable() from None
+        try:
+            return await conn.fetchrow(sql, *args)
+        except UNAVAILABLE:
+            raise unavailable() from None
+        finally:
+            await self.pool.release(conn)
 
 
 def make_app(db, encode):
@@ -218,17 +262,19 @@ def make_app(db, encode):
     @app.patch("/users/{raw_id}")
     async def patch_user(raw_id: str, request: Request):
         user_id = parse_id(raw_id)
-        email = parse_patch(request.headers.get("content-type"), await request.body())
+        check_content_type(request.headers.get("content-type"))
+        email = parse_patch(await read_body(request))
         row = await db.run(UPDATE_EMAIL, user_id, email)
         if row is None:
             raise ApiError(404, "no such user")
         return reply(200, profile(row))
 
-    @app.api_route("/users/{raw_id}", methods=["POST", "PUT", "DELETE", "OPTIONS"])
+    @app.api_route("/users/{raw_id}",
+                   methods=["POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT"])
     async def other_method(raw_id: str):
         raise ApiError(405, "method not allowed", {"Allow": "GET, HEAD, PATCH"})
 
-    @app.get("/version")
+    @app.api_route("/version", methods=["GET", "HEAD"])
     async def version():
         return reply(200, {"name": "perflab-fastapi", "features": []})
 
@@ -239,10 +285,15 @@ def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", choices=["naive", "tuned"])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--database-url", required=True)
+    # In a pod LISTEN_ADDR (the manifests' 0.0.0.0:8080) says where to listen.
+    default_host = os.environ.get("LISTEN_ADDR", "127.0.0.1:0").rsplit(":", 1)[0]
+    parser.add_argument("--host", default=default_host)
+    # Best through the environment: a command line is visible to every user.
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--pool-size", type=int, default=16)
     args = parser.parse_args(argv)
+    if not args.database_url:
+        parser.error("give --database-url or DATABASE_URL")
     if args.variant == "naive":
         db, encode = Naive(args.database_url), lambda v: json.dumps(v).encode()
         loop, http = "asyncio", "h11"

@@ -250,6 +250,50 @@ pub fn server(sh: &Shell, engine: Engine, root: &Path, row: &Row, tag: &str) -> 
     check(sh, engine, tag, "/perflab")
 }
 
+/// The app image of one row: ours, built with the row's features; for an external
+/// row without `image`, its peer's (`peers/<name>/`), from
+/// `k8s/images/Containerfile.<name>`; or None: the external row's own `image`, which
+/// the cluster pulls as named.
+pub fn row_image(
+    sh: &Shell,
+    engine: Engine,
+    root: &Path,
+    row: &Row,
+    tag: &str,
+) -> Result<Option<Inspected>> {
+    let Some(e) = &row.external else {
+        return server(sh, engine, root, row, tag).map(Some);
+    };
+    match (&e.image, e.peer()) {
+        (Some(_), _) => Ok(None),
+        (None, Some(name)) => peer(sh, engine, root, name, tag).map(Some),
+        (None, None) => bail!(
+            "an external row needs `image` on --target k8s (or to run a peer of this repository)"
+        ),
+    }
+}
+
+/// The image of peer `name`, from `k8s/images/Containerfile.<name>` with the peer's
+/// folder as its context.
+fn peer(sh: &Shell, engine: Engine, root: &Path, name: &str, tag: &str) -> Result<Inspected> {
+    let file = format!("Containerfile.{name}");
+    if !root.join("k8s/images").join(&file).is_file() {
+        bail!("peer {name} has no k8s/images/{file}: give the row an `image`");
+    }
+    let ctx = root.join("target/images").join(format!("peer-{name}"));
+    if !sh.dry_run {
+        fresh_dir(&ctx)?;
+        for entry in std::fs::read_dir(root.join("peers").join(name))? {
+            let path = entry?.path();
+            if path.is_file() {
+                std::fs::copy(&path, ctx.join(path.file_name().unwrap_or_default()))?;
+            }
+        }
+    }
+    build_image(sh, engine, root, &file, &ctx, tag)?;
+    check(sh, engine, tag, "/opt/peer/run")
+}
+
 /// The load-generator image: `lab` (static) and oha with its shared libraries.
 pub fn loadgen(
     sh: &Shell,

@@ -164,7 +164,12 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
     let addr = resolve(&o.url, o.ready_within)?;
     let remote = Remote { addr };
     let start = Instant::now();
-    while !remote.ready() {
+    let ready_path = plan
+        .row
+        .external
+        .as_ref()
+        .map_or("/readyz", |e| e.ready_path.as_str());
+    while !remote.ready_at(ready_path) {
         if start.elapsed() > o.ready_within {
             bail!(
                 "{} ({addr}) was not ready within {:?}",
@@ -174,7 +179,14 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    check_features(&remote, &plan.row)?;
+    // Ours must be the build the row names; any server must keep the contract.
+    if plan.row.external.is_none() {
+        check_features(&remote, &plan.row)?;
+    }
+    crate::measure::contract::probe(addr, plan.load.users)
+        .map_err(|e| anyhow::anyhow!("the contract probe failed: {e:#}"))?;
+    // Its PATCHes are in the database's count of the Job's writes.
+    report.tally.acked += crate::measure::contract::PROBE_PATCHES;
     std::fs::create_dir_all(&o.work)
         .and_then(|()| std::fs::create_dir_all(o.work.join("raw")))
         .with_context(|| format!("creating {} (it must be writable)", o.work.display()))?;

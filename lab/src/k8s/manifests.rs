@@ -28,8 +28,22 @@ impl Images {
         tag.truncate(128);
         tag
     }
+    /// The app's image: ours, built per row; an external row's own `image`, as named;
+    /// or, for a peer of this repository without one, the peer's, built by lab and
+    /// tagged like ours (`<registry>/perflab-<peer>:<commit>`).
     pub fn server(&self, row: &Row) -> String {
-        format!("{}/perflab-server:{}", self.registry, self.server_tag(row))
+        match &row.external {
+            None => format!("{}/perflab-server:{}", self.registry, self.server_tag(row)),
+            Some(e) => match (&e.image, e.peer()) {
+                (Some(image), _) => image.clone(),
+                (None, peer) => format!(
+                    "{}/perflab-{}:{}",
+                    self.registry,
+                    peer.unwrap_or("external"),
+                    self.commit
+                ),
+            },
+        }
     }
     pub fn loadgen(&self) -> String {
         format!("{}/perflab-loadgen:{}", self.registry, self.commit)
@@ -134,8 +148,37 @@ pub fn write_overlay(
         "patches:\n  - target:\n      kind: Job\n      name: perflab-loadgen\n    patch: |-\n      - op: replace\n        path: /spec/template/spec/containers/0/args\n        value: {}",
         serde_json::to_string(&args)?
     );
+    if let Some(e) = &row.external {
+        k.push_str(&external_patch(e, m.local.pool_size)?);
+    }
     std::fs::write(dir.join("kustomization.yaml"), k)?;
     Ok(dir)
+}
+
+/// An external row's app: its image's entrypoint with the row's arguments (the port is
+/// the Service's 8080, the database URL the pod's own `$(DATABASE_URL)`, which
+/// Kubernetes expands), its `env` (filled the same way), readiness on its `ready_path`, and no liveness probe
+/// (its health path is not part of the contract).
+fn external_patch(e: &crate::matrix::External, pool_size: u32) -> Result<String> {
+    let args = &e.argv(8080, "$(DATABASE_URL)", pool_size)[1..];
+    let mut ops = vec![
+        serde_json::json!({"op": "add", "path": "/spec/template/spec/containers/0/args", "value": args}),
+        serde_json::json!({"op": "replace", "path": "/spec/template/spec/containers/0/readinessProbe/httpGet/path", "value": e.ready_path}),
+        serde_json::json!({"op": "remove", "path": "/spec/template/spec/containers/0/livenessProbe"}),
+    ];
+    for (name, value) in e.env(8080, "$(DATABASE_URL)", pool_size) {
+        // The pod defines DATABASE_URL already: the row only asks for it.
+        if name == "DATABASE_URL" && value == "$(DATABASE_URL)" {
+            continue;
+        }
+        ops.push(serde_json::json!({"op": "add", "path": "/spec/template/spec/containers/0/env/-", "value": {"name": name, "value": value}}));
+    }
+    let mut out =
+        String::from("  - target:\n      kind: Deployment\n      name: perflab\n    patch: |-\n");
+    for op in ops {
+        let _ = writeln!(out, "      - {}", serde_json::to_string(&op)?);
+    }
+    Ok(out)
 }
 
 /// The rendered objects in the order the run applies them: everything PostgreSQL needs
@@ -413,11 +456,15 @@ mod tests {
     use super::*;
 
     fn setup(row: usize) -> (String, Row, Images) {
+        setup_in(include_str!("../../../matrix.toml"), row)
+    }
+
+    fn setup_in(matrix: &str, row: usize) -> (String, Row, Images) {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .unwrap()
             .to_path_buf();
-        let m = Matrix::parse(include_str!("../../../matrix.toml")).unwrap();
+        let m = Matrix::parse(matrix).unwrap();
         let images = Images {
             registry: "reg.example".into(),
             commit: "abc123".into(),
@@ -440,6 +487,31 @@ mod tests {
             check_rendered(&yaml, &row, &images).unwrap_or_else(|e| panic!("{}: {e:#}", row.name));
             assert!(yaml.contains(&format!("image: {}", images.server(&row))));
         }
+    }
+
+    #[test]
+    fn an_external_row_runs_its_image_with_its_arguments() {
+        let peers = include_str!("../../../matrix-peers.toml");
+        let (yaml, row, images) = setup_in(peers, 1);
+        assert!(row.external.is_some(), "{}", row.name);
+        check_rendered(&yaml, &row, &images).unwrap_or_else(|e| panic!("{e:#}"));
+        let app = split(&yaml).unwrap().app;
+        assert!(
+            app.contains("image: reg.example/perflab-fastapi:abc123"),
+            "{app}"
+        );
+        for arg in ["- tuned", "- '8080'", "- '16'"] {
+            assert!(app.contains(arg), "{arg} missing:\n{app}");
+        }
+        assert!(
+            app.contains("path: /readyz") && !app.contains("livenessProbe"),
+            "{app}"
+        );
+        assert_eq!(app.matches("name: DATABASE_URL").count(), 1, "{app}");
+        // Our rows of the same matrix still run our image, untouched.
+        let (yaml, row, images) = setup_in(peers, 2);
+        check_rendered(&yaml, &row, &images).unwrap();
+        assert!(split(&yaml).unwrap().app.contains("livenessProbe"));
     }
 
     #[test]

@@ -251,7 +251,8 @@ impl<'a> Cluster<'a> {
 
 impl Target for Cluster<'_> {
     /// Images: the load generator's once (without it nothing can be measured), then one
-    /// per row; a failed build fails its row.
+    /// per row (an external row: its peer's, when this repository has its Containerfile;
+    /// else its own image, which the cluster pulls); a failed build fails its row.
     fn prepare(&mut self, rows: &[Row], _raw: &Path) -> Result<Vec<Option<String>>> {
         self.check_cluster()?;
         let o = self.o;
@@ -273,8 +274,11 @@ impl Target for Cluster<'_> {
             .iter()
             .map(|row| {
                 let tag = self.images.server(row);
-                images::server(&self.sh, engine, &o.root, row, &tag)
+                let built = images::row_image(&self.sh, engine, &o.root, row, &tag);
+                built
                     .and_then(|info| {
+                        // An image lab did not build is the user's: the cluster pulls it.
+                        let Some(info) = info else { return Ok(()) };
                         if !o.dry_run {
                             eprintln!(
                                 "==> {tag}: {} (user {}, entrypoint {})",

@@ -13,8 +13,8 @@ use crate::experiment::{RowRun, Software, Target};
 use crate::matrix::{Matrix, Row};
 use crate::measure::driver::{write_inputs, Driver, Probe, Tally, Ticks};
 use crate::measure::oha::Oha;
-use crate::measure::{contract, procfs};
 use crate::measure::remote::{check_features, Scrape};
+use crate::measure::{contract, procfs};
 use crate::results::{Host, ReferenceResult, SearchResult};
 
 pub mod pg;

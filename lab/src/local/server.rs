@@ -3,7 +3,6 @@
 //! checked, and stopped with SIGTERM.
 use std::fs::File;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,9 +45,10 @@ pub struct Server {
     pub pid: u32,
     log: PathBuf,
     ready_path: String,
-    /// An external server runs in a process group of its own (it may fork workers),
-    /// which `stop` and `drop` signal whole.
-    group: bool,
+    /// An external server may fork workers: `stop` and `drop` end its whole process
+    /// tree. (It stays in the run's process group, so a Ctrl-C reaches it as it
+    /// reaches ours.)
+    tree: bool,
 }
 
 /// Where an external row's program is: a path with a '/' is taken from the repository's
@@ -100,7 +100,7 @@ impl Server {
             pid,
             log: log.to_path_buf(),
             ready_path: "/readyz".into(),
-            group: false,
+            tree: false,
         })
     }
 
@@ -123,9 +123,8 @@ impl Server {
             .arg(cpus)
             .arg(&program)
             .args(&argv[1..])
-            .envs(&external.env)
+            .envs(external.env(addr.port(), database_url, pool_size))
             .current_dir(root)
-            .process_group(0)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -138,21 +137,29 @@ impl Server {
             pid,
             log: log.to_path_buf(),
             ready_path: external.ready_path.clone(),
-            group: true,
+            tree: true,
         })
     }
 
-    /// `kill -SIGNAL` to the server, or to its whole process group.
-    fn signal(&self, signal: &str) {
-        let target = if self.group {
-            format!("-{}", self.pid)
-        } else {
-            self.pid.to_string()
-        };
+    /// `kill -SIGNAL` to the server's processes.
+    fn signal(signal: &str, pids: &[u32]) {
+        if pids.is_empty() {
+            return;
+        }
         let _ = Command::new("kill")
-            .args([signal, "--", &target])
+            .arg(signal)
+            .args(pids.iter().map(u32::to_string))
             .stderr(Stdio::null())
             .status();
+    }
+
+    /// The processes an external server started, found while it still runs.
+    fn workers(&self) -> Vec<u32> {
+        if self.tree {
+            crate::measure::procfs::descendants(self.pid)
+        } else {
+            Vec::new()
+        }
     }
 
     fn log_tail(&self) -> String {
@@ -193,12 +200,13 @@ impl Server {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        self.signal("-TERM");
+        let workers = self.workers();
+        Self::signal("-TERM", &[self.pid]);
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
-                if self.group {
-                    self.signal("-KILL");
+                if self.tree {
+                    Self::signal("-KILL", &workers);
                     return Ok(());
                 }
                 if status.success() {
@@ -210,9 +218,7 @@ impl Server {
                 );
             }
             if start.elapsed() > grace {
-                if self.group {
-                    self.signal("-KILL");
-                }
+                Self::signal("-KILL", &workers);
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!("the server did not stop within {grace:?} of SIGTERM");
@@ -225,9 +231,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            if self.group {
-                self.signal("-KILL");
-            }
+            Self::signal("-KILL", &self.workers());
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -79,18 +79,26 @@ pub struct Report {
     pub verdicts: Vec<String>,
 }
 
+/// The named row, or the one with the most features; never an external row (the soak
+/// builds and runs our server).
 fn pick_row<'a>(m: &'a Matrix, name: Option<&str>) -> Result<&'a Row> {
+    let ours = m.rows.iter().filter(|r| r.external.is_none());
     match name {
-        Some(n) => m
-            .rows
-            .iter()
-            .find(|r| r.name == n || r.slug() == n)
-            .with_context(|| format!("no row {n:?} in the matrix")),
-        None => m
-            .rows
-            .iter()
+        Some(n) => {
+            let row = m
+                .rows
+                .iter()
+                .find(|r| r.name == n || r.slug() == n)
+                .with_context(|| format!("no row {n:?} in the matrix"))?;
+            anyhow::ensure!(
+                row.external.is_none(),
+                "row {n:?} is external: the soak runs our server only"
+            );
+            Ok(row)
+        }
+        None => ours
             .max_by_key(|r| r.features.len())
-            .context("the matrix has no rows"),
+            .context("the matrix has no row of our server"),
     }
 }
 

@@ -22,7 +22,12 @@ const FIELDS: &[(&str, &str)] = &[
     ("version", "integer"),
 ];
 
-/// Checks the contract on id 1 of `users` seeded ids; the error says what broke.
+/// PATCHes a passing probe has had answered 200 (and applied): a check that compares
+/// a whole Job's acknowledged PATCHes with the database counts them.
+pub const PROBE_PATCHES: u64 = 2;
+
+/// Checks the contract on id 1 of `users` seeded ids; the error says what broke. A pass
+/// applied [`PROBE_PATCHES`] PATCHes.
 pub fn probe(addr: SocketAddr, users: i64) -> Result<()> {
     let before = profile(addr, "GET", 1, None).context("GET /users/1")?;
     let missing = users + 1;
@@ -72,7 +77,13 @@ struct Profile {
 /// One request on `/users/{id}` that must answer 200 with a whole profile of that id.
 fn profile(addr: SocketAddr, method: &str, id: i64, email: Option<&str>) -> Result<Profile> {
     let body = email.map(|e| serde_json::json!({ "email": e }).to_string());
-    let r = http::request(addr, method, &format!("/users/{id}"), body.as_deref(), TIMEOUT)?;
+    let r = http::request(
+        addr,
+        method,
+        &format!("/users/{id}"),
+        body.as_deref(),
+        TIMEOUT,
+    )?;
     if r.status != 200 {
         bail!(
             "answered {}, not 200: {}",

@@ -44,10 +44,11 @@ pub fn request(
 }
 
 fn parse(raw: &[u8]) -> Result<Reply> {
-    let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         bail!("malformed HTTP reply");
     };
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let body = &raw[split + 4..];
     let status = head
         .split_whitespace()
         .nth(1)
@@ -62,24 +63,33 @@ fn parse(raw: &[u8]) -> Result<Reply> {
     let body = if chunked {
         dechunk(body)?
     } else {
-        body.to_string()
+        body.to_vec()
     };
-    Ok(Reply { status, body })
+    Ok(Reply {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
-/// A chunked body's data (servers other than ours may send one).
-fn dechunk(mut body: &str) -> Result<String> {
-    let mut out = String::new();
+/// A chunked body's data (servers other than ours may send one), in bytes: chunk sizes
+/// count bytes, and a character may straddle two chunks.
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
     loop {
-        let (size, rest) = body.split_once("\r\n").context("a truncated chunked body")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+        let end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("a truncated chunked body")?;
+        let line = String::from_utf8_lossy(&body[..end]);
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
             .context("a malformed chunk size")?;
         if size == 0 {
             return Ok(out);
         }
-        let data = rest.get(..size).context("a truncated chunk")?;
-        out.push_str(data);
-        body = rest.get(size..).unwrap_or("").trim_start_matches("\r\n");
+        let rest = &body[end + 2..];
+        out.extend_from_slice(rest.get(..size).context("a truncated chunk")?);
+        body = rest.get(size..).unwrap_or_default();
+        body = body.strip_prefix(b"\r\n").unwrap_or(body);
     }
 }
 
@@ -97,5 +107,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.body, "{\"a\":1}");
+        // "é" is two bytes, split across two chunks.
+        let r = super::parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n\"\xc3\r\n2\r\n\xa9\"\r\n0\r\n\r\n").unwrap();
+        assert_eq!(r.body, "\"é\"");
     }
 }

@@ -45,15 +45,6 @@ pub struct CpuSplit {
     pub system: u64,
 }
 
-/// User and system CPU time of one live process, apart: on loopback the kernel's
-/// share (TCP on both ends) is large.
-pub fn process_split(pid: u32) -> Option<CpuSplit> {
-    stat(pid).map(|s| CpuSplit {
-        user: s.utime,
-        system: s.stime,
-    })
-}
-
 /// (busy, total) ticks of each CPU so far, from /proc/stat (busy: all but idle and
 /// iowait).
 pub fn cpu_times() -> Vec<(u64, u64)> {
@@ -80,8 +71,9 @@ fn parse_cpu_times(text: &str) -> Vec<(u64, u64)> {
 
 /// User and system CPU time of a process and everything it started: each live
 /// process of the tree, plus what its members have reaped (`cutime`, `cstime`). An
-/// external server may fork workers; ours is one process, for which this equals
-/// [`process_split`].
+/// external server may fork workers; ours is one process, for which this is its own
+/// time. On loopback the kernel's share (TCP on both ends) is large, so user and system
+/// stay apart.
 pub fn tree_split(root: u32) -> Option<CpuSplit> {
     let top = stat(root)?;
     let mut all: Vec<(u32, Stat)> = Vec::new();
@@ -95,6 +87,27 @@ pub fn tree_split(root: u32) -> Option<CpuSplit> {
         }
     }
     Some(sum_tree(root, top, &all))
+}
+
+/// The pids of `root`'s descendants, live now (a stopped server's workers are found
+/// before it exits: once it has, they belong to init).
+pub fn descendants(root: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let all: Vec<(u32, u32)> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid)?.ppid)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, _) in all.iter().filter(|(_, ppid)| *ppid == parent) {
+            out.push(*pid);
+            frontier.push(*pid);
+        }
+    }
+    out
 }
 
 fn sum_tree(root: u32, top: Stat, others: &[(u32, Stat)]) -> CpuSplit {
@@ -195,7 +208,8 @@ mod tests {
         let t = sum_tree(10, st(1, 10, 4, 1, 1), &others);
         assert_eq!((t.user, t.system), (10 + 1 + 5 + 2 + 7, 4 + 1 + 1 + 3));
         let me = std::process::id();
-        assert!(tree_split(me).unwrap().user >= process_split(me).unwrap().user);
+        let tree = tree_split(me).unwrap();
+        assert!(tree.user + tree.system >= process_ticks(me).unwrap());
     }
 
     #[test]
