@@ -141,6 +141,10 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
+/// The host's CA bundle, lent to RUN steps of a build as /run/host-ca.crt (see
+/// `build_image`).
+const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// Builds and checks one image from `k8s/images/<containerfile>` and a context folder.
 fn build_image(
     sh: &Shell,
@@ -155,17 +159,17 @@ fn build_image(
     let ctx = ctx.to_string_lossy();
     match engine {
         Engine::Docker => sh.run(&["docker", "build", "-q", "-f", &file, "-t", tag, &ctx])?,
-        Engine::Buildah => sh.run(&[
-            "buildah",
-            "bud",
-            "--quiet",
-            "--pull=never",
-            "-f",
-            &file,
-            "-t",
-            tag,
-            &ctx,
-        ])?,
+        Engine::Buildah => {
+            let mut args = vec!["buildah", "bud", "--quiet", "--pull=never"];
+            // RUN steps (a peer's pip install) trust what this host trusts: behind a
+            // proxy that re-signs TLS, as here, PyPI is reached only with its CA.
+            let volume = format!("{HOST_CA}:/run/host-ca.crt:ro");
+            if Path::new(HOST_CA).is_file() {
+                args.extend(["--volume", volume.as_str()]);
+            }
+            args.extend(["-f", &file, "-t", tag, &ctx]);
+            sh.run(&args)?
+        }
     };
     Ok(())
 }

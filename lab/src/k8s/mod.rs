@@ -270,12 +270,17 @@ impl Target for Cluster<'_> {
         images::loadgen(&self.sh, engine, &o.root, &o.oha, &lg)
             .and_then(|_| images::publish(&self.sh, engine, &o.root, &lg, o.load.as_deref()))
             .context("the load-generator image")?;
+        // Two rows may run one image (a peer's variants): built and published once.
+        let mut done: Vec<(String, Option<String>)> = Vec::new();
         Ok(rows
             .iter()
             .map(|row| {
                 let tag = self.images.server(row);
+                if let Some((_, why)) = done.iter().find(|(t, _)| *t == tag) {
+                    return why.clone();
+                }
                 let built = images::row_image(&self.sh, engine, &o.root, row, &tag);
-                built
+                let why = built
                     .and_then(|info| {
                         // An image lab did not build is the user's: the cluster pulls it.
                         let Some(info) = info else { return Ok(()) };
@@ -288,7 +293,9 @@ impl Target for Cluster<'_> {
                         images::publish(&self.sh, engine, &o.root, &tag, o.load.as_deref())
                     })
                     .err()
-                    .map(|e| format!("image: {e:#}"))
+                    .map(|e| format!("image: {e:#}"));
+                done.push((tag, why.clone()));
+                why
             })
             .collect())
     }
