@@ -31,7 +31,10 @@ main() {
   cargo clippy --locked -p lab --all-targets -- -D warnings -D dead_code -D unused_imports
   require_shellcheck
   log "shellcheck"
-  shellcheck -x scripts/*.sh .ci/run
+  shellcheck -x scripts/*.sh .ci/run peers/*/run
+  log "python: every peer and test server parses"
+  python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
+    peers/*/*.py tests/peers/*.py
 }
 
 main "$@"
