@@ -153,7 +153,24 @@ def parse_patch(body):
     return value["email"]
 
 
-class Naive:
+class Store:
+    """Runs one statement on a connection from `acquire`, given back by `release`;
+    the database's unavailability is a 503."""
+
+    async def run(self, sql, *args):
+        try:
+            conn = await self.acquire()
+        except (*UNAVAILABLE, asyncpg.PostgresError):
+            raise unavailable() from None
+        try:
+            return await conn.fetchrow(sql, *args)
+        except UNAVAILABLE:
+            raise unavailable() from None
+        finally:
+            await self.release(conn)
+
+
+class Naive(Store):
     """A connection per request, statements not kept."""
 
     def __init__(self, dsn):
@@ -165,26 +182,20 @@ class Naive:
     async def stop(self):
         pass
 
-    async def run(self, sql, *args):
+    async def acquire(self):
+        return await asyncpg.connect(
+            self.dsn, timeout=DB_TIMEOUT_S, command_timeout=DB_TIMEOUT_S,
+            statement_cache_size=0,
+        )
+
+    async def release(self, conn):
         try:
-            conn = await asyncpg.connect(
-                self.dsn, timeout=DB_TIMEOUT_S, command_timeout=DB_TIMEOUT_S,
-                statement_cache_size=0,
-            )
-        except (*UNAVAILABLE, asyncpg.PostgresError):
-            raise unavailable() from None
-        try:
-            return await conn.fetchrow(sql, *args)
-        except UNAVAILABLE:
-            raise unavailable() from None
-        finally:
-            try:
-                await conn.close(timeout=DB_TIMEOUT_S)
-            except Exception:  # the answer stands; the connection is dropped
-                conn.terminate()
+            await conn.close(timeout=DB_TIMEOUT_S)
+        except Exception:  # the answer stands; the connection is dropped
+            conn.terminate()
 
 
-class Tuned:
+class Tuned(Store):
     """A pool whose connections prepare each statement once."""
 
     def __init__(self, dsn, size):
@@ -202,17 +213,11 @@ class Tuned:
         if self.pool is not None:
             await self.pool.close()
 
-    async def run(self, sql, *args):
-        try:
-            conn = await self.pool.acquire(timeout=DB_TIMEOUT_S)
-        except (*UNAVAILABLE, asyncpg.PostgresError):
-            raise unavailable() from None
-        try:
-            return await conn.fetchrow(sql, *args)
-        except UNAVAILABLE:
-            raise unavailable() from None
-        finally:
-            await self.pool.release(conn)
+    async def acquire(self):
+        return await self.pool.acquire(timeout=DB_TIMEOUT_S)
+
+    async def release(self, conn):
+        await self.pool.release(conn)
 
 
 def make_app(db, encode):

@@ -278,20 +278,16 @@ impl Target for Local<'_> {
             run.repetition,
             run.row.slug()
         ));
-        let l = &m.local;
+        let launch = server::Launch {
+            cpus: &m.local.server_cpus,
+            addr: r.addr,
+            database_url: &app_url,
+            pool_size: m.local.pool_size,
+            log: &log,
+        };
         let mut server = match (&run.row.external, binary) {
-            (Some(external), _) => Server::start_external(
-                &root,
-                external,
-                &l.server_cpus,
-                r.addr,
-                &app_url,
-                l.pool_size,
-                &log,
-            )?,
-            (None, Some(binary)) => {
-                Server::start(&binary, &l.server_cpus, r.addr, &app_url, l.pool_size, &log)?
-            }
+            (Some(external), _) => Server::start_external(&root, external, &launch)?,
+            (None, Some(binary)) => Server::start(&binary, &launch)?,
             (None, None) => anyhow::bail!("row {:?} has no binary", run.row.name),
         };
         server.wait_ready(Duration::from_secs(30))?;

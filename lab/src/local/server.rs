@@ -39,6 +39,13 @@ pub fn build(root: &Path, row: &Row, bin_dir: &Path) -> Result<PathBuf> {
     Ok(dest)
 }
 
+/// `program` under `taskset -c cpus`.
+fn pinned(cpus: &str, program: &Path) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(cpus).arg(program);
+    cmd
+}
+
 pub struct Server {
     child: Option<Child>,
     pub remote: Remote,
@@ -70,74 +77,65 @@ pub fn external_program(root: &Path, external: &External) -> Result<PathBuf> {
         .with_context(|| format!("external command {program:?} is not on PATH"))
 }
 
+/// Where and how a server under test runs, whichever it is.
+pub struct Launch<'a> {
+    pub cpus: &'a str,
+    pub addr: SocketAddr,
+    /// The least-privileged role's URL.
+    pub database_url: &'a str,
+    pub pool_size: u32,
+    pub log: &'a Path,
+}
+
 impl Server {
-    pub fn start(
-        binary: &Path,
-        cpus: &str,
-        addr: SocketAddr,
-        database_url: &str,
-        pool_size: u32,
-        log: &Path,
-    ) -> Result<Self> {
-        let out = File::create(log)?;
-        let child = Command::new("taskset")
-            .arg("-c")
-            .arg(cpus)
-            .arg(binary)
-            .env("DATABASE_URL", database_url)
-            .env("LISTEN_ADDR", addr.to_string())
-            .env("POOL_SIZE", pool_size.to_string())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let pid = child.id(); // taskset execs the server: same pid
-        Ok(Self {
-            child: Some(child),
-            remote: Remote { addr },
-            pid,
-            log: log.to_path_buf(),
-            ready_path: "/readyz".into(),
-            tree: false,
-        })
+    /// Our server's binary, configured through its environment.
+    pub fn start(binary: &Path, l: &Launch) -> Result<Self> {
+        let mut cmd = pinned(l.cpus, binary);
+        cmd.env("DATABASE_URL", l.database_url)
+            .env("LISTEN_ADDR", l.addr.to_string())
+            .env("POOL_SIZE", l.pool_size.to_string())
+            .env("RUST_LOG", "warn");
+        let what = binary.display().to_string();
+        Self::spawn(cmd, &what, l, "/readyz", false)
     }
 
-    /// Starts an external row's command, pinned like ours, in the repository's root,
-    /// with the row's `env` and its placeholders filled in.
-    pub fn start_external(
-        root: &Path,
-        external: &External,
-        cpus: &str,
-        addr: SocketAddr,
-        database_url: &str,
-        pool_size: u32,
-        log: &Path,
-    ) -> Result<Self> {
+    /// An external row's command, pinned like ours, in the repository's root, with the
+    /// row's `env` and its placeholders filled in.
+    pub fn start_external(root: &Path, external: &External, l: &Launch) -> Result<Self> {
         let program = external_program(root, external)?;
-        let argv = external.argv(addr.port(), database_url, pool_size);
-        let out = File::create(log)?;
-        let child = Command::new("taskset")
-            .arg("-c")
-            .arg(cpus)
-            .arg(&program)
-            .args(&argv[1..])
-            .envs(external.env(addr.port(), database_url, pool_size))
-            .current_dir(root)
+        let port = l.addr.port();
+        let argv = external.argv(port, l.database_url, l.pool_size);
+        let mut cmd = pinned(l.cpus, &program);
+        cmd.args(&argv[1..])
+            .envs(external.env(port, l.database_url, l.pool_size))
+            .current_dir(root);
+        let ready = external.ready_path.as_str();
+        Self::spawn(cmd, &external.label(), l, ready, true)
+    }
+
+    /// Starts `cmd` with its output in `log`; taskset execs the program, so the pid
+    /// is the server's.
+    fn spawn(
+        mut cmd: Command,
+        what: &str,
+        l: &Launch,
+        ready_path: &str,
+        tree: bool,
+    ) -> Result<Self> {
+        let out = File::create(l.log)?;
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .with_context(|| format!("starting {}", external.label()))?;
-        let pid = child.id();
+            .with_context(|| format!("starting {what}"))?;
         Ok(Self {
+            pid: child.id(),
             child: Some(child),
-            remote: Remote { addr },
-            pid,
-            log: log.to_path_buf(),
-            ready_path: external.ready_path.clone(),
-            tree: true,
+            remote: Remote { addr: l.addr },
+            log: l.log.to_path_buf(),
+            ready_path: ready_path.to_string(),
+            tree,
         })
     }
 

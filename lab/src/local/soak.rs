@@ -165,13 +165,16 @@ pub fn run(o: &Options) -> Result<Report> {
         urls_file: urls.clone(),
         bodies_file: bodies.clone(),
     };
+    let log = o.out.join("server.log");
     let mut server = Server::start(
         &binary,
-        &m.local.server_cpus,
-        addr,
-        &app_url,
-        m.local.pool_size,
-        &o.out.join("server.log"),
+        &super::server::Launch {
+            cpus: &m.local.server_cpus,
+            addr,
+            database_url: &app_url,
+            pool_size: m.local.pool_size,
+            log: &log,
+        },
     )?;
     server.wait_ready(Duration::from_secs(30))?;
     check_features(&server.remote, row)?;
