@@ -32,6 +32,7 @@ main() {
   require_shellcheck
   log "shellcheck"
   shellcheck -x scripts/*.sh .ci/run peers/*/run
+  command -v python3 >/dev/null 2>&1 || apt_install python3
   log "python: every peer and test server parses"
   python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
     peers/*/*.py tests/peers/*.py

@@ -113,7 +113,7 @@ impl RunArgs {
 /// Where a run of `matrix_file` writes by default: the repository's root for
 /// matrix.toml, results/<name>/ for any other (results/matrix-peers/).
 fn default_out(root: &Path, matrix_file: &str) -> PathBuf {
-    match report::Block::new(matrix_file, root, root).name {
+    match report::Block::name_of(matrix_file) {
         None => root.to_path_buf(),
         Some(name) => root.join("results").join(name),
     }

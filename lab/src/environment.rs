@@ -1,5 +1,5 @@
 //! What the run ran on, recorded with every result.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn output(cmd: &str, args: &[&str], dir: &Path) -> Option<String> {
@@ -73,4 +73,19 @@ pub fn pgbench() -> String {
     output("pgbench", &["--version"], Path::new("."))
         .and_then(|s| s.split_whitespace().nth(2).map(String::from))
         .unwrap_or_else(|| "not found".into())
+}
+
+/// The path from folder `from` to `to`, both absolute (`..` as needed).
+pub fn relative(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut p = PathBuf::new();
+    for _ in common..from.len() {
+        p.push("..");
+    }
+    for c in &to[common..] {
+        p.push(c.as_os_str());
+    }
+    p
 }

@@ -264,6 +264,13 @@ impl Row {
         slug(&self.name)
     }
 
+    /// Where the server says it is ready: `/readyz`, or an external row's `ready_path`.
+    pub fn ready_path(&self) -> &str {
+        self.external
+            .as_ref()
+            .map_or("/readyz", |e| e.ready_path.as_str())
+    }
+
     pub fn features_label(&self) -> String {
         if let Some(e) = &self.external {
             format!("external: {}", e.label())

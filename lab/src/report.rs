@@ -977,29 +977,26 @@ pub struct Block {
 
 impl Block {
     pub fn new(matrix_file: &str, out: &Path, readme: &Path) -> Self {
-        let stem = Path::new(matrix_file)
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let name = (stem != "matrix" && !stem.is_empty()).then_some(stem);
-        let base = readme
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .and_then(|p| p.canonicalize().ok());
-        let dir = match (base, out.canonicalize().ok()) {
-            (Some(b), Some(o)) if o != b => o
-                .strip_prefix(&b)
-                .map(|r| format!("{}/", r.display()))
-                .unwrap_or_else(|_| format!("{}/", o.display())),
+        let base = match readme.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = match (base.canonicalize(), out.canonicalize()) {
+            (Ok(b), Ok(o)) if o != b => {
+                format!("{}/", crate::environment::relative(&b, &o).display())
+            }
             _ => String::new(),
         };
-        Self { name, dir }
+        Self {
+            name: Self::name_of(matrix_file),
+            dir,
+        }
+    }
+
+    /// A matrix file's block name: None for matrix.toml, else its stem.
+    pub fn name_of(matrix_file: &str) -> Option<String> {
+        let stem = Path::new(matrix_file).file_stem()?.to_string_lossy();
+        (stem != "matrix" && !stem.is_empty()).then(|| stem.to_string())
     }
 
     pub fn begin(&self) -> String {

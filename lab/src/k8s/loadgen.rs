@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::matrix::{Load, Row, Workload};
 use crate::measure::driver::{write_inputs, Driver, Probe, Tally, Ticks};
 use crate::measure::oha::Oha;
-use crate::measure::remote::{check_features, Remote, Scrape};
+use crate::measure::remote::{Remote, Scrape};
 use crate::results::SearchResult;
 
 /// The marker of the one line of the Job's log that carries its result.
@@ -164,12 +164,7 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
     let addr = resolve(&o.url, o.ready_within)?;
     let remote = Remote { addr };
     let start = Instant::now();
-    let ready_path = plan
-        .row
-        .external
-        .as_ref()
-        .map_or("/readyz", |e| e.ready_path.as_str());
-    while !remote.ready_at(ready_path) {
+    while !remote.ready_at(plan.row.ready_path()) {
         if start.elapsed() > o.ready_within {
             bail!(
                 "{} ({addr}) was not ready within {:?}",
@@ -179,12 +174,7 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    // Ours must be the build the row names; any server must keep the contract.
-    if plan.row.external.is_none() {
-        check_features(&remote, &plan.row)?;
-    }
-    crate::measure::contract::probe(addr, plan.load.users)
-        .map_err(|e| anyhow::anyhow!("the contract probe failed: {e:#}"))?;
+    crate::measure::contract::check_server(&remote, &plan.row, plan.load.users)?;
     // Its PATCHes are in the database's count of the Job's writes.
     report.tally.acked += crate::measure::contract::PROBE_PATCHES;
     std::fs::create_dir_all(&o.work)

@@ -8,6 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_yaml::Value;
 
+use crate::environment::relative;
 use crate::matrix::{Matrix, Row};
 
 /// Where an image comes from, and how it is tagged (never `:latest`).
@@ -50,21 +51,6 @@ impl Images {
     }
 }
 
-fn rel(from: &Path, to: &Path) -> PathBuf {
-    // Both are absolute under the repository: count the steps up from `from`.
-    let from: Vec<_> = from.components().collect();
-    let to: Vec<_> = to.components().collect();
-    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
-    let mut p = PathBuf::new();
-    for _ in common..from.len() {
-        p.push("..");
-    }
-    for c in &to[common..] {
-        p.push(c.as_os_str());
-    }
-    p
-}
-
 /// Writes `out/<row>/kustomization.yaml` and the files it generates ConfigMaps and the
 /// Secret from; returns the overlay's folder.
 pub fn write_overlay(
@@ -89,8 +75,8 @@ pub fn write_overlay(
             std::fs::write(&path, crate::sql::random_password()?)?;
         }
     }
-    let base = rel(&dir, &root.join("k8s/base"));
-    let comp = rel(&dir, &root.join("k8s/components"));
+    let base = relative(&dir, &root.join("k8s/base"));
+    let comp = relative(&dir, &root.join("k8s/components"));
     let mut components = vec!["guaranteed"];
     if row.features.iter().any(|f| f == "pool") {
         components.push("pool");
@@ -157,8 +143,8 @@ pub fn write_overlay(
 
 /// An external row's app: its image's entrypoint with the row's arguments (the port is
 /// the Service's 8080, the database URL the pod's own `$(DATABASE_URL)`, which
-/// Kubernetes expands), its `env` (filled the same way), readiness on its `ready_path`, and no liveness probe
-/// (its health path is not part of the contract).
+/// Kubernetes expands), its `env` (filled the same way), readiness on its `ready_path`,
+/// and no liveness probe (its health path is not part of the contract).
 fn external_patch(e: &crate::matrix::External, pool_size: u32) -> Result<String> {
     let args = &e.argv(8080, "$(DATABASE_URL)", pool_size)[1..];
     let mut ops = vec![

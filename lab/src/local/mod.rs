@@ -13,7 +13,7 @@ use crate::experiment::{RowRun, Software, Target};
 use crate::matrix::{Matrix, Row};
 use crate::measure::driver::{write_inputs, Driver, Probe, Tally, Ticks};
 use crate::measure::oha::Oha;
-use crate::measure::remote::{check_features, Scrape};
+use crate::measure::remote::Scrape;
 use crate::measure::{contract, procfs};
 use crate::results::{Host, ReferenceResult, SearchResult};
 
@@ -291,12 +291,7 @@ impl Target for Local<'_> {
             (None, None) => anyhow::bail!("row {:?} has no binary", run.row.name),
         };
         server.wait_ready(Duration::from_secs(30))?;
-        // Ours must be the build the row names; any server must keep the contract.
-        if run.row.external.is_none() {
-            check_features(&server.remote, run.row)?;
-        }
-        contract::probe(r.addr, m.load.users)
-            .map_err(|e| anyhow::anyhow!("the contract probe failed: {e:#}"))?;
+        contract::check_server(&server.remote, run.row, m.load.users)?;
         let driver = Driver {
             oha: &r.oha,
             load: &m.load,

@@ -43,39 +43,46 @@ pub fn start(pid: u32, secs: f64, raw: &Path, tag: &str, title: &str) -> Result<
     let data = raw.join(format!("{tag}.perf.data"));
     let stat_out = raw.join(format!("{tag}.perf-stat.csv"));
     let sleep = format!("{secs:.1}");
-    let record = Command::new("perf")
-        // cpu-clock: hardware counters are often missing in virtual machines. DWARF
-        // unwinding: release builds keep no frame pointers, .eh_frame suffices.
-        .args([
+    // perf ARGS -p PID -o OUT -- sleep SECS, quiet.
+    let perf = |args: &[&str], out: &Path| {
+        let mut cmd = Command::new("perf");
+        cmd.args(args)
+            .arg("-p")
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(out)
+            .args(["--", "sleep", &sleep])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    };
+    // cpu-clock: hardware counters are often missing in virtual machines. DWARF
+    // unwinding: release builds keep no frame pointers, .eh_frame suffices.
+    let frequency = FREQUENCY.to_string();
+    let record = perf(
+        &[
             "record",
             "-q",
             "-e",
             "cpu-clock",
             "--call-graph",
             "dwarf,16384",
-        ])
-        .args(["-F", &FREQUENCY.to_string(), "-p"])
-        .arg(pid.to_string())
-        .arg("-o")
-        .arg(&data)
-        .args(["--", "sleep", &sleep])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context(
-            "starting perf record (is perf installed? scripts/run-matrix.sh --profile installs it)",
-        )?;
+            "-F",
+            &frequency,
+        ],
+        &data,
+    )
+    .spawn()
+    .context(
+        "starting perf record (is perf installed? scripts/run-matrix.sh --profile installs it)",
+    )?;
     // System calls, where the tracepoint is readable; without it the profile stands.
-    let stat = Command::new("perf")
-        .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p"])
-        .arg(pid.to_string())
-        .arg("-o")
-        .arg(&stat_out)
-        .args(["--", "sleep", &sleep])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok();
+    let stat = perf(
+        &["stat", "-x", ",", "-e", "raw_syscalls:sys_enter"],
+        &stat_out,
+    )
+    .spawn()
+    .ok();
     Ok(Recording {
         pid,
         record: Some(record),

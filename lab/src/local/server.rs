@@ -52,10 +52,10 @@ pub struct Server {
     pub pid: u32,
     log: PathBuf,
     ready_path: String,
-    /// An external server may fork workers: `stop` and `drop` end its whole process
-    /// tree. (It stays in the run's process group, so a Ctrl-C reaches it as it
-    /// reaches ours.)
-    tree: bool,
+    /// An external server: how it exits after SIGTERM is its own business (ours must
+    /// exit 0). Any server may fork workers: `stop` and `drop` end its whole process
+    /// tree; it stays in the run's process group, so a Ctrl-C reaches it too.
+    external: bool,
 }
 
 /// Where an external row's program is: a path with a '/' is taken from the repository's
@@ -120,7 +120,7 @@ impl Server {
         what: &str,
         l: &Launch,
         ready_path: &str,
-        tree: bool,
+        external: bool,
     ) -> Result<Self> {
         let out = File::create(l.log)?;
         let child = cmd
@@ -135,7 +135,7 @@ impl Server {
             remote: Remote { addr: l.addr },
             log: l.log.to_path_buf(),
             ready_path: ready_path.to_string(),
-            tree,
+            external,
         })
     }
 
@@ -151,13 +151,9 @@ impl Server {
             .status();
     }
 
-    /// The processes an external server started, found while it still runs.
+    /// The processes the server started, found while it still runs (ours starts none).
     fn workers(&self) -> Vec<u32> {
-        if self.tree {
-            crate::measure::procfs::descendants(self.pid)
-        } else {
-            Vec::new()
-        }
+        crate::measure::procfs::descendants(self.pid)
     }
 
     fn log_tail(&self) -> String {
@@ -192,8 +188,8 @@ impl Server {
         }
     }
 
-    /// SIGTERM, then wait for a clean exit (code 0; any exit for an external server,
-    /// whose group is then killed) within `grace`.
+    /// SIGTERM, then wait for a clean exit (code 0; any exit for an external server)
+    /// within `grace`; the workers it leaves are then killed.
     pub fn stop(&mut self, grace: Duration) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
@@ -203,11 +199,8 @@ impl Server {
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
-                if self.tree {
-                    Self::signal("-KILL", &workers);
-                    return Ok(());
-                }
-                if status.success() {
+                Self::signal("-KILL", &workers);
+                if self.external || status.success() {
                     return Ok(());
                 }
                 bail!(

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::matrix::Row;
 use crate::measure::http;
+use crate::measure::remote::{check_features, Remote};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -25,6 +27,15 @@ const FIELDS: &[(&str, &str)] = &[
 /// PATCHes a passing probe has had answered 200 (and applied): a check that compares
 /// a whole Job's acknowledged PATCHes with the database counts them.
 pub const PROBE_PATCHES: u64 = 2;
+
+/// What every server passes before it is measured, on both targets: ours must be the
+/// build the row names (`/version`), and any server must keep the contract.
+pub fn check_server(remote: &Remote, row: &Row, users: i64) -> Result<()> {
+    if row.external.is_none() {
+        check_features(remote, row)?;
+    }
+    probe(remote.addr, users).map_err(|e| anyhow::anyhow!("the contract probe failed: {e:#}"))
+}
 
 /// Checks the contract on id 1 of `users` seeded ids; the error says what broke. A pass
 /// applied [`PROBE_PATCHES`] PATCHes.

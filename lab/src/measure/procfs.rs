@@ -76,54 +76,46 @@ fn parse_cpu_times(text: &str) -> Vec<(u64, u64)> {
 /// stay apart.
 pub fn tree_split(root: u32) -> Option<CpuSplit> {
     let top = stat(root)?;
-    let mut all: Vec<(u32, Stat)> = Vec::new();
-    if let Ok(dir) = fs::read_dir("/proc") {
-        for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-            if pid != root {
-                if let Some(s) = stat(pid) {
-                    all.push((pid, s));
-                }
-            }
-        }
+    Some(sum_tree(root, top, &all_stats()))
+}
+
+/// `top` (the stat of `root`) and its descendants among `all`, summed.
+fn sum_tree(root: u32, top: Stat, all: &[(u32, Stat)]) -> CpuSplit {
+    let mut split = CpuSplit::default();
+    for s in std::iter::once(&top).chain(tree(root, all).map(|(_, s)| s)) {
+        split.user += s.utime + s.cutime;
+        split.system += s.stime + s.cstime;
     }
-    Some(sum_tree(root, top, &all))
+    split
 }
 
 /// The pids of `root`'s descendants, live now (a stopped server's workers are found
 /// before it exits: once it has, they belong to init).
 pub fn descendants(root: u32) -> Vec<u32> {
+    tree(root, &all_stats()).map(|(pid, _)| *pid).collect()
+}
+
+/// Every live process's stat.
+fn all_stats() -> Vec<(u32, Stat)> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let all: Vec<(u32, u32)> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| Some((pid, stat(pid)?.ppid)))
-        .collect();
-    let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for (pid, _) in all.iter().filter(|(_, ppid)| *ppid == parent) {
-            out.push(*pid);
-            frontier.push(*pid);
-        }
-    }
-    out
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid)?)))
+        .collect()
 }
 
-fn sum_tree(root: u32, top: Stat, others: &[(u32, Stat)]) -> CpuSplit {
-    let mut split = CpuSplit {
-        user: top.utime + top.cutime,
-        system: top.stime + top.cstime,
-    };
+/// The descendants of `root` among `all`, each once.
+fn tree(root: u32, all: &[(u32, Stat)]) -> impl Iterator<Item = &(u32, Stat)> {
+    let mut found: Vec<&(u32, Stat)> = Vec::new();
     let mut frontier = vec![root];
     while let Some(parent) = frontier.pop() {
-        for (pid, s) in others.iter().filter(|(_, s)| s.ppid == parent) {
-            split.user += s.utime + s.cutime;
-            split.system += s.stime + s.cstime;
-            frontier.push(*pid);
+        for entry in all.iter().filter(|(_, s)| s.ppid == parent) {
+            found.push(entry);
+            frontier.push(entry.0);
         }
     }
-    split
+    found.into_iter()
 }
 
 /// Each CPU's busy share between two [`cpu_times`] samples.
