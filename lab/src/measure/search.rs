@@ -3,7 +3,8 @@
 //!
 //! Without a hint it doubles from the start rate until a step fails (or quarters down
 //! until one passes), then bisects geometrically between the best passing and the lowest
-//! failing rate until they are within `precision` of each other or the steps run out.
+//! failing rate until they are within `precision` of each other or the steps run out
+//! (while no rate has passed, the budget is doubled).
 //! A hint (the previous repetition's result for the same row and workload) starts the
 //! search just below it and grows more gently, which saves steps.
 
@@ -77,7 +78,15 @@ impl Search {
 
     /// Where exploring would go next, or `None` when exploring is over.
     fn explore_next(&self) -> Option<f64> {
-        if self.steps >= self.max_steps {
+        // Until a rate passes, the search goes on descending for up to twice its budget:
+        // a build whose first steps all fail (on a busy machine, a late load generator)
+        // still gets a rate it sustains, and a build that sustains nothing still ends.
+        let budget = if self.pass.is_some() {
+            self.max_steps
+        } else {
+            2 * self.max_steps
+        };
+        if self.steps >= budget {
             return None;
         }
         match (self.pass, self.fail) {
@@ -203,7 +212,7 @@ mod tests {
         while let Some(rate) = s.next_rate() {
             tried.push(rate);
             s.record(rate, rate <= capacity);
-            assert!(tried.len() <= max_steps as usize);
+            assert!(tried.len() <= 2 * max_steps as usize);
         }
         (s.best(), s.steps(), tried)
     }
@@ -240,6 +249,18 @@ mod tests {
         assert_eq!(best, Some(60_000.0));
         assert_eq!(*tried.last().unwrap(), 60_000.0);
         let (_, steps, _) = run(5_000.0, None, 3);
+        assert_eq!(steps, 3);
+    }
+
+    #[test]
+    fn a_search_whose_budget_ran_out_failing_descends_until_a_rate_passes() {
+        // The CI case: a hint near 11.6k/s, and every step above 3.5k/s failed.
+        let (best, steps, tried) = run(2_500.0, Some(11_614.0), 3);
+        let best = best.expect("a rate passes below the failures");
+        assert!(best <= 2_500.0, "{best} {tried:?}");
+        assert!(steps > 3 && steps <= 6, "{steps} {tried:?}");
+        // Something passed within the budget: the budget holds.
+        let (_, steps, _) = run(9_000.0, Some(9_500.0), 3);
         assert_eq!(steps, 3);
     }
 
