@@ -8,8 +8,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib.sh
 source "${ROOT}/scripts/lib.sh"
 
-# Feature sets the API tests run under: none, each alone, all.
-FEATURE_SETS=("" pool prepared mimalloc simd-json metrics pipeline coalesce full)
+# Feature sets the API tests run under: none, each alone, all; and the memory-store
+# reference with the fastest build's other features (its own tests, tests/memory_store.rs).
+FEATURE_SETS=("" pool prepared mimalloc simd-json metrics pipeline coalesce full "memory-store,full")
 
 usage() {
   cat <<'USAGE'

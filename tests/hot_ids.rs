@@ -4,6 +4,9 @@
 //! the acknowledged versions are exactly 1..=n and the stored version is n; the stored
 //! email is that of version n; every reply echoes its own request; a client reads its own
 //! acknowledged write.
+// The memory store answers from memory, so these checks of PostgreSQL do not apply
+// to it (tests/memory_store.rs tests that build).
+#![cfg(not(feature = "memory-store"))]
 #![cfg(any(feature = "pool", feature = "pipeline", feature = "coalesce"))]
 
 mod support;

@@ -1,4 +1,7 @@
 //! Database outages, stalls, stalled clients and graceful shutdown.
+// The memory store answers from memory, so these checks of PostgreSQL do not apply
+// to it (tests/memory_store.rs tests that build).
+#![cfg(not(feature = "memory-store"))]
 mod support;
 
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -5,6 +5,9 @@
 //! per id no acknowledged PATCH is lost and none is applied twice, reconciled from the
 //! replies. It restarts the cluster of `scripts/test.sh` (it finds its data folder with
 //! `SHOW data_directory`), so it is the only test in its binary.
+// The memory store answers from memory, so these checks of PostgreSQL do not apply
+// to it (tests/memory_store.rs tests that build).
+#![cfg(not(feature = "memory-store"))]
 #![cfg(any(feature = "pool", feature = "pipeline", feature = "coalesce"))]
 
 mod support;

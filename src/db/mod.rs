@@ -5,7 +5,9 @@
 //! - how statements are sent (`session`): ad hoc every time, or prepared once per
 //!   connection with `prepared` (a pooled connection carries its prepared statements);
 //! - how requests become statements (`exec`): one statement per request, or, with
-//!   `coalesce`, concurrent requests gathered into one statement per batch.
+//!   `coalesce`, concurrent requests gathered into one statement per batch; or, with
+//!   `memory-store` (a reference, not an optimisation), none: the users are read once
+//!   into memory and served from there (it takes precedence over `coalesce`).
 //!
 //! Every request is bounded. It is admitted only while fewer than `MAX_PENDING` are in
 //! the database layer (else 503 at once); its statement must be sent within
@@ -45,8 +47,15 @@ mod source;
 mod timestamp;
 mod tls;
 
-#[cfg_attr(feature = "coalesce", path = "exec_coalesce.rs")]
-#[cfg_attr(not(feature = "coalesce"), path = "exec_single.rs")]
+#[cfg_attr(feature = "memory-store", path = "exec_memory.rs")]
+#[cfg_attr(
+    all(feature = "coalesce", not(feature = "memory-store")),
+    path = "exec_coalesce.rs"
+)]
+#[cfg_attr(
+    not(any(feature = "coalesce", feature = "memory-store")),
+    path = "exec_single.rs"
+)]
 mod exec;
 
 /// A statement the executor runs, written once: its SQL and its parameters' types.
@@ -247,7 +256,8 @@ impl Core {
         }
     }
 
-    /// One profile by one statement.
+    /// One profile by one statement (the memory store's executor needs none).
+    #[cfg_attr(feature = "memory-store", allow(dead_code))]
     pub(crate) async fn user(&self, id: i64, deadline: Instant) -> Result<Option<User>, AppError> {
         let rows = self
             .run(deadline, async |s: &Session| {
@@ -259,6 +269,7 @@ impl Core {
     }
 
     /// One email change by one statement (autocommit: durable when it returns).
+    #[cfg_attr(feature = "memory-store", allow(dead_code))]
     pub(crate) async fn update_email(
         &self,
         id: i64,

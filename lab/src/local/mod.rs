@@ -66,6 +66,9 @@ pub(crate) struct LocalProbe<'a> {
     /// Where flame graphs go, when the run profiles the server (`--profile`).
     pub profile_to: Option<PathBuf>,
     pub recording: Option<profile::Recording>,
+    /// False for the `memory-store` reference: its PATCHes never reach PostgreSQL, so
+    /// there are no versions or emails to check there.
+    pub writes_to_postgres: bool,
 }
 
 impl Probe for LocalProbe<'_> {
@@ -82,12 +85,18 @@ impl Probe for LocalProbe<'_> {
         procfs::peak_rss_kib(self.server.pid)
     }
     fn applied_writes(&mut self) -> Result<Option<i64>> {
+        if !self.writes_to_postgres {
+            return Ok(None);
+        }
         pg::applied_writes(self.db).map(Some)
     }
     fn scrape(&mut self) -> Result<Option<Scrape>> {
         self.server.remote.scrape().map(Some)
     }
     fn versions(&mut self) -> Result<Option<std::collections::HashMap<i64, i64>>> {
+        if !self.writes_to_postgres {
+            return Ok(None);
+        }
         pg::versions(self.db).map(Some)
     }
     /// Best effort, like `background`: on the CPUs this process may use.
@@ -128,6 +137,9 @@ impl Probe for LocalProbe<'_> {
         }
     }
     fn emails(&mut self, ids: &[i64]) -> Result<Option<std::collections::HashMap<i64, String>>> {
+        if !self.writes_to_postgres {
+            return Ok(None);
+        }
         pg::emails(self.db, ids).map(Some)
     }
     fn profiles(&self) -> bool {
@@ -306,6 +318,7 @@ impl Target for Local<'_> {
             pg_dir,
             profile_to,
             recording: None,
+            writes_to_postgres: run.row.writes_to_postgres(),
         };
         let searches = driver.search_row(
             &mut probe,

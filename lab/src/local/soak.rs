@@ -197,6 +197,7 @@ pub fn run(o: &Options) -> Result<Report> {
                 pg_dir: o.pg_data.clone(),
                 profile_to: None,
                 recording: None,
+                writes_to_postgres: row.writes_to_postgres(),
             };
             let found = driver.search(&mut probe, row, w, 1, None, &mut Tally::default())?;
             if found.qps <= 0.0 {
