@@ -32,6 +32,7 @@ features!(
     "metrics",
     "pipeline",
     "coalesce",
+    "current-thread",
     "memory-store",
 );
 

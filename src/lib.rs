@@ -4,6 +4,8 @@
 //! Module map:
 //! - [`config`]: typed configuration, parsed once from the environment.
 //! - [`server`]: the accept loop, per-connection timeouts and graceful shutdown.
+//! - [`runtime`]: the tokio runtime; one work-stealing runtime, or one single-threaded
+//!   runtime per core with `current-thread`.
 //! - [`routes`]: maps a request to a handler; no feature branches here.
 //! - [`users`]: the `/users/{id}` resource (GET and PATCH) and its validation.
 //! - [`error`]: the one error type and its mapping to HTTP status codes.
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod process;
 pub mod response;
 pub mod routes;
+pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod telemetry;

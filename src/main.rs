@@ -10,20 +10,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("perflab: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(perflab::server::serve(
-        config,
-        perflab::server::shutdown_signal(),
-    )) {
+    match perflab::runtime::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("perflab: {err}");

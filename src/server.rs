@@ -25,9 +25,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Binds `LISTEN_ADDR` and serves until `shutdown` completes.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-    let listener = TcpListener::bind(config.listen_addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen_addr))?;
+    let listener = bind(config.listen_addr, false)?;
     run(listener, &config, shutdown).await
 }
 
@@ -37,17 +35,53 @@ pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
-    let state = Arc::new(AppState {
+    run_on(listener, state(config)?, config, shutdown).await
+}
+
+/// What the requests share: the database (its connections, pool and workers), the
+/// draining flag. Built inside a runtime.
+pub fn state(config: &Config) -> Result<Arc<AppState>, BoxError> {
+    Ok(Arc::new(AppState {
         db: Db::new(config)?,
         body_read_timeout: config.body_read_timeout,
         draining: AtomicBool::new(false),
-    });
-    let connections = Arc::new(Semaphore::new(config.max_connections as usize));
+        connections: Arc::new(Semaphore::new(config.max_connections as usize)),
+    }))
+}
+
+/// A listening socket on `addr`, inside a runtime. With `reuse_port`, several may
+/// listen on one port (`SO_REUSEPORT`), one per thread, and the kernel spreads the
+/// connections between them.
+pub fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> Result<TcpListener, BoxError> {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if reuse_port {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    listen().map_err(|e| format!("cannot listen on {addr}: {e}").into())
+}
+
+/// Serves on `listener` with `state` until `shutdown` completes.
+pub async fn run_on(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
     tracing::info!(
         addr = %listener.local_addr()?,
         version = build_info::VERSION,
         features = ?build_info::enabled_features(),
         json = crate::json::IMPLEMENTATION,
+        runtime = crate::runtime::DESCRIPTION,
         pool_size = config.pool_size,
         "perflab listening"
     );
@@ -67,7 +101,7 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     // Past MAX_CONNECTIONS a new connection is closed at once.
-                    let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                    let Ok(permit) = Arc::clone(&state.connections).try_acquire_owned() else {
                         tracing::debug!("connection refused: MAX_CONNECTIONS reached");
                         drop(stream);
                         continue;

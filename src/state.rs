@@ -1,6 +1,9 @@
 //! What every request handler can reach.
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use crate::db::Db;
 
@@ -10,4 +13,7 @@ pub struct AppState {
     pub body_read_timeout: Duration,
     /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
     pub draining: AtomicBool,
+    /// `MAX_CONNECTIONS`: open client connections, over every listener; past it a new
+    /// connection is closed at once.
+    pub connections: Arc<Semaphore>,
 }

@@ -22,6 +22,7 @@ pub const KNOWN_FEATURES: &[&str] = &[
     "metrics",
     "pipeline",
     "coalesce",
+    "current-thread",
     "memory-store",
 ];
 
