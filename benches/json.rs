@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the JSON paths that the `simd-json` feature swaps. Run
+//! Micro-benchmarks of the JSON paths that the `simd-json` feature swaps (encoding a
+//! profile, parsing a PATCH body). Run
 //! `cargo bench` and `cargo bench --features simd-json` and compare the two reports.
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use perflab::db::User;

@@ -25,14 +25,15 @@ main() {
   cargo fmt --all -- --check
   require_cargo_hack
   log "clippy -D warnings on every feature combination of the server (the umbrella 'full' is their union)"
-  cargo hack clippy --locked -p perflab --all-targets --feature-powerset --exclude-features full,default,memory-store \
+  cargo hack clippy --locked -p perflab --all-targets --feature-powerset --exclude-features full,default,memory-store,current-thread \
     -- -D warnings -D dead_code -D unused_imports
   cargo clippy --locked -p perflab --all-targets --features full -- -D warnings -D dead_code -D unused_imports
-  # The memory-store reference swaps the executor whatever else is on: alone, with the
-  # features that change how it reaches PostgreSQL, and with everything.
-  local reference
-  for reference in memory-store memory-store,pool,prepared memory-store,pipeline memory-store,full; do
-    cargo clippy --locked -p perflab --all-targets --features "${reference}" -- -D warnings -D dead_code -D unused_imports
+  # current-thread swaps only the runtime module, independent of the others (and is in
+  # 'full'); the memory-store reference swaps the executor whatever else is on: alone,
+  # with the features that change how it reaches PostgreSQL, and with everything.
+  local set
+  for set in current-thread memory-store memory-store,pool,prepared memory-store,pipeline memory-store,full; do
+    cargo clippy --locked -p perflab --all-targets --features "${set}" -- -D warnings -D dead_code -D unused_imports
   done
   cargo clippy --locked -p lab --all-targets -- -D warnings -D dead_code -D unused_imports
   require_shellcheck

@@ -212,6 +212,8 @@ main() {
   export TEST_PG_BIN="${PG_BIN}"
   log "lab unit tests"
   cargo_test -p lab
+  log "the server's micro-benchmarks build (benches/; run them with cargo bench)"
+  cargo bench --locked -p perflab --no-run
   run_feature_tests
   pg_stop
   local e2e=0

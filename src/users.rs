@@ -22,18 +22,24 @@ pub struct EmailChange {
 /// Longest email accepted, in bytes (RFC 5321's path limit).
 pub const EMAIL_MAX_BYTES: usize = 254;
 
-pub async fn handle(state: &AppState, id: &str, req: Request<Incoming>) -> Result<Reply, AppError> {
+/// `id` is the path's id, parsed (a bad one is answered 400 unless the method is not
+/// allowed at all).
+pub async fn handle(
+    state: &AppState,
+    id: Result<i64, AppError>,
+    req: Request<Incoming>,
+) -> Result<Reply, AppError> {
     match *req.method() {
         // HEAD is GET without the body (RFC 9110); hyper leaves the body out.
         Method::GET | Method::HEAD => {
-            let id = parse_id(id)?;
+            let id = id?;
             match state.db.user(id).await? {
                 Some(user) => response::json(StatusCode::OK, &user).map_err(AppError::Internal),
                 None => Err(no_such_user(id)),
             }
         }
         Method::PATCH => {
-            let id = parse_id(id)?;
+            let id = id?;
             check_json_content_type(req.headers())?;
             let body = read_body(req, state.body_read_timeout).await?;
             let change: EmailChange = json::decode(body)
