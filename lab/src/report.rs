@@ -239,8 +239,21 @@ fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
     parts.join("; ")
 }
 
+/// What a reference row (the `memory-store` build) shows instead of a change: it is a
+/// bound to compare every row with, not a rung of the ladder.
+const REFERENCE_CHANGE: &str = "reference (HTTP alone), not a rung";
+
+fn is_reference(row: &RowResult) -> bool {
+    row.features
+        .iter()
+        .any(|f| crate::matrix::REFERENCE_FEATURES.contains(&f.as_str()))
+}
+
 /// The change from the previous row in full: every measure's percentage and verdict.
 fn change_detail(prev: Option<&RowResult>, row: &RowResult) -> String {
+    if is_reference(row) {
+        return REFERENCE_CHANGE.into();
+    }
     let Some(prev) = prev else {
         return "—".into();
     };
@@ -420,7 +433,7 @@ fn notes_cell(s: &Summary, row: &RowResult) -> String {
         .sum();
     if bad > 0 {
         parts.push("**INTEGRITY FAILURE**".into());
-    } else if row.features.iter().any(|f| f == "memory-store") {
+    } else if is_reference(row) {
         // Its counts are checked, but its writes never reach PostgreSQL.
         parts.push("writes held in memory, not checked in PostgreSQL".into());
     } else if row
@@ -445,6 +458,9 @@ fn fewest_repetitions(row: &RowResult) -> usize {
 /// The Change cell: per workload, the capacity's change from the previous row
 /// ("≈" within noise) and, when significant, the server's CPU per request.
 fn change_cell(prev: Option<&RowResult>, row: &RowResult) -> String {
+    if is_reference(row) {
+        return REFERENCE_CHANGE.into();
+    }
     let Some(prev) = prev else {
         return "—".into();
     };
@@ -1278,6 +1294,28 @@ mod tests {
         );
         assert_eq!(update_readme(&both, &s, &at).unwrap(), both);
         assert_eq!(Block::find(&at, &both), Block::find(&at, &once));
+    }
+
+    #[test]
+    fn the_memory_store_row_is_a_reference_whose_writes_are_not_claimed_intact() {
+        let mut s = summary();
+        s.rows[1].features = vec!["mimalloc".into(), "memory-store".into()];
+        let t = table(&s);
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("| +pool |"))
+            .expect("the row");
+        assert!(
+            line.contains("reference (HTTP alone), not a rung"),
+            "{line}"
+        );
+        assert!(
+            line.contains("writes held in memory, not checked in PostgreSQL"),
+            "{line}"
+        );
+        assert!(!line.contains("writes intact"), "{line}");
+        let md = results_md(&s);
+        assert!(md.contains("reference (HTTP alone), not a rung"), "{md}");
     }
 
     #[test]
