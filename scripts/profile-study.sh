@@ -5,6 +5,7 @@
 # the run's summary.json, steps.json, results.csv and one flame graph per row and
 # workload under results/<run>/ (the links in results.md resolve there).
 # Usage: ./scripts/profile-study.sh [ROW...]
+# PERFLAB_STUDY_DIR (relative to the repository) writes the study elsewhere.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +18,7 @@ cleanup() { if [[ -n "${WORK}" ]]; then rm -rf "${WORK}"; fi; }
 main() {
   local -a rows=("$@")
   if [[ "${#rows[@]}" -eq 0 ]]; then rows=(+prepared +coalesce); fi
-  local study="${ROOT}/studies/server-profile" row run
+  local study="${ROOT}/${PERFLAB_STUDY_DIR:-studies/server-profile}" row run
   local -a only=()
   for row in "${rows[@]}"; do only+=(--only "${row}"); done
   WORK="$(mktemp -d /tmp/perflab-profile.XXXXXX)"

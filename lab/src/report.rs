@@ -302,31 +302,64 @@ fn change_detail(prev: Option<&RowResult>, row: &RowResult) -> String {
 /// with " / "; `*` marks a workload that ran at half the row's own capacity instead
 /// (it could not sustain the common rate).
 fn common_cell(row: &RowResult, f: &dyn Fn(&CommonLoad) -> Option<f64>, digits: usize) -> String {
-    let cells: Vec<String> = row
-        .workloads
+    join_workloads(
+        row.workloads
+            .iter()
+            .map(|w| common_value(w, f, digits))
+            .collect(),
+    )
+}
+
+/// The server's CPU per request at the common rate, per workload: the total, then its
+/// user + kernel parts (each the median of the repetitions), e.g. `66 (18+48)`.
+fn server_cell(row: &RowResult) -> String {
+    join_workloads(
+        row.workloads
+            .iter()
+            .map(|w| {
+                let total = common_value(w, &|c| c.server_us_per_request, 0);
+                let user = common_value(w, &|c| c.server_user_us_per_request, 0);
+                let kernel = common_value(w, &|c| c.server_system_us_per_request, 0);
+                if total == "—" || user == "—" || kernel == "—" {
+                    total
+                } else {
+                    let (user, kernel) = (user.trim_end_matches('*'), kernel.trim_end_matches('*'));
+                    format!("{total} ({user}+{kernel})")
+                }
+            })
+            .collect(),
+    )
+}
+
+/// One workload's median of `f` over its repetitions' common-rate windows (`*`: at half
+/// the row's capacity), or "—".
+fn common_value(
+    w: &WorkloadResult,
+    f: &dyn Fn(&CommonLoad) -> Option<f64>,
+    digits: usize,
+) -> String {
+    let runs: Vec<&CommonLoad> = w
+        .searches
         .iter()
-        .map(|w| {
-            let runs: Vec<&CommonLoad> = w
-                .searches
-                .iter()
-                .filter_map(|s| s.common.as_ref())
-                .collect();
-            let v: Vec<f64> = runs.iter().filter_map(|c| f(c)).collect();
-            match spread(&v) {
-                Some(m) => format!(
-                    "{:.d$}{}",
-                    m.median,
-                    if runs.iter().any(|c| c.reduced) {
-                        "*"
-                    } else {
-                        ""
-                    },
-                    d = digits
-                ),
-                None => "—".into(),
-            }
-        })
+        .filter_map(|s| s.common.as_ref())
         .collect();
+    let v: Vec<f64> = runs.iter().filter_map(|c| f(c)).collect();
+    match spread(&v) {
+        Some(m) => format!(
+            "{:.d$}{}",
+            m.median,
+            if runs.iter().any(|c| c.reduced) {
+                "*"
+            } else {
+                ""
+            },
+            d = digits
+        ),
+        None => "—".into(),
+    }
+}
+
+fn join_workloads(cells: Vec<String>) -> String {
     if cells.iter().all(|c| c == "—") {
         "—".into()
     } else {
@@ -513,7 +546,7 @@ pub fn table(s: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        " p99 at {common}, ms ({names}) | Server µs/req ({names}) | PostgreSQL µs/req ({names}) | Change vs previous row | Notes |"
+        " p99 at {common}, ms ({names}) | Server µs/req, user+kernel ({names}) | PostgreSQL µs/req ({names}) | Change vs previous row | Notes |"
     );
     out.push_str("|---|---|");
     for _ in &s.workloads {
@@ -537,7 +570,7 @@ pub fn table(s: &Summary) -> String {
             out,
             " {} | {} | {} | {} | {} |",
             common_cell(row, &|c| c.p99_ms, 1),
-            common_cell(row, &|c| c.server_us_per_request, 0),
+            server_cell(row),
             common_cell(row, &|c| c.postgres_us_per_request, 0),
             change_cell(prev, row),
             notes_cell(s, row)
@@ -555,7 +588,7 @@ pub fn table(s: &Summary) -> String {
         .flat_map(|r| &r.workloads)
         .flat_map(|w| &w.searches)
         .any(|x| x.common.as_ref().is_some_and(|c| c.reduced));
-    out.push_str("\nCapacity: median (min–max) over the repetitions. µs/req: CPU time per request answered, at the common rate. Change: capacity, \"≈\" within noise; \"µs\": the server's CPU per request, when significant.");
+    out.push_str("\nCapacity: median (min–max) over the repetitions. µs/req: CPU time per request answered, at the common rate; the server's also split into user + kernel time (medians each, so the parts may not add up exactly). Change: capacity, \"≈\" within noise; \"µs\": the server's CPU per request, when significant.");
     if reduced {
         out.push_str(&format!(
             " `*`: the row could not sustain {common} and ran at half its own capacity."
@@ -720,6 +753,14 @@ fn row_detail(s: &Summary, prev: Option<&RowResult>, row: &RowResult) -> String 
                 cores(x.cpu_postgres),
                 cores(x.cpu_oha),
             );
+            // The server's cost of a request at its capacity: its cores over the QPS.
+            if let Some(c) = x.cpu_server.filter(|_| x.qps > 0.0) {
+                let _ = write!(
+                    out,
+                    " (server {:.0} µs/request at capacity)",
+                    c * 1e6 / x.qps
+                );
+            }
             if let Some(kib) = x.server_peak_rss_kib {
                 let _ = write!(out, "; RSS {:.0} MiB", kib as f64 / 1024.0);
             }
@@ -1254,6 +1295,8 @@ mod tests {
         let md = results_md(&summary());
         assert!(md.contains("### +pool — pool; index"), "{md}");
         assert!(md.contains("saturated: server (95% of its 1 CPU)"), "{md}");
+        // 0.95 cores at 200 QPS.
+        assert!(md.contains("(server 4750 µs/request at capacity)"), "{md}");
         assert!(md.contains("first failing step: p99 80 ms > 50 ms"), "{md}");
         assert!(t.contains("| *PostgreSQL alone (pgbench)* |"), "{t}");
         check_table(&t, &["Baseline".into(), "+pool".into()], 2).unwrap();
