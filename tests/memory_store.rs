@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use support::{send, stored_versions, TestDb, TestServer};
+use support::{patch, send, stored_versions, TestDb, TestServer};
 
 #[tokio::test]
 async fn serves_the_seeded_users_with_the_same_contract() {
@@ -64,18 +64,7 @@ async fn concurrent_patches_of_one_id_are_each_applied_once() {
     let addr = server.addr;
     let tasks: Vec<_> = (0..40)
         .map(|i| {
-            tokio::spawn(async move {
-                let body = format!("{{\"email\":\"hot{i}@example.com\"}}");
-                let r = send(
-                    addr,
-                    "PATCH",
-                    "/users/10",
-                    &[("content-type", "application/json")],
-                    Bytes::from(body),
-                )
-                .await;
-                (i, r)
-            })
+            tokio::spawn(async move { (i, patch(addr, 10, &format!("hot{i}@example.com")).await) })
         })
         .collect();
     let mut versions = HashSet::new();

@@ -344,19 +344,20 @@ fn common_value(
         .filter_map(|s| s.common.as_ref())
         .collect();
     let v: Vec<f64> = runs.iter().filter_map(|c| f(c)).collect();
-    match spread(&v) {
-        Some(m) => format!(
+    median_mark(&v, runs.iter().any(|c| c.reduced), digits)
+}
+
+/// The median of `v` with `digits` decimals, `*` when it was measured at a reduced
+/// rate, or "—" without values.
+fn median_mark(v: &[f64], reduced: bool, digits: usize) -> String {
+    spread(v).map_or("—".into(), |m| {
+        format!(
             "{:.d$}{}",
             m.median,
-            if runs.iter().any(|c| c.reduced) {
-                "*"
-            } else {
-                ""
-            },
+            if reduced { "*" } else { "" },
             d = digits
-        ),
-        None => "—".into(),
-    }
+        )
+    })
 }
 
 fn join_workloads(cells: Vec<String>) -> String {
@@ -630,18 +631,8 @@ fn reference_line(s: &Summary) -> String {
         }
         let at: Vec<&ReferenceCommon> = runs.iter().filter_map(|r| r.common.as_ref()).collect();
         let median = |f: &dyn Fn(&ReferenceCommon) -> Option<f64>, digits: usize| {
-            spread(&at.iter().filter_map(|c| f(c)).collect::<Vec<_>>()).map_or("—".into(), |m| {
-                format!(
-                    "{:.d$}{}",
-                    m.median,
-                    if at.iter().any(|c| c.reduced) {
-                        "*"
-                    } else {
-                        ""
-                    },
-                    d = digits
-                )
-            })
+            let v: Vec<f64> = at.iter().filter_map(|c| f(c)).collect();
+            median_mark(&v, at.iter().any(|c| c.reduced), digits)
         };
         p99.push(median(&|c| c.p99_ms, 1));
         us.push(median(&|c| c.postgres_us_per_transaction, 0));
@@ -651,14 +642,12 @@ fn reference_line(s: &Summary) -> String {
         (None, true) => "the database's own capacity, searched like the rows",
         (None, false) => "closed loop: for scale only",
     };
-    let joined = |v: Vec<String>| {
-        if v.iter().all(|c| c == "—") {
-            "—".to_string()
-        } else {
-            v.join(" / ")
-        }
-    };
-    let _ = writeln!(out, " {} | — | {} | — | {note} |", joined(p99), joined(us));
+    let _ = writeln!(
+        out,
+        " {} | — | {} | — | {note} |",
+        join_workloads(p99),
+        join_workloads(us)
+    );
     out
 }
 
