@@ -163,6 +163,7 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
                 pg_data: a.pg_data.clone(),
                 oha: a.img.oha()?,
                 profile: a.profile,
+                quick: a.m.quick,
             };
             if a.profile && !local::profile::available() {
                 bail!("--profile needs perf (Debian: apt-get install linux-perf; scripts/run-matrix.sh --profile installs it)");
@@ -333,6 +334,7 @@ pub fn ingest(a: &IngestArgs) -> Result<bool> {
         reference: vec![],
         reference_error: None,
         matrix: serde_json::to_value(&e.matrix)?,
+        blocks: None,
     };
     summary.derive();
     let raw = a.out.join("results").join("ingested");

@@ -72,6 +72,16 @@ pub trait Target {
     ) -> Option<Result<Vec<ReferenceResult>>> {
         None
     }
+    /// Every row side by side in randomized blocks (`[blocks]`), where the target can
+    /// run them: the result and the rows that could not take part (name, why).
+    fn blocks(
+        &mut self,
+        _rows: &[Row],
+        _raw: &Path,
+        _say: &dyn Fn(&str),
+    ) -> Option<Result<(crate::blocks::Blocks, Vec<(String, String)>)>> {
+        None
+    }
     fn host(&self) -> Host;
     fn software(&self) -> Software;
     /// A dry run prints what it would do and writes no results.
@@ -259,6 +269,34 @@ pub fn run(e: &Experiment, target: &mut dyn Target) -> Result<Summary> {
         }
     }
     let mut clock = Clock::new(started, m.rows.len() * m.load.repetitions as usize);
+    let mut blocks = None;
+    if m.blocks.blocks > 0 && !target.dry_run() {
+        let ready: Vec<Row> = m
+            .rows
+            .iter()
+            .zip(&rows)
+            .filter(|(_, r)| r.failures.is_empty())
+            .map(|(row, _)| row.clone())
+            .collect();
+        let say = |s: &str| clock.say(s);
+        match target.blocks(&ready, &raw, &say) {
+            Some(Ok((b, failed))) => {
+                for (name, why) in failed {
+                    if let Some(r) = rows.iter_mut().find(|r| r.name == name) {
+                        r.failures.push(why);
+                    }
+                }
+                clock.say(&format!(
+                    "blocks done: {} windows in {:.1} min",
+                    b.windows.len(),
+                    b.elapsed_secs / 60.0
+                ));
+                blocks = Some(b);
+            }
+            Some(Err(err)) => eprintln!("!!! the blocks failed: {err:#}"),
+            None => {}
+        }
+    }
     let mut reference = Vec::new();
     let mut reference_error = None;
     for rep in 1..=m.load.repetitions {
@@ -305,6 +343,7 @@ pub fn run(e: &Experiment, target: &mut dyn Target) -> Result<Summary> {
         reference,
         reference_error,
         matrix: serde_json::to_value(m)?,
+        blocks,
     };
     summary.derive();
     if !target.dry_run() {

@@ -13,6 +13,7 @@
 //!   [`environment`] (facts about this machine and repository);
 //! - [`compare`]: two runs side by side, and the repeatability of runs;
 //! - [`cli`] and [`commands`]: the command line, one function per subcommand.
+pub mod blocks;
 pub mod charts;
 pub mod cli;
 pub mod commands;

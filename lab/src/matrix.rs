@@ -39,6 +39,8 @@ struct RawMatrix {
     local: RawLocal,
     #[serde(default)]
     postgres: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    blocks: Option<RawBlocks>,
     workload: Vec<Spanned<RawWorkload>>,
     row: Vec<Spanned<RawRow>>,
 }
@@ -65,6 +67,18 @@ struct RawLoad {
     common_qps: Option<Spanned<f64>>,
     #[serde(default)]
     common_secs: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlocks {
+    blocks: Spanned<u32>,
+    #[serde(default)]
+    window_secs: Option<Spanned<f64>>,
+    #[serde(default)]
+    connections: Option<Spanned<u32>>,
+    #[serde(default)]
+    aa: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -114,6 +128,8 @@ pub struct Matrix {
     pub postgres: BTreeMap<String, String>,
     pub workloads: Vec<Workload>,
     pub rows: Vec<Row>,
+    /// Randomized blocks (`[blocks]`; absent: none, the SLO search alone).
+    pub blocks: crate::blocks::Settings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -308,12 +324,14 @@ impl Matrix {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
             anyhow::anyhow!("line {line}: {}", e.message())
         })?;
+        let rows = parse_rows(text, &raw.row)?;
         Ok(Matrix {
             load: parse_load(text, &raw.load)?,
             local: parse_local(text, &raw.local)?,
             postgres: settings(&raw.postgres).map_err(|e| anyhow::anyhow!("[postgres]: {e}"))?,
             workloads: parse_workloads(text, &raw.workload)?,
-            rows: parse_rows(text, &raw.row)?,
+            blocks: parse_blocks(text, raw.blocks.as_ref(), &rows)?,
+            rows,
         })
     }
 
@@ -340,6 +358,12 @@ impl Matrix {
         }
         self.rows
             .retain(|r| only.iter().any(|n| n == &r.name || n == &r.slug()));
+        // An A/A pair needs its row.
+        if let Some(aa) = &self.blocks.aa {
+            if !self.rows.iter().any(|r| &r.name == aa) {
+                self.blocks.aa = None;
+            }
+        }
         Ok(())
     }
 
@@ -369,6 +393,10 @@ impl Matrix {
 
     /// Short durations for a smoke run.
     pub fn quick(&mut self) {
+        if self.blocks.blocks > 0 {
+            self.blocks.blocks = 1;
+            self.blocks.window_secs = self.blocks.window_secs.min(1.0);
+        }
         self.load.warmup_secs = self.load.warmup_secs.min(0.5);
         self.load.duration_secs = self.load.duration_secs.min(1.5);
         self.load.repetitions = 1;
@@ -468,6 +496,40 @@ fn parse_load(text: &str, l: &RawLoad) -> Result<Load> {
         },
         reference: true,
     })
+}
+
+/// `[blocks]`: a count, a window length and connections within bounds, an A/A row
+/// that exists.
+fn parse_blocks(text: &str, raw: Option<&RawBlocks>, rows: &[Row]) -> Result<crate::blocks::Settings> {
+    let at = |span: Range<usize>| line_of(text, span.start);
+    let mut s = crate::blocks::Settings::default();
+    let Some(raw) = raw else {
+        return Ok(s);
+    };
+    s.blocks = *raw.blocks.get_ref();
+    if s.blocks > 100 {
+        bail!("line {}: blocks must be 0 to 100", at(raw.blocks.span()));
+    }
+    if let Some(w) = &raw.window_secs {
+        positive_f(text, w, "window_secs", false)?;
+        if *w.get_ref() > 60.0 {
+            bail!("line {}: window_secs must be at most 60", at(w.span()));
+        }
+        s.window_secs = *w.get_ref();
+    }
+    if let Some(c) = &raw.connections {
+        if !(2..=1024).contains(c.get_ref()) {
+            bail!("line {}: connections must be 2 to 1024", at(c.span()));
+        }
+        s.connections = *c.get_ref();
+    }
+    if let Some(aa) = &raw.aa {
+        if !rows.iter().any(|r| &r.name == aa.get_ref()) {
+            bail!("line {}: aa = {:?} is not a row of this matrix", at(aa.span()), aa.get_ref());
+        }
+        s.aa = Some(aa.get_ref().clone());
+    }
+    Ok(s)
 }
 
 /// `[local]`: CPU lists that parse, a pool size within bounds.

@@ -244,9 +244,7 @@ fn bottleneck(s: &Summary, w: &WorkloadResult) -> String {
 const REFERENCE_CHANGE: &str = "reference (HTTP alone), not a rung";
 
 fn is_reference(row: &RowResult) -> bool {
-    row.features
-        .iter()
-        .any(|f| crate::matrix::REFERENCE_FEATURES.contains(&f.as_str()))
+    row.is_reference()
 }
 
 /// The change from the previous row in full: every measure's percentage and verdict.
@@ -1268,6 +1266,7 @@ mod tests {
             }],
             reference_error: None,
             matrix: serde_json::Value::Null,
+            blocks: None,
         }
     }
 

@@ -200,7 +200,9 @@ pub struct Capacity {
 /// The version of `summary.json`'s format: 2 added `schema_version`, `capacity`,
 /// `server_us_per_request`, `postgres_us_per_request` and `common` (absent: 1); 3 made
 /// the pgbench reference an open-loop search (`offered`, `steps`, `common`).
-pub const SCHEMA_VERSION: u32 = 3;
+/// 4 added `blocks`: saturation throughput in randomized blocks, with intervals,
+/// counters, typed limits and `aa_check`.
+pub const SCHEMA_VERSION: u32 = 4;
 
 impl WorkloadResult {
     pub fn new(name: &str) -> Self {
@@ -283,6 +285,13 @@ impl RowResult {
         }
     }
 
+    /// A reference build (the memory store), not a rung of the ladder.
+    pub fn is_reference(&self) -> bool {
+        self.features
+            .iter()
+            .any(|f| crate::matrix::REFERENCE_FEATURES.contains(&f.as_str()))
+    }
+
     /// For the table: an external row's command up to its first option or placeholder.
     pub fn short_label(&self) -> String {
         match &self.external {
@@ -355,6 +364,9 @@ pub struct Summary {
     pub reference: Vec<ReferenceResult>,
     pub reference_error: Option<String>,
     pub matrix: serde_json::Value,
+    /// The randomized blocks (schema 4): the headline throughput and its effects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<crate::blocks::Blocks>,
 }
 
 fn schema_v1() -> u32 {
@@ -368,10 +380,41 @@ impl Summary {
         for w in self.rows.iter_mut().flat_map(|r| r.workloads.iter_mut()) {
             w.derive();
         }
+        let Some(mut blocks) = self.blocks.take() else {
+            return;
+        };
+        // The ladder: rows measured in the blocks, in matrix order, that are rungs.
+        let ladder: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|r| r.failures.is_empty() && !r.is_reference())
+            .map(|r| r.name.clone())
+            .filter(|n| blocks.rows.contains(n))
+            .collect();
+        let rows = &self.rows;
+        let p99 = |row: &str, workload: &str| {
+            let w = rows
+                .iter()
+                .find(|r| r.name == row)?
+                .workloads
+                .iter()
+                .find(|w| w.name == workload)?;
+            let v: Vec<f64> = w
+                .searches
+                .iter()
+                .filter_map(|s| s.common.as_ref()?.p99_ms)
+                .collect();
+            crate::blocks::effects::median(&v)
+        };
+        blocks.derive(&ladder, &p99);
+        self.blocks = Some(blocks);
     }
 
     pub fn integrity_failures(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self
+            .blocks
+            .as_ref()
+            .map_or_else(Vec::new, crate::blocks::Blocks::integrity_failures);
         for row in &self.rows {
             for w in &row.workloads {
                 for s in &w.searches {

@@ -17,6 +17,8 @@ use crate::measure::remote::Scrape;
 use crate::measure::{contract, procfs};
 use crate::results::{Host, ReferenceResult, SearchResult};
 
+pub mod blocks;
+pub mod cgroup;
 pub mod pg;
 pub mod pgbench;
 pub mod ports;
@@ -37,6 +39,8 @@ pub struct Options {
     pub oha: PathBuf,
     /// Profile the server at the common rate (`--profile`).
     pub profile: bool,
+    /// A smoke run (`--quick`): one short block.
+    pub quick: bool,
 }
 
 pub struct Local<'a> {
@@ -330,6 +334,38 @@ impl Target for Local<'_> {
         )?;
         server.stop(Duration::from_secs(20))?;
         Ok(searches)
+    }
+
+    fn blocks(
+        &mut self,
+        rows: &[Row],
+        raw: &Path,
+        say: &dyn Fn(&str),
+    ) -> Option<Result<(crate::blocks::Blocks, Vec<(String, String)>)>> {
+        let with_binaries = rows
+            .iter()
+            .map(|row| {
+                let binary = self
+                    .m
+                    .rows
+                    .iter()
+                    .position(|r| r == row)
+                    .and_then(|i| self.binaries.get(i).cloned().flatten());
+                (row, binary)
+            })
+            .collect();
+        let inputs = blocks::Inputs {
+            m: self.m,
+            settings: &self.m.blocks,
+            quick: self.o.quick,
+            database_url: &self.o.database_url,
+            pg_data: self.o.pg_data.as_deref(),
+            oha: &self.o.oha,
+            rows: with_binaries,
+            raw,
+            say,
+        };
+        Some(blocks::run(&inputs))
     }
 
     /// pgbench on the same data, statements and mix: PostgreSQL's own ceiling.

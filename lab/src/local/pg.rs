@@ -77,6 +77,27 @@ pub fn app_url(url: &str, password: &str) -> Result<String> {
     bail!("cannot read {url:?} as a PostgreSQL URL")
 }
 
+/// `url` (a `postgres://` URL or a key=value string) naming database `db` instead.
+pub fn with_database(url: &str, db: &str) -> Result<String> {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let (before_query, query) = rest.split_once('?').map_or((rest, None), |(a, q)| (a, Some(q)));
+        let authority = before_query.split_once('/').map_or(before_query, |(a, _)| a);
+        let query = query.map_or(String::new(), |q| format!("?{q}"));
+        return Ok(format!("postgres://{authority}/{db}{query}"));
+    }
+    if url.contains('=') {
+        let kept: Vec<&str> = url
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("dbname="))
+            .collect();
+        return Ok(format!("{} dbname={db}", kept.join(" ")));
+    }
+    bail!("cannot read the PostgreSQL URL as a URL or key=value string")
+}
+
 /// Resets settings made by earlier rows, then applies `settings` (ALTER SYSTEM + reload),
 /// with the statements both targets run.
 pub fn apply_settings(client: &mut Client, settings: &BTreeMap<String, String>) -> Result<()> {
@@ -208,6 +229,15 @@ mod tests {
             "host=db dbname=x user=perflab_app password=pw"
         );
         assert!(app_url("nonsense", "pw").is_err());
+        assert_eq!(
+            with_database("postgres://a:b@h:1/postgres?sslmode=disable", "x").unwrap(),
+            "postgres://a:b@h:1/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h:1", "x").unwrap(), "postgres://h:1/x");
+        assert_eq!(
+            with_database("host=h dbname=p user=u", "x").unwrap(),
+            "host=h user=u dbname=x"
+        );
         let a = random_password().unwrap();
         assert_eq!(a.len(), 24);
         assert!(a.bytes().all(|b| b.is_ascii_alphanumeric()));

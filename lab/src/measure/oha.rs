@@ -122,6 +122,36 @@ impl Oha {
             .unwrap_or_else(|| "unknown".into())
     }
 
+    /// oha for one side over `secs`, its JSON summary to `json`: open loop at the
+    /// side's rate, closed loop when it is 0.
+    pub fn command(&self, side: &Side, secs: f64, json: &Path) -> Command {
+        let mut cmd = match &self.cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        cmd.args(["--no-tui", "-w", "--disable-compression"])
+            .arg("-z")
+            .arg(format!("{}ms", (secs * 1000.0).round() as u64));
+        if side.rate > 0.0 {
+            cmd.arg("-q").arg(format!("{:.3}", side.rate));
+        }
+        cmd.arg("-c")
+            .arg(side.connections.to_string())
+            .args(["--output-format", "json", "-o"])
+            .arg(json)
+            .args(["-m", side.method]);
+        if side.method == "PATCH" {
+            cmd.args(["-T", "application/json", "-Z"])
+                .arg(&self.bodies_file);
+        }
+        cmd.arg("--urls-from-file").arg(&self.urls_file);
+        cmd
+    }
+
     /// Runs the sides concurrently for `secs` seconds; raw outputs go to `dir/tag-*`.
     pub fn run(&self, sides: &[Side], secs: f64, dir: &Path, tag: &str) -> Result<Vec<SideResult>> {
         let mut running = Vec::new();
@@ -129,36 +159,8 @@ impl Oha {
             let db = db_path(dir, tag, side.method);
             let json = db.with_extension("json");
             let _ = std::fs::remove_file(&db);
-            let mut cmd = match &self.cpus {
-                Some(cpus) => {
-                    let mut c = Command::new("taskset");
-                    c.arg("-c").arg(cpus).arg(&self.binary);
-                    c
-                }
-                None => Command::new(&self.binary),
-            };
-            cmd.args([
-                "--no-tui",
-                "--latency-correction",
-                "-w",
-                "--disable-compression",
-            ])
-            .arg("-z")
-            .arg(format!("{}ms", (secs * 1000.0).round() as u64))
-            .arg("-q")
-            .arg(format!("{:.3}", side.rate))
-            .arg("-c")
-            .arg(side.connections.to_string())
-            .args(["--output-format", "json", "-o"])
-            .arg(&json)
-            .arg("--db-url")
-            .arg(&db)
-            .args(["-m", side.method]);
-            if side.method == "PATCH" {
-                cmd.args(["-T", "application/json", "-Z"])
-                    .arg(&self.bodies_file);
-            }
-            cmd.arg("--urls-from-file").arg(&self.urls_file);
+            let mut cmd = self.command(side, secs, &json);
+            cmd.arg("--latency-correction").arg("--db-url").arg(&db);
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());

@@ -1,0 +1,142 @@
+//! The design of a run of blocks: which (row, workload) cells a block measures, in
+//! what order, and how a mix is kept exact in a closed loop.
+use serde::{Deserialize, Serialize};
+
+/// One cell of the design: a row (by its index among the block rows) and a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cell {
+    pub row: usize,
+    pub workload: usize,
+}
+
+/// A small, seedable generator (SplitMix64): the order of every block is reproducible
+/// from the seed recorded in summary.json.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in 0..n (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// Fisher–Yates.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Every block's order: each block holds every cell exactly once, in a fresh random
+/// order drawn from `seed`.
+pub fn blocks(rows: usize, workloads: usize, count: usize, seed: u64) -> Vec<Vec<Cell>> {
+    let mut rng = Rng::new(seed);
+    let cells: Vec<Cell> = (0..rows)
+        .flat_map(|row| (0..workloads).map(move |workload| Cell { row, workload }))
+        .collect();
+    (0..count)
+        .map(|_| {
+            let mut order = cells.clone();
+            rng.shuffle(&mut order);
+            order
+        })
+        .collect()
+}
+
+/// How a mix is driven in a closed loop: the majority method closed-loop on a fixed
+/// number of connections, the minority open-loop at the rate that keeps the mix, from
+/// the majority's throughput measured in the warm-up (oha's two processes would each
+/// run at their own latency if both were closed, so a split of connections alone does
+/// not keep a mix).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    /// The majority's share of requests (0.9 at 90/10).
+    pub majority_share: f64,
+    pub majority_connections: u32,
+    /// The minority's open-loop rate, requests/s (0: a pure workload, no minority).
+    pub minority_rate: f64,
+    pub minority_connections: u32,
+}
+
+/// The split for a majority measured at `majority_qps` with `connections`, for a mix
+/// whose majority share is `share` (≥ 0.5). The minority's connections cover its rate
+/// at twice the closed loop's mean latency (connections / throughput), at least 4.
+pub fn split(share: f64, connections: u32, majority_qps: f64) -> Split {
+    let minority_share = 1.0 - share;
+    let minority_rate = if minority_share <= 0.0 || majority_qps <= 0.0 {
+        0.0
+    } else {
+        majority_qps * minority_share / share
+    };
+    let latency = if majority_qps > 0.0 {
+        f64::from(connections) / majority_qps
+    } else {
+        1.0
+    };
+    let minority_connections = ((minority_rate * latency * 2.0).ceil() as u32).max(4);
+    Split {
+        majority_share: share,
+        majority_connections: connections,
+        minority_rate,
+        minority_connections: if minority_rate > 0.0 {
+            minority_connections
+        } else {
+            0
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_block_holds_every_cell_once_in_its_own_order() {
+        let b = blocks(12, 2, 8, 42);
+        assert_eq!(b.len(), 8);
+        for block in &b {
+            let mut seen: Vec<Cell> = block.clone();
+            seen.sort_by_key(|c| (c.row, c.workload));
+            seen.dedup();
+            assert_eq!(seen.len(), 24);
+        }
+        // Orders differ between blocks, and the same seed gives the same design.
+        assert_ne!(b[0], b[1]);
+        assert_eq!(b, blocks(12, 2, 8, 42));
+        assert_ne!(b, blocks(12, 2, 8, 43));
+        // Over many blocks each row is first about equally often (no position bias).
+        let many = blocks(4, 1, 4000, 7);
+        let mut first = [0; 4];
+        for block in &many {
+            first[block[0].row] += 1;
+        }
+        assert!(first.iter().all(|n| (850..1150).contains(n)), "{first:?}");
+    }
+
+    #[test]
+    fn the_split_keeps_the_mix() {
+        // 90/10 with the majority at 9000/s: the minority at 1000/s is 10% of 10000.
+        let s = split(0.9, 64, 9000.0);
+        assert!((s.minority_rate - 1000.0).abs() < 1e-9);
+        let share = 9000.0 / (9000.0 + s.minority_rate);
+        assert!((share - 0.9).abs() < 1e-12);
+        // Its connections: 1000/s × (64 / 9000 s) × 2 = 14.2 → 15.
+        assert_eq!(s.minority_connections, 15);
+        // A slow row still gets a few connections; a pure workload none.
+        assert_eq!(split(0.9, 64, 100.0).minority_connections, 15);
+        assert_eq!(split(0.9, 64, 10.0).minority_connections, 15);
+        let pure = split(1.0, 64, 5000.0);
+        assert_eq!((pure.minority_rate, pure.minority_connections), (0.0, 0));
+    }
+}

@@ -1,0 +1,462 @@
+//! Randomized blocks, side by side: every build started once, each in its own CPU
+//! group; a block measures every row × workload once in a fresh random order, as a
+//! short closed-loop window at the exact mix (the saturation throughput); effects are
+//! per-block ratios with intervals. The design is in [`design`], the arithmetic in
+//! [`effects`], the typed limit in [`judge`]; the local target runs it
+//! (`crate::local::blocks`).
+use serde::{Deserialize, Serialize};
+
+pub mod design;
+pub mod effects;
+pub mod judge;
+
+use effects::{Change, Ratio};
+use judge::{Limit, Shares};
+
+/// A run's block settings (`[blocks]` in the matrix).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Settings {
+    /// Blocks per run (0: no blocks).
+    pub blocks: u32,
+    /// Length of each closed-loop window, s.
+    pub window_secs: f64,
+    /// Closed-loop connections of the majority method.
+    pub connections: u32,
+    /// The row measured twice, under two names: the run's own check of false alarms.
+    pub aa: Option<String>,
+    /// The family-wise error rate of the intervals (0.05: 95%).
+    pub alpha: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            blocks: 0,
+            window_secs: 4.0,
+            connections: 64,
+            aa: None,
+            alpha: 0.05,
+        }
+    }
+}
+
+/// The name of the A/A copy of `row`.
+pub fn aa_name(row: &str) -> String {
+    format!("{row} (A/A copy)")
+}
+
+/// Counters of one party over a window (deltas), where readable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub server_syscalls: Option<u64>,
+    pub server_context_switches: Option<u64>,
+    /// Time the server's threads waited on a run queue, ns.
+    pub server_run_delay_ns: Option<u64>,
+    pub pg_backends_started: Option<i64>,
+    pub pg_commits: Option<i64>,
+    pub pg_wal_records: Option<i64>,
+    pub pg_wal_bytes: Option<i64>,
+    pub pg_wal_syncs: Option<i64>,
+    pub pg_plans: Option<i64>,
+    pub pg_statements: Option<i64>,
+    pub pg_buffer_hits: Option<i64>,
+    pub pg_buffer_reads: Option<i64>,
+}
+
+/// One measured window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Window {
+    pub block: u32,
+    /// Its place in the block's order (0-based).
+    pub position: u32,
+    pub row: String,
+    pub workload: String,
+    /// Load time (oha's own), s.
+    pub secs: f64,
+    /// From spawning oha to its exit, s: the span the CPU figures cover.
+    pub wall_secs: f64,
+    pub get_ok: u64,
+    pub patch_ok: u64,
+    /// Non-2xx replies and transport errors.
+    pub failed: u64,
+    /// PATCHes answered with something other than 200, or not at all.
+    pub patch_unacked: u64,
+    /// Good replies per second of load time.
+    pub throughput: f64,
+    /// GETs among the good replies.
+    pub get_share: f64,
+    pub server_ns: Option<u64>,
+    pub postgres_ns: Option<u64>,
+    pub oha_ns: Option<u64>,
+    /// Each CPU's busy share (steal excluded).
+    pub cpu_busy: Vec<f64>,
+    pub shares: Shares,
+    pub counts: Counts,
+    /// `sum(version)` grew by this much (None: not checked, e.g. the memory store).
+    pub applied_writes: Option<i64>,
+    pub limit: Limit,
+}
+
+impl Window {
+    pub fn requests(&self) -> u64 {
+        self.get_ok + self.patch_ok
+    }
+    fn per_request(&self, ns: Option<u64>) -> Option<f64> {
+        let n = self.requests();
+        (n > 0).then_some(())?;
+        ns.map(|ns| ns as f64 / 1000.0 / n as f64)
+    }
+    pub fn server_us(&self) -> Option<f64> {
+        self.per_request(self.server_ns)
+    }
+    pub fn postgres_us(&self) -> Option<f64> {
+        self.per_request(self.postgres_ns)
+    }
+    /// What the per-window integrity check found wrong, if anything.
+    pub fn integrity(&self) -> Option<String> {
+        let applied = self.applied_writes?;
+        let (lo, hi) = (self.patch_ok as i64, (self.patch_ok + self.patch_unacked) as i64);
+        (applied < lo || applied > hi).then(|| {
+            format!(
+                "block {} window {}: {} PATCHes answered 200 ({} others) but sum(version) grew by {applied}",
+                self.block, self.position, self.patch_ok, self.patch_unacked
+            )
+        })
+    }
+}
+
+/// A measure's middle and interval over blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub median: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// The throughput with its unit, as other tools read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    #[serde(flatten)]
+    pub interval: Interval,
+    pub unit: String,
+}
+
+/// Counters per request (per PATCH for commits and WAL syncs), medians over blocks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PerRequest {
+    pub server_syscalls: Option<f64>,
+    pub server_context_switches: Option<f64>,
+    pub server_run_delay_us: Option<f64>,
+    pub pg_backends_started: Option<f64>,
+    pub pg_commits: Option<f64>,
+    pub pg_commits_per_patch: Option<f64>,
+    pub pg_wal_syncs: Option<f64>,
+    pub pg_wal_syncs_per_patch: Option<f64>,
+    pub pg_plans: Option<f64>,
+    pub pg_statements: Option<f64>,
+    pub pg_buffer_hits: Option<f64>,
+    pub pg_buffer_reads: Option<f64>,
+}
+
+/// One row and workload over the blocks: the names summary.json promises.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellResult {
+    pub row: String,
+    pub workload: String,
+    pub windows: usize,
+    pub throughput: Option<Throughput>,
+    /// Requests per second per CPU-second of the server: 10⁶ / server µs per request.
+    pub qps_per_cpu: Option<f64>,
+    /// The open-loop p99 at the run's common rate (from the SLO phase), ms.
+    pub p99_ms_at_fixed_rate: Option<f64>,
+    pub server_us_per_request: Option<Interval>,
+    pub postgres_us_per_request: Option<Interval>,
+    pub change_vs_previous: Option<Change>,
+    pub change_vs_baseline: Option<Change>,
+    /// The server's CPU per request against the previous row's.
+    pub server_us_vs_previous: Option<Change>,
+    pub counters: PerRequest,
+    pub limit: Option<Limit>,
+    /// Most of its windows were limited by the load generator: ≥.
+    pub lower_bound: bool,
+    /// The achieved GET share, lowest and highest over its windows.
+    pub get_share_range: Option<(f64, f64)>,
+}
+
+/// The blocks of one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Blocks {
+    pub settings: Settings,
+    pub seed: u64,
+    /// The rows measured, in matrix order, the A/A copy last.
+    pub rows: Vec<String>,
+    /// Rows in `rows` that are references (not rungs).
+    pub references: Vec<String>,
+    pub workloads: Vec<String>,
+    pub windows: Vec<Window>,
+    pub cells: Vec<CellResult>,
+    pub aa_check: Option<AaCheck>,
+    /// The minority rate each cell ran at, from the warm-up (requests/s).
+    pub splits: Vec<(String, String, design::Split)>,
+    pub elapsed_secs: f64,
+}
+
+/// The A/A pair: one build under two names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AaCheck {
+    pub row: String,
+    /// Per workload, the throughput ratio copy / original.
+    pub workloads: Vec<(String, Ratio)>,
+    /// Both workloads' blocks together.
+    #[serde(flatten)]
+    pub ratio: Ratio,
+}
+
+impl Blocks {
+    /// The windows of one cell, by block.
+    fn cell_windows<'a>(&'a self, row: &'a str, workload: &'a str) -> impl Iterator<Item = &'a Window> {
+        self.windows
+            .iter()
+            .filter(move |w| w.row == row && w.workload == workload)
+    }
+
+    /// (a, b) of a measure over the blocks where both rows have a window.
+    fn pairs(&self, a: &str, b: &str, workload: &str, f: fn(&Window) -> Option<f64>) -> Vec<(f64, f64)> {
+        let mut out = Vec::new();
+        for wa in self.cell_windows(a, workload) {
+            if let Some(wb) = self.cell_windows(b, workload).find(|w| w.block == wa.block) {
+                if let (Some(x), Some(y)) = (f(wa), f(wb)) {
+                    out.push((x, y));
+                }
+            }
+        }
+        out
+    }
+
+    fn change(&self, a: &str, b: &str, workload: &str, f: fn(&Window) -> Option<f64>, m: usize) -> Option<Change> {
+        let pairs = self.pairs(a, b, workload, f);
+        let ratio = effects::paired_ratio(&pairs, self.settings.alpha, m);
+        Some(Change {
+            verdict: effects::verdict(ratio.as_ref()),
+            ratio: ratio.or_else(|| {
+                let (x, y) = pairs.first()?;
+                Some(Ratio {
+                    ratio: y / x,
+                    ci_low: y / x,
+                    ci_high: y / x,
+                })
+            })?,
+            comparisons: m,
+            blocks: pairs.len(),
+        })
+    }
+
+    /// Fills `cells` and `aa_check` from the windows. `ladder` are the rows compared
+    /// with the one above (matrix order, failed rows left out); `p99` gives a cell's
+    /// open-loop p99 at the common rate where the run has one.
+    pub fn derive(&mut self, ladder: &[String], p99: &dyn Fn(&str, &str) -> Option<f64>) {
+        let alpha = self.settings.alpha;
+        let m = ladder.len().saturating_sub(1).max(1);
+        let mut cells = Vec::new();
+        for workload in &self.workloads {
+            for (i, row) in self.rows.iter().enumerate() {
+                let ws: Vec<&Window> = self.cell_windows(row, workload).collect();
+                let tp: Vec<f64> = ws.iter().map(|w| w.throughput).collect();
+                let interval = |v: &[f64]| {
+                    let med = effects::median(v)?;
+                    Some(match effects::geometric_interval(v, alpha) {
+                        Some((_, lo, hi)) => Interval { median: med, ci_low: lo, ci_high: hi },
+                        None => Interval { median: med, ci_low: med, ci_high: med },
+                    })
+                };
+                let server: Vec<f64> = ws.iter().filter_map(|w| w.server_us()).collect();
+                let postgres: Vec<f64> = ws.iter().filter_map(|w| w.postgres_us()).collect();
+                let limits: Vec<Limit> = ws.iter().map(|w| w.limit).collect();
+                let limit = judge::majority(&limits);
+                let previous = ladder
+                    .iter()
+                    .position(|r| r == row)
+                    .and_then(|k| k.checked_sub(1))
+                    .map(|k| ladder[k].clone())
+                    .or_else(|| {
+                        // A row off the ladder (a reference, the A/A copy): against the
+                        // row above it in the run.
+                        (i > 0 && !ladder.contains(row)).then(|| self.rows[i - 1].clone())
+                    });
+                let server_interval = interval(&server);
+                let shares: Vec<f64> = ws.iter().map(|w| w.get_share).collect();
+                cells.push(CellResult {
+                    row: row.clone(),
+                    workload: workload.clone(),
+                    windows: ws.len(),
+                    throughput: interval(&tp).map(|interval| Throughput {
+                        interval,
+                        unit: "requests/s".into(),
+                    }),
+                    qps_per_cpu: server_interval.map(|s| 1e6 / s.median),
+                    p99_ms_at_fixed_rate: p99(row, workload),
+                    server_us_per_request: server_interval,
+                    postgres_us_per_request: interval(&postgres),
+                    change_vs_previous: previous.as_ref().and_then(|p| {
+                        self.change(p, row, workload, |w| Some(w.throughput), m)
+                    }),
+                    change_vs_baseline: ladder
+                        .first()
+                        .filter(|b| *b != row)
+                        .and_then(|b| self.change(b, row, workload, |w| Some(w.throughput), m)),
+                    server_us_vs_previous: previous
+                        .as_ref()
+                        .and_then(|p| self.change(p, row, workload, Window::server_us, m)),
+                    counters: per_request(&ws),
+                    lower_bound: limit == Some(Limit::LoadGenerator),
+                    limit,
+                    get_share_range: shares
+                        .iter()
+                        .copied()
+                        .reduce(f64::min)
+                        .zip(shares.iter().copied().reduce(f64::max)),
+                });
+            }
+        }
+        self.cells = cells;
+        self.aa_check = self.settings.aa.as_ref().and_then(|a| {
+            let copy = aa_name(a);
+            let mut all = Vec::new();
+            let mut per = Vec::new();
+            for workload in &self.workloads {
+                let pairs = self.pairs(a, &copy, workload, |w| Some(w.throughput));
+                if let Some(r) = effects::paired_ratio(&pairs, alpha, 1) {
+                    per.push((workload.clone(), r));
+                }
+                all.extend(pairs);
+            }
+            Some(AaCheck {
+                row: a.clone(),
+                workloads: per,
+                ratio: effects::paired_ratio(&all, alpha, 1)?,
+            })
+        });
+    }
+
+    pub fn cell(&self, row: &str, workload: &str) -> Option<&CellResult> {
+        self.cells.iter().find(|c| c.row == row && c.workload == workload)
+    }
+
+    pub fn integrity_failures(&self) -> Vec<String> {
+        self.windows
+            .iter()
+            .filter_map(|w| w.integrity().map(|f| format!("{} / {} / {f}", w.row, w.workload)))
+            .collect()
+    }
+}
+
+/// Medians over a cell's windows of each counter per request.
+fn per_request(ws: &[&Window]) -> PerRequest {
+    let med = |f: &dyn Fn(&Window) -> Option<f64>| {
+        let v: Vec<f64> = ws.iter().filter_map(|w| f(w)).collect();
+        effects::median(&v)
+    };
+    let per = |w: &Window, x: Option<i64>| {
+        let n = w.requests();
+        (n > 0).then_some(())?;
+        x.map(|x| x as f64 / n as f64)
+    };
+    let per_u = |w: &Window, x: Option<u64>| per(w, x.map(|x| x as i64));
+    let per_patch = |w: &Window, x: Option<i64>| {
+        (w.patch_ok > 0).then_some(())?;
+        x.map(|x| x as f64 / w.patch_ok as f64)
+    };
+    PerRequest {
+        server_syscalls: med(&|w| per_u(w, w.counts.server_syscalls)),
+        server_context_switches: med(&|w| per_u(w, w.counts.server_context_switches)),
+        server_run_delay_us: med(&|w| per_u(w, w.counts.server_run_delay_ns).map(|x| x / 1000.0)),
+        pg_backends_started: med(&|w| per(w, w.counts.pg_backends_started)),
+        pg_commits: med(&|w| per(w, w.counts.pg_commits)),
+        pg_commits_per_patch: med(&|w| per_patch(w, w.counts.pg_commits)),
+        pg_wal_syncs: med(&|w| per(w, w.counts.pg_wal_syncs)),
+        pg_wal_syncs_per_patch: med(&|w| per_patch(w, w.counts.pg_wal_syncs)),
+        pg_plans: med(&|w| per(w, w.counts.pg_plans)),
+        pg_statements: med(&|w| per(w, w.counts.pg_statements)),
+        pg_buffer_hits: med(&|w| per(w, w.counts.pg_buffer_hits)),
+        pg_buffer_reads: med(&|w| per(w, w.counts.pg_buffer_reads)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(block: u32, row: &str, throughput: f64, server_ns: u64) -> Window {
+        let n = (throughput * 4.0) as u64;
+        Window {
+            block,
+            position: 0,
+            row: row.into(),
+            workload: "read-heavy".into(),
+            secs: 4.0,
+            wall_secs: 4.05,
+            get_ok: n * 9 / 10,
+            patch_ok: n - n * 9 / 10,
+            failed: 0,
+            patch_unacked: 0,
+            throughput,
+            get_share: 0.9,
+            server_ns: Some(server_ns),
+            postgres_ns: None,
+            oha_ns: None,
+            cpu_busy: vec![1.0, 0.8],
+            shares: Shares::default(),
+            counts: Counts {
+                pg_commits: Some((n - n * 9 / 10) as i64),
+                ..Default::default()
+            },
+            applied_writes: Some((n - n * 9 / 10) as i64),
+            limit: Limit::ServerCpu,
+        }
+    }
+
+    #[test]
+    fn cells_get_intervals_changes_and_the_aa_check() {
+        let mut b = Blocks {
+            settings: Settings {
+                blocks: 4,
+                aa: Some("A".into()),
+                ..Default::default()
+            },
+            seed: 1,
+            rows: vec!["A".into(), "B".into(), aa_name("A")],
+            references: vec![],
+            workloads: vec!["read-heavy".into()],
+            windows: vec![],
+            cells: vec![],
+            aa_check: None,
+            splits: vec![],
+            elapsed_secs: 0.0,
+        };
+        for (k, drift) in [1.0, 0.95, 1.05, 1.0].iter().enumerate() {
+            let k = k as u32 + 1;
+            b.windows.push(window(k, "A", 1000.0 * drift, 4_000_000_000));
+            b.windows.push(window(k, "B", 1500.0 * drift, 4_000_000_000));
+            b.windows.push(window(k, &aa_name("A"), 1000.0 * drift * (1.0 + 0.001 * f64::from(k)), 4_000_000_000));
+        }
+        b.derive(&["A".into(), "B".into()], &|_, _| None);
+        let cell = b.cell("B", "read-heavy").unwrap();
+        let change = cell.change_vs_previous.unwrap();
+        // The drift is shared by both rows of a block: the ratio is exactly 1.5.
+        assert!((change.ratio.ratio - 1.5).abs() < 1e-9);
+        assert_eq!(change.verdict, effects::Verdict::Changed);
+        assert_eq!(cell.windows, 4);
+        // 4 s × 1500/s requests for 4 CPU-seconds: 666.7 µs per request.
+        let us = cell.server_us_per_request.unwrap().median;
+        assert!((us - 4e9 / 1000.0 / 6000.0).abs() < 1.0, "{us}");
+        assert!((cell.qps_per_cpu.unwrap() - 1500.0).abs() < 1.0);
+        assert_eq!(cell.counters.pg_commits_per_patch, Some(1.0));
+        let aa = b.aa_check.as_ref().unwrap();
+        assert!(aa.ratio.ci_low <= 1.0025 && aa.ratio.ci_high >= 1.0025);
+        assert!(aa.ratio.ci_high - aa.ratio.ci_low < 0.01);
+        assert!(b.integrity_failures().is_empty());
+        let mut bad = window(1, "A", 1000.0, 1);
+        bad.applied_writes = Some(0);
+        assert!(bad.integrity().is_some());
+    }
+}

@@ -1,0 +1,619 @@
+//! Randomized blocks on this machine: every row's server started once (each on its
+//! own port, pinned like the search's, in its own CPU group), PostgreSQL and oha in
+//! theirs; a warm-up that finds each cell's split of the mix; then the blocks, each
+//! cell once per block in a fresh random order, one closed-loop window each.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use postgres::Client;
+
+use crate::blocks::design::{self, Cell, Split};
+use crate::blocks::judge::{self, Evidence, Shares};
+use crate::blocks::{aa_name, Blocks, Counts, Settings, Window};
+use crate::matrix::{Matrix, Row, Workload};
+use crate::measure::contract;
+use crate::measure::driver::write_inputs;
+use crate::measure::oha::{parse_summary, Oha, Side};
+
+use super::cgroup::{cpu_ticks, CpuGroup};
+use super::server::{Launch, Server};
+use super::{pg, ports};
+
+/// How long PostgreSQL's backends may keep their statistics before reporting them
+/// (PGSTAT_MIN_INTERVAL is 1 s): the counters are read this long after a window.
+const STATS_FLUSH: Duration = Duration::from_millis(1100);
+
+/// A server of the blocks, up for the whole run.
+struct Up {
+    row: Row,
+    server: Server,
+    group: Option<CpuGroup>,
+    oha: Oha,
+    /// The database it uses (one per index setting).
+    db: usize,
+}
+
+/// One database of the blocks: rows with and without the index need their own.
+struct Db {
+    name: String,
+    index: bool,
+    client: Client,
+}
+
+pub struct Inputs<'a> {
+    pub m: &'a Matrix,
+    pub settings: &'a Settings,
+    pub quick: bool,
+    pub database_url: &'a str,
+    pub pg_data: Option<&'a Path>,
+    pub oha: &'a Path,
+    /// Rows to measure (matrix order) with their binaries (None: an external row).
+    pub rows: Vec<(&'a Row, Option<PathBuf>)>,
+    pub raw: &'a Path,
+    pub say: &'a dyn Fn(&str),
+}
+
+/// The blocks' result and the rows that could not take part (name, why).
+pub fn run(i: &Inputs) -> Result<(Blocks, Vec<(String, String)>)> {
+    let started = Instant::now();
+    let m = i.m;
+    let dir = i.raw.join("blocks");
+    std::fs::create_dir_all(&dir)?;
+    let mut admin = pg::connect(i.database_url)?;
+    pg::apply_settings(&mut admin, &m.postgres)?;
+    let statements = enable_statements(&mut admin);
+    let mut rows: Vec<Row> = i.rows.iter().map(|(r, _)| (*r).clone()).collect();
+    let mut binaries: Vec<Option<PathBuf>> = i.rows.iter().map(|(_, b)| b.clone()).collect();
+    if let Some(aa) = &i.settings.aa {
+        let k = rows
+            .iter()
+            .position(|r| &r.name == aa)
+            .with_context(|| format!("[blocks] aa = {aa:?}: no such row among those run"))?;
+        let mut copy = rows[k].clone();
+        copy.name = aa_name(aa);
+        rows.push(copy);
+        binaries.push(binaries[k].clone());
+    }
+    let mut dbs: Vec<Db> = Vec::new();
+    for index in [true, false] {
+        if rows.iter().any(|r| r.index == index) {
+            dbs.push(database(&mut admin, i.database_url, index, m.load.users)?);
+        }
+    }
+    let app = dbs
+        .iter_mut()
+        .map(|d| {
+            let url = pg::with_database(i.database_url, &d.name)?;
+            pg::app_login(&mut d.client, &url)
+        })
+        .collect::<Result<Vec<String>>>()?;
+    let postgres = postgres_group(i.pg_data);
+    let oha_group = CpuGroup::create("oha").ok();
+    let bodies = dir.join("bodies.txt");
+    let mut up = Vec::new();
+    let mut failed = Vec::new();
+    for (row, binary) in rows.iter().zip(&binaries) {
+        let db = dbs.iter().position(|d| d.index == row.index).unwrap_or(0);
+        match start(i, row, binary.as_deref(), &app[db], &dir, &bodies) {
+            Ok((server, oha)) => {
+                let group = CpuGroup::create(&row.slug()).and_then(|mut g| {
+                    g.add(server.pid)?;
+                    Ok(g)
+                });
+                if let Err(e) = &group {
+                    eprintln!("warning: no CPU group for {:?} ({e:#}); its CPU is not recorded", row.name);
+                }
+                up.push(Up {
+                    row: row.clone(),
+                    server,
+                    group: group.ok(),
+                    oha,
+                    db,
+                });
+            }
+            Err(e) => {
+                eprintln!("!!! row {:?} could not start for the blocks: {e:#}", row.name);
+                failed.push((row.name.clone(), format!("blocks: {e:#}")));
+            }
+        }
+    }
+    if up.is_empty() {
+        bail!("no server could be started for the blocks");
+    }
+    let seed = seed();
+    let mut b = Blocks {
+        settings: i.settings.clone(),
+        seed,
+        rows: up.iter().map(|u| u.row.name.clone()).collect(),
+        references: up
+            .iter()
+            .filter(|u| !u.row.writes_to_postgres() || u.row.name == aa_name(i.settings.aa.as_deref().unwrap_or("")))
+            .map(|u| u.row.name.clone())
+            .collect(),
+        workloads: m.workloads.iter().map(|w| w.name.clone()).collect(),
+        windows: Vec::new(),
+        cells: Vec::new(),
+        aa_check: None,
+        splits: Vec::new(),
+        elapsed_secs: 0.0,
+    };
+    let mut lab = Lab {
+        up,
+        dbs,
+        admin,
+        statements,
+        postgres,
+        oha_group,
+        dir,
+        error_budget: m.load.error_budget,
+    };
+    let (secs, warm) = if i.quick { (1.0, 0.5) } else { (i.settings.window_secs, 1.5) };
+    let count = if i.quick { 1 } else { i.settings.blocks as usize };
+    // The warm-up: every cell, in a random order, finds the minority's rate.
+    let cells = design::blocks(lab.up.len(), m.workloads.len(), 1, seed ^ 0xA5A5)
+        .pop()
+        .unwrap_or_default();
+    let mut splits: BTreeMap<(usize, usize), Split> = BTreeMap::new();
+    (i.say)(&format!(
+        "blocks: warming up {} servers side by side ({} cells)",
+        lab.up.len(),
+        cells.len()
+    ));
+    for c in &cells {
+        let w = &m.workloads[c.workload];
+        match lab.calibrate(*c, w, i.settings.connections, warm) {
+            Ok(s) => {
+                b.splits.push((lab.up[c.row].row.name.clone(), w.name.clone(), s));
+                splits.insert((c.row, c.workload), s);
+            }
+            Err(e) => eprintln!(
+                "warning: warm-up of {:?} {} failed: {e:#}",
+                lab.up[c.row].row.name, w.name
+            ),
+        }
+    }
+    for (k, order) in design::blocks(lab.up.len(), m.workloads.len(), count, seed)
+        .into_iter()
+        .enumerate()
+    {
+        let block = k as u32 + 1;
+        (i.say)(&format!("block {block}/{count}: {} windows of {secs} s", order.len()));
+        for (pos, c) in order.iter().enumerate() {
+            let Some(split) = splits.get(&(c.row, c.workload)) else {
+                continue;
+            };
+            let w = &m.workloads[c.workload];
+            match lab.window(*c, w, split, secs, block, pos as u32) {
+                Ok(win) => b.windows.push(win),
+                Err(e) => eprintln!(
+                    "warning: block {block}, {:?} {}: window lost: {e:#}",
+                    lab.up[c.row].row.name, w.name
+                ),
+            }
+        }
+        for d in &mut lab.dbs {
+            pg::settle(&mut d.client)?;
+        }
+    }
+    for u in &mut lab.up {
+        if let Err(e) = u.server.stop(Duration::from_secs(20)) {
+            failed.push((u.row.name.clone(), format!("blocks: stopping: {e:#}")));
+        }
+    }
+    drop(lab.up);
+    for d in &lab.dbs {
+        let _ = lab.admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", d.name));
+    }
+    b.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok((b, failed))
+}
+
+/// A random seed for the design, recorded with the run.
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// `pg_stat_statements` in the admin database where the cluster preloads it, with
+/// planning counted; false where it is not available (its counters are then absent).
+fn enable_statements(admin: &mut Client) -> bool {
+    let loaded = admin
+        .query_one(
+            "SELECT count(*) FROM pg_settings WHERE name = 'pg_stat_statements.track_planning'",
+            &[],
+        )
+        .map(|r| r.get::<_, i64>(0) > 0)
+        .unwrap_or(false);
+    loaded
+        && admin
+            .batch_execute(
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; \
+                 ALTER SYSTEM SET pg_stat_statements.track_planning = on; SELECT pg_reload_conf()",
+            )
+            .is_ok()
+}
+
+/// A fresh database for the blocks' rows with (or without) the index, seeded.
+fn database(admin: &mut Client, url: &str, index: bool, users: i64) -> Result<Db> {
+    let name = if index { "perflab_blocks" } else { "perflab_blocks_noindex" };
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+    admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
+    let mut client = pg::connect(&pg::with_database(url, name)?)?;
+    pg::seed(&mut client, users, index)?;
+    Ok(Db {
+        name: name.into(),
+        index,
+        client,
+    })
+}
+
+/// PostgreSQL's processes in a group of their own, where the cluster is ours.
+fn postgres_group(pg_data: Option<&Path>) -> Option<CpuGroup> {
+    let postmaster = pg::postmaster_pid(pg_data?).ok()?;
+    let mut g = CpuGroup::create("postgres").ok()?;
+    g.add(postmaster).ok()?;
+    for pid in crate::measure::procfs::children(postmaster) {
+        let _ = g.add(pid);
+    }
+    Some(g)
+}
+
+/// Starts one row's server, checks it, and writes its oha inputs.
+fn start(i: &Inputs, row: &Row, binary: Option<&Path>, app_url: &str, dir: &Path, bodies: &Path) -> Result<(Server, Oha)> {
+    let addr: SocketAddr = format!("127.0.0.1:{}", ports::free_port()?).parse()?;
+    let log = dir.join(format!("{}-server.log", row.slug()));
+    let launch = Launch {
+        cpus: &i.m.local.server_cpus,
+        addr,
+        database_url: app_url,
+        pool_size: i.m.local.pool_size,
+        log: &log,
+    };
+    let mut server = match (&row.external, binary) {
+        (Some(external), _) => Server::start_external(&crate::commands::repo_root()?, external, &launch)?,
+        (None, Some(binary)) => Server::start(binary, &launch)?,
+        (None, None) => bail!("row {:?} has no binary", row.name),
+    };
+    server.wait_ready(Duration::from_secs(30))?;
+    let mut checked = row.clone();
+    if checked.name.ends_with(" (A/A copy)") {
+        checked.name = checked.name.trim_end_matches(" (A/A copy)").to_string();
+    }
+    contract::check_server(&server.remote, &checked, i.m.load.users)?;
+    let oha = Oha {
+        binary: i.oha.to_path_buf(),
+        cpus: Some(i.m.local.oha_cpus.clone()),
+        urls_file: dir.join(format!("{}-urls.txt", row.slug())),
+        bodies_file: bodies.to_path_buf(),
+    };
+    write_inputs(&oha.urls_file, &oha.bodies_file, &format!("http://{addr}"), i.m.load.users)?;
+    Ok((server, oha))
+}
+
+/// Everything a window needs.
+struct Lab {
+    up: Vec<Up>,
+    dbs: Vec<Db>,
+    admin: Client,
+    statements: bool,
+    postgres: Option<CpuGroup>,
+    oha_group: Option<CpuGroup>,
+    dir: PathBuf,
+    error_budget: f64,
+}
+
+/// What oha reported for one window.
+struct Load {
+    secs: f64,
+    get_ok: u64,
+    patch_ok: u64,
+    failed: u64,
+    patch_unacked: u64,
+}
+
+impl Load {
+    fn majority_qps(&self, w: &Workload) -> f64 {
+        let ok = if w.get_percent >= w.patch_percent { self.get_ok } else { self.patch_ok };
+        ok as f64 / self.secs.max(1e-9)
+    }
+}
+
+/// The majority and minority sides of a cell's mix.
+fn sides(w: &Workload, split: &Split, with_minority: bool) -> Vec<Side> {
+    let (major, minor) = if w.get_percent >= w.patch_percent { ("GET", "PATCH") } else { ("PATCH", "GET") };
+    let mut v = vec![Side {
+        method: major,
+        rate: 0.0,
+        connections: split.majority_connections,
+    }];
+    if with_minority && split.minority_rate > 0.0 {
+        v.push(Side {
+            method: minor,
+            rate: split.minority_rate,
+            connections: split.minority_connections,
+        });
+    }
+    v
+}
+
+/// A snapshot of every counter a window compares.
+struct Snapshot {
+    ticks: Vec<(u64, u64)>,
+    server: Option<u64>,
+    server_cpus: Vec<u64>,
+    postgres: Option<u64>,
+    postgres_cpus: Vec<u64>,
+    oha: Option<u64>,
+    oha_cpus: Vec<u64>,
+}
+
+fn usage(g: &Option<CpuGroup>) -> (Option<u64>, Vec<u64>) {
+    g.as_ref().map_or((None, Vec::new()), |g| (g.usage_ns(), g.usage_percpu()))
+}
+
+fn diff(a: &[u64], b: &[u64], wall_ns: f64) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| y.saturating_sub(*x) as f64 / wall_ns).collect()
+}
+
+impl Lab {
+    fn snapshot(&self, row: usize) -> Snapshot {
+        let (server, server_cpus) = usage(&self.up[row].group);
+        let (postgres, postgres_cpus) = usage(&self.postgres);
+        let (oha, oha_cpus) = usage(&self.oha_group);
+        Snapshot {
+            ticks: cpu_ticks(),
+            server,
+            server_cpus,
+            postgres,
+            postgres_cpus,
+            oha,
+            oha_cpus,
+        }
+    }
+
+    /// Runs oha's sides against row `row` for `secs`; the raw JSON stays in the run's
+    /// blocks folder under `tag`.
+    fn load(&mut self, row: usize, sides: &[Side], secs: f64, tag: &str) -> Result<Load> {
+        let oha = &self.up[row].oha;
+        let mut running = Vec::new();
+        for side in sides {
+            let json = self.dir.join(format!("{tag}-{}.json", side.method.to_lowercase()));
+            let mut cmd = oha.command(side, secs, &json);
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting oha")?;
+            if let Some(g) = &mut self.oha_group {
+                let _ = g.add(child.id());
+            }
+            running.push((side.method, child, json));
+        }
+        let mut load = Load {
+            secs: 0.0,
+            get_ok: 0,
+            patch_ok: 0,
+            failed: 0,
+            patch_unacked: 0,
+        };
+        for (k, (method, child, json)) in running.into_iter().enumerate() {
+            let out = child.wait_with_output().context("waiting for oha")?;
+            if !out.status.success() {
+                bail!("oha failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+            }
+            let text = std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
+            let side = parse_summary(&text)?;
+            if k == 0 {
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                load.secs = v["summary"]["total"].as_f64().unwrap_or(secs);
+            }
+            let failed = side.replies() - side.good() + side.transport_errors();
+            load.failed += failed;
+            if method == "GET" {
+                load.get_ok += side.good();
+            } else {
+                load.patch_ok += side.count(200);
+                load.patch_unacked += side.replies() - side.count(200) + side.transport_errors();
+            }
+        }
+        Ok(load)
+    }
+
+    /// The warm-up of one cell: the majority alone, then with the minority at the rate
+    /// that keeps the mix against it; the second measurement sets the split.
+    fn calibrate(&mut self, c: Cell, w: &Workload, connections: u32, secs: f64) -> Result<Split> {
+        let share = w.get_share().max(1.0 - w.get_share());
+        let alone = split(share, connections, 0.0);
+        let tag = format!("warmup-{}-{}", self.up[c.row].row.slug(), w.name);
+        let first = self.load(c.row, &sides(w, &alone, false), secs, &tag)?;
+        let s = design::split(share, connections, first.majority_qps(w));
+        let second = self.load(c.row, &sides(w, &s, true), secs, &tag)?;
+        Ok(design::split(share, connections, second.majority_qps(w)))
+    }
+
+    fn pg_counts(&mut self, db: usize) -> Counts {
+        let name = self.dbs[db].name.clone();
+        let mut c = Counts::default();
+        let row = self.admin.query_one(
+            "SELECT d.sessions, d.xact_commit, d.blks_hit, d.blks_read, \
+                    w.wal_records, w.wal_bytes::bigint, w.wal_sync \
+             FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = $1",
+            &[&name],
+        );
+        if let Ok(r) = row {
+            c.pg_backends_started = r.get::<_, Option<i64>>(0);
+            c.pg_commits = r.get::<_, Option<i64>>(1);
+            c.pg_buffer_hits = r.get::<_, Option<i64>>(2);
+            c.pg_buffer_reads = r.get::<_, Option<i64>>(3);
+            c.pg_wal_records = r.get::<_, Option<i64>>(4);
+            c.pg_wal_bytes = r.get::<_, Option<i64>>(5);
+            c.pg_wal_syncs = r.get::<_, Option<i64>>(6);
+        }
+        if self.statements {
+            let row = self.admin.query_one(
+                "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(plans), 0)::bigint \
+                 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+                 JOIN pg_roles r ON r.oid = s.userid \
+                 WHERE d.datname = $1 AND r.rolname = $2",
+                &[&name, &crate::sql::APP_USER],
+            );
+            if let Ok(r) = row {
+                c.pg_statements = Some(r.get(0));
+                c.pg_plans = Some(r.get(1));
+            }
+        }
+        c
+    }
+
+    fn applied(&mut self, row: usize) -> Option<i64> {
+        if !self.up[row].row.writes_to_postgres() {
+            return None;
+        }
+        let db = self.up[row].db;
+        pg::applied_writes(&mut self.dbs[db].client).ok()
+    }
+
+    /// One closed-loop window of cell `c`.
+    fn window(&mut self, c: Cell, w: &Workload, split: &Split, secs: f64, block: u32, position: u32) -> Result<Window> {
+        let pid = self.up[c.row].server.pid;
+        let db = self.up[c.row].db;
+        let server_before = server_counts(pid);
+        let pg_before = self.pg_counts(db);
+        let applied_before = self.applied(c.row);
+        let before = self.snapshot(c.row);
+        let start = Instant::now();
+        let tag = format!("b{block}-{}-{}", self.up[c.row].row.slug(), w.name);
+        let load = self.load(c.row, &sides(w, split, true), secs, &tag)?;
+        let wall = start.elapsed().as_secs_f64();
+        let after = self.snapshot(c.row);
+        let server_after = server_counts(pid);
+        std::thread::sleep(STATS_FLUSH);
+        let pg_after = self.pg_counts(db);
+        let applied_after = self.applied(c.row);
+        let wall_ns = wall * 1e9;
+        let cpu_busy: Vec<f64> = before
+            .ticks
+            .iter()
+            .zip(&after.ticks)
+            .map(|((b0, t0), (b1, t1))| {
+                let t = t1.saturating_sub(*t0);
+                if t == 0 { 0.0 } else { b1.saturating_sub(*b0) as f64 / t as f64 }
+            })
+            .collect();
+        let shares = Shares {
+            server: diff(&before.server_cpus, &after.server_cpus, wall_ns),
+            postgres: diff(&before.postgres_cpus, &after.postgres_cpus, wall_ns),
+            oha: diff(&before.oha_cpus, &after.oha_cpus, wall_ns),
+        };
+        let total = load.get_ok + load.patch_ok + load.failed;
+        let limit = judge::judge(&Evidence {
+            busy: &cpu_busy,
+            shares: &shares,
+            error_rate: if total == 0 { 1.0 } else { load.failed as f64 / total as f64 },
+            error_budget: self.error_budget,
+            p99_over_slo: false,
+        });
+        let ns = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+        let d = |a: Option<i64>, b: Option<i64>| Some(b? - a?);
+        let good = load.get_ok + load.patch_ok;
+        Ok(Window {
+            block,
+            position,
+            row: self.up[c.row].row.name.clone(),
+            workload: w.name.clone(),
+            secs: load.secs,
+            wall_secs: wall,
+            get_ok: load.get_ok,
+            patch_ok: load.patch_ok,
+            failed: load.failed,
+            patch_unacked: load.patch_unacked,
+            throughput: good as f64 / load.secs.max(1e-9),
+            get_share: if good == 0 { 0.0 } else { load.get_ok as f64 / good as f64 },
+            server_ns: ns(before.server, after.server),
+            postgres_ns: ns(before.postgres, after.postgres),
+            oha_ns: ns(before.oha, after.oha),
+            cpu_busy,
+            shares,
+            counts: Counts {
+                server_syscalls: server_before.0.zip(server_after.0).map(|(a, b)| b.saturating_sub(a)),
+                server_context_switches: server_before.1.zip(server_after.1).map(|(a, b)| b.saturating_sub(a)),
+                server_run_delay_ns: server_before.2.zip(server_after.2).map(|(a, b)| b.saturating_sub(a)),
+                pg_backends_started: d(pg_before.pg_backends_started, pg_after.pg_backends_started),
+                pg_commits: d(pg_before.pg_commits, pg_after.pg_commits),
+                pg_wal_records: d(pg_before.pg_wal_records, pg_after.pg_wal_records),
+                pg_wal_bytes: d(pg_before.pg_wal_bytes, pg_after.pg_wal_bytes),
+                pg_wal_syncs: d(pg_before.pg_wal_syncs, pg_after.pg_wal_syncs),
+                pg_plans: d(pg_before.pg_plans, pg_after.pg_plans),
+                pg_statements: d(pg_before.pg_statements, pg_after.pg_statements),
+                pg_buffer_hits: d(pg_before.pg_buffer_hits, pg_after.pg_buffer_hits),
+                pg_buffer_reads: d(pg_before.pg_buffer_reads, pg_after.pg_buffer_reads),
+            },
+            applied_writes: d(applied_before, applied_after),
+            limit,
+        })
+    }
+}
+
+fn split(share: f64, connections: u32, qps: f64) -> Split {
+    design::split(share, connections, qps)
+}
+
+/// The server's read/write system calls (`/proc/<pid>/io` syscr + syscw), context
+/// switches over all its threads, and run-queue delay (ns, `schedstat`) so far.
+fn server_counts(pid: u32) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok().map(|t| {
+        t.lines()
+            .filter(|l| l.starts_with("syscr:") || l.starts_with("syscw:"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>()
+    });
+    let delay = std::fs::read_dir(format!("/proc/{pid}/task")).ok().map(|tasks| {
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>()
+    });
+    (io, super::profile::context_switches(pid), delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_majority_runs_closed_and_the_minority_at_its_rate() {
+        let w = Workload {
+            name: "write-heavy".into(),
+            get_percent: 10,
+            patch_percent: 90,
+        };
+        let s = design::split(0.9, 64, 9000.0);
+        let v = sides(&w, &s, true);
+        assert_eq!((v[0].method, v[0].rate, v[0].connections), ("PATCH", 0.0, 64));
+        assert_eq!(v[1].method, "GET");
+        assert!((v[1].rate - 1000.0).abs() < 1e-9);
+        assert_eq!(sides(&w, &s, false).len(), 1);
+        let load = Load {
+            secs: 2.0,
+            get_ok: 100,
+            patch_ok: 900,
+            failed: 0,
+            patch_unacked: 0,
+        };
+        assert!((load.majority_qps(&w) - 450.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn this_process_has_server_counters() {
+        let (io, cs, delay) = server_counts(std::process::id());
+        assert!(io.is_some() && cs.is_some() && delay.is_some());
+    }
+}
