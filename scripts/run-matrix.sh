@@ -62,7 +62,7 @@ main() {
     trap 'trap "" INT TERM; cleanup_step "stopping PostgreSQL" pg_stop' EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
-    pg_start
+    pg_start shared_preload_libraries=pg_stat_statements
     db_args=(--database-url "${PG_URL}" --pg-data "${PG_DIR}/data")
   fi
   "${lab}" run "$@" "${db_args[@]}" --oha "$(command -v oha)"

@@ -581,7 +581,8 @@ pub fn render(a: &RenderArgs) -> Result<bool> {
             a.run.display()
         );
     }
-    let summary = crate::compare::load(&a.run)?;
+    let mut summary = crate::compare::load(&a.run)?;
+    summary.derive_blocks();
     let out = match &a.out {
         Some(out) => out.clone(),
         None => default_out(&repo_root()?, &summary.environment.matrix_file),

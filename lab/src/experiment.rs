@@ -79,7 +79,7 @@ pub trait Target {
         _rows: &[Row],
         _raw: &Path,
         _say: &dyn Fn(&str),
-    ) -> Option<Result<(crate::blocks::Blocks, Vec<(String, String)>)>> {
+    ) -> Option<Result<crate::blocks::Outcome>> {
         None
     }
     fn host(&self) -> Host;

@@ -500,7 +500,11 @@ fn parse_load(text: &str, l: &RawLoad) -> Result<Load> {
 
 /// `[blocks]`: a count, a window length and connections within bounds, an A/A row
 /// that exists.
-fn parse_blocks(text: &str, raw: Option<&RawBlocks>, rows: &[Row]) -> Result<crate::blocks::Settings> {
+fn parse_blocks(
+    text: &str,
+    raw: Option<&RawBlocks>,
+    rows: &[Row],
+) -> Result<crate::blocks::Settings> {
     let at = |span: Range<usize>| line_of(text, span.start);
     let mut s = crate::blocks::Settings::default();
     let Some(raw) = raw else {
@@ -525,7 +529,11 @@ fn parse_blocks(text: &str, raw: Option<&RawBlocks>, rows: &[Row]) -> Result<cra
     }
     if let Some(aa) = &raw.aa {
         if !rows.iter().any(|r| &r.name == aa.get_ref()) {
-            bail!("line {}: aa = {:?} is not a row of this matrix", at(aa.span()), aa.get_ref());
+            bail!(
+                "line {}: aa = {:?} is not a row of this matrix",
+                at(aa.span()),
+                aa.get_ref()
+            );
         }
         s.aa = Some(aa.get_ref().clone());
     }

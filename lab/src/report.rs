@@ -534,6 +534,19 @@ fn change_cell(prev: Option<&RowResult>, row: &RowResult) -> String {
 /// The results table (Markdown), rows in matrix order, then the pgbench reference:
 /// capacities, the cost at the common rate, the change and the limit in a few words.
 pub fn table(s: &Summary) -> String {
+    match &s.blocks {
+        Some(b) => format!(
+            "{}\n**This machine's capacity** (secondary: the open-loop SLO search, one per row and repetition):\n\n{}",
+            crate::blocks::render::table(s, b),
+            slo_table(s)
+        ),
+        None => slo_table(s),
+    }
+}
+
+/// The SLO search's table: capacities, the cost at the common rate, the change and
+/// the limit in a few words.
+fn slo_table(s: &Summary) -> String {
     let names: Vec<String> = s.workloads.iter().map(|w| short(w)).collect();
     let names = names.join(" / ");
     let common = s.matrix["load"]["common_qps"]
@@ -977,9 +990,19 @@ pub fn results_md(s: &Summary) -> String {
     if let Some(line) = machine_speed_line(s) {
         out.push_str(&line);
     }
+    if let Some(b) = &s.blocks {
+        out.push_str(&crate::blocks::render::method(b));
+    }
     out.push('\n');
     out.push_str(&table(s));
     out.push('\n');
+    if let Some(b) = &s.blocks {
+        out.push_str("## The mechanism, counted per request (blocks)\n\n");
+        out.push_str(&crate::blocks::render::counters(b));
+        out.push('\n');
+        out.push_str(&crate::blocks::render::mechanisms(b));
+        out.push('\n');
+    }
     out.push_str(&crate::charts::markdown(s));
     out.push_str("\n## Rows in detail\n\n");
     let mut prev: Option<&RowResult> = None;
@@ -998,7 +1021,11 @@ pub fn results_md(s: &Summary) -> String {
     if failures.is_empty() && matches!(e.host, Host::Cluster { .. }) {
         out.push_str("Every load-generator Job was checked: PATCHes answered 200 over the whole Job = updates applied by PostgreSQL (sum of `version`, read in the PostgreSQL pod before and after the Job; the Job itself cannot reach the database), and, with `metrics`, the server's own counts = oha's at every step. All checks passed.\n");
     } else if failures.is_empty() {
-        out.push_str("Every write-bearing window was checked per id (the warm-up probe, every step, the common-rate window): from oha's per-request records, each id's stored `version` grew by at least its PATCHes answered 200 and by at most those plus its PATCHes answered otherwise, with extra writes only up to the PATCHes that got no reply; every written id holds an email that was sent; and, with `metrics`, the server's own counts = oha's. All checks passed.\n");
+        out.push_str("Every write-bearing window was checked per id (the warm-up probe, every step, the common-rate window): from oha's per-request records, each id's stored `version` grew by at least its PATCHes answered 200 and by at most those plus its PATCHes answered otherwise, with extra writes only up to the PATCHes that got no reply; every written id holds an email that was sent; and, with `metrics`, the server's own counts = oha's.");
+        if s.blocks.is_some() {
+            out.push_str(" Every block window of a row that writes to PostgreSQL was checked in total: `sum(version)` grew by at least the PATCHes answered 200 and at most those plus the PATCHes answered otherwise or not at all.");
+        }
+        out.push_str(" All checks passed.\n");
     } else {
         out.push_str(
             "**INTEGRITY FAILURES** — these numbers must not be trusted until explained:\n\n",
@@ -1122,7 +1149,8 @@ pub fn check_table(text: &str, rows: &[String], workloads: usize) -> Result<()> 
         };
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
         for (i, cell) in cells.iter().skip(2).take(workloads).enumerate() {
-            if !cell.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            let number = cell.trim_start_matches("≥ ");
+            if !number.chars().next().is_some_and(|c| c.is_ascii_digit()) {
                 bail!("row {name:?}: cell {} is not a number: {cell:?}", i + 3);
             }
         }

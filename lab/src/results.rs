@@ -380,6 +380,12 @@ impl Summary {
         for w in self.rows.iter_mut().flat_map(|r| r.workloads.iter_mut()) {
             w.derive();
         }
+        self.derive_blocks();
+    }
+
+    /// The blocks' cells, effects and A/A check, from their windows (also when a
+    /// committed run is rendered again: the windows are the data, the rest follows).
+    pub fn derive_blocks(&mut self) {
         let Some(mut blocks) = self.blocks.take() else {
             return;
         };

@@ -39,26 +39,32 @@ impl Rng {
 }
 
 /// Every block's order: each block holds every cell exactly once, in a fresh random
-/// order drawn from `seed`.
+/// order drawn from `seed`. The workloads come in a random order and each workload's
+/// rows together, in a random order of their own: the windows a comparison pairs (the
+/// same workload, adjacent rows) stay close in time, so the machine's drift within a
+/// block adds less to their ratio.
 pub fn blocks(rows: usize, workloads: usize, count: usize, seed: u64) -> Vec<Vec<Cell>> {
     let mut rng = Rng::new(seed);
-    let cells: Vec<Cell> = (0..rows)
-        .flat_map(|row| (0..workloads).map(move |workload| Cell { row, workload }))
-        .collect();
     (0..count)
         .map(|_| {
-            let mut order = cells.clone();
-            rng.shuffle(&mut order);
-            order
+            let mut ws: Vec<usize> = (0..workloads).collect();
+            rng.shuffle(&mut ws);
+            ws.into_iter()
+                .flat_map(|workload| {
+                    let mut rs: Vec<usize> = (0..rows).collect();
+                    rng.shuffle(&mut rs);
+                    rs.into_iter().map(move |row| Cell { row, workload })
+                })
+                .collect()
         })
         .collect()
 }
 
 /// How a mix is driven in a closed loop: the majority method closed-loop on a fixed
 /// number of connections, the minority open-loop at the rate that keeps the mix, from
-/// the majority's throughput measured in the warm-up (oha's two processes would each
-/// run at their own latency if both were closed, so a split of connections alone does
-/// not keep a mix).
+/// the majority's throughput measured just before (oha's two processes would each run
+/// at their own latency if both were closed, so a split of connections alone does not
+/// keep a mix).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Split {
     /// The majority's share of requests (0.9 at 90/10).
@@ -115,6 +121,14 @@ mod tests {
         assert_ne!(b[0], b[1]);
         assert_eq!(b, blocks(12, 2, 8, 42));
         assert_ne!(b, blocks(12, 2, 8, 43));
+        // A workload's cells stay together.
+        for block in &b {
+            let changes = block
+                .windows(2)
+                .filter(|p| p[0].workload != p[1].workload)
+                .count();
+            assert_eq!(changes, 1);
+        }
         // Over many blocks each row is first about equally often (no position bias).
         let many = blocks(4, 1, 4000, 7);
         let mut first = [0; 4];

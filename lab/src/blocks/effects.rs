@@ -286,7 +286,10 @@ mod tests {
             (0.9975, 7.0, 4.0293),
         ] {
             let got = t_quantile(p, df);
-            assert!((got - want).abs() < 1e-3, "t({p}, {df}) = {got}, want {want}");
+            assert!(
+                (got - want).abs() < 1e-3,
+                "t({p}, {df}) = {got}, want {want}"
+            );
         }
         assert!((t_cdf(0.0, 4.0) - 0.5).abs() < 1e-12);
     }
@@ -302,12 +305,21 @@ mod tests {
         assert!((r.ratio - 1.1).abs() < 1e-9);
         // t(0.975, 2) = 4.3027: half-width 4.3027 × 0.02 / √3 = 0.049684 in logs.
         let half = 4.302_653 * 0.02 / 3f64.sqrt();
-        assert!((r.ci_low - (1.1f64.ln() - half).exp()).abs() < 1e-5, "{r:?}");
-        assert!((r.ci_high - (1.1f64.ln() + half).exp()).abs() < 1e-5, "{r:?}");
+        assert!(
+            (r.ci_low - (1.1f64.ln() - half).exp()).abs() < 1e-5,
+            "{r:?}"
+        );
+        assert!(
+            (r.ci_high - (1.1f64.ln() + half).exp()).abs() < 1e-5,
+            "{r:?}"
+        );
         // Corrected for 10 comparisons: t(0.9975, 2) = 14.089 makes it wider.
         let wide = paired_ratio(&pairs, 0.05, 10).unwrap();
         let half10 = 14.089 * 0.02 / 3f64.sqrt();
-        assert!((wide.ci_high - (1.1f64.ln() + half10).exp()).abs() < 1e-3, "{wide:?}");
+        assert!(
+            (wide.ci_high - (1.1f64.ln() + half10).exp()).abs() < 1e-3,
+            "{wide:?}"
+        );
         assert_eq!(paired_ratio(&pairs[..1], 0.05, 1), None);
     }
 

@@ -58,6 +58,11 @@ pub struct Evidence<'a> {
     pub error_budget: f64,
     /// For an open-loop window: p99 and the SLO, ms.
     pub p99_over_slo: bool,
+    /// How many CPUs oha may use.
+    pub oha_cpus: usize,
+    /// oha ran ahead of the others on its CPUs (a raised priority): then only a CPU of
+    /// its own that it used up makes it the limit.
+    pub oha_ahead: bool,
 }
 
 /// The limit of one window.
@@ -68,18 +73,28 @@ pub fn judge(e: &Evidence) -> Limit {
     if e.p99_over_slo {
         return Limit::LatencySlo;
     }
+    let oha_total: f64 = e.shares.oha.iter().sum();
+    if e.oha_cpus > 0 && oha_total >= SATURATED * e.oha_cpus as f64 {
+        return Limit::LoadGenerator;
+    }
     let saturated: Vec<usize> = (0..e.busy.len())
         .filter(|c| e.busy[*c] >= SATURATED)
         .collect();
     if saturated.is_empty() {
         return Limit::Connections;
     }
-    let on = |v: &[f64]| saturated.iter().map(|c| v.get(*c).copied().unwrap_or(0.0)).sum::<f64>();
+    let on = |v: &[f64]| {
+        saturated
+            .iter()
+            .map(|c| v.get(*c).copied().unwrap_or(0.0))
+            .sum::<f64>()
+    };
     let (server, postgres, oha) = (
         on(&e.shares.server),
         on(&e.shares.postgres),
         on(&e.shares.oha),
     );
+    let oha = if e.oha_ahead { 0.0 } else { oha };
     if server >= postgres && server >= oha {
         Limit::ServerCpu
     } else if postgres >= oha {
@@ -118,6 +133,8 @@ mod tests {
             error_rate: 0.0,
             error_budget: 0.001,
             p99_over_slo: false,
+            oha_cpus: 1,
+            oha_ahead: false,
         }
     }
 
@@ -160,6 +177,26 @@ mod tests {
                 ..base.clone()
             }),
             Limit::Errors
+        );
+        // oha ahead of PostgreSQL on CPU 1: the CPU is full, but oha had what it asked.
+        assert_eq!(
+            judge(&Evidence {
+                busy: &[0.5, 0.97],
+                oha_ahead: true,
+                ..base.clone()
+            }),
+            Limit::PostgresCpu
+        );
+        // ... unless it used up its CPU.
+        let full = shares([0.3, 0.0], [0.6, 0.05], [0.0, 0.95]);
+        assert_eq!(
+            judge(&Evidence {
+                busy: &[0.9, 1.0],
+                shares: &full,
+                oha_ahead: true,
+                ..base.clone()
+            }),
+            Limit::LoadGenerator
         );
         assert_eq!(
             majority(&[Limit::ServerCpu, Limit::LoadGenerator, Limit::LoadGenerator]),

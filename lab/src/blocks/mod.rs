@@ -9,9 +9,17 @@ use serde::{Deserialize, Serialize};
 pub mod design;
 pub mod effects;
 pub mod judge;
+pub mod render;
+
+/// How long after a window PostgreSQL's counters are read, ms (its backends report
+/// statistics at most once a second).
+pub const STATS_FLUSH_MS: u64 = 1100;
 
 use effects::{Change, Ratio};
 use judge::{Limit, Shares};
+
+/// The blocks of a run and the rows that could not take part in them (name, why).
+pub type Outcome = (Blocks, Vec<(String, String)>);
 
 /// A run's block settings (`[blocks]` in the matrix).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,6 +71,14 @@ pub struct Counts {
     pub pg_buffer_reads: Option<i64>,
 }
 
+/// What the probe just before a window answered (its counters are in the window's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub get_ok: u64,
+    pub patch_ok: u64,
+    pub patch_unacked: u64,
+}
+
 /// One measured window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Window {
@@ -81,6 +97,9 @@ pub struct Window {
     pub failed: u64,
     /// PATCHes answered with something other than 200, or not at all.
     pub patch_unacked: u64,
+    /// The probe before the window: counted in `counts` and `applied_writes`.
+    #[serde(default)]
+    pub probe: Probe,
     /// Good replies per second of load time.
     pub throughput: f64,
     /// GETs among the good replies.
@@ -90,6 +109,9 @@ pub struct Window {
     pub oha_ns: Option<u64>,
     /// Each CPU's busy share (steal excluded).
     pub cpu_busy: Vec<f64>,
+    /// Each CPU's share stolen by the hypervisor.
+    #[serde(default)]
+    pub cpu_steal: Vec<f64>,
     pub shares: Shares,
     pub counts: Counts,
     /// `sum(version)` grew by this much (None: not checked, e.g. the memory store).
@@ -112,14 +134,25 @@ impl Window {
     pub fn postgres_us(&self) -> Option<f64> {
         self.per_request(self.postgres_ns)
     }
-    /// What the per-window integrity check found wrong, if anything.
+    /// Requests and PATCHes the counters cover: the window's and its probe's.
+    fn counted(&self) -> (u64, u64) {
+        (
+            self.requests() + self.probe.get_ok + self.probe.patch_ok,
+            self.patch_ok + self.probe.patch_ok,
+        )
+    }
+
+    /// What the per-window integrity check found wrong, if anything (the probe's
+    /// PATCHes included).
     pub fn integrity(&self) -> Option<String> {
         let applied = self.applied_writes?;
-        let (lo, hi) = (self.patch_ok as i64, (self.patch_ok + self.patch_unacked) as i64);
+        let ok = self.patch_ok + self.probe.patch_ok;
+        let other = self.patch_unacked + self.probe.patch_unacked;
+        let (lo, hi) = (ok as i64, (ok + other) as i64);
         (applied < lo || applied > hi).then(|| {
             format!(
-                "block {} window {}: {} PATCHes answered 200 ({} others) but sum(version) grew by {applied}",
-                self.block, self.position, self.patch_ok, self.patch_unacked
+                "block {} window {}: {ok} PATCHes answered 200 ({other} others) but sum(version) grew by {applied}",
+                self.block, self.position
             )
         })
     }
@@ -214,14 +247,24 @@ pub struct AaCheck {
 
 impl Blocks {
     /// The windows of one cell, by block.
-    fn cell_windows<'a>(&'a self, row: &'a str, workload: &'a str) -> impl Iterator<Item = &'a Window> {
+    fn cell_windows<'a>(
+        &'a self,
+        row: &'a str,
+        workload: &'a str,
+    ) -> impl Iterator<Item = &'a Window> {
         self.windows
             .iter()
             .filter(move |w| w.row == row && w.workload == workload)
     }
 
     /// (a, b) of a measure over the blocks where both rows have a window.
-    fn pairs(&self, a: &str, b: &str, workload: &str, f: fn(&Window) -> Option<f64>) -> Vec<(f64, f64)> {
+    fn pairs(
+        &self,
+        a: &str,
+        b: &str,
+        workload: &str,
+        f: fn(&Window) -> Option<f64>,
+    ) -> Vec<(f64, f64)> {
         let mut out = Vec::new();
         for wa in self.cell_windows(a, workload) {
             if let Some(wb) = self.cell_windows(b, workload).find(|w| w.block == wa.block) {
@@ -233,7 +276,14 @@ impl Blocks {
         out
     }
 
-    fn change(&self, a: &str, b: &str, workload: &str, f: fn(&Window) -> Option<f64>, m: usize) -> Option<Change> {
+    fn change(
+        &self,
+        a: &str,
+        b: &str,
+        workload: &str,
+        f: fn(&Window) -> Option<f64>,
+        m: usize,
+    ) -> Option<Change> {
         let pairs = self.pairs(a, b, workload, f);
         let ratio = effects::paired_ratio(&pairs, self.settings.alpha, m);
         Some(Change {
@@ -265,8 +315,16 @@ impl Blocks {
                 let interval = |v: &[f64]| {
                     let med = effects::median(v)?;
                     Some(match effects::geometric_interval(v, alpha) {
-                        Some((_, lo, hi)) => Interval { median: med, ci_low: lo, ci_high: hi },
-                        None => Interval { median: med, ci_low: med, ci_high: med },
+                        Some((_, lo, hi)) => Interval {
+                            median: med,
+                            ci_low: lo,
+                            ci_high: hi,
+                        },
+                        None => Interval {
+                            median: med,
+                            ci_low: med,
+                            ci_high: med,
+                        },
                     })
                 };
                 let server: Vec<f64> = ws.iter().filter_map(|w| w.server_us()).collect();
@@ -279,9 +337,12 @@ impl Blocks {
                     .and_then(|k| k.checked_sub(1))
                     .map(|k| ladder[k].clone())
                     .or_else(|| {
-                        // A row off the ladder (a reference, the A/A copy): against the
-                        // row above it in the run.
-                        (i > 0 && !ladder.contains(row)).then(|| self.rows[i - 1].clone())
+                        // The A/A copy: against its original; another row off the
+                        // ladder (a reference): against the row above it in the run.
+                        let aa = self.settings.aa.as_ref().filter(|a| aa_name(a) == *row);
+                        aa.cloned().or_else(|| {
+                            (i > 0 && !ladder.contains(row)).then(|| self.rows[i - 1].clone())
+                        })
                     });
                 let server_interval = interval(&server);
                 let shares: Vec<f64> = ws.iter().map(|w| w.get_share).collect();
@@ -297,9 +358,9 @@ impl Blocks {
                     p99_ms_at_fixed_rate: p99(row, workload),
                     server_us_per_request: server_interval,
                     postgres_us_per_request: interval(&postgres),
-                    change_vs_previous: previous.as_ref().and_then(|p| {
-                        self.change(p, row, workload, |w| Some(w.throughput), m)
-                    }),
+                    change_vs_previous: previous
+                        .as_ref()
+                        .and_then(|p| self.change(p, row, workload, |w| Some(w.throughput), m)),
                     change_vs_baseline: ladder
                         .first()
                         .filter(|b| *b != row)
@@ -339,13 +400,18 @@ impl Blocks {
     }
 
     pub fn cell(&self, row: &str, workload: &str) -> Option<&CellResult> {
-        self.cells.iter().find(|c| c.row == row && c.workload == workload)
+        self.cells
+            .iter()
+            .find(|c| c.row == row && c.workload == workload)
     }
 
     pub fn integrity_failures(&self) -> Vec<String> {
         self.windows
             .iter()
-            .filter_map(|w| w.integrity().map(|f| format!("{} / {} / {f}", w.row, w.workload)))
+            .filter_map(|w| {
+                w.integrity()
+                    .map(|f| format!("{} / {} / {f}", w.row, w.workload))
+            })
             .collect()
     }
 }
@@ -357,14 +423,15 @@ fn per_request(ws: &[&Window]) -> PerRequest {
         effects::median(&v)
     };
     let per = |w: &Window, x: Option<i64>| {
-        let n = w.requests();
+        let n = w.counted().0;
         (n > 0).then_some(())?;
         x.map(|x| x as f64 / n as f64)
     };
     let per_u = |w: &Window, x: Option<u64>| per(w, x.map(|x| x as i64));
     let per_patch = |w: &Window, x: Option<i64>| {
-        (w.patch_ok > 0).then_some(())?;
-        x.map(|x| x as f64 / w.patch_ok as f64)
+        let n = w.counted().1;
+        (n > 0).then_some(())?;
+        x.map(|x| x as f64 / n as f64)
     };
     PerRequest {
         server_syscalls: med(&|w| per_u(w, w.counts.server_syscalls)),
@@ -399,12 +466,14 @@ mod tests {
             patch_ok: n - n * 9 / 10,
             failed: 0,
             patch_unacked: 0,
+            probe: Probe::default(),
             throughput,
             get_share: 0.9,
             server_ns: Some(server_ns),
             postgres_ns: None,
             oha_ns: None,
             cpu_busy: vec![1.0, 0.8],
+            cpu_steal: vec![0.0, 0.0],
             shares: Shares::default(),
             counts: Counts {
                 pg_commits: Some((n - n * 9 / 10) as i64),
@@ -435,9 +504,16 @@ mod tests {
         };
         for (k, drift) in [1.0, 0.95, 1.05, 1.0].iter().enumerate() {
             let k = k as u32 + 1;
-            b.windows.push(window(k, "A", 1000.0 * drift, 4_000_000_000));
-            b.windows.push(window(k, "B", 1500.0 * drift, 4_000_000_000));
-            b.windows.push(window(k, &aa_name("A"), 1000.0 * drift * (1.0 + 0.001 * f64::from(k)), 4_000_000_000));
+            b.windows
+                .push(window(k, "A", 1000.0 * drift, 4_000_000_000));
+            b.windows
+                .push(window(k, "B", 1500.0 * drift, 4_000_000_000));
+            b.windows.push(window(
+                k,
+                &aa_name("A"),
+                1000.0 * drift * (1.0 + 0.001 * f64::from(k)),
+                4_000_000_000,
+            ));
         }
         b.derive(&["A".into(), "B".into()], &|_, _| None);
         let cell = b.cell("B", "read-heavy").unwrap();

@@ -141,6 +141,7 @@ pub fn run(o: &Options) -> Result<Report> {
     let plan: Plan = serde_json::from_str(&text).context("the plan is not valid")?;
     let oha = Oha {
         binary: o.oha.clone(),
+        nice: None,
         cpus: None,
         urls_file: o.work.join("urls.txt"),
         bodies_file: o.work.join("bodies.txt"),

@@ -13,7 +13,7 @@ use postgres::Client;
 
 use crate::blocks::design::{self, Cell, Split};
 use crate::blocks::judge::{self, Evidence, Shares};
-use crate::blocks::{aa_name, Blocks, Counts, Settings, Window};
+use crate::blocks::{aa_name, Blocks, Counts, Probe, Settings, Window};
 use crate::matrix::{Matrix, Row, Workload};
 use crate::measure::contract;
 use crate::measure::driver::write_inputs;
@@ -25,7 +25,25 @@ use super::{pg, ports};
 
 /// How long PostgreSQL's backends may keep their statistics before reporting them
 /// (PGSTAT_MIN_INTERVAL is 1 s): the counters are read this long after a window.
-const STATS_FLUSH: Duration = Duration::from_millis(1100);
+const STATS_FLUSH: Duration = Duration::from_millis(crate::blocks::STATS_FLUSH_MS);
+
+/// oha's niceness in the blocks: ahead of PostgreSQL on the CPU they share, so the
+/// load generator has the headroom it needs and the server side is what saturates
+/// (root only; elsewhere `nice` cannot raise a priority and oha runs at the default).
+const OHA_NICE: i32 = -10;
+
+/// How long each window's probe of the majority alone lasts, s.
+const PROBE_SECS: f64 = 0.75;
+
+/// Whether this process runs as root (its `nice` may raise oha's priority).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|t| {
+        t.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+            .unwrap_or(false)
+    })
+}
 
 /// A server of the blocks, up for the whole run.
 struct Up {
@@ -58,7 +76,7 @@ pub struct Inputs<'a> {
 }
 
 /// The blocks' result and the rows that could not take part (name, why).
-pub fn run(i: &Inputs) -> Result<(Blocks, Vec<(String, String)>)> {
+pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     let started = Instant::now();
     let m = i.m;
     let dir = i.raw.join("blocks");
@@ -105,7 +123,10 @@ pub fn run(i: &Inputs) -> Result<(Blocks, Vec<(String, String)>)> {
                     Ok(g)
                 });
                 if let Err(e) = &group {
-                    eprintln!("warning: no CPU group for {:?} ({e:#}); its CPU is not recorded", row.name);
+                    eprintln!(
+                        "warning: no CPU group for {:?} ({e:#}); its CPU is not recorded",
+                        row.name
+                    );
                 }
                 up.push(Up {
                     row: row.clone(),
@@ -116,7 +137,10 @@ pub fn run(i: &Inputs) -> Result<(Blocks, Vec<(String, String)>)> {
                 });
             }
             Err(e) => {
-                eprintln!("!!! row {:?} could not start for the blocks: {e:#}", row.name);
+                eprintln!(
+                    "!!! row {:?} could not start for the blocks: {e:#}",
+                    row.name
+                );
                 failed.push((row.name.clone(), format!("blocks: {e:#}")));
             }
         }
@@ -131,7 +155,10 @@ pub fn run(i: &Inputs) -> Result<(Blocks, Vec<(String, String)>)> {
         rows: up.iter().map(|u| u.row.name.clone()).collect(),
         references: up
             .iter()
-            .filter(|u| !u.row.writes_to_postgres() || u.row.name == aa_name(i.settings.aa.as_deref().unwrap_or("")))
+            .filter(|u| {
+                !u.row.writes_to_postgres()
+                    || u.row.name == aa_name(i.settings.aa.as_deref().unwrap_or(""))
+            })
             .map(|u| u.row.name.clone())
             .collect(),
         workloads: m.workloads.iter().map(|w| w.name.clone()).collect(),
@@ -150,9 +177,20 @@ pub fn run(i: &Inputs) -> Result<(Blocks, Vec<(String, String)>)> {
         oha_group,
         dir,
         error_budget: m.load.error_budget,
+        probe_secs: if i.quick { 0.5 } else { PROBE_SECS },
+        oha_cpus: crate::matrix::parse_cpu_list(&m.local.oha_cpus).map_or(1, |v| v.len()),
+        oha_ahead: is_root(),
     };
-    let (secs, warm) = if i.quick { (1.0, 0.5) } else { (i.settings.window_secs, 1.5) };
-    let count = if i.quick { 1 } else { i.settings.blocks as usize };
+    let (secs, warm) = if i.quick {
+        (1.0, 0.5)
+    } else {
+        (i.settings.window_secs, 1.5)
+    };
+    let count = if i.quick {
+        1
+    } else {
+        i.settings.blocks as usize
+    };
     // The warm-up: every cell, in a random order, finds the minority's rate.
     let cells = design::blocks(lab.up.len(), m.workloads.len(), 1, seed ^ 0xA5A5)
         .pop()
@@ -167,7 +205,8 @@ pub fn run(i: &Inputs) -> Result<(Blocks, Vec<(String, String)>)> {
         let w = &m.workloads[c.workload];
         match lab.calibrate(*c, w, i.settings.connections, warm) {
             Ok(s) => {
-                b.splits.push((lab.up[c.row].row.name.clone(), w.name.clone(), s));
+                b.splits
+                    .push((lab.up[c.row].row.name.clone(), w.name.clone(), s));
                 splits.insert((c.row, c.workload), s);
             }
             Err(e) => eprintln!(
@@ -181,7 +220,10 @@ pub fn run(i: &Inputs) -> Result<(Blocks, Vec<(String, String)>)> {
         .enumerate()
     {
         let block = k as u32 + 1;
-        (i.say)(&format!("block {block}/{count}: {} windows of {secs} s", order.len()));
+        (i.say)(&format!(
+            "block {block}/{count}: {} windows of {secs} s",
+            order.len()
+        ));
         for (pos, c) in order.iter().enumerate() {
             let Some(split) = splits.get(&(c.row, c.workload)) else {
                 continue;
@@ -206,7 +248,9 @@ pub fn run(i: &Inputs) -> Result<(Blocks, Vec<(String, String)>)> {
     }
     drop(lab.up);
     for d in &lab.dbs {
-        let _ = lab.admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", d.name));
+        let _ = lab
+            .admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", d.name));
     }
     b.elapsed_secs = started.elapsed().as_secs_f64();
     Ok((b, failed))
@@ -230,18 +274,25 @@ fn enable_statements(admin: &mut Client) -> bool {
         )
         .map(|r| r.get::<_, i64>(0) > 0)
         .unwrap_or(false);
+    // One statement per call: ALTER SYSTEM refuses to run inside the implicit
+    // transaction of a multi-statement string.
     loaded
-        && admin
-            .batch_execute(
-                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; \
-                 ALTER SYSTEM SET pg_stat_statements.track_planning = on; SELECT pg_reload_conf()",
-            )
-            .is_ok()
+        && [
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+            "ALTER SYSTEM SET pg_stat_statements.track_planning = on",
+            "SELECT pg_reload_conf()",
+        ]
+        .iter()
+        .all(|q| admin.batch_execute(q).is_ok())
 }
 
 /// A fresh database for the blocks' rows with (or without) the index, seeded.
 fn database(admin: &mut Client, url: &str, index: bool, users: i64) -> Result<Db> {
-    let name = if index { "perflab_blocks" } else { "perflab_blocks_noindex" };
+    let name = if index {
+        "perflab_blocks"
+    } else {
+        "perflab_blocks_noindex"
+    };
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
     admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
     let mut client = pg::connect(&pg::with_database(url, name)?)?;
@@ -265,7 +316,14 @@ fn postgres_group(pg_data: Option<&Path>) -> Option<CpuGroup> {
 }
 
 /// Starts one row's server, checks it, and writes its oha inputs.
-fn start(i: &Inputs, row: &Row, binary: Option<&Path>, app_url: &str, dir: &Path, bodies: &Path) -> Result<(Server, Oha)> {
+fn start(
+    i: &Inputs,
+    row: &Row,
+    binary: Option<&Path>,
+    app_url: &str,
+    dir: &Path,
+    bodies: &Path,
+) -> Result<(Server, Oha)> {
     let addr: SocketAddr = format!("127.0.0.1:{}", ports::free_port()?).parse()?;
     let log = dir.join(format!("{}-server.log", row.slug()));
     let launch = Launch {
@@ -276,7 +334,9 @@ fn start(i: &Inputs, row: &Row, binary: Option<&Path>, app_url: &str, dir: &Path
         log: &log,
     };
     let mut server = match (&row.external, binary) {
-        (Some(external), _) => Server::start_external(&crate::commands::repo_root()?, external, &launch)?,
+        (Some(external), _) => {
+            Server::start_external(&crate::commands::repo_root()?, external, &launch)?
+        }
         (None, Some(binary)) => Server::start(binary, &launch)?,
         (None, None) => bail!("row {:?} has no binary", row.name),
     };
@@ -288,11 +348,17 @@ fn start(i: &Inputs, row: &Row, binary: Option<&Path>, app_url: &str, dir: &Path
     contract::check_server(&server.remote, &checked, i.m.load.users)?;
     let oha = Oha {
         binary: i.oha.to_path_buf(),
+        nice: Some(OHA_NICE),
         cpus: Some(i.m.local.oha_cpus.clone()),
         urls_file: dir.join(format!("{}-urls.txt", row.slug())),
         bodies_file: bodies.to_path_buf(),
     };
-    write_inputs(&oha.urls_file, &oha.bodies_file, &format!("http://{addr}"), i.m.load.users)?;
+    write_inputs(
+        &oha.urls_file,
+        &oha.bodies_file,
+        &format!("http://{addr}"),
+        i.m.load.users,
+    )?;
     Ok((server, oha))
 }
 
@@ -306,6 +372,9 @@ struct Lab {
     oha_group: Option<CpuGroup>,
     dir: PathBuf,
     error_budget: f64,
+    probe_secs: f64,
+    oha_cpus: usize,
+    oha_ahead: bool,
 }
 
 /// What oha reported for one window.
@@ -319,14 +388,22 @@ struct Load {
 
 impl Load {
     fn majority_qps(&self, w: &Workload) -> f64 {
-        let ok = if w.get_percent >= w.patch_percent { self.get_ok } else { self.patch_ok };
+        let ok = if w.get_percent >= w.patch_percent {
+            self.get_ok
+        } else {
+            self.patch_ok
+        };
         ok as f64 / self.secs.max(1e-9)
     }
 }
 
 /// The majority and minority sides of a cell's mix.
 fn sides(w: &Workload, split: &Split, with_minority: bool) -> Vec<Side> {
-    let (major, minor) = if w.get_percent >= w.patch_percent { ("GET", "PATCH") } else { ("PATCH", "GET") };
+    let (major, minor) = if w.get_percent >= w.patch_percent {
+        ("GET", "PATCH")
+    } else {
+        ("PATCH", "GET")
+    };
     let mut v = vec![Side {
         method: major,
         rate: 0.0,
@@ -344,7 +421,7 @@ fn sides(w: &Workload, split: &Split, with_minority: bool) -> Vec<Side> {
 
 /// A snapshot of every counter a window compares.
 struct Snapshot {
-    ticks: Vec<(u64, u64)>,
+    ticks: Vec<super::cgroup::Ticks>,
     server: Option<u64>,
     server_cpus: Vec<u64>,
     postgres: Option<u64>,
@@ -354,11 +431,15 @@ struct Snapshot {
 }
 
 fn usage(g: &Option<CpuGroup>) -> (Option<u64>, Vec<u64>) {
-    g.as_ref().map_or((None, Vec::new()), |g| (g.usage_ns(), g.usage_percpu()))
+    g.as_ref()
+        .map_or((None, Vec::new()), |g| (g.usage_ns(), g.usage_percpu()))
 }
 
 fn diff(a: &[u64], b: &[u64], wall_ns: f64) -> Vec<f64> {
-    a.iter().zip(b).map(|(x, y)| y.saturating_sub(*x) as f64 / wall_ns).collect()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| y.saturating_sub(*x) as f64 / wall_ns)
+        .collect()
 }
 
 impl Lab {
@@ -383,7 +464,9 @@ impl Lab {
         let oha = &self.up[row].oha;
         let mut running = Vec::new();
         for side in sides {
-            let json = self.dir.join(format!("{tag}-{}.json", side.method.to_lowercase()));
+            let json = self
+                .dir
+                .join(format!("{tag}-{}.json", side.method.to_lowercase()));
             let mut cmd = oha.command(side, secs, &json);
             let child = cmd
                 .stdin(Stdio::null())
@@ -406,9 +489,14 @@ impl Lab {
         for (k, (method, child, json)) in running.into_iter().enumerate() {
             let out = child.wait_with_output().context("waiting for oha")?;
             if !out.status.success() {
-                bail!("oha failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+                bail!(
+                    "oha failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
             }
-            let text = std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
+            let text = std::fs::read_to_string(&json)
+                .with_context(|| format!("reading {}", json.display()))?;
             let side = parse_summary(&text)?;
             if k == 0 {
                 let v: serde_json::Value = serde_json::from_str(&text)?;
@@ -430,12 +518,32 @@ impl Lab {
     /// that keeps the mix against it; the second measurement sets the split.
     fn calibrate(&mut self, c: Cell, w: &Workload, connections: u32, secs: f64) -> Result<Split> {
         let share = w.get_share().max(1.0 - w.get_share());
-        let alone = split(share, connections, 0.0);
+        let alone = design::split(share, connections, 0.0);
         let tag = format!("warmup-{}-{}", self.up[c.row].row.slug(), w.name);
         let first = self.load(c.row, &sides(w, &alone, false), secs, &tag)?;
         let s = design::split(share, connections, first.majority_qps(w));
         let second = self.load(c.row, &sides(w, &s, true), secs, &tag)?;
         Ok(design::split(share, connections, second.majority_qps(w)))
+    }
+
+    /// The probe before a window: the mix at the warm-up's split, whose majority
+    /// throughput sets the window's minority rate (the machine drifts between the
+    /// warm-up and a block, and a fixed rate would let the mix drift with it).
+    fn probe(
+        &mut self,
+        c: Cell,
+        w: &Workload,
+        warm: &Split,
+        secs: f64,
+        tag: &str,
+    ) -> Result<(Split, Load)> {
+        let load = self.load(c.row, &sides(w, warm, true), secs, &format!("{tag}-probe"))?;
+        let s = design::split(
+            warm.majority_share,
+            warm.majority_connections,
+            load.majority_qps(w),
+        );
+        Ok((s, load))
     }
 
     fn pg_counts(&mut self, db: usize) -> Counts {
@@ -480,16 +588,28 @@ impl Lab {
         pg::applied_writes(&mut self.dbs[db].client).ok()
     }
 
-    /// One closed-loop window of cell `c`.
-    fn window(&mut self, c: Cell, w: &Workload, split: &Split, secs: f64, block: u32, position: u32) -> Result<Window> {
+    /// One closed-loop window of cell `c`, after a probe of its majority alone.
+    fn window(
+        &mut self,
+        c: Cell,
+        w: &Workload,
+        warm: &Split,
+        secs: f64,
+        block: u32,
+        position: u32,
+    ) -> Result<Window> {
+        let tag = format!("b{block}-{}-{}", self.up[c.row].row.slug(), w.name);
         let pid = self.up[c.row].server.pid;
         let db = self.up[c.row].db;
+        // The counters span the probe and the window (PostgreSQL reports a probe's
+        // statistics up to a second late); the CPU figures the window alone.
         let server_before = server_counts(pid);
         let pg_before = self.pg_counts(db);
         let applied_before = self.applied(c.row);
+        let (split, probe) = self.probe(c, w, warm, self.probe_secs, &tag)?;
+        let split = &split;
         let before = self.snapshot(c.row);
         let start = Instant::now();
-        let tag = format!("b{block}-{}-{}", self.up[c.row].row.slug(), w.name);
         let load = self.load(c.row, &sides(w, split, true), secs, &tag)?;
         let wall = start.elapsed().as_secs_f64();
         let after = self.snapshot(c.row);
@@ -502,9 +622,26 @@ impl Lab {
             .ticks
             .iter()
             .zip(&after.ticks)
-            .map(|((b0, t0), (b1, t1))| {
-                let t = t1.saturating_sub(*t0);
-                if t == 0 { 0.0 } else { b1.saturating_sub(*b0) as f64 / t as f64 }
+            .map(|(a, b)| {
+                let t = b.total.saturating_sub(a.total);
+                if t == 0 {
+                    0.0
+                } else {
+                    b.busy.saturating_sub(a.busy) as f64 / t as f64
+                }
+            })
+            .collect();
+        let cpu_steal: Vec<f64> = before
+            .ticks
+            .iter()
+            .zip(&after.ticks)
+            .map(|(a, b)| {
+                let t = (b.total + b.steal).saturating_sub(a.total + a.steal);
+                if t == 0 {
+                    0.0
+                } else {
+                    b.steal.saturating_sub(a.steal) as f64 / t as f64
+                }
             })
             .collect();
         let shares = Shares {
@@ -516,9 +653,15 @@ impl Lab {
         let limit = judge::judge(&Evidence {
             busy: &cpu_busy,
             shares: &shares,
-            error_rate: if total == 0 { 1.0 } else { load.failed as f64 / total as f64 },
+            error_rate: if total == 0 {
+                1.0
+            } else {
+                load.failed as f64 / total as f64
+            },
             error_budget: self.error_budget,
             p99_over_slo: false,
+            oha_cpus: self.oha_cpus,
+            oha_ahead: self.oha_ahead,
         });
         let ns = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
         let d = |a: Option<i64>, b: Option<i64>| Some(b? - a?);
@@ -534,17 +677,36 @@ impl Lab {
             patch_ok: load.patch_ok,
             failed: load.failed,
             patch_unacked: load.patch_unacked,
+            probe: Probe {
+                get_ok: probe.get_ok,
+                patch_ok: probe.patch_ok,
+                patch_unacked: probe.patch_unacked,
+            },
             throughput: good as f64 / load.secs.max(1e-9),
-            get_share: if good == 0 { 0.0 } else { load.get_ok as f64 / good as f64 },
+            get_share: if good == 0 {
+                0.0
+            } else {
+                load.get_ok as f64 / good as f64
+            },
             server_ns: ns(before.server, after.server),
             postgres_ns: ns(before.postgres, after.postgres),
             oha_ns: ns(before.oha, after.oha),
             cpu_busy,
+            cpu_steal,
             shares,
             counts: Counts {
-                server_syscalls: server_before.0.zip(server_after.0).map(|(a, b)| b.saturating_sub(a)),
-                server_context_switches: server_before.1.zip(server_after.1).map(|(a, b)| b.saturating_sub(a)),
-                server_run_delay_ns: server_before.2.zip(server_after.2).map(|(a, b)| b.saturating_sub(a)),
+                server_syscalls: server_before
+                    .0
+                    .zip(server_after.0)
+                    .map(|(a, b)| b.saturating_sub(a)),
+                server_context_switches: server_before
+                    .1
+                    .zip(server_after.1)
+                    .map(|(a, b)| b.saturating_sub(a)),
+                server_run_delay_ns: server_before
+                    .2
+                    .zip(server_after.2)
+                    .map(|(a, b)| b.saturating_sub(a)),
                 pg_backends_started: d(pg_before.pg_backends_started, pg_after.pg_backends_started),
                 pg_commits: d(pg_before.pg_commits, pg_after.pg_commits),
                 pg_wal_records: d(pg_before.pg_wal_records, pg_after.pg_wal_records),
@@ -561,26 +723,26 @@ impl Lab {
     }
 }
 
-fn split(share: f64, connections: u32, qps: f64) -> Split {
-    design::split(share, connections, qps)
-}
-
 /// The server's read/write system calls (`/proc/<pid>/io` syscr + syscw), context
 /// switches over all its threads, and run-queue delay (ns, `schedstat`) so far.
 fn server_counts(pid: u32) -> (Option<u64>, Option<u64>, Option<u64>) {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok().map(|t| {
-        t.lines()
-            .filter(|l| l.starts_with("syscr:") || l.starts_with("syscw:"))
-            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-            .sum::<u64>()
-    });
-    let delay = std::fs::read_dir(format!("/proc/{pid}/task")).ok().map(|tasks| {
-        tasks
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum::<u64>()
-    });
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.starts_with("syscr:") || l.starts_with("syscw:"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>()
+        });
+    let delay = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        });
     (io, super::profile::context_switches(pid), delay)
 }
 
@@ -597,7 +759,10 @@ mod tests {
         };
         let s = design::split(0.9, 64, 9000.0);
         let v = sides(&w, &s, true);
-        assert_eq!((v[0].method, v[0].rate, v[0].connections), ("PATCH", 0.0, 64));
+        assert_eq!(
+            (v[0].method, v[0].rate, v[0].connections),
+            ("PATCH", 0.0, 64)
+        );
         assert_eq!(v[1].method, "GET");
         assert!((v[1].rate - 1000.0).abs() < 1e-9);
         assert_eq!(sides(&w, &s, false).len(), 1);

@@ -63,7 +63,11 @@ impl CpuGroup {
 
     /// Moves `pid` (all its threads) into the group; its later children are born in it.
     pub fn add(&mut self, pid: u32) -> Result<()> {
-        let root = self.dir.parent().and_then(Path::parent).map(Path::to_path_buf);
+        let root = self
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
         if let Some(from) = root.and_then(|r| group_of(pid, &r, self.v1)) {
             self.moved.push((pid, from));
         }
@@ -94,7 +98,11 @@ impl CpuGroup {
             return Vec::new();
         }
         fs::read_to_string(self.dir.join("cpuacct.usage_percpu"))
-            .map(|t| t.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            .map(|t| {
+                t.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -110,7 +118,12 @@ impl Drop for CpuGroup {
                 .iter()
                 .find(|(p, _)| *p == pid)
                 .map(|(_, g)| g.clone())
-                .or_else(|| self.dir.parent().and_then(Path::parent).map(Path::to_path_buf));
+                .or_else(|| {
+                    self.dir
+                        .parent()
+                        .and_then(Path::parent)
+                        .map(Path::to_path_buf)
+                });
             if let Some(back) = back {
                 let _ = fs::write(back.join("cgroup.procs"), pid.to_string());
             }
@@ -122,15 +135,23 @@ impl Drop for CpuGroup {
     }
 }
 
-/// Each CPU's (busy, total) ticks so far with steal left out of both: a CPU whose
-/// hypervisor took time from it is not busy with our work.
-pub fn cpu_ticks() -> Vec<(u64, u64)> {
+/// One CPU's ticks so far: busy and total with steal left out of both (a CPU whose
+/// hypervisor took time from it is not busy with our work), and the steal itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ticks {
+    pub busy: u64,
+    pub total: u64,
+    pub steal: u64,
+}
+
+/// Each CPU's [`Ticks`] so far.
+pub fn cpu_ticks() -> Vec<Ticks> {
     fs::read_to_string("/proc/stat")
         .map(|t| parse_cpu_ticks(&t))
         .unwrap_or_default()
 }
 
-fn parse_cpu_ticks(text: &str) -> Vec<(u64, u64)> {
+fn parse_cpu_ticks(text: &str) -> Vec<Ticks> {
     text.lines()
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
         .map(|l| {
@@ -142,7 +163,11 @@ fn parse_cpu_ticks(text: &str) -> Vec<(u64, u64)> {
             let at = |i: usize| v.get(i).copied().unwrap_or(0);
             // user nice system idle iowait irq softirq steal
             let busy = at(0) + at(1) + at(2) + at(5) + at(6);
-            (busy, busy + at(3) + at(4))
+            Ticks {
+                busy,
+                total: busy + at(3) + at(4),
+                steal: at(7),
+            }
         })
         .collect()
 }
@@ -154,7 +179,9 @@ mod tests {
     #[test]
     fn steal_is_neither_busy_nor_counted() {
         let t = "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 100 0 50 40 10 0 0 300 0 0\ncpu1 10 0 0 90 0 0 0 0 0 0\n";
-        assert_eq!(parse_cpu_ticks(t), vec![(150, 200), (10, 100)]);
+        let v = parse_cpu_ticks(t);
+        assert_eq!((v[0].busy, v[0].total, v[0].steal), (150, 200, 300));
+        assert_eq!((v[1].busy, v[1].total, v[1].steal), (10, 100, 0));
     }
 
     #[test]

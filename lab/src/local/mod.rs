@@ -246,6 +246,7 @@ impl Target for Local<'_> {
         let addr: SocketAddr = format!("127.0.0.1:{}", ports::free_port()?).parse()?;
         let oha = Oha {
             binary: self.o.oha.clone(),
+            nice: None,
             cpus: Some(self.m.local.oha_cpus.clone()),
             urls_file: raw.join("urls.txt"),
             bodies_file: raw.join("bodies.txt"),
@@ -341,7 +342,7 @@ impl Target for Local<'_> {
         rows: &[Row],
         raw: &Path,
         say: &dyn Fn(&str),
-    ) -> Option<Result<(crate::blocks::Blocks, Vec<(String, String)>)>> {
+    ) -> Option<Result<crate::blocks::Outcome>> {
         let with_binaries = rows
             .iter()
             .map(|row| {

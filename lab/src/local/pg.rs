@@ -83,8 +83,12 @@ pub fn with_database(url: &str, db: &str) -> Result<String> {
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
     {
-        let (before_query, query) = rest.split_once('?').map_or((rest, None), |(a, q)| (a, Some(q)));
-        let authority = before_query.split_once('/').map_or(before_query, |(a, _)| a);
+        let (before_query, query) = rest
+            .split_once('?')
+            .map_or((rest, None), |(a, q)| (a, Some(q)));
+        let authority = before_query
+            .split_once('/')
+            .map_or(before_query, |(a, _)| a);
         let query = query.map_or(String::new(), |q| format!("?{q}"));
         return Ok(format!("postgres://{authority}/{db}{query}"));
     }
@@ -233,7 +237,10 @@ mod tests {
             with_database("postgres://a:b@h:1/postgres?sslmode=disable", "x").unwrap(),
             "postgres://a:b@h:1/x?sslmode=disable"
         );
-        assert_eq!(with_database("postgres://h:1", "x").unwrap(), "postgres://h:1/x");
+        assert_eq!(
+            with_database("postgres://h:1", "x").unwrap(),
+            "postgres://h:1/x"
+        );
         assert_eq!(
             with_database("host=h dbname=p user=u", "x").unwrap(),
             "host=h user=u dbname=x"

@@ -161,6 +161,7 @@ pub fn run(o: &Options) -> Result<Report> {
     write_inputs(&urls, &bodies, &format!("http://{addr}"), m.load.users)?;
     let oha = Oha {
         binary: o.oha.clone(),
+        nice: None,
         cpus: Some(m.local.oha_cpus.clone()),
         urls_file: urls.clone(),
         bodies_file: bodies.clone(),

@@ -108,6 +108,9 @@ pub struct Side {
 pub struct Oha {
     pub binary: PathBuf,
     pub cpus: Option<String>,
+    /// A niceness for oha (negative: ahead of the other processes on its CPUs, so the
+    /// load generator is not what a shared CPU starves first); None: inherited.
+    pub nice: Option<i32>,
     pub urls_file: PathBuf,
     pub bodies_file: PathBuf,
 }
@@ -125,14 +128,16 @@ impl Oha {
     /// oha for one side over `secs`, its JSON summary to `json`: open loop at the
     /// side's rate, closed loop when it is 0.
     pub fn command(&self, side: &Side, secs: f64, json: &Path) -> Command {
-        let mut cmd = match &self.cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpus).arg(&self.binary);
-                c
-            }
-            None => Command::new(&self.binary),
-        };
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(n) = self.nice {
+            argv.extend(["nice".into(), "-n".into(), n.to_string().into()]);
+        }
+        if let Some(cpus) = &self.cpus {
+            argv.extend(["taskset".into(), "-c".into(), cpus.into()]);
+        }
+        argv.push(self.binary.clone().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.args(["--no-tui", "-w", "--disable-compression"])
             .arg("-z")
             .arg(format!("{}ms", (secs * 1000.0).round() as u64));

@@ -1,0 +1,312 @@
+//! The blocks in words: the headline table (saturation throughput with intervals, the
+//! change per rung, the server's cost, the limit), the A/A line, the counters per
+//! request and the method. Everything is read from typed values; nothing here is
+//! parsed back.
+use std::fmt::Write as _;
+
+use super::effects::Change;
+use super::{aa_name, Blocks, CellResult, Interval};
+use crate::results::{RowResult, Summary};
+
+/// `18.2k`, `940`, `12.5`.
+fn qps(q: f64) -> String {
+    if q >= 10_000.0 {
+        format!("{:.1}k", q / 1000.0)
+    } else if q >= 100.0 {
+        format!("{q:.0}")
+    } else {
+        format!("{q:.1}")
+    }
+}
+
+/// A throughput cell: the median with its 95% interval over blocks; `≥` when the load
+/// generator set it.
+fn throughput_cell(c: &CellResult) -> String {
+    let Some(t) = &c.throughput else {
+        return "—".into();
+    };
+    let i = &t.interval;
+    let ge = if c.lower_bound { "≥ " } else { "" };
+    if c.windows < 2 {
+        return format!("{ge}{}", qps(i.median));
+    }
+    format!(
+        "{ge}{} [{}–{}]",
+        qps(i.median),
+        qps(i.ci_low),
+        qps(i.ci_high)
+    )
+}
+
+fn us(i: &Option<Interval>) -> String {
+    i.map_or("—".into(), |i| {
+        if i.median >= 100.0 {
+            format!("{:.0}", i.median)
+        } else {
+            format!("{:.1}", i.median)
+        }
+    })
+}
+
+fn change(c: &Option<Change>) -> String {
+    c.as_ref().map_or("—".into(), Change::words)
+}
+
+/// What a row adds to the one above it: its new features, or the index.
+fn adds(prev: Option<&RowResult>, row: &RowResult) -> String {
+    if row.is_reference() {
+        return "reference, not a rung".into();
+    }
+    if row.external.is_some() {
+        return "external".into();
+    }
+    let Some(prev) = prev else {
+        return "baseline".into();
+    };
+    let mut v: Vec<String> = row
+        .features
+        .iter()
+        .filter(|f| !prev.features.contains(f))
+        .cloned()
+        .collect();
+    if row.index && !prev.index {
+        v.insert(0, "index".into());
+    }
+    if v.is_empty() {
+        "—".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// One cell per workload, joined.
+fn per_workload(b: &Blocks, row: &str, f: &dyn Fn(&CellResult) -> String) -> String {
+    b.workloads
+        .iter()
+        .map(|w| b.cell(row, w).map_or("—".into(), f))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn short(w: &str) -> String {
+    w.split('-').next().unwrap_or(w).to_string()
+}
+
+/// The headline table.
+pub fn table(s: &Summary, b: &Blocks) -> String {
+    let names = b
+        .workloads
+        .iter()
+        .map(|w| short(w))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let mut out = String::from("| Row | Adds |");
+    for w in &b.workloads {
+        let mut t = w.clone();
+        if let Some(f) = t.get_mut(0..1) {
+            f.make_ascii_uppercase();
+        }
+        let _ = write!(out, " {t} throughput, req/s [95% CI] |");
+    }
+    let _ = writeln!(
+        out,
+        " Change vs previous row ({names}) | Server µs/req ({names}) | Req/s per server CPU ({names}) | PostgreSQL µs/req ({names}) | Limit ({names}) |"
+    );
+    out.push_str("|---|---|");
+    for _ in &b.workloads {
+        out.push_str("---:|");
+    }
+    out.push_str("---|---:|---:|---:|---|\n");
+    let mut prev: Option<&RowResult> = None;
+    for row in &s.rows {
+        let measured = b.rows.contains(&row.name);
+        let _ = write!(out, "| {} | {} |", row.name, adds(prev, row));
+        if !measured || !row.failures.is_empty() {
+            for _ in &b.workloads {
+                out.push_str(" failed |");
+            }
+            out.push_str(" — | — | — | — | **FAILED** (see results.md) |\n");
+            continue;
+        }
+        for w in &b.workloads {
+            let _ = write!(
+                out,
+                " {} |",
+                b.cell(&row.name, w).map_or("—".into(), throughput_cell)
+            );
+        }
+        let _ = writeln!(
+            out,
+            " {} | {} | {} | {} | {} |",
+            per_workload(b, &row.name, &|c| change(&c.change_vs_previous)),
+            per_workload(b, &row.name, &|c| us(&c.server_us_per_request)),
+            per_workload(b, &row.name, &|c| c.qps_per_cpu.map_or("—".into(), qps)),
+            per_workload(b, &row.name, &|c| us(&c.postgres_us_per_request)),
+            per_workload(b, &row.name, &|c| c
+                .limit
+                .map_or("—".into(), |l| l.words().to_string())),
+        );
+        prev = Some(row);
+    }
+    out.push('\n');
+    out.push_str(&aa_line(b));
+    out.push_str(&legend(b));
+    out
+}
+
+/// The run's own false-alarm check.
+pub fn aa_line(b: &Blocks) -> String {
+    let Some(aa) = &b.aa_check else {
+        return if b.settings.aa.is_some() {
+            "A/A check: not enough blocks for an interval.\n\n".into()
+        } else {
+            String::new()
+        };
+    };
+    let pct = |r: f64| (r - 1.0) * 100.0;
+    let per: Vec<String> = aa
+        .workloads
+        .iter()
+        .map(|(w, r)| {
+            format!(
+                "{} {:+.1}% [{:+.1}, {:+.1}]",
+                short(w),
+                pct(r.ratio),
+                pct(r.ci_low),
+                pct(r.ci_high)
+            )
+        })
+        .collect();
+    let holds = aa.ratio.ci_low <= 1.0 && aa.ratio.ci_high >= 1.0;
+    format!(
+        "A/A check ({:?} measured twice under two names, {}): {:+.1}% [{:+.1}, {:+.1}] over both workloads ({}); {}.\n\n",
+        aa.row,
+        aa_name(&aa.row),
+        pct(aa.ratio.ratio),
+        pct(aa.ratio.ci_low),
+        pct(aa.ratio.ci_high),
+        per.join(", "),
+        if holds {
+            "its interval contains no change, as it must"
+        } else {
+            "**its interval excludes no change: a false alarm, so read the other verdicts with that in mind**"
+        }
+    )
+}
+
+fn legend(b: &Blocks) -> String {
+    let blocks = b.windows.iter().map(|w| w.block).max().unwrap_or(0);
+    let m = b
+        .cells
+        .iter()
+        .filter_map(|c| c.change_vs_previous.map(|x| x.comparisons))
+        .max()
+        .unwrap_or(1);
+    format!(
+        "Throughput: good replies per second in {} s closed-loop windows ({} connections on the majority method, the minority open-loop at the rate that keeps the mix), median over {blocks} randomized block(s), [95% interval of the geometric mean]. Change: geometric mean of the per-block ratios to the row above, with a t interval corrected for {m} comparisons (Bonferroni); \"≈ (±5%)\": the whole interval lies within ±5%; \"not resolved\": the interval straddles no change and is wider. µs/req: CPU time per good reply from each party's CPU group over the window. Req/s per server CPU = 10⁶ / server µs per request. Limit: the party that used most of the saturated CPUs (≥ 90% busy, steal excluded).\n",
+        b.settings.window_secs, b.settings.connections
+    )
+}
+
+/// The counters per request, for the detail of results.md.
+pub fn counters(b: &Blocks) -> String {
+    let mut out = String::from(
+        "| Row | Workload | Backends started / req | Commits / req | WAL syncs / PATCH | Statements / req | Plans / req | Server read+write syscalls / req | Server context switches / req | Server run-queue delay, µs / req | Achieved GET share (min–max) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let f = |v: Option<f64>, d: usize| v.map_or("—".into(), |v| format!("{v:.d$}"));
+    for row in &b.rows {
+        for w in &b.workloads {
+            let Some(c) = b.cell(row, w) else { continue };
+            let k = &c.counters;
+            let _ = writeln!(
+                out,
+                "| {row} | {w} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                f(k.pg_backends_started, 3),
+                f(k.pg_commits, 3),
+                f(k.pg_wal_syncs_per_patch, 3),
+                f(k.pg_statements, 2),
+                f(k.pg_plans, 3),
+                f(k.server_syscalls, 2),
+                f(k.server_context_switches, 2),
+                f(k.server_run_delay_us, 1),
+                c.get_share_range.map_or("—".into(), |(lo, hi)| format!(
+                    "{:.1}–{:.1}%",
+                    lo * 100.0,
+                    hi * 100.0
+                )),
+            );
+        }
+    }
+    out
+}
+
+/// Each rung's hypothesis checked against the counter it should move.
+pub fn mechanisms(b: &Blocks) -> String {
+    let mut out = String::new();
+    for w in &b.workloads {
+        for (k, row) in b.rows.iter().enumerate().skip(1) {
+            let Some(c) = b.cell(row, w) else { continue };
+            let Some(p) = b.cell(&b.rows[k - 1], w) else {
+                continue;
+            };
+            let moved = |name: &str, a: Option<f64>, x: Option<f64>| -> Option<String> {
+                let (a, x) = (a?, x?);
+                let rel = if a.abs() > 1e-9 { (x - a) / a } else { 0.0 };
+                (rel.abs() >= 0.2 && (x - a).abs() > 0.01)
+                    .then(|| format!("{name} {a:.3} → {x:.3}"))
+            };
+            let (pk, ck) = (&p.counters, &c.counters);
+            let v: Vec<String> = [
+                moved(
+                    "backends started/req",
+                    pk.pg_backends_started,
+                    ck.pg_backends_started,
+                ),
+                moved("plans/req", pk.pg_plans, ck.pg_plans),
+                moved("commits/req", pk.pg_commits, ck.pg_commits),
+                moved(
+                    "WAL syncs/PATCH",
+                    pk.pg_wal_syncs_per_patch,
+                    ck.pg_wal_syncs_per_patch,
+                ),
+                moved(
+                    "server syscalls/req",
+                    pk.server_syscalls,
+                    ck.server_syscalls,
+                ),
+                moved(
+                    "server context switches/req",
+                    pk.server_context_switches,
+                    ck.server_context_switches,
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let _ = writeln!(
+                out,
+                "- **{row}**, {w}: throughput {}; {}.",
+                change(&c.change_vs_previous),
+                if v.is_empty() {
+                    "no counter moved by 20% or more".to_string()
+                } else {
+                    v.join(", ")
+                }
+            );
+        }
+    }
+    out
+}
+
+/// The method paragraph.
+pub fn method(b: &Blocks) -> String {
+    let blocks = b.windows.iter().map(|w| w.block).max().unwrap_or(0);
+    format!(
+        "- Blocks (the headline): every build started once, side by side, each on its own port, pinned to the server CPUs and in its own CPU-accounting group (PostgreSQL and oha in theirs); {blocks} block(s), each measuring every row × workload once in a fresh random order (seed {}), one {} s window each; the blocks took {:.1} min. A window drives the majority method closed-loop on {} connections and the minority open-loop at the rate that keeps the mix (set in a warm-up, never from a block), so the achieved mix is recorded per window. Rows with and without the index use their own database; VACUUM and CHECKPOINT after every block. PostgreSQL's counters are read {} ms after each window (its statistics are reported at most once a second).\n",
+        b.seed,
+        b.settings.window_secs,
+        b.elapsed_secs / 60.0,
+        b.settings.connections,
+        super::STATS_FLUSH_MS,
+    )
+}
