@@ -17,12 +17,11 @@ main() {
   cargo build --locked --release --quiet -p lab
   local lab="${ROOT}/target/release/lab"
   # What to bootstrap depends on a few flags; lab defines and checks them all.
-  local target="local" dry_run=0 own_db=1 profile=0 prev="" arg
+  local target="local" dry_run=0 own_db=1 prev="" arg
   for arg in "$@"; do
     case "${arg}" in
       -h | --help) exec "${lab}" run --help ;;
       --dry-run) dry_run=1 ;;
-      --profile) profile=1 ;;
       --database-url | --database-url=*) own_db=0 ;;
       --target=*) target="${arg#--target=}" ;;
     esac
@@ -51,7 +50,8 @@ main() {
   while read -r _ peer; do
     if [[ -n "${peer}" ]]; then require_peer_venv "${peer}"; fi
   done <<<"${checked}"
-  if [[ "${profile}" -eq 1 ]] && ! command -v perf >/dev/null 2>&1; then
+  # perf counts the server's system calls in the blocks (and draws --profile's flame graphs).
+  if ! command -v perf >/dev/null 2>&1; then
     apt_install linux-perf
   fi
   require_oha

@@ -40,12 +40,26 @@ const FONT: &str = "sans-serif";
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
 /// The Markdown that shows the charts (paths relative to results.md and README.md).
-pub fn markdown(_s: &Summary) -> String {
-    CHARTS
-        .iter()
-        .map(|(file, alt)| format!("![{alt}]({file})\n"))
+pub fn markdown(s: &Summary) -> String {
+    let blocks = s
+        .blocks
+        .is_some()
+        .then(|| format!("![{}]({})\n", THROUGHPUT.1, THROUGHPUT.0));
+    blocks
+        .into_iter()
+        .chain(
+            CHARTS
+                .iter()
+                .map(|(file, alt)| format!("![{alt}]({file})\n")),
+        )
         .collect()
 }
+
+/// The headline chart, drawn for runs with blocks.
+pub const THROUGHPUT: (&str, &str) = (
+    "results-throughput.svg",
+    "Saturation throughput per row in randomized blocks: the median bar, its 95% interval, every block a dot",
+);
 
 /// Draws the four charts into `out`; `steps` is the run's steps.json (None: the curves
 /// chart says the steps were not kept). Returns the files written.
@@ -56,6 +70,12 @@ pub fn write_all(
 ) -> Result<Vec<PathBuf>> {
     let drawn = [capacity(s)?, curves(s, steps)?, latency(s)?, cpu(s)?];
     let mut files = Vec::new();
+    if let Some(b) = &s.blocks {
+        let path = out.join(THROUGHPUT.0);
+        std::fs::write(&path, throughput(s, b)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        files.push(path);
+    }
     for ((file, _), svg) in CHARTS.iter().zip(drawn) {
         let path = out.join(file);
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
@@ -455,6 +475,161 @@ fn capacity(s: &Summary) -> Result<String> {
             (label_w, top + plot_h + 60),
             w - label_w - 20,
             2,
+            &keys,
+        )?;
+        Ok(())
+    };
+    svg_string(draw, (w as u32, h as u32))
+}
+
+/// Chart 0 (runs with blocks): horizontal bars of each row's median saturation
+/// throughput per workload (log scale), its 95% interval as a whisker, every block's
+/// window a dot; rows that did not take part are left empty.
+fn throughput(s: &Summary, b: &crate::blocks::Blocks) -> Result<String> {
+    let n = s.rows.len().max(1);
+    let nw = b.workloads.len().max(1);
+    let (w, label_w, top, band) = (1000_i32, 150_i32, 60_i32, 18 * nw as i32 + 14);
+    let keys: Vec<Key> = b
+        .workloads
+        .iter()
+        .enumerate()
+        .map(|(j, name)| Key {
+            name: format!("{name} (median; whisker: 95% interval; dots: blocks)"),
+            color: workload_color(j),
+            marker: None,
+            dashed: false,
+            swatch: true,
+        })
+        .collect();
+    let legend_h = legend_rows(keys.len(), 1);
+    let plot_h = band * n as i32;
+    let h = top + plot_h + 50 + legend_h;
+    let values: Vec<f64> = b
+        .windows
+        .iter()
+        .map(|x| x.throughput)
+        .chain(
+            b.cells
+                .iter()
+                .filter_map(|c| c.throughput.as_ref())
+                .flat_map(|t| [t.interval.ci_low, t.interval.ci_high]),
+        )
+        .filter(|q| *q > 0.0)
+        .collect();
+    let max = values.iter().cloned().fold(100.0_f64, f64::max) * 1.6;
+    let min = values.iter().cloned().fold(max, f64::min).max(1.0) / 2.0;
+    let draw = |root: &Area| -> Result<()> {
+        title(
+            root,
+            "Saturation throughput per row, randomized blocks (log scale)",
+        )?;
+        let plot = root.margin(top as u32, (h - top - plot_h) as u32, label_w as u32, 30);
+        let mut chart = ChartBuilder::on(&plot)
+            .x_label_area_size(0)
+            .y_label_area_size(0)
+            .build_cartesian_2d((min..max).log_scale(), 0.0..n as f64)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_labels(8)
+            .light_line_style(RGBColor(235, 235, 235))
+            .bold_line_style(RGBColor(200, 200, 200))
+            .draw()?;
+        let mut v = 10f64.powf(min.log10().floor());
+        while v <= max {
+            for m in [1.0, 2.0, 5.0] {
+                let x = v * m;
+                if x >= min && x <= max {
+                    let (xx, yy) = chart.backend_coord(&(x, 0.0));
+                    text(
+                        root,
+                        (xx, yy + 14),
+                        &rate_label(x),
+                        13,
+                        Pos::new(HPos::Center, VPos::Center),
+                        &BLACK,
+                    )?;
+                }
+            }
+            v *= 10.0;
+        }
+        let (ax, ay) = chart.backend_coord(&(min, 0.0));
+        text(
+            root,
+            (ax + 300, ay + 36),
+            "good replies per second, closed loop (log scale)",
+            14,
+            Pos::new(HPos::Left, VPos::Center),
+            &BLACK,
+        )?;
+        for (i, row) in s.rows.iter().enumerate() {
+            let y_top = n as f64 - i as f64;
+            let (_, yy) = chart.backend_coord(&(min, y_top - 0.5));
+            text(
+                root,
+                (label_w - 8, yy),
+                &row.name,
+                14,
+                Pos::new(HPos::Right, VPos::Center),
+                &BLACK,
+            )?;
+            for (j, wl) in b.workloads.iter().enumerate() {
+                let Some(t) = b.cell(&row.name, wl).and_then(|c| c.throughput.as_ref()) else {
+                    continue;
+                };
+                let iv = &t.interval;
+                let slot = 0.8 / nw as f64;
+                let y1 = y_top - 0.1 - slot * j as f64;
+                let y0 = y1 - slot * 0.9;
+                let mid = (y0 + y1) / 2.0;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(min, y0), (iv.median, y1)],
+                    workload_color(j).filled(),
+                )))?;
+                let whisker = BLACK.stroke_width(2);
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(iv.ci_low, mid), (iv.ci_high, mid)],
+                    whisker,
+                )))?;
+                for x in [iv.ci_low, iv.ci_high] {
+                    chart.draw_series(std::iter::once(PathElement::new(
+                        vec![(x, y0), (x, y1)],
+                        whisker,
+                    )))?;
+                }
+                for win in b
+                    .windows
+                    .iter()
+                    .filter(|x| x.row == row.name && &x.workload == wl)
+                {
+                    if win.throughput > 0.0 {
+                        let (dx, dy) = chart.backend_coord(&(win.throughput, mid));
+                        root.draw(&Circle::new((dx, dy), 3, WHITE.filled()))?;
+                        root.draw(&Circle::new((dx, dy), 3, BLACK.stroke_width(1)))?;
+                    }
+                }
+                let right = b
+                    .windows
+                    .iter()
+                    .filter(|x| x.row == row.name && &x.workload == wl)
+                    .map(|x| x.throughput)
+                    .fold(iv.ci_high.max(iv.median), f64::max);
+                let (mx, my) = chart.backend_coord(&(right, mid));
+                text(
+                    root,
+                    (mx + 9, my),
+                    &fmt_qps(iv.median),
+                    12,
+                    Pos::new(HPos::Left, VPos::Center),
+                    &BLACK,
+                )?;
+            }
+        }
+        legend(
+            root,
+            (label_w, top + plot_h + 60),
+            w - label_w - 20,
+            1,
             &keys,
         )?;
         Ok(())

@@ -118,6 +118,17 @@ pub struct MatrixArgs {
     pub no_reference: bool,
 }
 
+impl MatrixArgs {
+    /// A smoke run, some rows only, or a study's overrides: not the matrix as committed.
+    pub fn is_trial(&self) -> bool {
+        self.quick
+            || !self.only.is_empty()
+            || self.step_secs.is_some()
+            || self.common_qps.is_some()
+            || self.no_reference
+    }
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct ImageArgs {
     /// Registry in the image names (`REG/perflab-server:<commit>-<features>`).
@@ -191,6 +202,11 @@ pub struct RunArgs {
     /// of its own.
     #[arg(long)]
     pub readme: Option<PathBuf>,
+    /// Write a trial run (--quick, --only or a study flag) to the published places
+    /// (results.md, the charts, the README block); without it such a run writes under
+    /// target/lab-runs/ and leaves them alone.
+    #[arg(long)]
+    pub publish: bool,
     #[command(flatten)]
     pub img: ImageArgs,
     /// local: a superuser URL of the PostgreSQL to use.

@@ -119,6 +119,13 @@ fn default_out(root: &Path, matrix_file: &str) -> PathBuf {
     }
 }
 
+/// Where a trial run of `matrix_file` writes by default: under target/, never over the
+/// published results.
+fn trial_out(root: &Path, matrix_file: &str) -> PathBuf {
+    let name = report::Block::name_of(matrix_file).unwrap_or_else(|| "matrix".into());
+    root.join("target").join("lab-runs").join(name)
+}
+
 /// The experiment on the chosen target.
 pub fn run(a: &RunArgs) -> Result<Outcome> {
     check_target_flags(a)?;
@@ -129,19 +136,30 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
     }
     let root = repo_root()?;
     // By default the default matrix writes into the repository's root, any other into
-    // results/<its name>/; both update their own block of the README.
+    // results/<its name>/; both update their own block of the README. A trial run
+    // (quick, some rows, a study flag) publishes nothing unless asked to.
+    let publish = a.publish || !a.m.is_trial();
     let out = match &a.out {
         Some(out) => absolute(&std::env::current_dir()?, out),
-        None => default_out(&root, &a.m.matrix.to_string_lossy()),
+        None if publish => default_out(&root, &a.m.matrix.to_string_lossy()),
+        None => trial_out(&root, &a.m.matrix.to_string_lossy()),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let readme = match &a.readme {
         Some(r) => Some(r.clone()),
-        None if a.out.is_none() || out.canonicalize().ok() == root.canonicalize().ok() => {
+        None if publish
+            && (a.out.is_none() || out.canonicalize().ok() == root.canonicalize().ok()) =>
+        {
             Some(root.join("README.md"))
         }
         None => None,
     };
+    if !publish && a.out.is_none() && !a.check {
+        eprintln!(
+            "==> a trial run (--quick, --only or a study flag): its results go to {}; the published results are left alone (--publish replaces them)",
+            out.display()
+        );
+    }
     let e = Experiment {
         root: root.clone(),
         matrix_path: a.m.matrix.clone(),
@@ -393,7 +411,8 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
         };
         report::check_table(block, &names, matrix.workloads.len()).context("README table")?;
     }
-    for (file, _) in crate::charts::CHARTS {
+    let headline = (matrix.blocks.blocks > 0).then_some(crate::charts::THROUGHPUT);
+    for (file, _) in crate::charts::CHARTS.into_iter().chain(headline) {
         let svg = std::fs::read_to_string(a.out.join(file))
             .with_context(|| format!("{file} was not written"))?;
         if !svg.starts_with("<svg") || !svg.trim_end().ends_with("</svg>") {
@@ -549,20 +568,36 @@ fn compare_summaries(
     to_stderr: bool,
 ) -> Result<Outcome> {
     let lines = crate::compare::lines(old, new, floor);
-    if lines.is_empty() {
+    let blocks = match (&old.blocks, &new.blocks) {
+        (Some(a), Some(b)) => Some(crate::blocks::compare::lines(a, b)),
+        _ => None,
+    };
+    if lines.is_empty() && blocks.as_ref().is_none_or(|(l, _)| l.is_empty()) {
         bail!("the two runs have no row and workload in common");
     }
-    let text = crate::compare::report(old, new, &lines, fail_above, floor);
+    let mut text = String::new();
+    if let Some((l, spreads)) = &blocks {
+        text.push_str(&crate::blocks::compare::report(l, spreads, fail_above));
+        text.push_str("\n**The SLO capacity** (secondary; it decides no regression when both runs have blocks):\n\n");
+    }
+    text.push_str(&crate::compare::report(old, new, &lines, fail_above, floor));
     if to_stderr {
         eprint!("{text}");
     } else {
         print!("{text}");
     }
-    let regressed: Vec<String> = lines
-        .iter()
-        .filter(|l| l.regressed(fail_above))
-        .map(|l| format!("{} / {} / {}", l.row, l.workload, l.measure))
-        .collect();
+    let regressed: Vec<String> = match &blocks {
+        Some((l, _)) => l
+            .iter()
+            .filter(|l| l.regressed(fail_above))
+            .map(|l| format!("{} / {} / {}", l.row, l.workload, l.measure.name))
+            .collect(),
+        None => lines
+            .iter()
+            .filter(|l| l.regressed(fail_above))
+            .map(|l| format!("{} / {} / {}", l.row, l.workload, l.measure))
+            .collect(),
+    };
     if regressed.is_empty() {
         return Ok(Outcome::Passed);
     }

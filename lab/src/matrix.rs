@@ -117,6 +117,9 @@ struct RawRow {
     note: Option<String>,
     #[serde(default)]
     postgres: BTreeMap<String, toml::Value>,
+    /// The counter this rung's hypothesis says it moves (measured in the blocks).
+    #[serde(default)]
+    moves: Option<crate::blocks::Counter>,
 }
 
 /// A validated matrix.
@@ -201,6 +204,9 @@ pub struct Row {
     /// checked by the contract probe instead of `/version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<External>,
+    /// The counter this rung's hypothesis says it moves (`moves`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moves: Option<crate::blocks::Counter>,
 }
 
 /// Placeholders an external row's `command` may use.
@@ -653,6 +659,7 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
             note: inner.note.clone(),
             postgres: settings(&inner.postgres)
                 .map_err(|e| anyhow::anyhow!("line {}: {e}", at(r.span())))?,
+            moves: inner.moves,
         };
         if rows.iter().any(|x| x.slug() == row.slug()) {
             bail!(

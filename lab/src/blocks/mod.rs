@@ -6,14 +6,15 @@
 //! (`crate::local::blocks`).
 use serde::{Deserialize, Serialize};
 
+pub mod compare;
 pub mod design;
 pub mod effects;
 pub mod judge;
 pub mod render;
 
-/// How long after a window PostgreSQL's counters are read, ms (its backends report
-/// statistics at most once a second).
-pub const STATS_FLUSH_MS: u64 = 1100;
+/// How long after a window PostgreSQL's counters are read, ms (a session is counted
+/// when it ends).
+pub const STATS_FLUSH_MS: u64 = 300;
 
 use effects::{Change, Ratio};
 use judge::{Limit, Shares};
@@ -53,6 +54,63 @@ pub fn aa_name(row: &str) -> String {
     format!("{row} (A/A copy)")
 }
 
+/// A counter a rung's hypothesis says it moves (`moves` in a matrix row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counter {
+    /// PostgreSQL backends started per request (`pool`: 1 → 0).
+    PgBackendsStarted,
+    /// Write transactions committed per PATCH (`coalesce`: well under 1).
+    PgCommitsPerPatch,
+    /// WAL bytes per PATCH.
+    PgWalBytesPerPatch,
+    /// Statements planned per request (`prepared`: → 0).
+    PgPlans,
+    /// Statements executed per request (`coalesce`: one per batch).
+    PgStatements,
+    /// Shared-buffer hits per request (`index`: a scan of every page → a few pages).
+    PgBufferHits,
+    /// The server's read/write system calls per request (`pipeline`).
+    ServerSyscalls,
+    /// The server's context switches per request (`current-thread`).
+    ServerContextSwitches,
+}
+
+impl Counter {
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::PgBackendsStarted => "PostgreSQL backends started per request",
+            Counter::PgCommitsPerPatch => "write transactions per PATCH",
+            Counter::PgWalBytesPerPatch => "WAL bytes per PATCH",
+            Counter::PgPlans => "statements planned per request",
+            Counter::PgStatements => "statements per request",
+            Counter::PgBufferHits => "shared-buffer hits per request",
+            Counter::ServerSyscalls => "server read/write system calls per request",
+            Counter::ServerContextSwitches => "server context switches per request",
+        }
+    }
+
+    /// Its value over one window (and its probe).
+    pub fn of(self, w: &Window) -> Option<f64> {
+        let (requests, patches) = w.counted();
+        let per = |x: Option<i64>, n: u64| x.filter(|_| n > 0).map(|x| x as f64 / n as f64);
+        let c = &w.counts;
+        match self {
+            Counter::PgBackendsStarted => per(c.pg_backends_started, requests),
+            Counter::PgCommitsPerPatch => per(c.pg_commits, patches),
+            Counter::PgWalBytesPerPatch => per(c.pg_wal_bytes, patches),
+            Counter::PgPlans => per(c.pg_plans, requests),
+            Counter::PgStatements => per(c.pg_statements, requests),
+            Counter::PgBufferHits => per(c.pg_buffer_hits, requests),
+            // The server's counters cover the window alone.
+            Counter::ServerSyscalls => per(c.server_syscalls.map(|x| x as i64), w.requests()),
+            Counter::ServerContextSwitches => {
+                per(c.server_context_switches.map(|x| x as i64), w.requests())
+            }
+        }
+    }
+}
+
 /// Counters of one party over a window (deltas), where readable.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
@@ -61,9 +119,12 @@ pub struct Counts {
     /// Time the server's threads waited on a run queue, ns.
     pub server_run_delay_ns: Option<u64>,
     pub pg_backends_started: Option<i64>,
+    /// Write transactions committed (transaction ids assigned).
     pub pg_commits: Option<i64>,
     pub pg_wal_records: Option<i64>,
     pub pg_wal_bytes: Option<i64>,
+    /// Not measured (None): PostgreSQL 15 reports WAL syncs up to 10 s late, into
+    /// another window; kept so that the name stays in `summary.json`.
     pub pg_wal_syncs: Option<i64>,
     pub pg_plans: Option<i64>,
     pub pg_statements: Option<i64>,
@@ -135,7 +196,7 @@ impl Window {
         self.per_request(self.postgres_ns)
     }
     /// Requests and PATCHes the counters cover: the window's and its probe's.
-    fn counted(&self) -> (u64, u64) {
+    pub fn counted(&self) -> (u64, u64) {
         (
             self.requests() + self.probe.get_ok + self.probe.patch_ok,
             self.patch_ok + self.probe.patch_ok,
@@ -185,6 +246,7 @@ pub struct PerRequest {
     pub pg_commits_per_patch: Option<f64>,
     pub pg_wal_syncs: Option<f64>,
     pub pg_wal_syncs_per_patch: Option<f64>,
+    pub pg_wal_bytes_per_patch: Option<f64>,
     pub pg_plans: Option<f64>,
     pub pg_statements: Option<f64>,
     pub pg_buffer_hits: Option<f64>,
@@ -231,6 +293,9 @@ pub struct Blocks {
     pub aa_check: Option<AaCheck>,
     /// The minority rate each cell ran at, from the warm-up (requests/s).
     pub splits: Vec<(String, String, design::Split)>,
+    /// Each rung's hypothesis: the counter it should move.
+    #[serde(default)]
+    pub hypotheses: Vec<(String, Counter)>,
     pub elapsed_secs: f64,
 }
 
@@ -386,9 +451,8 @@ impl Blocks {
             let mut per = Vec::new();
             for workload in &self.workloads {
                 let pairs = self.pairs(a, &copy, workload, |w| Some(w.throughput));
-                if let Some(r) = effects::paired_ratio(&pairs, alpha, 1) {
-                    per.push((workload.clone(), r));
-                }
+                // One block gives no interval, in a workload or over both.
+                per.push((workload.clone(), effects::paired_ratio(&pairs, alpha, 1)?));
                 all.extend(pairs);
             }
             Some(AaCheck {
@@ -397,6 +461,41 @@ impl Blocks {
                 ratio: effects::paired_ratio(&all, alpha, 1)?,
             })
         });
+    }
+
+    /// A counter of `row` against `previous` in one workload: the medians over blocks
+    /// and the paired ratio with its 95% interval.
+    pub fn counter_change(
+        &self,
+        previous: &str,
+        row: &str,
+        workload: &str,
+        c: Counter,
+    ) -> Option<(f64, f64, Option<Ratio>)> {
+        let a: Vec<f64> = self
+            .cell_windows(previous, workload)
+            .filter_map(|w| c.of(w))
+            .collect();
+        let b: Vec<f64> = self
+            .cell_windows(row, workload)
+            .filter_map(|w| c.of(w))
+            .collect();
+        let mut pairs = Vec::new();
+        for wa in self.cell_windows(previous, workload) {
+            if let Some(wb) = self
+                .cell_windows(row, workload)
+                .find(|w| w.block == wa.block)
+            {
+                if let (Some(x), Some(y)) = (c.of(wa), c.of(wb)) {
+                    pairs.push((x, y));
+                }
+            }
+        }
+        Some((
+            effects::median(&a)?,
+            effects::median(&b)?,
+            effects::paired_ratio(&pairs, self.settings.alpha, 1),
+        ))
     }
 
     pub fn cell(&self, row: &str, workload: &str) -> Option<&CellResult> {
@@ -427,7 +526,12 @@ fn per_request(ws: &[&Window]) -> PerRequest {
         (n > 0).then_some(())?;
         x.map(|x| x as f64 / n as f64)
     };
-    let per_u = |w: &Window, x: Option<u64>| per(w, x.map(|x| x as i64));
+    // The server's counters cover the window alone, PostgreSQL's the probe too.
+    let per_u = |w: &Window, x: Option<u64>| {
+        let n = w.requests();
+        (n > 0).then_some(())?;
+        x.map(|x| x as f64 / n as f64)
+    };
     let per_patch = |w: &Window, x: Option<i64>| {
         let n = w.counted().1;
         (n > 0).then_some(())?;
@@ -442,6 +546,7 @@ fn per_request(ws: &[&Window]) -> PerRequest {
         pg_commits_per_patch: med(&|w| per_patch(w, w.counts.pg_commits)),
         pg_wal_syncs: med(&|w| per(w, w.counts.pg_wal_syncs)),
         pg_wal_syncs_per_patch: med(&|w| per_patch(w, w.counts.pg_wal_syncs)),
+        pg_wal_bytes_per_patch: med(&|w| per_patch(w, w.counts.pg_wal_bytes)),
         pg_plans: med(&|w| per(w, w.counts.pg_plans)),
         pg_statements: med(&|w| per(w, w.counts.pg_statements)),
         pg_buffer_hits: med(&|w| per(w, w.counts.pg_buffer_hits)),
@@ -500,6 +605,7 @@ mod tests {
             cells: vec![],
             aa_check: None,
             splits: vec![],
+            hypotheses: vec![],
             elapsed_secs: 0.0,
         };
         for (k, drift) in [1.0, 0.95, 1.05, 1.0].iter().enumerate() {

@@ -211,7 +211,7 @@ fn legend(b: &Blocks) -> String {
 /// The counters per request, for the detail of results.md.
 pub fn counters(b: &Blocks) -> String {
     let mut out = String::from(
-        "| Row | Workload | Backends started / req | Commits / req | WAL syncs / PATCH | Statements / req | Plans / req | Server read+write syscalls / req | Server context switches / req | Server run-queue delay, µs / req | Achieved GET share (min–max) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| Row | Workload | Backends started / req | Write transactions / PATCH | WAL bytes / PATCH | Statements / req | Plans / req | Server system calls / req | Server context switches / req | Server run-queue delay, µs / req | Achieved GET share (min–max) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let f = |v: Option<f64>, d: usize| v.map_or("—".into(), |v| format!("{v:.d$}"));
     for row in &b.rows {
@@ -222,8 +222,8 @@ pub fn counters(b: &Blocks) -> String {
                 out,
                 "| {row} | {w} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 f(k.pg_backends_started, 3),
-                f(k.pg_commits, 3),
-                f(k.pg_wal_syncs_per_patch, 3),
+                f(k.pg_commits_per_patch, 3),
+                f(k.pg_wal_bytes_per_patch, 0),
                 f(k.pg_statements, 2),
                 f(k.pg_plans, 3),
                 f(k.server_syscalls, 2),
@@ -240,60 +240,43 @@ pub fn counters(b: &Blocks) -> String {
     out
 }
 
-/// Each rung's hypothesis checked against the counter it should move.
+/// Each rung's hypothesis checked against the counter it names (`moves` in the
+/// matrix): the medians over blocks, the row above's → this row's, and the paired
+/// ratio with its 95% interval.
 pub fn mechanisms(b: &Blocks) -> String {
     let mut out = String::new();
-    for w in &b.workloads {
-        for (k, row) in b.rows.iter().enumerate().skip(1) {
-            let Some(c) = b.cell(row, w) else { continue };
-            let Some(p) = b.cell(&b.rows[k - 1], w) else {
+    for (row, counter) in &b.hypotheses {
+        let Some(k) = b.rows.iter().position(|r| r == row) else {
+            continue;
+        };
+        let previous = match k.checked_sub(1) {
+            Some(p) => &b.rows[p],
+            None => continue,
+        };
+        for w in &b.workloads {
+            let Some((old, new, ratio)) = b.counter_change(previous, row, w, *counter) else {
                 continue;
             };
-            let moved = |name: &str, a: Option<f64>, x: Option<f64>| -> Option<String> {
-                let (a, x) = (a?, x?);
-                let rel = if a.abs() > 1e-9 { (x - a) / a } else { 0.0 };
-                (rel.abs() >= 0.2 && (x - a).abs() > 0.01)
-                    .then(|| format!("{name} {a:.3} → {x:.3}"))
+            let moved = match ratio {
+                Some(r) if r.ci_high < 1.0 || r.ci_low > 1.0 => {
+                    format!("moved: ×{:.3} [{:.3}, {:.3}]", r.ratio, r.ci_low, r.ci_high)
+                }
+                Some(r) => format!(
+                    "did not move beyond noise: ×{:.3} [{:.3}, {:.3}]",
+                    r.ratio, r.ci_low, r.ci_high
+                ),
+                None => "one block: not judged".into(),
             };
-            let (pk, ck) = (&p.counters, &c.counters);
-            let v: Vec<String> = [
-                moved(
-                    "backends started/req",
-                    pk.pg_backends_started,
-                    ck.pg_backends_started,
-                ),
-                moved("plans/req", pk.pg_plans, ck.pg_plans),
-                moved("commits/req", pk.pg_commits, ck.pg_commits),
-                moved(
-                    "WAL syncs/PATCH",
-                    pk.pg_wal_syncs_per_patch,
-                    ck.pg_wal_syncs_per_patch,
-                ),
-                moved(
-                    "server syscalls/req",
-                    pk.server_syscalls,
-                    ck.server_syscalls,
-                ),
-                moved(
-                    "server context switches/req",
-                    pk.server_context_switches,
-                    ck.server_context_switches,
-                ),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
             let _ = writeln!(
                 out,
-                "- **{row}**, {w}: throughput {}; {}.",
-                change(&c.change_vs_previous),
-                if v.is_empty() {
-                    "no counter moved by 20% or more".to_string()
-                } else {
-                    v.join(", ")
-                }
+                "- **{row}**, {w}: {} {old:.3} → {new:.3} (against {previous}), {moved}; throughput {}.",
+                counter.name(),
+                b.cell(row, w).map_or("—".into(), |c| change(&c.change_vs_previous)),
             );
         }
+    }
+    if out.is_empty() {
+        out.push_str("No row of this matrix names the counter its hypothesis moves (`moves`).\n");
     }
     out
 }
@@ -302,7 +285,7 @@ pub fn mechanisms(b: &Blocks) -> String {
 pub fn method(b: &Blocks) -> String {
     let blocks = b.windows.iter().map(|w| w.block).max().unwrap_or(0);
     format!(
-        "- Blocks (the headline): every build started once, side by side, each on its own port, pinned to the server CPUs and in its own CPU-accounting group (PostgreSQL and oha in theirs); {blocks} block(s), each measuring every row × workload once in a fresh random order (seed {}), one {} s window each; the blocks took {:.1} min. A window drives the majority method closed-loop on {} connections and the minority open-loop at the rate that keeps the mix (set in a warm-up, never from a block), so the achieved mix is recorded per window. Rows with and without the index use their own database; VACUUM and CHECKPOINT after every block. PostgreSQL's counters are read {} ms after each window (its statistics are reported at most once a second).\n",
+        "- Blocks (the headline): every build started once, side by side, each on its own port, pinned to the server CPUs and in its own CPU-accounting group (PostgreSQL and oha in theirs); {blocks} block(s), each measuring every row × workload once in a fresh random order (seed {}), one {} s window each; the blocks took {:.1} min. A window drives the majority method closed-loop on {} connections and the minority open-loop at the rate that keeps the mix (set in a warm-up, never from a block), so the achieved mix is recorded per window. Rows with and without the index use their own database; VACUUM and CHECKPOINT after every block. PostgreSQL's counters are exact at any moment (transaction ids, the WAL position, `pg_stat_statements`) and cover the probe and the window; the window's last sessions are counted {} ms after it. WAL syncs are not counted: PostgreSQL 15 reports them up to 10 s late.\n",
         b.seed,
         b.settings.window_secs,
         b.elapsed_secs / 60.0,

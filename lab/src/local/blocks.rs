@@ -21,10 +21,10 @@ use crate::measure::oha::{parse_summary, Oha, Side};
 
 use super::cgroup::{cpu_ticks, CpuGroup};
 use super::server::{Launch, Server};
-use super::{pg, ports};
+use super::{pg, ports, profile};
 
-/// How long PostgreSQL's backends may keep their statistics before reporting them
-/// (PGSTAT_MIN_INTERVAL is 1 s): the counters are read this long after a window.
+/// How long after a window PostgreSQL's counters are read: the window's last
+/// connections (a connection per request, in the first rows) end and are counted.
 const STATS_FLUSH: Duration = Duration::from_millis(crate::blocks::STATS_FLUSH_MS);
 
 /// oha's niceness in the blocks: ahead of PostgreSQL on the CPU they share, so the
@@ -166,6 +166,16 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
         cells: Vec::new(),
         aa_check: None,
         splits: Vec::new(),
+        hypotheses: up
+            .iter()
+            .filter(|u| {
+                i.settings
+                    .aa
+                    .as_ref()
+                    .is_none_or(|a| aa_name(a) != u.row.name)
+            })
+            .filter_map(|u| Some((u.row.name.clone(), u.row.moves?)))
+            .collect(),
         elapsed_secs: 0.0,
     };
     let mut lab = Lab {
@@ -180,7 +190,11 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
         probe_secs: if i.quick { 0.5 } else { PROBE_SECS },
         oha_cpus: crate::matrix::parse_cpu_list(&m.local.oha_cpus).map_or(1, |v| v.len()),
         oha_ahead: is_root(),
+        perf: profile::available(),
     };
+    if !lab.perf {
+        eprintln!("warning: perf is not installed: the server's system calls are not counted (Debian: apt-get install linux-perf)");
+    }
     let (secs, warm) = if i.quick {
         (1.0, 0.5)
     } else {
@@ -191,6 +205,7 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     } else {
         i.settings.blocks as usize
     };
+    std::thread::sleep(STATS_FLUSH);
     // The warm-up: every cell, in a random order, finds the minority's rate.
     let cells = design::blocks(lab.up.len(), m.workloads.len(), 1, seed ^ 0xA5A5)
         .pop()
@@ -240,6 +255,8 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
         for d in &mut lab.dbs {
             pg::settle(&mut d.client)?;
         }
+        // Their WAL and statistics are reported late: not into the next block's first window.
+        std::thread::sleep(STATS_FLUSH);
     }
     for u in &mut lab.up {
         if let Err(e) = u.server.stop(Duration::from_secs(20)) {
@@ -375,6 +392,8 @@ struct Lab {
     probe_secs: f64,
     oha_cpus: usize,
     oha_ahead: bool,
+    /// Whether `perf` can count the server's system calls.
+    perf: bool,
 }
 
 /// What oha reported for one window.
@@ -546,27 +565,38 @@ impl Lab {
         Ok((s, load))
     }
 
+    /// PostgreSQL's counters that are exact at any moment: write transactions (the
+    /// next transaction id: one is assigned per write transaction), WAL bytes (the
+    /// insert position), statements, plans and buffer use (`pg_stat_statements` keeps
+    /// them in shared memory at once), and backends started (`pg_stat_database`
+    /// counts a session when it ends, and a connection per request ends at once).
+    /// `pg_stat_database`'s commits and `pg_stat_wal` are not used: PostgreSQL 15 holds
+    /// a busy backend's statistics back for up to 10 s after its last report, so a
+    /// window would get another's.
     fn pg_counts(&mut self, db: usize) -> Counts {
         let name = self.dbs[db].name.clone();
         let mut c = Counts::default();
         let row = self.admin.query_one(
-            "SELECT d.sessions, d.xact_commit, d.blks_hit, d.blks_read, \
-                    w.wal_records, w.wal_bytes::bigint, w.wal_sync \
-             FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = $1",
+            "SELECT (SELECT sessions FROM pg_stat_database WHERE datname = $1), \
+                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+                    (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint",
             &[&name],
         );
-        if let Ok(r) = row {
-            c.pg_backends_started = r.get::<_, Option<i64>>(0);
-            c.pg_commits = r.get::<_, Option<i64>>(1);
-            c.pg_buffer_hits = r.get::<_, Option<i64>>(2);
-            c.pg_buffer_reads = r.get::<_, Option<i64>>(3);
-            c.pg_wal_records = r.get::<_, Option<i64>>(4);
-            c.pg_wal_bytes = r.get::<_, Option<i64>>(5);
-            c.pg_wal_syncs = r.get::<_, Option<i64>>(6);
+        match row {
+            Ok(r) => {
+                c.pg_backends_started = r.get::<_, Option<i64>>(0);
+                c.pg_commits = r.get::<_, Option<i64>>(1);
+                c.pg_wal_bytes = r.get::<_, Option<i64>>(2);
+            }
+            Err(e) => {
+                eprintln!("warning: PostgreSQL's counters are unreadable ({e}); not recorded")
+            }
         }
         if self.statements {
             let row = self.admin.query_one(
-                "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(plans), 0)::bigint \
+                "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(plans), 0)::bigint, \
+                        coalesce(sum(shared_blks_hit), 0)::bigint, \
+                        coalesce(sum(shared_blks_read), 0)::bigint \
                  FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
                  JOIN pg_roles r ON r.oid = s.userid \
                  WHERE d.datname = $1 AND r.rolname = $2",
@@ -575,6 +605,8 @@ impl Lab {
             if let Ok(r) = row {
                 c.pg_statements = Some(r.get(0));
                 c.pg_plans = Some(r.get(1));
+                c.pg_buffer_hits = Some(r.get(2));
+                c.pg_buffer_reads = Some(r.get(3));
             }
         }
         c
@@ -601,19 +633,26 @@ impl Lab {
         let tag = format!("b{block}-{}-{}", self.up[c.row].row.slug(), w.name);
         let pid = self.up[c.row].server.pid;
         let db = self.up[c.row].db;
-        // The counters span the probe and the window (PostgreSQL reports a probe's
-        // statistics up to a second late); the CPU figures the window alone.
-        let server_before = server_counts(pid);
+        // PostgreSQL's counters span the probe and the window (it reports a probe's
+        // statistics up to a second late); the CPU figures and the server's counters
+        // the window alone.
         let pg_before = self.pg_counts(db);
         let applied_before = self.applied(c.row);
         let (split, probe) = self.probe(c, w, warm, self.probe_secs, &tag)?;
         let split = &split;
+        let server_before = server_counts(pid);
         let before = self.snapshot(c.row);
+        let stat_out = self.dir.join(format!("{tag}.perf-stat.csv"));
+        let counting = self
+            .perf
+            .then(|| profile::count_syscalls(pid, secs, &stat_out).ok())
+            .flatten();
         let start = Instant::now();
         let load = self.load(c.row, &sides(w, split, true), secs, &tag)?;
         let wall = start.elapsed().as_secs_f64();
         let after = self.snapshot(c.row);
         let server_after = server_counts(pid);
+        let syscalls = counting.and_then(|c| profile::syscalls_counted(c, &stat_out));
         std::thread::sleep(STATS_FLUSH);
         let pg_after = self.pg_counts(db);
         let applied_after = self.applied(c.row);
@@ -695,23 +734,20 @@ impl Lab {
             cpu_steal,
             shares,
             counts: Counts {
-                server_syscalls: server_before
+                server_syscalls: syscalls,
+                server_context_switches: server_before
                     .0
                     .zip(server_after.0)
                     .map(|(a, b)| b.saturating_sub(a)),
-                server_context_switches: server_before
+                server_run_delay_ns: server_before
                     .1
                     .zip(server_after.1)
                     .map(|(a, b)| b.saturating_sub(a)),
-                server_run_delay_ns: server_before
-                    .2
-                    .zip(server_after.2)
-                    .map(|(a, b)| b.saturating_sub(a)),
                 pg_backends_started: d(pg_before.pg_backends_started, pg_after.pg_backends_started),
                 pg_commits: d(pg_before.pg_commits, pg_after.pg_commits),
-                pg_wal_records: d(pg_before.pg_wal_records, pg_after.pg_wal_records),
+                pg_wal_records: None,
                 pg_wal_bytes: d(pg_before.pg_wal_bytes, pg_after.pg_wal_bytes),
-                pg_wal_syncs: d(pg_before.pg_wal_syncs, pg_after.pg_wal_syncs),
+                pg_wal_syncs: None,
                 pg_plans: d(pg_before.pg_plans, pg_after.pg_plans),
                 pg_statements: d(pg_before.pg_statements, pg_after.pg_statements),
                 pg_buffer_hits: d(pg_before.pg_buffer_hits, pg_after.pg_buffer_hits),
@@ -723,17 +759,10 @@ impl Lab {
     }
 }
 
-/// The server's read/write system calls (`/proc/<pid>/io` syscr + syscw), context
-/// switches over all its threads, and run-queue delay (ns, `schedstat`) so far.
-fn server_counts(pid: u32) -> (Option<u64>, Option<u64>, Option<u64>) {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .map(|t| {
-            t.lines()
-                .filter(|l| l.starts_with("syscr:") || l.starts_with("syscw:"))
-                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>()
-        });
+/// The server's context switches over all its threads and run-queue delay (ns,
+/// `schedstat`) so far. (Its system calls are counted by `perf stat` over the window:
+/// `/proc/<pid>/io` counts only file-style reads and writes, not `send`/`recv`.)
+fn server_counts(pid: u32) -> (Option<u64>, Option<u64>) {
     let delay = std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()
         .map(|tasks| {
@@ -743,7 +772,7 @@ fn server_counts(pid: u32) -> (Option<u64>, Option<u64>, Option<u64>) {
                 .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum::<u64>()
         });
-    (io, super::profile::context_switches(pid), delay)
+    (profile::context_switches(pid), delay)
 }
 
 #[cfg(test)]
@@ -778,7 +807,7 @@ mod tests {
 
     #[test]
     fn this_process_has_server_counters() {
-        let (io, cs, delay) = server_counts(std::process::id());
-        assert!(io.is_some() && cs.is_some() && delay.is_some());
+        let (cs, delay) = server_counts(std::process::id());
+        assert!(cs.is_some() && delay.is_some());
     }
 }

@@ -42,20 +42,7 @@ pub fn available() -> bool {
 pub fn start(pid: u32, secs: f64, raw: &Path, tag: &str, title: &str) -> Result<Recording> {
     let data = raw.join(format!("{tag}.perf.data"));
     let stat_out = raw.join(format!("{tag}.perf-stat.csv"));
-    let sleep = format!("{secs:.1}");
-    // perf ARGS -p PID -o OUT -- sleep SECS, quiet.
-    let perf = |args: &[&str], out: &Path| {
-        let mut cmd = Command::new("perf");
-        cmd.args(args)
-            .arg("-p")
-            .arg(pid.to_string())
-            .arg("-o")
-            .arg(out)
-            .args(["--", "sleep", &sleep])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        cmd
-    };
+    let perf = |args: &[&str], out: &Path| perf_on(pid, secs, args, out);
     // cpu-clock: hardware counters are often missing in virtual machines. DWARF
     // unwinding: release builds keep no frame pointers, .eh_frame suffices.
     let frequency = FREQUENCY.to_string();
@@ -77,12 +64,7 @@ pub fn start(pid: u32, secs: f64, raw: &Path, tag: &str, title: &str) -> Result<
         "starting perf record (is perf installed? scripts/run-matrix.sh --profile installs it)",
     )?;
     // System calls, where the tracepoint is readable; without it the profile stands.
-    let stat = perf(
-        &["stat", "-x", ",", "-e", "raw_syscalls:sys_enter"],
-        &stat_out,
-    )
-    .spawn()
-    .ok();
+    let stat = count_syscalls(pid, secs, &stat_out).ok();
     Ok(Recording {
         pid,
         record: Some(record),
@@ -95,6 +77,44 @@ pub fn start(pid: u32, secs: f64, raw: &Path, tag: &str, title: &str) -> Result<
     })
 }
 
+/// `perf ARGS -p PID -o OUT -- sleep SECS`, quiet.
+fn perf_on(pid: u32, secs: f64, args: &[&str], out: &Path) -> Command {
+    let mut cmd = Command::new("perf");
+    cmd.args(args)
+        .arg("-p")
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(out)
+        .args(["--", "sleep", &format!("{secs:.2}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Starts counting the system calls of `pid` (all its threads) for `secs` into `out`
+/// (the `raw_syscalls:sys_enter` tracepoint); [`syscalls_counted`] reads the count.
+pub fn count_syscalls(pid: u32, secs: f64, out: &Path) -> Result<Child> {
+    perf_on(
+        pid,
+        secs,
+        &["stat", "-x", ",", "-e", "raw_syscalls:sys_enter"],
+        out,
+    )
+    .spawn()
+    .context("starting perf stat")
+}
+
+/// Waits for a [`count_syscalls`] and returns its count (None where the tracepoint
+/// could not be read); the file is removed.
+pub fn syscalls_counted(mut child: Child, out: &Path) -> Option<u64> {
+    let ok = child.wait().ok()?.success();
+    let count = std::fs::read_to_string(out)
+        .ok()
+        .and_then(|t| parse_stat(&t));
+    let _ = std::fs::remove_file(out);
+    count.filter(|_| ok)
+}
+
 impl Recording {
     /// Waits for the recording, draws the flame graph and works out the counts per
     /// request (`requests`: answered in the window). The perf data is removed.
@@ -104,15 +124,10 @@ impl Recording {
             bail!("perf record was not running");
         };
         let status = record.wait().context("waiting for perf record")?;
-        let syscalls = match self.stat.take() {
-            Some(mut c) => {
-                let _ = c.wait();
-                std::fs::read_to_string(&self.stat_out)
-                    .ok()
-                    .and_then(|t| parse_stat(&t))
-            }
-            None => None,
-        };
+        let syscalls = self
+            .stat
+            .take()
+            .and_then(|c| syscalls_counted(c, &self.stat_out));
         let _ = std::fs::remove_file(&self.stat_out);
         if !status.success() || !self.data.exists() {
             bail!("perf record failed ({status}); is perf allowed here (perf_event_paranoid)?");
