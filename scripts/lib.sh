@@ -130,6 +130,18 @@ as_pg_owner() {
   fi
 }
 
+# Removes the CPU-accounting groups a run left (lab removes its own on a normal exit;
+# an interrupted run leaves them empty once its processes are gone).
+cgroups_cleanup() {
+  local dir
+  for dir in /sys/fs/cgroup/cpuacct/perflab-* /sys/fs/cgroup/perflab-*; do
+    [[ -d "${dir}" ]] || continue
+    find "${dir}" -mindepth 1 -depth -type d -exec rmdir {} + 2>/dev/null || true
+    rmdir "${dir}" 2>/dev/null || true
+  done
+  return 0
+}
+
 # pg_start [extra postgres -c settings...]: starts a throwaway cluster on a free
 # loopback port; sets PG_DIR, PG_PORT, PG_URL. Pair it with pg_stop in a trap. A start
 # that loses its port to another program retries on another port.

@@ -50,16 +50,21 @@ main() {
   while read -r _ peer; do
     if [[ -n "${peer}" ]]; then require_peer_venv "${peer}"; fi
   done <<<"${checked}"
-  # perf counts the server's system calls in the blocks (and draws --profile's flame graphs).
+  # perf counts the server's system calls in the blocks (and draws --profile's flame
+  # graphs); without root the blocks leave that counter out and --profile says why.
   if ! command -v perf >/dev/null 2>&1; then
-    apt_install linux-perf
+    if is_root; then
+      apt_install linux-perf
+    else
+      warn "perf not found (Debian: apt-get install linux-perf): the server's system calls are not counted"
+    fi
   fi
   require_oha
   find_pg_bin
   require_psql_tools
   local -a db_args=()
   if [[ "${own_db}" -eq 1 ]]; then
-    trap 'trap "" INT TERM; cleanup_step "stopping PostgreSQL" pg_stop' EXIT
+    trap 'trap "" INT TERM; cleanup_step "stopping PostgreSQL" pg_stop; cgroups_cleanup' EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
     pg_start shared_preload_libraries=pg_stat_statements

@@ -58,7 +58,7 @@ pub fn markdown(s: &Summary) -> String {
 /// The headline chart, drawn for runs with blocks.
 pub const THROUGHPUT: (&str, &str) = (
     "results-throughput.svg",
-    "Saturation throughput per row in randomized blocks: the median bar, its 95% interval, every block a dot",
+    "Saturation throughput per row in randomized blocks: the geometric-mean bar, its 95% interval, every block a dot",
 );
 
 /// Draws the four charts into `out`; `steps` is the run's steps.json (None: the curves
@@ -494,7 +494,7 @@ fn throughput(s: &Summary, b: &crate::blocks::Blocks) -> Result<String> {
         .iter()
         .enumerate()
         .map(|(j, name)| Key {
-            name: format!("{name} (median; whisker: 95% interval; dots: blocks)"),
+            name: format!("{name} (geometric mean; whisker: 95% interval; dots: blocks)"),
             color: workload_color(j),
             marker: None,
             dashed: false,
@@ -583,7 +583,7 @@ fn throughput(s: &Summary, b: &crate::blocks::Blocks) -> Result<String> {
                 let y0 = y1 - slot * 0.9;
                 let mid = (y0 + y1) / 2.0;
                 chart.draw_series(std::iter::once(Rectangle::new(
-                    [(min, y0), (iv.median, y1)],
+                    [(min, y0), (iv.geomean.max(min), y1)],
                     workload_color(j).filled(),
                 )))?;
                 let whisker = BLACK.stroke_width(2);
@@ -613,12 +613,12 @@ fn throughput(s: &Summary, b: &crate::blocks::Blocks) -> Result<String> {
                     .iter()
                     .filter(|x| x.row == row.name && &x.workload == wl)
                     .map(|x| x.throughput)
-                    .fold(iv.ci_high.max(iv.median), f64::max);
+                    .fold(iv.ci_high.max(iv.geomean), f64::max);
                 let (mx, my) = chart.backend_coord(&(right, mid));
                 text(
                     root,
                     (mx + 9, my),
-                    &fmt_qps(iv.median),
+                    &fmt_qps(iv.geomean),
                     12,
                     Pos::new(HPos::Left, VPos::Center),
                     &BLACK,

@@ -520,6 +520,15 @@ fn parse_blocks(
     if s.blocks > 100 {
         bail!("line {}: blocks must be 0 to 100", at(raw.blocks.span()));
     }
+    if let Some(row) = rows.iter().find(|r| !r.postgres.is_empty()) {
+        if s.blocks > 0 {
+            bail!(
+                "line {}: the blocks run every row against one PostgreSQL at once, so row {:?} cannot set its own [postgres] settings; set them for the whole run, or drop [blocks]",
+                at(raw.blocks.span()),
+                row.name
+            );
+        }
+    }
     if let Some(w) = &raw.window_secs {
         positive_f(text, w, "window_secs", false)?;
         if *w.get_ref() > 60.0 {

@@ -91,12 +91,15 @@ fn mean_var(x: &[f64]) -> Option<(f64, f64)> {
 }
 
 /// The variance of a measure between runs beyond what the blocks of each run explain:
-/// var(d) − mean(se²) over the cells, d being a cell's difference of mean logs (at
-/// least 0). Returns it with the median within-run standard error of d.
+/// the median of d² − se² over the cells, d being a cell's difference of mean logs
+/// and se its within-run standard error (at least 0). Taken around no change, not
+/// around the mean of d, so a shift of the whole machine between runs counts; the
+/// median, so that one real regression does not widen every other cell. Returns it
+/// with the median within-run standard error of d.
 pub fn between_run_variance(cells: &[(f64, f64)]) -> (f64, f64) {
-    let ds: Vec<f64> = cells.iter().map(|(d, _)| *d).collect();
-    let mean_se2 = cells.iter().map(|(_, se2)| se2).sum::<f64>() / cells.len().max(1) as f64;
-    let between = mean_var(&ds).map_or(0.0, |(_, v)| (v - mean_se2).max(0.0));
+    let mut excess: Vec<f64> = cells.iter().map(|(d, se2)| d * d - se2).collect();
+    excess.sort_by(f64::total_cmp);
+    let between = super::effects::median(&excess).unwrap_or(0.0).max(0.0);
     let mut se: Vec<f64> = cells.iter().map(|(_, se2)| se2.sqrt()).collect();
     se.sort_by(f64::total_cmp);
     (between, se.get(se.len() / 2).copied().unwrap_or(0.0))
@@ -199,14 +202,21 @@ mod tests {
 
     #[test]
     fn between_run_variance_is_what_the_differences_show_beyond_the_blocks() {
-        // Differences 0.1, −0.1, 0.1, −0.1: variance 0.01333; within se² 0.004 each.
+        // Differences ±0.1 with se² 0.004: 0.01 − 0.004 = 0.006 each.
         let cells = [(0.1, 0.004), (-0.1, 0.004), (0.1, 0.004), (-0.1, 0.004)];
         let (between, within) = between_run_variance(&cells);
-        assert!((between - (0.04 / 3.0 - 0.004)).abs() < 1e-12, "{between}");
+        assert!((between - 0.006).abs() < 1e-12, "{between}");
         assert!((within - 0.004f64.sqrt()).abs() < 1e-12);
-        // Differences all equal: nothing between runs beyond the blocks.
-        let (between, _) = between_run_variance(&[(0.05, 0.01), (0.05, 0.01)]);
-        assert_eq!(between, 0.0);
+        // A shift of the whole machine (every cell −8%) is between-run variance too.
+        let shifted = [(-0.08, 0.0001); 6];
+        let (between, _) = between_run_variance(&shifted);
+        assert!((between - (0.0064 - 0.0001)).abs() < 1e-12, "{between}");
+        // One outlying cell does not widen the others (the median).
+        let mut one = vec![(0.0, 0.001); 5];
+        one.push((0.5, 0.001));
+        assert_eq!(between_run_variance(&one).0, 0.0);
+        // Differences within what the blocks explain: nothing between runs.
+        assert_eq!(between_run_variance(&[(0.01, 0.01), (0.02, 0.01)]).0, 0.0);
     }
 
     #[test]

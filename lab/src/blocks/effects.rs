@@ -109,12 +109,12 @@ pub fn mean_interval(x: &[f64], alpha: f64, m: usize) -> Option<(f64, f64, f64)>
     Some((mean, mean - t * se, mean + t * se))
 }
 
-/// Median and two-sided t interval of the mean of the logs, back on the ratio scale
-/// (a measure's own spread over blocks): (median, low, high).
+/// The geometric mean and the two-sided t interval of the mean of the logs, back on
+/// the measure's scale: (geometric mean, low, high).
 pub fn geometric_interval(x: &[f64], alpha: f64) -> Option<(f64, f64, f64)> {
     let logs: Vec<f64> = x.iter().filter(|v| **v > 0.0).map(|v| v.ln()).collect();
-    let (_, lo, hi) = mean_interval(&logs, alpha, 1)?;
-    Some((median(x)?, lo.exp(), hi.exp()))
+    let (m, lo, hi) = mean_interval(&logs, alpha, 1)?;
+    Some((m.exp(), lo.exp(), hi.exp()))
 }
 
 pub fn median(x: &[f64]) -> Option<f64> {

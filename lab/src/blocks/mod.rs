@@ -223,9 +223,18 @@ impl Window {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     pub median: f64,
+    /// The geometric mean over blocks: the centre of the interval (the median can
+    /// fall outside it with few blocks).
+    #[serde(default)]
+    pub geomean: f64,
+    /// The 95% t interval of the geometric mean.
     pub ci_low: f64,
     pub ci_high: f64,
 }
+
+/// A counter's medians over blocks (the row above's, this row's) and the mean per-block
+/// difference with its 95% interval (mean, low, high), where there are two blocks.
+pub type CounterChange = (f64, f64, Option<(f64, f64, f64)>);
 
 /// The throughput with its unit, as other tools read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,6 +306,63 @@ pub struct Blocks {
     #[serde(default)]
     pub hypotheses: Vec<(String, Counter)>,
     pub elapsed_secs: f64,
+    /// How the effects are adjusted for the hypervisor's steal (derived).
+    #[serde(default)]
+    pub steal: Option<StealAdjustment>,
+}
+
+/// The covariate adjustment of the effects for steal time: within each cell, log
+/// throughput (and log server µs per request) against the window's mean steal share,
+/// one slope fitted over all cells of the run. Randomization makes steal independent of
+/// the row, so adjusting for it removes noise, not effect (an ANCOVA); each window's
+/// value is moved to the run's mean steal before the per-block ratios are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StealAdjustment {
+    /// The run's mean steal share (the level every window is moved to).
+    pub mean_steal: f64,
+    /// d ln(throughput) / d steal, and the correlation it comes with.
+    pub throughput_slope: f64,
+    pub throughput_r: f64,
+    /// d ln(server µs per request) / d steal, and its correlation.
+    pub server_us_slope: f64,
+    pub server_us_r: f64,
+}
+
+/// A window's mean steal share over its CPUs.
+fn steal_of(w: &Window) -> f64 {
+    if w.cpu_steal.is_empty() {
+        0.0
+    } else {
+        w.cpu_steal.iter().sum::<f64>() / w.cpu_steal.len() as f64
+    }
+}
+
+/// The pooled within-cell slope of ln `f` on steal and its correlation, over cells of
+/// at least two windows; None without variation in steal.
+fn within_cell_slope(ws: &[Window], f: fn(&Window) -> Option<f64>) -> Option<(f64, f64)> {
+    let mut cells: std::collections::BTreeMap<(&str, &str), Vec<(f64, f64)>> = Default::default();
+    for w in ws {
+        if let Some(v) = f(w).filter(|v| *v > 0.0) {
+            cells
+                .entry((w.row.as_str(), w.workload.as_str()))
+                .or_default()
+                .push((steal_of(w), v.ln()));
+        }
+    }
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for v in cells.values().filter(|v| v.len() > 1) {
+        let n = v.len() as f64;
+        let (mx, my) = (
+            v.iter().map(|p| p.0).sum::<f64>() / n,
+            v.iter().map(|p| p.1).sum::<f64>() / n,
+        );
+        for (x, y) in v {
+            sxy += (x - mx) * (y - my);
+            sxx += (x - mx).powi(2);
+            syy += (y - my).powi(2);
+        }
+    }
+    (sxx > 1e-12 && syy > 0.0).then(|| (sxy / sxx, sxy / (sxx * syy).sqrt()))
 }
 
 /// The A/A pair: one build under two names.
@@ -322,13 +388,31 @@ impl Blocks {
             .filter(move |w| w.row == row && w.workload == workload)
     }
 
+    /// A window's throughput moved to the run's mean steal (unchanged without an
+    /// adjustment).
+    pub fn adjusted_throughput(&self, w: &Window) -> f64 {
+        match &self.steal {
+            Some(a) => w.throughput * (-a.throughput_slope * (steal_of(w) - a.mean_steal)).exp(),
+            None => w.throughput,
+        }
+    }
+
+    /// A window's server µs per request moved to the run's mean steal.
+    pub fn adjusted_server_us(&self, w: &Window) -> Option<f64> {
+        let us = w.server_us()?;
+        Some(match &self.steal {
+            Some(a) => us * (-a.server_us_slope * (steal_of(w) - a.mean_steal)).exp(),
+            None => us,
+        })
+    }
+
     /// (a, b) of a measure over the blocks where both rows have a window.
     fn pairs(
         &self,
         a: &str,
         b: &str,
         workload: &str,
-        f: fn(&Window) -> Option<f64>,
+        f: &dyn Fn(&Window) -> Option<f64>,
     ) -> Vec<(f64, f64)> {
         let mut out = Vec::new();
         for wa in self.cell_windows(a, workload) {
@@ -346,7 +430,7 @@ impl Blocks {
         a: &str,
         b: &str,
         workload: &str,
-        f: fn(&Window) -> Option<f64>,
+        f: &dyn Fn(&Window) -> Option<f64>,
         m: usize,
     ) -> Option<Change> {
         let pairs = self.pairs(a, b, workload, f);
@@ -371,6 +455,24 @@ impl Blocks {
     /// open-loop p99 at the common rate where the run has one.
     pub fn derive(&mut self, ladder: &[String], p99: &dyn Fn(&str, &str) -> Option<f64>) {
         let alpha = self.settings.alpha;
+        // The steal adjustment needs a run of several blocks to fit its slope on.
+        self.steal = None;
+        if self.windows.iter().map(|w| w.block).max().unwrap_or(0) >= 3 {
+            let t = within_cell_slope(&self.windows, |w| Some(w.throughput));
+            let u = within_cell_slope(&self.windows, Window::server_us);
+            if let (Some((ts, tr)), Some((us, ur))) = (t, u) {
+                let n = self.windows.len().max(1) as f64;
+                self.steal = Some(StealAdjustment {
+                    mean_steal: self.windows.iter().map(steal_of).sum::<f64>() / n,
+                    throughput_slope: ts,
+                    throughput_r: tr,
+                    server_us_slope: us,
+                    server_us_r: ur,
+                });
+            }
+        }
+        let throughput = |w: &Window| Some(self.adjusted_throughput(w));
+        let server_us = |w: &Window| self.adjusted_server_us(w);
         let m = ladder.len().saturating_sub(1).max(1);
         let mut cells = Vec::new();
         for workload in &self.workloads {
@@ -380,13 +482,15 @@ impl Blocks {
                 let interval = |v: &[f64]| {
                     let med = effects::median(v)?;
                     Some(match effects::geometric_interval(v, alpha) {
-                        Some((_, lo, hi)) => Interval {
+                        Some((g, lo, hi)) => Interval {
                             median: med,
+                            geomean: g,
                             ci_low: lo,
                             ci_high: hi,
                         },
                         None => Interval {
                             median: med,
+                            geomean: med,
                             ci_low: med,
                             ci_high: med,
                         },
@@ -425,14 +529,14 @@ impl Blocks {
                     postgres_us_per_request: interval(&postgres),
                     change_vs_previous: previous
                         .as_ref()
-                        .and_then(|p| self.change(p, row, workload, |w| Some(w.throughput), m)),
+                        .and_then(|p| self.change(p, row, workload, &throughput, m)),
                     change_vs_baseline: ladder
                         .first()
                         .filter(|b| *b != row)
-                        .and_then(|b| self.change(b, row, workload, |w| Some(w.throughput), m)),
+                        .and_then(|b| self.change(b, row, workload, &throughput, m)),
                     server_us_vs_previous: previous
                         .as_ref()
-                        .and_then(|p| self.change(p, row, workload, Window::server_us, m)),
+                        .and_then(|p| self.change(p, row, workload, &server_us, m)),
                     counters: per_request(&ws),
                     lower_bound: limit == Some(Limit::LoadGenerator),
                     limit,
@@ -444,34 +548,58 @@ impl Blocks {
                 });
             }
         }
-        self.cells = cells;
-        self.aa_check = self.settings.aa.as_ref().and_then(|a| {
+        let aa_check = self.settings.aa.as_ref().and_then(|a| {
             let copy = aa_name(a);
-            let mut all = Vec::new();
             let mut per = Vec::new();
+            // Per block, the copy's log ratio averaged over the workloads: the block is
+            // the unit, not the window.
+            let mut by_block: std::collections::BTreeMap<u32, Vec<f64>> = Default::default();
             for workload in &self.workloads {
-                let pairs = self.pairs(a, &copy, workload, |w| Some(w.throughput));
+                let pairs = self.pairs(a, &copy, workload, &throughput);
                 // One block gives no interval, in a workload or over both.
                 per.push((workload.clone(), effects::paired_ratio(&pairs, alpha, 1)?));
-                all.extend(pairs);
+                for wa in self.cell_windows(a, workload) {
+                    if let Some(wb) = self
+                        .cell_windows(&copy, workload)
+                        .find(|w| w.block == wa.block)
+                    {
+                        let (x, y) = (self.adjusted_throughput(wa), self.adjusted_throughput(wb));
+                        if x > 0.0 && y > 0.0 {
+                            by_block.entry(wa.block).or_default().push((y / x).ln());
+                        }
+                    }
+                }
             }
+            let logs: Vec<f64> = by_block
+                .values()
+                .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+                .collect();
+            let (m, lo, hi) = effects::mean_interval(&logs, alpha, 1)?;
             Some(AaCheck {
                 row: a.clone(),
                 workloads: per,
-                ratio: effects::paired_ratio(&all, alpha, 1)?,
+                ratio: Ratio {
+                    ratio: m.exp(),
+                    ci_low: lo.exp(),
+                    ci_high: hi.exp(),
+                },
             })
         });
+        self.cells = cells;
+        self.aa_check = aa_check;
     }
 
     /// A counter of `row` against `previous` in one workload: the medians over blocks
-    /// and the paired ratio with its 95% interval.
+    /// and the mean per-block difference (this row − the previous) with its 95%
+    /// interval, as (mean, low, high). A difference, not a ratio: the counters the
+    /// hypotheses name often fall to 0.
     pub fn counter_change(
         &self,
         previous: &str,
         row: &str,
         workload: &str,
         c: Counter,
-    ) -> Option<(f64, f64, Option<Ratio>)> {
+    ) -> Option<CounterChange> {
         let a: Vec<f64> = self
             .cell_windows(previous, workload)
             .filter_map(|w| c.of(w))
@@ -487,14 +615,14 @@ impl Blocks {
                 .find(|w| w.block == wa.block)
             {
                 if let (Some(x), Some(y)) = (c.of(wa), c.of(wb)) {
-                    pairs.push((x, y));
+                    pairs.push(y - x);
                 }
             }
         }
         Some((
             effects::median(&a)?,
             effects::median(&b)?,
-            effects::paired_ratio(&pairs, self.settings.alpha, 1),
+            effects::mean_interval(&pairs, self.settings.alpha, 1),
         ))
     }
 
@@ -590,6 +718,50 @@ mod tests {
     }
 
     #[test]
+    fn steal_is_fitted_within_cells_and_adjusted_away() {
+        // Two rows, B 20% faster; each window loses exp(−4 × steal) to the hypervisor,
+        // with steal different in every window.
+        let mut ws = Vec::new();
+        for k in 1..=6u32 {
+            for (row, base) in [("A", 1000.0), ("B", 1200.0)] {
+                let steal =
+                    f64::from((k * 7 + row.len() as u32 * 3 + u32::from(row == "B") * 5) % 11)
+                        / 100.0;
+                let mut w = window(k, row, base * (-4.0 * steal).exp(), 1_000_000_000);
+                w.cpu_steal = vec![steal, steal];
+                ws.push(w);
+            }
+        }
+        let (slope, r) = within_cell_slope(&ws, |w| Some(w.throughput)).unwrap();
+        assert!((slope + 4.0).abs() < 1e-9, "{slope}");
+        assert!((r + 1.0).abs() < 1e-9, "{r}");
+        let mut b = Blocks {
+            settings: Settings::default(),
+            seed: 1,
+            rows: vec!["A".into(), "B".into()],
+            references: vec![],
+            workloads: vec!["read-heavy".into()],
+            windows: ws,
+            cells: vec![],
+            aa_check: None,
+            splits: vec![],
+            hypotheses: vec![],
+            elapsed_secs: 0.0,
+            steal: None,
+        };
+        b.derive(&["A".into(), "B".into()], &|_, _| None);
+        assert!(b.steal.is_some());
+        let c = b
+            .cell("B", "read-heavy")
+            .unwrap()
+            .change_vs_previous
+            .unwrap();
+        // Adjusted, every block's ratio is exactly 1.2: a zero-width interval.
+        assert!((c.ratio.ratio - 1.2).abs() < 1e-9, "{c:?}");
+        assert!((c.ratio.ci_high - c.ratio.ci_low).abs() < 1e-9, "{c:?}");
+    }
+
+    #[test]
     fn cells_get_intervals_changes_and_the_aa_check() {
         let mut b = Blocks {
             settings: Settings {
@@ -607,6 +779,7 @@ mod tests {
             splits: vec![],
             hypotheses: vec![],
             elapsed_secs: 0.0,
+            steal: None,
         };
         for (k, drift) in [1.0, 0.95, 1.05, 1.0].iter().enumerate() {
             let k = k as u32 + 1;

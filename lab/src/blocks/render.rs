@@ -32,7 +32,7 @@ fn throughput_cell(c: &CellResult) -> String {
     }
     format!(
         "{ge}{} [{}–{}]",
-        qps(i.median),
+        qps(i.geomean),
         qps(i.ci_low),
         qps(i.ci_high)
     )
@@ -202,8 +202,15 @@ fn legend(b: &Blocks) -> String {
         .filter_map(|c| c.change_vs_previous.map(|x| x.comparisons))
         .max()
         .unwrap_or(1);
+    let steal = b.steal.map_or(
+        " Effects are not adjusted for steal (too few blocks to fit it).".to_string(),
+        |a| format!(
+            " Effects and the A/A check are adjusted for the hypervisor's steal (randomization makes it independent of the row, so this removes noise, not effect): within a cell, log throughput fell by {:.2} per unit of steal (r = {:.2}) and log server µs/req rose by {:.2} (r = {:.2}); every window is moved to the run's mean steal ({:.1}%) before the ratios. The throughput and µs columns are as measured.",
+            -a.throughput_slope, a.throughput_r, a.server_us_slope, a.server_us_r, a.mean_steal * 100.0
+        ),
+    );
     format!(
-        "Throughput: good replies per second in {} s closed-loop windows ({} connections on the majority method, the minority open-loop at the rate that keeps the mix), median over {blocks} randomized block(s), [95% interval of the geometric mean]. Change: geometric mean of the per-block ratios to the row above, with a t interval corrected for {m} comparisons (Bonferroni); \"≈ (±5%)\": the whole interval lies within ±5%; \"not resolved\": the interval straddles no change and is wider. µs/req: CPU time per good reply from each party's CPU group over the window. Req/s per server CPU = 10⁶ / server µs per request. Limit: the party that used most of the saturated CPUs (≥ 90% busy, steal excluded).\n",
+        "Throughput: good replies per second in {} s closed-loop windows ({} connections on the majority method, the minority open-loop at the rate that keeps the mix), geometric mean over {blocks} randomized block(s) [its 95% interval]. Change: geometric mean of the per-block ratios to the row above, with a t interval corrected for the {m} comparisons of a workload (Bonferroni); \"≈ (±5%)\": the whole interval lies within ±5%; \"not resolved\": the interval straddles no change and is wider. µs/req: CPU time per good reply from each party's CPU group over the window. Req/s per server CPU = 10⁶ / server µs per request. Limit: the party that used most of the saturated CPUs (≥ 90% busy, steal excluded).{steal}\n",
         b.settings.window_secs, b.settings.connections
     )
 }
@@ -258,13 +265,12 @@ pub fn mechanisms(b: &Blocks) -> String {
                 continue;
             };
             let moved = match ratio {
-                Some(r) if r.ci_high < 1.0 || r.ci_low > 1.0 => {
-                    format!("moved: ×{:.3} [{:.3}, {:.3}]", r.ratio, r.ci_low, r.ci_high)
+                Some((d, lo, hi)) if hi < 0.0 || lo > 0.0 => {
+                    format!("moved by {d:+.3} [{lo:+.3}, {hi:+.3}]")
                 }
-                Some(r) => format!(
-                    "did not move beyond noise: ×{:.3} [{:.3}, {:.3}]",
-                    r.ratio, r.ci_low, r.ci_high
-                ),
+                Some((d, lo, hi)) => {
+                    format!("did not move beyond noise: {d:+.3} [{lo:+.3}, {hi:+.3}]")
+                }
                 None => "one block: not judged".into(),
             };
             let _ = writeln!(

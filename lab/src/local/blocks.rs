@@ -177,6 +177,7 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
             .filter_map(|u| Some((u.row.name.clone(), u.row.moves?)))
             .collect(),
         elapsed_secs: 0.0,
+        steal: None,
     };
     let mut lab = Lab {
         up,
@@ -191,6 +192,14 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
         oha_cpus: crate::matrix::parse_cpu_list(&m.local.oha_cpus).map_or(1, |v| v.len()),
         oha_ahead: is_root(),
         perf: profile::available(),
+        pinned: {
+            let cpus = |l: &str| crate::matrix::parse_cpu_list(l).unwrap_or_default();
+            (
+                cpus(&m.local.server_cpus),
+                cpus(&m.local.postgres_cpus),
+                cpus(&m.local.oha_cpus),
+            )
+        },
     };
     if !lab.perf {
         eprintln!("warning: perf is not installed: the server's system calls are not counted (Debian: apt-get install linux-perf)");
@@ -394,6 +403,22 @@ struct Lab {
     oha_ahead: bool,
     /// Whether `perf` can count the server's system calls.
     perf: bool,
+    /// The CPUs the server, PostgreSQL and oha are pinned to.
+    pinned: (Vec<usize>, Vec<usize>, Vec<usize>),
+}
+
+/// Child processes that are killed and reaped if still held when dropped (an error
+/// path), so none outlives the window it belongs to.
+#[derive(Default)]
+struct Children(Vec<Option<std::process::Child>>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for mut child in self.0.drain(..).flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// What oha reported for one window.
@@ -454,6 +479,24 @@ fn usage(g: &Option<CpuGroup>) -> (Option<u64>, Vec<u64>) {
         .map_or((None, Vec::new()), |g| (g.usage_ns(), g.usage_percpu()))
 }
 
+/// A party's CPU time spread evenly over the `pinned` CPUs of `n`, as shares of
+/// the window (where the kernel gives no per-CPU time: cgroup v2).
+fn spread_over(total_ns: Option<u64>, pinned: &[usize], n: usize, wall_ns: f64) -> Vec<f64> {
+    let Some(total) = total_ns else {
+        return Vec::new();
+    };
+    let on: Vec<usize> = pinned.iter().copied().filter(|c| *c < n).collect();
+    (0..n)
+        .map(|c| {
+            if on.contains(&c) {
+                total as f64 / on.len() as f64 / wall_ns
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 fn diff(a: &[u64], b: &[u64], wall_ns: f64) -> Vec<f64> {
     a.iter()
         .zip(b)
@@ -481,7 +524,10 @@ impl Lab {
     /// blocks folder under `tag`.
     fn load(&mut self, row: usize, sides: &[Side], secs: f64, tag: &str) -> Result<Load> {
         let oha = &self.up[row].oha;
-        let mut running = Vec::new();
+        // Every side is waited for, and on any error the others are killed: an oha
+        // left running would load this server during another row's window.
+        let mut running = Children::default();
+        let mut jsons = Vec::new();
         for side in sides {
             let json = self
                 .dir
@@ -496,7 +542,8 @@ impl Lab {
             if let Some(g) = &mut self.oha_group {
                 let _ = g.add(child.id());
             }
-            running.push((side.method, child, json));
+            running.0.push(Some(child));
+            jsons.push((side.method, json));
         }
         let mut load = Load {
             secs: 0.0,
@@ -505,7 +552,8 @@ impl Lab {
             failed: 0,
             patch_unacked: 0,
         };
-        for (k, (method, child, json)) in running.into_iter().enumerate() {
+        for (k, (method, json)) in jsons.into_iter().enumerate() {
+            let child = running.0[k].take().context("oha was waited for twice")?;
             let out = child.wait_with_output().context("waiting for oha")?;
             if !out.status.success() {
                 bail!(
@@ -643,16 +691,18 @@ impl Lab {
         let server_before = server_counts(pid);
         let before = self.snapshot(c.row);
         let stat_out = self.dir.join(format!("{tag}.perf-stat.csv"));
-        let counting = self
+        let mut counting = Children(vec![self
             .perf
             .then(|| profile::count_syscalls(pid, secs, &stat_out).ok())
-            .flatten();
+            .flatten()]);
         let start = Instant::now();
         let load = self.load(c.row, &sides(w, split, true), secs, &tag)?;
         let wall = start.elapsed().as_secs_f64();
         let after = self.snapshot(c.row);
         let server_after = server_counts(pid);
-        let syscalls = counting.and_then(|c| profile::syscalls_counted(c, &stat_out));
+        let syscalls = counting.0[0]
+            .take()
+            .and_then(|c| profile::syscalls_counted(c, &stat_out));
         std::thread::sleep(STATS_FLUSH);
         let pg_after = self.pg_counts(db);
         let applied_after = self.applied(c.row);
@@ -683,10 +733,37 @@ impl Lab {
                 }
             })
             .collect();
+        let ns = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+        let n = cpu_busy.len();
+        // Per CPU where the kernel says (cgroup v1); else (v2) each party's total spread
+        // evenly over the CPUs it is pinned to.
+        let share = |a: &[u64], b: &[u64], total: Option<u64>, pinned: &[usize]| {
+            let v = diff(a, b, wall_ns);
+            if v.is_empty() {
+                spread_over(total, pinned, n, wall_ns)
+            } else {
+                v
+            }
+        };
         let shares = Shares {
-            server: diff(&before.server_cpus, &after.server_cpus, wall_ns),
-            postgres: diff(&before.postgres_cpus, &after.postgres_cpus, wall_ns),
-            oha: diff(&before.oha_cpus, &after.oha_cpus, wall_ns),
+            server: share(
+                &before.server_cpus,
+                &after.server_cpus,
+                ns(before.server, after.server),
+                &self.pinned.0,
+            ),
+            postgres: share(
+                &before.postgres_cpus,
+                &after.postgres_cpus,
+                ns(before.postgres, after.postgres),
+                &self.pinned.1,
+            ),
+            oha: share(
+                &before.oha_cpus,
+                &after.oha_cpus,
+                ns(before.oha, after.oha),
+                &self.pinned.2,
+            ),
         };
         let total = load.get_ok + load.patch_ok + load.failed;
         let limit = judge::judge(&Evidence {
@@ -702,7 +779,6 @@ impl Lab {
             oha_cpus: self.oha_cpus,
             oha_ahead: self.oha_ahead,
         });
-        let ns = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
         let d = |a: Option<i64>, b: Option<i64>| Some(b? - a?);
         let good = load.get_ok + load.patch_ok;
         Ok(Window {
@@ -803,6 +879,16 @@ mod tests {
             patch_unacked: 0,
         };
         assert!((load.majority_qps(&w) - 450.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn without_per_cpu_times_a_party_is_spread_over_its_cpus() {
+        assert_eq!(spread_over(Some(1_000), &[1], 2, 1_000.0), vec![0.0, 1.0]);
+        assert_eq!(
+            spread_over(Some(1_000), &[0, 1], 2, 1_000.0),
+            vec![0.5, 0.5]
+        );
+        assert!(spread_over(None, &[0], 2, 1.0).is_empty());
     }
 
     #[test]

@@ -108,27 +108,45 @@ impl CpuGroup {
 }
 
 impl Drop for CpuGroup {
-    /// Puts the processes still alive back where they were, then removes the group
-    /// (and the run's parent once empty).
+    /// Puts the processes still alive back where they were (those moved in first: a
+    /// postmaster may fork into the group while it is being emptied), then removes the
+    /// group (and the run's parent once empty).
     fn drop(&mut self) {
-        let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-            let back = self
-                .moved
-                .iter()
-                .find(|(p, _)| *p == pid)
-                .map(|(_, g)| g.clone())
-                .or_else(|| {
-                    self.dir
-                        .parent()
-                        .and_then(Path::parent)
-                        .map(Path::to_path_buf)
-                });
-            if let Some(back) = back {
-                let _ = fs::write(back.join("cgroup.procs"), pid.to_string());
+        let root = self
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
+        for (pid, from) in &self.moved {
+            let _ = fs::write(from.join("cgroup.procs"), pid.to_string());
+        }
+        for _ in 0..5 {
+            let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<u32> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let back = self
+                    .moved
+                    .iter()
+                    .find(|(p, _)| *p == pid)
+                    .map(|(_, g)| g.clone())
+                    .or_else(|| root.clone());
+                if let Some(back) = back {
+                    let _ = fs::write(back.join("cgroup.procs"), pid.to_string());
+                }
             }
         }
-        let _ = fs::remove_dir(&self.dir);
+        for _ in 0..5 {
+            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         if let Some(parent) = self.dir.parent() {
             let _ = fs::remove_dir(parent);
         }
