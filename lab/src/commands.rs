@@ -555,7 +555,10 @@ pub fn dispatch(cmd: &Cmd) -> Result<Outcome> {
 
 /// `lab compare OLD NEW`: the report on stdout; `Regressed` when a row regressed.
 pub fn compare(a: &CompareArgs) -> Result<Outcome> {
-    let (old, new) = (crate::compare::load(&a.old)?, crate::compare::load(&a.new)?);
+    let (mut old, mut new) = (crate::compare::load(&a.old)?, crate::compare::load(&a.new)?);
+    // The blocks' derived values (the steal adjustment included) from their windows.
+    old.derive_blocks();
+    new.derive_blocks();
     compare_summaries(&old, &new, a.fail_above, a.noise_floor, false)
 }
 

@@ -315,10 +315,11 @@ pub struct Blocks {
 /// throughput (and log server µs per request) against the window's mean steal share,
 /// one slope fitted over all cells of the run. Randomization makes steal independent of
 /// the row, so adjusting for it removes noise, not effect (an ANCOVA); each window's
-/// value is moved to the run's mean steal before the per-block ratios are taken.
+/// value is moved to no steal before the per-block ratios are taken (the level does
+/// not change a ratio within a run; between runs it puts both at the same level).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StealAdjustment {
-    /// The run's mean steal share (the level every window is moved to).
+    /// The run's mean steal share.
     pub mean_steal: f64,
     /// d ln(throughput) / d steal, and the correlation it comes with.
     pub throughput_slope: f64,
@@ -388,20 +389,19 @@ impl Blocks {
             .filter(move |w| w.row == row && w.workload == workload)
     }
 
-    /// A window's throughput moved to the run's mean steal (unchanged without an
-    /// adjustment).
+    /// A window's throughput moved to no steal (unchanged without an adjustment).
     pub fn adjusted_throughput(&self, w: &Window) -> f64 {
         match &self.steal {
-            Some(a) => w.throughput * (-a.throughput_slope * (steal_of(w) - a.mean_steal)).exp(),
+            Some(a) => w.throughput * (-a.throughput_slope * steal_of(w)).exp(),
             None => w.throughput,
         }
     }
 
-    /// A window's server µs per request moved to the run's mean steal.
+    /// A window's server µs per request moved to no steal.
     pub fn adjusted_server_us(&self, w: &Window) -> Option<f64> {
         let us = w.server_us()?;
         Some(match &self.steal {
-            Some(a) => us * (-a.server_us_slope * (steal_of(w) - a.mean_steal)).exp(),
+            Some(a) => us * (-a.server_us_slope * steal_of(w)).exp(),
             None => us,
         })
     }

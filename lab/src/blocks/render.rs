@@ -205,7 +205,7 @@ fn legend(b: &Blocks) -> String {
     let steal = b.steal.map_or(
         " Effects are not adjusted for steal (too few blocks to fit it).".to_string(),
         |a| format!(
-            " Effects and the A/A check are adjusted for the hypervisor's steal (randomization makes it independent of the row, so this removes noise, not effect): within a cell, log throughput fell by {:.2} per unit of steal (r = {:.2}) and log server µs/req rose by {:.2} (r = {:.2}); every window is moved to the run's mean steal ({:.1}%) before the ratios. The throughput and µs columns are as measured.",
+            " Effects and the A/A check are adjusted for the hypervisor's steal (randomization makes it independent of the row, so this removes noise, not effect): within a cell, log throughput fell by {:.2} per unit of steal (r = {:.2}) and log server µs/req rose by {:.2} (r = {:.2}); every window is moved to no steal (the run's mean was {:.1}%) before the ratios. The throughput and µs columns are as measured.",
             -a.throughput_slope, a.throughput_r, a.server_us_slope, a.server_us_r, a.mean_steal * 100.0
         ),
     );
