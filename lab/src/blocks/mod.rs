@@ -85,7 +85,7 @@ impl Counter {
             Counter::PgPlans => "statements planned per request",
             Counter::PgStatements => "statements per request",
             Counter::PgBufferHits => "shared-buffer hits per request",
-            Counter::ServerSyscalls => "server read/write system calls per request",
+            Counter::ServerSyscalls => "server system calls per request",
             Counter::ServerContextSwitches => "server context switches per request",
         }
     }
