@@ -88,7 +88,7 @@ require_containers() {
 }
 
 # Settings for a root sandbox without systemd: runc, cgroupfs, no raised rlimits or pid
-# limits, and a private vfs image store under CT_DIR (see README, "Tests of the Kubernetes target").
+# limits, and a private vfs image store under CT_DIR (see docs/kubernetes.md, "Tests of the Kubernetes target").
 container_config() {
   mkdir -p "${CT_DIR}/storage" "${CT_DIR}/run" "${CT_DIR}/tmp" "${CT_DIR}/networks"
   cat >"${CT_DIR}/containers.conf" <<EOF
@@ -235,7 +235,7 @@ main() {
   make_debian_base
   log "containers: building the images of rows ${ROW} and ${PEER_ROW} and the load generator (buildah)"
   # Small: the server image is one static binary (lab checks the size). RUN steps (the
-  # peer's) run chroot-isolated (see README, "Tests of the Kubernetes target").
+  # peer's) run chroot-isolated (see docs/kubernetes.md, "Tests of the Kubernetes target").
   local -a names
   mapfile -t names < <(BUILDAH_ISOLATION=chroot "${lab}" images --matrix "${MATRIX}" \
     --only "${ROW}" --only "${PEER_ROW}" --engine buildah \

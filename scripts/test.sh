@@ -225,7 +225,7 @@ main() {
     run_live_k8s
     e2e=$((e2e + 1))
   else
-    log "live Kubernetes test skipped: KUBECONFIG is not set (see README, 'Kubernetes')"
+    log "live Kubernetes test skipped: KUBECONFIG is not set (see docs/kubernetes.md)"
   fi
   if [[ "${matrix}" -eq 1 ]]; then
     run_quick_matrix
