@@ -10,7 +10,7 @@ One program, two variants chosen by the first argument:
   prepared once per connection (asyncpg's statement cache), uvloop, the httptools
   parser, and replies encoded with orjson.
 
-Both follow perflab's API contract (README, "The API") as far as FastAPI allows;
+Both follow perflab's API contract (docs/api.md) as far as FastAPI allows;
 README's "External rows and the FastAPI peer" lists the differences. One process, one
 worker: the lab pins it to the server's CPU like the Rust server.
 """

@@ -19,9 +19,10 @@ use crate::measure::contract;
 use crate::measure::driver::write_inputs;
 use crate::measure::oha::{parse_summary, Oha, Side};
 
-use super::cgroup::{cpu_ticks, CpuGroup};
+use super::cgroup::CpuGroup;
 use super::server::{Launch, Server};
 use super::{pg, ports, profile};
+use crate::measure::procfs::cpu_ticks;
 
 /// How long after a window PostgreSQL's counters are read: the window's last
 /// connections (a connection per request, in the first rows) end and are counted.
@@ -465,7 +466,7 @@ fn sides(w: &Workload, split: &Split, with_minority: bool) -> Vec<Side> {
 
 /// A snapshot of every counter a window compares.
 struct Snapshot {
-    ticks: Vec<super::cgroup::Ticks>,
+    ticks: Vec<crate::measure::procfs::Ticks>,
     server: Option<u64>,
     server_cpus: Vec<u64>,
     postgres: Option<u64>,

@@ -54,6 +54,30 @@ pub fn cpu_times() -> Vec<(u64, u64)> {
 }
 
 fn parse_cpu_times(text: &str) -> Vec<(u64, u64)> {
+    // Busy and total with steal in both: the way these shares have always been taken.
+    parse_cpu_ticks(text)
+        .into_iter()
+        .map(|t| (t.busy + t.steal, t.total + t.steal))
+        .collect()
+}
+
+/// One CPU's ticks so far: busy and total with steal left out of both (a CPU whose
+/// hypervisor took time from it is not busy with our work), and the steal itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ticks {
+    pub busy: u64,
+    pub total: u64,
+    pub steal: u64,
+}
+
+/// Each CPU's [`Ticks`] so far, from /proc/stat.
+pub fn cpu_ticks() -> Vec<Ticks> {
+    fs::read_to_string("/proc/stat")
+        .map(|t| parse_cpu_ticks(&t))
+        .unwrap_or_default()
+}
+
+fn parse_cpu_ticks(text: &str) -> Vec<Ticks> {
     text.lines()
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
         .map(|l| {
@@ -62,9 +86,14 @@ fn parse_cpu_times(text: &str) -> Vec<(u64, u64)> {
                 .skip(1)
                 .filter_map(|x| x.parse().ok())
                 .collect();
-            let total: u64 = v.iter().take(8).sum();
-            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-            (total.saturating_sub(idle), total)
+            let at = |i: usize| v.get(i).copied().unwrap_or(0);
+            // user nice system idle iowait irq softirq steal
+            let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+            Ticks {
+                busy,
+                total: busy + at(3) + at(4),
+                steal: at(7),
+            }
         })
         .collect()
 }
@@ -173,6 +202,14 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_neither_busy_nor_counted() {
+        let t = "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 100 0 50 40 10 0 0 300 0 0\ncpu1 10 0 0 90 0 0 0 0 0 0\n";
+        let v = parse_cpu_ticks(t);
+        assert_eq!((v[0].busy, v[0].total, v[0].steal), (150, 200, 300));
+        assert_eq!((v[1].busy, v[1].total, v[1].steal), (10, 100, 0));
+    }
 
     #[test]
     fn parses_stat_with_awkward_command_names() {
