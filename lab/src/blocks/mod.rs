@@ -649,36 +649,26 @@ fn per_request(ws: &[&Window]) -> PerRequest {
         let v: Vec<f64> = ws.iter().filter_map(|w| f(w)).collect();
         effects::median(&v)
     };
-    let per = |w: &Window, x: Option<i64>| {
-        let n = w.counted().0;
-        (n > 0).then_some(())?;
-        x.map(|x| x as f64 / n as f64)
-    };
-    // The server's counters cover the window alone, PostgreSQL's the probe too.
-    let per_u = |w: &Window, x: Option<u64>| {
-        let n = w.requests();
-        (n > 0).then_some(())?;
-        x.map(|x| x as f64 / n as f64)
-    };
-    let per_patch = |w: &Window, x: Option<i64>| {
-        let n = w.counted().1;
-        (n > 0).then_some(())?;
-        x.map(|x| x as f64 / n as f64)
-    };
+    let of = |c: Counter| med(&|w| c.of(w));
+    // The rest, divided the way `Counter::of` divides: PostgreSQL's counters over the
+    // probe and the window, the server's over the window alone.
+    let per = |x: Option<i64>, n: u64| x.filter(|_| n > 0).map(|x| x as f64 / n as f64);
     PerRequest {
-        server_syscalls: med(&|w| per_u(w, w.counts.server_syscalls)),
-        server_context_switches: med(&|w| per_u(w, w.counts.server_context_switches)),
-        server_run_delay_us: med(&|w| per_u(w, w.counts.server_run_delay_ns).map(|x| x / 1000.0)),
-        pg_backends_started: med(&|w| per(w, w.counts.pg_backends_started)),
-        pg_commits: med(&|w| per(w, w.counts.pg_commits)),
-        pg_commits_per_patch: med(&|w| per_patch(w, w.counts.pg_commits)),
-        pg_wal_syncs: med(&|w| per(w, w.counts.pg_wal_syncs)),
-        pg_wal_syncs_per_patch: med(&|w| per_patch(w, w.counts.pg_wal_syncs)),
-        pg_wal_bytes_per_patch: med(&|w| per_patch(w, w.counts.pg_wal_bytes)),
-        pg_plans: med(&|w| per(w, w.counts.pg_plans)),
-        pg_statements: med(&|w| per(w, w.counts.pg_statements)),
-        pg_buffer_hits: med(&|w| per(w, w.counts.pg_buffer_hits)),
-        pg_buffer_reads: med(&|w| per(w, w.counts.pg_buffer_reads)),
+        server_syscalls: of(Counter::ServerSyscalls),
+        server_context_switches: of(Counter::ServerContextSwitches),
+        server_run_delay_us: med(&|w| {
+            per(w.counts.server_run_delay_ns.map(|x| x as i64), w.requests()).map(|x| x / 1000.0)
+        }),
+        pg_backends_started: of(Counter::PgBackendsStarted),
+        pg_commits: med(&|w| per(w.counts.pg_commits, w.counted().0)),
+        pg_commits_per_patch: of(Counter::PgCommitsPerPatch),
+        pg_wal_syncs: med(&|w| per(w.counts.pg_wal_syncs, w.counted().0)),
+        pg_wal_syncs_per_patch: med(&|w| per(w.counts.pg_wal_syncs, w.counted().1)),
+        pg_wal_bytes_per_patch: of(Counter::PgWalBytesPerPatch),
+        pg_plans: of(Counter::PgPlans),
+        pg_statements: of(Counter::PgStatements),
+        pg_buffer_hits: of(Counter::PgBufferHits),
+        pg_buffer_reads: med(&|w| per(w.counts.pg_buffer_reads, w.counted().0)),
     }
 }
 
