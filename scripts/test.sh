@@ -185,7 +185,7 @@ run_quick_matrix() {
     --out "${out_dir}" --readme "${out_dir}/README.md" || status=$?
   [[ "${status}" -eq 1 ]] || die "the end-to-end run exited ${status}, not 1 (one row fails on purpose)"
   cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/ci-matrix.toml" \
-    --out "${out_dir}" --readme "${out_dir}/README.md" --profiled --expect-failed "broken peer"
+    --out "${out_dir}" --readme "${out_dir}/README.md" --profiled --blocks --expect-failed "broken peer"
 }
 
 main() {

@@ -352,6 +352,11 @@ pub struct VerifyArgs {
     /// What the reason of every `--expect-failed` row must say.
     #[arg(long, default_value = "the contract probe failed")]
     pub failed_because: String,
+    /// The run measured randomized blocks (a local run of a matrix with `[blocks]`):
+    /// results.md must link the headline chart. Without it, the chart is checked only
+    /// where results.md links it (targets that measure no blocks draw none).
+    #[arg(long)]
+    pub blocks: bool,
 }
 
 #[derive(Args, Clone, Debug)]

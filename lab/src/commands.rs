@@ -411,7 +411,11 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
         };
         report::check_table(block, &names, matrix.workloads.len()).context("README table")?;
     }
-    let headline = (matrix.blocks.blocks > 0).then_some(crate::charts::THROUGHPUT);
+    let linked = md.contains(&format!("]({})", crate::charts::THROUGHPUT.0));
+    if a.blocks && !(matrix.blocks.blocks > 0 && linked) {
+        bail!("--blocks: results.md shows no randomized blocks (the matrix needs [blocks] blocks > 0)");
+    }
+    let headline = linked.then_some(crate::charts::THROUGHPUT);
     let charts = crate::charts::CHARTS.len() + usize::from(headline.is_some());
     for (file, _) in crate::charts::CHARTS.into_iter().chain(headline) {
         let svg = std::fs::read_to_string(a.out.join(file))
