@@ -25,7 +25,15 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Repl
     let start = Instant::now();
     let method = req.method().clone();
     let (route, result) = dispatch(&state, req).await;
-    let response = result.unwrap_or_else(AppError::into_response);
+    let mut response = result.unwrap_or_else(AppError::into_response);
+    // Draining (after SIGTERM): every reply asks its client to leave, so a keep-alive
+    // client reconnects (to another pod) instead of racing the close at shutdown.
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
     metrics::observe(
         route,
         method.as_str(),

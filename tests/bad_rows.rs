@@ -142,7 +142,7 @@ async fn a_row_that_does_not_decode_fails_alone_and_nothing_is_applied_twice() {
     }
 }
 
-/// A statement PostgreSQL rejects (here a CHECK constraint) is a 500 for that request
+/// A statement PostgreSQL rejects (here a CHECK constraint: a 422) fails that request
 /// only: with `coalesce` the batch is split down to it and the rest applied once; with
 /// `pool` or `pipeline` the connection stays in use (no new backend per bad request).
 #[tokio::test]
@@ -167,7 +167,7 @@ async fn a_rejected_statement_fails_alone_and_keeps_the_connection() {
     let since: std::time::SystemTime = pg.query_one("SELECT now()", &[]).await.expect("now").get(0);
     for _ in 0..10 {
         let r = patch(server.addr, 3, "reject@example.com").await;
-        assert_eq!(r.status, 500, "{:?}", r.body);
+        assert_eq!(r.status, 422, "{:?}", r.body);
         // A good request after each: on a discarded connection's slot it opens a new one.
         assert_eq!(server.get("/users/4").await.status, 200);
     }
@@ -198,7 +198,7 @@ async fn a_rejected_statement_fails_alone_and_keeps_the_connection() {
         let (id, r) = t.await.expect("task");
         assert_eq!(
             r.status,
-            if id == 3 { 500 } else { 200 },
+            if id == 3 { 422 } else { 200 },
             "id {id}: {:?}",
             r.body
         );

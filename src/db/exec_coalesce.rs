@@ -7,13 +7,14 @@
 //!   under load, batches grow by themselves while the previous one runs.
 //! - **Each PATCH is answered after its batch has committed**, with its own email and
 //!   its own version.
-//! - **Duplicate ids in a batch are folded**: `UPDATE … FROM` would apply a row once
-//!   however often it appears (and every duplicate would be acknowledged: writes lost).
-//!   Folded, the row gets the last email and `version + n` for its n PATCHes, and the k-th
-//!   of them is answered with version `final − (n − k)`, in arrival order.
+//! - **Every acknowledged value went through PostgreSQL** (its constraints, its
+//!   triggers): `UPDATE … FROM` would apply a row once however often it appears, so a
+//!   batch runs in rounds, the k-th PATCH of each id in round k, one statement and one
+//!   commit each, in arrival order. Nothing is folded.
 //! - **No deadlocks, and each id's writes in order**: write workers partition the ids
-//!   (`id % COALESCE_WRITERS`), so two batches never lock the same row, and one worker
-//!   runs one batch at a time.
+//!   (`id % COALESCE_WRITERS`), so two batches of one server never lock the same row,
+//!   and one worker runs one batch at a time; across servers (a rolling update), each
+//!   batch locks its rows in id order (see `UPDATE_EMAILS`).
 //! - **One bad row fails only its requests**: when PostgreSQL rejects a batch statement
 //!   (an error it raised, so nothing committed; not when the database is unavailable),
 //!   the batch is split in halves and retried, down to the one id at fault. Once the
@@ -42,8 +43,8 @@ use tokio_postgres::Row;
 
 use super::session::Session;
 use super::{
-    classify, classify_code, user_from_row, Core, Statement, User, SELECT_USER, SELECT_USERS,
-    UPDATE_EMAIL, UPDATE_EMAILS,
+    classify, classify_code, classify_sent, started_late, user_from_row, Core, Statement, User,
+    SELECT_USER, SELECT_USERS, UPDATE_EMAIL, UPDATE_EMAILS,
 };
 
 /// The statements this executor runs (a `prepared` connection prepares these).
@@ -104,12 +105,6 @@ async fn wait(ticket: &Ticket, deadline: Instant, mut answer: oneshot::Receiver<
         )),
         Err(_) => replied(answer.await),
     }
-}
-
-/// All the PATCHes of one id in a batch, in arrival order.
-struct Group {
-    id: i64,
-    writes: Vec<Write>,
 }
 
 pub struct Exec {
@@ -258,117 +253,82 @@ async fn write_worker(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Write>, m
             continue;
         }
         metrics::observe_batch("write", batch.len());
-        let groups = fold(batch.drain(..));
+        let rounds = rounds(batch.drain(..));
         let core = core.clone();
-        supervised("write", async move { apply(&core, groups).await }).await;
+        supervised("write", async move {
+            for round in rounds {
+                apply(&core, round).await;
+            }
+        })
+        .await;
     }
 }
 
-/// Groups a batch by id, ids in order of first arrival, each id's PATCHes in arrival order.
-fn fold(writes: impl Iterator<Item = Write>) -> Vec<Group> {
-    let mut groups: Vec<Group> = Vec::new();
-    let mut index: HashMap<i64, usize> = HashMap::new();
+/// Splits a batch into rounds in which each id appears once: round k holds the k-th
+/// PATCH of every id that has k, so each id's PATCHes run in arrival order, one per
+/// round. Within a round, ids are sorted (the order the statement locks them in).
+fn rounds(writes: impl Iterator<Item = Write>) -> Vec<Vec<Write>> {
+    let mut rounds: Vec<Vec<Write>> = Vec::new();
+    let mut seen: HashMap<i64, usize> = HashMap::new();
     for w in writes {
-        match index.get(&w.id) {
-            Some(&i) => groups[i].writes.push(w),
-            None => {
-                index.insert(w.id, groups.len());
-                groups.push(Group {
-                    id: w.id,
-                    writes: vec![w],
-                });
-            }
+        let k = seen.entry(w.id).or_insert(0);
+        if *k == rounds.len() {
+            rounds.push(Vec::new());
         }
+        rounds[*k].push(w);
+        *k += 1;
     }
-    groups
+    for round in &mut rounds {
+        round.sort_by_key(|w| w.id);
+    }
+    rounds
 }
 
-/// Runs a folded batch; a statement PostgreSQL rejects is retried in halves, so only the
-/// requests of the id at fault get the error.
-async fn apply(core: &Core, groups: Vec<Group>) {
-    let mut pending = vec![groups];
+/// Runs one round (distinct ids); a statement PostgreSQL rejects is retried in halves,
+/// so only the request at fault gets the error.
+async fn apply(core: &Core, round: Vec<Write>) {
+    let mut pending = vec![round];
     while let Some(mut part) = pending.pop() {
-        if let [one] = part.as_mut_slice() {
-            if one.writes.len() == 1 {
-                // One PATCH: the plain single-row statement, as without `coalesce`.
-                let w = one.writes.remove(0);
-                let answer = core.update_email(w.id, &w.email, core.deadline()).await;
-                let _ = w.reply.send(answer);
-                continue;
-            }
+        if part.len() == 1 {
+            // One PATCH: the plain single-row statement, as without `coalesce`.
+            let w = part.remove(0);
+            let answer = core.update_email(w.id, &w.email, core.deadline()).await;
+            let _ = w.reply.send(answer);
+            continue;
         }
-        let ids: Vec<i64> = part.iter().map(|g| g.id).collect();
-        let emails: Vec<&str> = part.iter().map(last_email).collect();
-        let counts: Vec<i64> = part.iter().map(|g| g.writes.len() as i64).collect();
-        match core
-            .update_emails(&ids, &emails, &counts, core.deadline())
-            .await
-        {
+        let ids: Vec<i64> = part.iter().map(|w| w.id).collect();
+        let emails: Vec<&str> = part.iter().map(|w| w.email.as_str()).collect();
+        match core.update_emails(&ids, &emails, core.deadline()).await {
             Ok(rows) => {
-                for g in part {
-                    answer_applied(g, &rows);
+                for w in part {
+                    let answer = answer_applied(w.id, &rows);
+                    let _ = w.reply.send(answer);
                 }
             }
-            Err(BatchError::Rejected(e)) if part.len() > 1 => {
+            Err(BatchError::Rejected(e)) => {
                 tracing::debug!(error = %e, ids = part.len(), "batch rejected: retrying in halves");
                 let right = part.split_off(part.len() / 2);
                 pending.push(right);
                 pending.push(part);
             }
-            Err(BatchError::Rejected(e)) => {
-                tracing::debug!(error = %e, "batch of one id rejected: its PATCHes one by one");
-                // One id's folded PATCHes, rejected together (nothing applied): each on
-                // its own, so only the bad ones fail.
-                for g in part {
-                    for w in g.writes {
-                        let answer = core.update_email(w.id, &w.email, core.deadline()).await;
-                        let _ = w.reply.send(answer);
-                    }
-                }
-            }
             Err(BatchError::Failed(e)) => {
-                for g in part {
-                    fail(g, &e);
+                for w in part {
+                    let _ = w.reply.send(Err(e.clone()));
                 }
             }
         }
     }
 }
 
-/// Answers an id's PATCHes from a committed batch: its row, a decoding error for its
-/// row (a 500; the write was applied), or no row (no such user, unless some row's id
-/// could not be read).
-fn answer_applied(g: Group, rows: &Decoded) {
-    match rows.rows.get(&g.id) {
-        Some(Ok(row)) => answer(g, Some(row)),
-        Some(Err(e)) => fail(g, e),
-        None => match &rows.undecodable {
-            Some(e) => fail(g, e),
-            None => answer(g, None),
-        },
-    }
-}
-
-fn fail(g: Group, e: &AppError) {
-    for w in g.writes {
-        let _ = w.reply.send(Err(e.clone()));
-    }
-}
-
-fn last_email(g: &Group) -> &str {
-    g.writes.last().map_or("", |w| w.email.as_str())
-}
-
-/// Answers an id's PATCHes from the row after the batch: each its own email and version.
-fn answer(g: Group, after: Option<&User>) {
-    let n = g.writes.len() as i64;
-    for (k, w) in g.writes.into_iter().enumerate() {
-        let reply = after.map(|row| User {
-            email: w.email.clone(),
-            version: row.version - (n - 1 - k as i64),
-            ..row.clone()
-        });
-        let _ = w.reply.send(Ok(reply));
+/// A PATCH's answer from its committed batch: its row, a decoding error for its row (a
+/// 500; the write was applied), no row for a missing user, or a 503 for a batch that
+/// started too late and changed nothing.
+fn answer_applied(id: i64, rows: &Decoded) -> Answer {
+    match rows.rows.get(&id) {
+        Some(Ok(row)) => Ok(Some(row.clone())),
+        Some(Err(e)) => Err(e.clone()),
+        None if rows.late.contains(&id) => Err(started_late()),
+        None => rows.undecodable.clone().map_or(Ok(None), Err),
     }
 }
 
@@ -392,28 +352,42 @@ impl Core {
         Ok(Decoded::from_rows(&rows))
     }
 
-    /// Applies `counts[i]` PATCHes ending with `emails[i]` to each distinct `ids[i]` by
-    /// one statement, one commit; returns the rows as they are after it. Only a
-    /// statement PostgreSQL rejected is [`BatchError::Rejected`]: once it has returned,
-    /// it committed, and a row that does not decode is an error for its id alone.
+    /// Applies `emails[i]` to each distinct `ids[i]` by one statement, one commit;
+    /// returns the rows as they are after it. Only a statement PostgreSQL rejected is
+    /// [`BatchError::Rejected`]: once it has returned, it committed, and a row that does
+    /// not decode is an error for its id alone. Ids it returned no row for are read
+    /// again: a user that exists was not changed because the statement started late.
     pub(crate) async fn update_emails(
         &self,
         ids: &[i64],
         emails: &[&str],
-        counts: &[i64],
         deadline: Instant,
     ) -> Result<Decoded, BatchError> {
         let answer = self
             .run(deadline, async |s: &Session| {
-                s.query(&UPDATE_EMAILS, &[&ids, &emails, &counts]).await
+                let apply_by = self.apply_by();
+                s.query(&UPDATE_EMAILS, &[&ids, &emails, &apply_by]).await
             })
             .await
             .map_err(BatchError::Failed)?;
-        match answer {
-            Ok(rows) => Ok(Decoded::from_rows(&rows)),
-            Err(e) if rejected(&e) => Err(BatchError::Rejected(classify(e))),
-            Err(e) => Err(BatchError::Failed(classify(e))),
+        let mut decoded = match answer {
+            Ok(rows) => Decoded::from_rows(&rows),
+            Err(e) if rejected(&e) => return Err(BatchError::Rejected(classify(e))),
+            Err(e) => return Err(BatchError::Failed(classify_sent(e))),
+        };
+        let missing: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !decoded.rows.contains_key(id))
+            .collect();
+        if !missing.is_empty() && decoded.undecodable.is_none() {
+            let exist = self
+                .users(&missing, self.deadline())
+                .await
+                .map_err(BatchError::Failed)?;
+            decoded.late = exist.rows.into_keys().collect();
         }
+        Ok(decoded)
     }
 }
 
@@ -435,6 +409,9 @@ pub(crate) struct Decoded {
     /// Set when a row's very id did not decode: an id without a row then cannot be
     /// called missing.
     pub undecodable: Option<AppError>,
+    /// Ids of users that exist but that a conditional UPDATE did not change: it started
+    /// after its apply-by time.
+    pub late: std::collections::HashSet<i64>,
 }
 
 impl Decoded {
@@ -473,23 +450,29 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_fold_in_arrival_order() {
+    fn duplicate_ids_run_in_rounds_in_arrival_order() {
         let (a, _ra) = write(7, "a@x");
         let (b, _rb) = write(9, "b@x");
         let (c, _rc) = write(7, "c@x");
-        let groups = fold([a, b, c].into_iter());
-        assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0].id, 7);
-        assert_eq!(groups[0].writes.len(), 2);
-        assert_eq!(last_email(&groups[0]), "c@x");
-        assert_eq!(groups[1].id, 9);
+        let (d, _rd) = write(3, "d@x");
+        let (e, _re) = write(7, "e@x");
+        let rounds = rounds([a, b, c, d, e].into_iter());
+        let shape: Vec<Vec<(i64, &str)>> = rounds
+            .iter()
+            .map(|r| r.iter().map(|w| (w.id, w.email.as_str())).collect())
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                vec![(3, "d@x"), (7, "a@x"), (9, "b@x")],
+                vec![(7, "c@x")],
+                vec![(7, "e@x")],
+            ]
+        );
     }
 
     #[test]
-    fn each_folded_patch_gets_its_own_version_and_email() {
-        let (a, mut ra) = write(7, "a@x");
-        let (c, mut rc) = write(7, "c@x");
-        let mut groups = fold([a, c].into_iter());
+    fn a_committed_batch_answers_each_id_from_its_row() {
         let row = User {
             id: 7,
             name: "User 7".into(),
@@ -497,19 +480,12 @@ mod tests {
             updated_at: "t".into(),
             version: 12,
         };
-        answer(groups.remove(0), Some(&row));
-        let first = ra.try_recv().unwrap().unwrap().unwrap();
-        let second = rc.try_recv().unwrap().unwrap().unwrap();
-        assert_eq!((first.email.as_str(), first.version), ("a@x", 11));
-        assert_eq!((second.email.as_str(), second.version), ("c@x", 12));
-    }
-
-    #[test]
-    fn a_missing_id_is_none_for_each_request() {
-        let (a, mut ra) = write(5, "a@x");
-        let mut groups = fold([a].into_iter());
-        answer(groups.remove(0), None);
-        assert_eq!(ra.try_recv().unwrap(), Ok(None));
+        let mut rows = Decoded::default();
+        rows.rows.insert(7, Ok(row.clone()));
+        rows.late.insert(8);
+        assert_eq!(answer_applied(7, &rows), Ok(Some(row)));
+        assert_eq!(answer_applied(5, &rows), Ok(None), "no such user");
+        assert_eq!(answer_applied(8, &rows).unwrap_err().status(), 503);
     }
 
     #[tokio::test]

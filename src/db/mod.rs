@@ -12,11 +12,23 @@
 //! Every request is bounded. It is admitted only while fewer than `MAX_PENDING` are in
 //! the database layer (else 503 at once); its statement must be sent within
 //! `DB_TIMEOUT_MS` (else 503, nothing sent); once sent, its outcome is awaited, which
-//! PostgreSQL's `statement_timeout` (the same bound) ends. So a 503 means "not applied",
-//! except when a sent statement got no answer at all (the connection broke): then the
-//! outcome is unknown, and the connection is dropped.
+//! PostgreSQL's `statement_timeout` (the same bound, always set: see
+//! [`session_options`]) ends. So a 503 means "not applied", except for a write whose
+//! statement was sent and then got no answer of PostgreSQL's own (the connection
+//! broke, stalled or its backend was terminated): then the 503 says the outcome is
+//! unknown, and the connection is dropped.
+//!
+//! **A write whose outcome was called unknown cannot land late over a newer one.**
+//! Every UPDATE carries an apply-by time (sent + `DB_TIMEOUT_MS`, the server's clock)
+//! and changes nothing if PostgreSQL starts it later (`statement_timestamp()`, the
+//! database's clock). The server calls the outcome unknown only at sent + twice that
+//! bound; by then a statement either started in time, and holds its row lock until it
+//! ends (a newer write waits for it and applies after it), or never applies. This
+//! holds while the two clocks differ by less than `DB_TIMEOUT_MS`. A conditional
+//! UPDATE that matched no row is told apart by a read: no such user (404), or started
+//! too late (503, not applied).
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
@@ -73,11 +85,13 @@ pub const SELECT_USER: Statement = Statement {
     types: &[Type::INT8],
 };
 
-/// Changes one email and bumps `version`; autocommit makes it durable before the reply.
+/// Changes one email and bumps `version`, unless PostgreSQL starts it after its
+/// apply-by time `$3`; autocommit makes it durable before the reply.
 pub const UPDATE_EMAIL: Statement = Statement {
     sql: "UPDATE users SET email = $2, updated_at = now(), \
-          version = version + 1 WHERE id = $1 RETURNING id, name, email, updated_at, version",
-    types: &[Type::INT8, Type::TEXT],
+          version = version + 1 WHERE id = $1 AND statement_timestamp() < $3 \
+          RETURNING id, name, email, updated_at, version",
+    types: &[Type::INT8, Type::TEXT, Type::TIMESTAMPTZ],
 };
 
 /// Reads a batch of profiles (`coalesce`): one row per existing id.
@@ -86,14 +100,20 @@ pub const SELECT_USERS: Statement = Statement {
     types: &[Type::INT8_ARRAY],
 };
 
-/// Applies a batch of email changes (`coalesce`) in one statement and one commit. Each
-/// id appears once, with its last email and the number `n` of PATCHes folded into it.
+/// Applies a batch of email changes (`coalesce`) in one statement and one commit, each
+/// id at most once, unless PostgreSQL starts it after its apply-by time `$3`. Its rows
+/// are locked first, in id order (`ORDER BY … FOR UPDATE` sorts, then locks): two
+/// batches of two servers that share ids wait for each other, they cannot deadlock.
 pub const UPDATE_EMAILS: Statement = Statement {
-    sql: "UPDATE users AS u SET email = b.email, updated_at = now(), \
-          version = u.version + b.n \
-          FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS b(id, email, n) \
-          WHERE u.id = b.id RETURNING u.id, u.name, u.email, u.updated_at, u.version",
-    types: &[Type::INT8_ARRAY, Type::TEXT_ARRAY, Type::INT8_ARRAY],
+    sql:
+        "WITH b AS MATERIALIZED (SELECT * FROM unnest($1::bigint[], $2::text[]) AS b(id, email)), \
+          locked AS MATERIALIZED (SELECT u.id FROM users AS u \
+            WHERE u.id IN (SELECT id FROM b) AND statement_timestamp() < $3 \
+            ORDER BY u.id FOR UPDATE) \
+          UPDATE users AS u SET email = b.email, updated_at = now(), version = u.version + 1 \
+          FROM b, locked AS l WHERE u.id = b.id AND l.id = b.id \
+          RETURNING u.id, u.name, u.email, u.updated_at, u.version",
+    types: &[Type::INT8_ARRAY, Type::TEXT_ARRAY, Type::TIMESTAMPTZ],
 };
 
 /// A user profile as the API returns it.
@@ -136,6 +156,18 @@ pub(crate) struct Core {
     outcome_bound: Duration,
 }
 
+/// The `options` the server connects with: the user's own (from `DATABASE_URL`), then
+/// the server's `statement_timeout`, last so that it wins: PostgreSQL gives up on a
+/// statement when the client would (a lock wait is never unbounded), and a statement
+/// that runs too long is rolled back and answered with an error, never applied late.
+pub fn session_options(user: Option<&str>, timeout: Duration) -> String {
+    let ours = format!("-c statement_timeout={}", timeout.as_millis());
+    match user.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(user) => format!("{user} {ours}"),
+        None => ours,
+    }
+}
+
 impl Db {
     /// Prepares the connection source. It does not connect: the server starts (and
     /// `/readyz` says 503) while PostgreSQL is still down.
@@ -145,14 +177,8 @@ impl Db {
             .parse()
             .map_err(|e| format!("DATABASE_URL: {e}"))?;
         pg.connect_timeout(config.db_timeout);
-        // PostgreSQL gives up on a statement when the client would: a statement that
-        // runs too long is rolled back and answered with an error, never applied late.
-        if pg.get_options().is_none() {
-            pg.options(format!(
-                "-c statement_timeout={}",
-                config.db_timeout.as_millis()
-            ));
-        }
+        let options = session_options(pg.get_options(), config.db_timeout);
+        pg.options(options);
         if pg.get_application_name().is_none() {
             pg.application_name("perflab");
         }
@@ -278,11 +304,24 @@ impl Core {
     ) -> Result<Option<User>, AppError> {
         let rows = self
             .run(deadline, async |s: &Session| {
-                s.query(&UPDATE_EMAIL, &[&id, &email]).await
+                let apply_by = self.apply_by();
+                s.query(&UPDATE_EMAIL, &[&id, &email, &apply_by]).await
             })
             .await?
-            .map_err(classify)?;
-        rows.first().map(user_from_row).transpose()
+            .map_err(classify_sent)?;
+        match rows.first() {
+            Some(row) => user_from_row(row).map(Some),
+            None => match self.user(id, self.deadline()).await? {
+                None => Ok(None),
+                Some(_) => Err(started_late()),
+            },
+        }
+    }
+
+    /// The wall-clock time after which a statement sent now must not start: see the
+    /// module's notes.
+    pub(crate) fn apply_by(&self) -> SystemTime {
+        SystemTime::now() + self.timeout
     }
 
     pub(crate) async fn ping(&self, deadline: Instant) -> Result<(), AppError> {
@@ -369,13 +408,53 @@ fn answered(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Database trouble (unreachable, restarting, out of connections) is a 503: the client
-/// may retry. A statement PostgreSQL rejects for another reason is our bug: a 500.
+/// may retry. A value a constraint of the table refuses (a `CHECK` the operator added)
+/// is a 422. A statement PostgreSQL rejects for another reason is our bug: a 500.
 pub(crate) fn classify(e: tokio_postgres::Error) -> AppError {
     let detail = with_causes(&e);
+    if e.code() == Some(&SqlState::CHECK_VIOLATION) {
+        tracing::debug!(%detail, "a value refused by the table's constraint");
+        return AppError::Unprocessable("the database refused this value".into());
+    }
     match classify_code(&e) {
         Some(false) => AppError::Internal(format!("database error: {detail}")),
         _ => AppError::Unavailable(format!("database unavailable: {detail}")),
     }
+}
+
+/// Like [`classify`], for a write whose statement was sent: unless PostgreSQL answered
+/// with an error of the statement's own (it then rolled it back), the connection broke
+/// under it, and whether it committed is unknown.
+pub(crate) fn classify_sent(e: tokio_postgres::Error) -> AppError {
+    if broke_after_sending(&e) {
+        AppError::OutcomeUnknown(format!(
+            "the connection failed after the statement was sent: {}",
+            with_causes(&e)
+        ))
+    } else {
+        classify(e)
+    }
+}
+
+/// No SQLSTATE (closed, reset, an I/O error), or one that ends the session rather than
+/// the statement (the backend terminated, the server shutting down or crashing, a
+/// connection exception): the statement may have committed before it.
+fn broke_after_sending(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => {
+            *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || code.code().starts_with("08")
+        }
+    }
+}
+
+/// A write that PostgreSQL started after its apply-by time: it changed nothing.
+pub(crate) fn started_late() -> AppError {
+    AppError::Unavailable(
+        "the statement started after its apply-by time and changed nothing".into(),
+    )
 }
 
 /// An error and the causes its own text leaves out (a TLS handshake's reason, for one),

@@ -1,0 +1,271 @@
+//! What a PATCH's answer promises, under faults: a 503 after the statement was sent says
+//! the outcome is unknown; a statement that starts after its apply-by time changes
+//! nothing; `statement_timeout` holds whatever `options` DATABASE_URL carries; a
+//! constraint the operator adds is checked for every acknowledged value (also when
+//! `coalesce` batches them); two servers batching on the same hot ids never deadlock;
+//! a draining server asks its keep-alive clients to leave.
+// The memory store answers from memory, so these checks of PostgreSQL do not apply
+// to it (tests/memory_store.rs tests that build).
+#![cfg(not(feature = "memory-store"))]
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use support::{patch, TestDb, TestServer};
+
+/// Holds row `id` locked (a transaction left open) on its own connection until dropped.
+async fn lock_row(db: &TestDb, id: i64) -> tokio_postgres::Client {
+    let locker = db.client().await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM users WHERE id = {id} FOR UPDATE"
+        ))
+        .await
+        .expect("lock the row");
+    locker
+}
+
+/// The pid of the server's backend waiting for a lock, within 10 s.
+async fn waiting_backend(admin: &tokio_postgres::Client) -> i32 {
+    let start = Instant::now();
+    loop {
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'perflab' AND wait_event_type = 'Lock' LIMIT 1",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity");
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the server's PATCH never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_write_whose_backend_is_terminated_mid_statement_says_outcome_unknown() {
+    let db = TestDb::new(10).await;
+    let server = TestServer::start(&db.url, &[("DB_TIMEOUT_MS", "5000")]).await;
+    let locker = lock_row(&db, 1).await;
+    let addr = server.addr;
+    let pending = tokio::spawn(async move { patch(addr, 1, "late@example.com").await });
+    let admin = db.client().await;
+    let pid = waiting_backend(&admin).await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("terminate");
+    let reply = pending.await.expect("patch");
+    drop(locker);
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.error_message().contains("outcome is unknown"),
+        "the statement was sent, so a 503 must not say it was not applied: {}",
+        reply.error_message()
+    );
+}
+
+#[tokio::test]
+async fn statement_timeout_holds_when_the_url_carries_options() {
+    let db = TestDb::new(10).await;
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}options=-c%20search_path%3Dpublic", db.url);
+    let server = TestServer::start(&url, &[("DB_TIMEOUT_MS", "400")]).await;
+    let locker = lock_row(&db, 1).await;
+    let start = Instant::now();
+    let reply = patch(server.addr, 1, "blocked@example.com").await;
+    drop(locker);
+    assert_eq!(reply.status, 503);
+    // PostgreSQL's own timeout ended the lock wait (rolled back: not applied), before
+    // the server's bound on the outcome (twice as long) would have called it unknown.
+    assert!(
+        reply.error_message().contains("retry later"),
+        "statement_timeout was not in force: {}",
+        reply.error_message()
+    );
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let stored: i64 = db
+        .client()
+        .await
+        .query_one("SELECT version FROM users WHERE id = 1", &[])
+        .await
+        .expect("read back")
+        .get(0);
+    assert_eq!(stored, 0, "a cancelled PATCH changed the row");
+}
+
+#[tokio::test]
+async fn a_statement_started_after_its_apply_by_time_changes_nothing() {
+    let db = TestDb::new(10).await;
+    let app = support::connect(&db.url).await;
+    let past = SystemTime::now() - Duration::from_millis(1);
+    let single = perflab::db::UPDATE_EMAIL;
+    let rows = app
+        .query(single.sql, &[&1i64, &"late@example.com", &past])
+        .await
+        .expect("the single UPDATE");
+    assert!(rows.is_empty());
+    let batch = perflab::db::UPDATE_EMAILS;
+    let rows = app
+        .query(
+            batch.sql,
+            &[
+                &vec![2i64, 3],
+                &vec!["a@example.com", "b@example.com"],
+                &past,
+            ],
+        )
+        .await
+        .expect("the batch UPDATE");
+    assert!(rows.is_empty());
+    let future = SystemTime::now() + Duration::from_secs(5);
+    let rows = app
+        .query(
+            batch.sql,
+            &[
+                &vec![4i64, 5],
+                &vec!["c@example.com", "d@example.com"],
+                &future,
+            ],
+        )
+        .await
+        .expect("the batch UPDATE in time");
+    assert_eq!(rows.len(), 2);
+    let versions = support::stored_versions(&db.client().await).await;
+    let changed: Vec<i64> = versions
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(changed, vec![4, 5], "only the statement in time applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_constraint_the_operator_adds_is_checked_for_every_acknowledged_value() {
+    let db = TestDb::new(10).await;
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE users ADD CONSTRAINT email_not_bad CHECK (email NOT LIKE 'bad%')",
+        )
+        .await
+        .expect("add the constraint");
+    let server = TestServer::start(&db.url, &[("COALESCE_WRITERS", "1")]).await;
+    let addr = server.addr;
+    // Concurrent PATCHes of one id, every other one refused by the constraint: under
+    // `coalesce` they share batches.
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            tokio::spawn(async move {
+                let email = if i % 2 == 0 {
+                    format!("good{i}@example.com")
+                } else {
+                    format!("bad{i}@example.com")
+                };
+                (i, patch(addr, 1, &email).await)
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for t in tasks {
+        let (i, reply) = t.await.expect("patch");
+        if i % 2 == 0 {
+            assert_eq!(reply.status, 200, "good value {i}: {:?}", reply.body);
+            acked.push(reply.json()["version"].as_i64().expect("version"));
+        } else {
+            assert_eq!(
+                reply.status, 422,
+                "a value the constraint refuses was answered {}: {:?}",
+                reply.status, reply.body
+            );
+        }
+    }
+    acked.sort_unstable();
+    assert_eq!(acked, (1..=24).collect::<Vec<i64>>());
+    let stored = support::stored_versions(&db.client().await).await;
+    assert_eq!(stored[0], (1, 24));
+}
+
+/// `coalesce` only: other builds lock one row per statement, which cannot deadlock.
+#[cfg(feature = "coalesce")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_batching_the_same_hot_ids_never_deadlock() {
+    const HOT: i64 = 6;
+    let db = TestDb::new(HOT).await;
+    let overrides = [("COALESCE_WRITERS", "1"), ("DB_TIMEOUT_MS", "5000")];
+    let servers = [
+        TestServer::start(&db.url, &overrides).await,
+        TestServer::start(&db.url, &overrides).await,
+    ];
+    let addrs = [servers[0].addr, servers[1].addr];
+    let until = Instant::now() + Duration::from_secs(4);
+    let tasks: Vec<_> = (0..64u64)
+        .map(|c| {
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                let mut n = c;
+                while Instant::now() < until {
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let id = 1 + ((n >> 33) % HOT as u64) as i64;
+                    let reply =
+                        patch(addrs[(c % 2) as usize], id, &format!("c{c}-{n}@x.org")).await;
+                    statuses.push(reply.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.extend(t.await.expect("client"));
+    }
+    for mut s in servers {
+        s.begin_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut s.handle).await;
+    }
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    // The servers' sessions have ended, so their counters are in the statistics.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin = db.client().await;
+    let deadlocks: i64 = admin
+        .query_one(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_database")
+        .get(0);
+    assert_eq!(
+        deadlocks,
+        0,
+        "{failed} of {} PATCHes failed",
+        statuses.len()
+    );
+    assert_eq!(failed, 0, "of {} PATCHes", statuses.len());
+}
+
+#[tokio::test]
+async fn a_draining_server_asks_its_clients_to_close() {
+    let db = TestDb::new(3).await;
+    let mut server = TestServer::start(&db.url, &[("SHUTDOWN_DELAY_MS", "3000")]).await;
+    let before = server.get("/users/1").await;
+    assert_eq!(before.status, 200);
+    assert!(before.headers.get("connection").is_none());
+    server.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let during = server.get("/users/1").await;
+    assert_eq!(during.status, 200);
+    assert_eq!(
+        during.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+}
