@@ -6,6 +6,9 @@
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# Exits 2, the code for "could not start" (a tool missing or not installable, no
+# PostgreSQL): nothing was measured.
+cannot_start() { printf 'error: %s\n' "$*" >&2; exit 2; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
 
 # cleanup_step WHAT CMD...: one step of a clean-up trap. It always returns 0, so every
@@ -32,8 +35,8 @@ remove_dir() {
 is_root() { [[ "$(id -u)" -eq 0 ]]; }
 
 apt_install() {
-  is_root || die "cannot install $* without root; install it yourself (apt-get install $*)"
-  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install $* with your package manager"
+  is_root || cannot_start "cannot install $* without root; install it yourself (apt-get install $*)"
+  command -v apt-get >/dev/null 2>&1 || cannot_start "apt-get not found; install $* with your package manager"
   if [[ -z "${APT_UPDATED:-}" ]]; then
     log "apt-get update"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
@@ -50,7 +53,7 @@ require_cargo() {
     export PATH
     return 0
   fi
-  die "cargo not found: install Rust with rustup (https://rustup.rs), toolchain 1.95"
+  cannot_start "cargo not found: install Rust with rustup (https://rustup.rs), toolchain 1.95"
 }
 
 # Sets PG_BIN to a directory holding initdb, pg_ctl and postgres; installs PostgreSQL
@@ -80,7 +83,7 @@ find_pg_bin_after_install() {
       return 0
     fi
   done
-  die "PostgreSQL installed but initdb not found under /usr/lib/postgresql"
+  cannot_start "PostgreSQL installed but initdb not found under /usr/lib/postgresql"
 }
 
 require_psql_tools() {
@@ -117,7 +120,7 @@ free_port() {
     fi
     tries=$((tries + 1))
   done
-  die "no free loopback port found in ${lo}-${hi}"
+  cannot_start "no free loopback port found in ${lo}-${hi}"
 }
 
 # Runs a command as the cluster's owner: `postgres` when we are root (the server
@@ -155,7 +158,7 @@ pg_start() {
   chmod 755 "${PG_DIR}"
   if is_root; then chown postgres: "${PG_DIR}"; fi
   as_pg_owner "${PG_BIN}/initdb" -D "${PG_DIR}/data" -U postgres -A trust -E UTF8 --no-sync >"${PG_DIR}/initdb.log" 2>&1 \
-    || { cat "${PG_DIR}/initdb.log" >&2; die "initdb failed"; }
+    || { cat "${PG_DIR}/initdb.log" >&2; cannot_start "initdb failed"; }
   local extra="" setting attempt
   for setting in "$@"; do
     extra="${extra} -c ${setting}"
@@ -176,7 +179,7 @@ pg_start() {
       continue
     fi
     cat "${PG_DIR}/server.log" >&2
-    die "PostgreSQL did not start"
+    cannot_start "PostgreSQL did not start"
   done
 }
 
@@ -231,7 +234,7 @@ require_peer_venv() {
   local name="$1"
   local req="${ROOT}/peers/${name}/requirements.txt" venv="${ROOT}/target/peers/${name}"
   local sum
-  [[ -f "${req}" ]] || die "peer ${name}: ${req} not found"
+  [[ -f "${req}" ]] || cannot_start "peer ${name}: ${req} not found"
   sum="$(sha256sum "${req}" | cut -d' ' -f1)"
   if [[ -x "${venv}/bin/python" && "$(cat "${venv}/.requirements.sha256" 2>/dev/null)" == "${sum}" ]]; then
     return 0
@@ -241,9 +244,9 @@ require_peer_venv() {
   fi
   log "creating the ${name} peer's virtual environment in ${venv} from PyPI (pinned in peers/${name}/requirements.txt; under a minute, once)"
   rm -rf "${venv}"
-  /usr/bin/python3 -m venv "${venv}" >&2 || die "could not create ${venv}"
+  /usr/bin/python3 -m venv "${venv}" >&2 || cannot_start "could not create ${venv}"
   "${venv}/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: \
-    --requirement "${req}" >&2 || { rm -rf "${venv}"; die "could not install the ${name} peer's requirements from PyPI"; }
+    --requirement "${req}" >&2 || { rm -rf "${venv}"; cannot_start "could not install the ${name} peer's requirements from PyPI"; }
   printf '%s\n' "${sum}" >"${venv}/.requirements.sha256"
 }
 
@@ -255,7 +258,7 @@ require_oha() {
     return 0
   fi
   log "oha (the load generator) not found: building it with 'cargo install oha --version 1.16.0 --locked' (about 7 minutes on 2 cores)"
-  cargo install oha --version 1.16.0 --locked >&2 || die "could not install oha"
+  cargo install oha --version 1.16.0 --locked >&2 || cannot_start "could not install oha"
   PATH="${HOME}/.cargo/bin:${PATH}"
   export PATH
 }

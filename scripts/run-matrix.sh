@@ -34,7 +34,7 @@ main() {
   checked="$("${lab}" run --check "$@")"
 
   if [[ "${target}" == "k8s" ]]; then
-    command -v kubectl >/dev/null 2>&1 || die "kubectl not found: install kubectl 1.32 (it carries kustomize)"
+    command -v kubectl >/dev/null 2>&1 || cannot_start "kubectl not found: install kubectl 1.32 (it carries kustomize)"
     if [[ "${dry_run}" -eq 0 ]]; then
       # A live run builds images: oha goes into the load generator's.
       require_oha

@@ -36,15 +36,20 @@ pub enum Cmd {
     Images(ImagesArgs),
     /// Inside the load-generator Job (Kubernetes): measures one row against --url as the
     /// plan says and prints one result line for the runner.
+    #[command(hide = true)]
     Loadgen(LoadgenArgs),
     /// Prints the load generator's plan for the first selected row (what a Job reads).
+    #[command(hide = true)]
     Plan(MatrixArgs),
     /// Reads a load-generator log back as the Kubernetes run does and writes
     /// results.md, the charts and the summary from it (for the container test).
+    #[command(hide = true)]
     Ingest(IngestArgs),
     /// Checks that a run produced results.md and a README table with numbers for every row.
+    #[command(hide = true)]
     Verify(VerifyArgs),
     /// Adds up the `test result:` lines of cargo test output (for scripts/test.sh).
+    #[command(hide = true)]
     TestTotals(TestTotalsArgs),
     /// Compares two runs (folders or summary.json files) row by row: capacity and CPU per
     /// request, each change judged significant or within noise. Exits 3 when a row got
@@ -58,6 +63,7 @@ pub enum Cmd {
     /// Prints how many ns a fixed CPU loop takes per thousand iterations here, and how
     /// many ns a random memory read takes (the run calls it pinned to each CPU before
     /// every search, to see the machine's speed).
+    #[command(hide = true)]
     Calibrate,
 }
 

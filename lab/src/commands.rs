@@ -17,13 +17,43 @@ use crate::results::{Host, Summary};
 
 /// The matrix file with the selection and `--quick` applied.
 pub fn load_matrix(m: &MatrixArgs) -> Result<Matrix> {
-    let mut matrix = Matrix::load_file(&m.matrix)?;
-    matrix.select(&m.only)?;
-    matrix.override_load(m.step_secs, m.common_qps, !m.no_reference)?;
-    if m.quick {
-        matrix.quick();
+    let load = || -> Result<Matrix> {
+        let mut matrix = Matrix::load_file(&m.matrix)?;
+        matrix.select(&m.only)?;
+        matrix.override_load(m.step_secs, m.common_qps, !m.no_reference)?;
+        if m.quick {
+            matrix.quick();
+        }
+        Ok(matrix)
+    };
+    load().map_err(usage)
+}
+
+/// An error in what was asked (a flag, the matrix file, a row's name): nothing ran, and
+/// the command exits [`Outcome::USAGE`]. Every other error exits [`Outcome::FAILED`].
+#[derive(Debug)]
+pub struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
-    Ok(matrix)
+}
+
+impl std::error::Error for Usage {}
+
+/// Marks `e` as a usage error (its whole chain kept in the message).
+pub fn usage(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Usage(format!("{e:#}")))
+}
+
+/// The exit code of a command that ended with `e`.
+pub fn error_code(e: &anyhow::Error) -> u8 {
+    if e.is::<Usage>() {
+        Outcome::USAGE
+    } else {
+        Outcome::FAILED
+    }
 }
 
 /// The repository: lab's parent folder.
@@ -128,7 +158,7 @@ fn trial_out(root: &Path, matrix_file: &str) -> PathBuf {
 
 /// The experiment on the chosen target.
 pub fn run(a: &RunArgs) -> Result<Outcome> {
-    check_target_flags(a)?;
+    check_target_flags(a).map_err(usage)?;
     // The baseline is read before anything runs: a wrong path fails at once.
     let baseline = a.compare.as_deref().map(crate::compare::load).transpose()?;
     if a.check {
@@ -370,7 +400,9 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
     let matrix = load_matrix(&a.m)?;
     for name in &a.expect_failed {
         if !matrix.rows.iter().any(|r| &r.name == name) {
-            bail!("--expect-failed {name:?}: no such row");
+            return Err(usage(anyhow::anyhow!(
+                "--expect-failed {name:?}: no such row"
+            )));
         }
     }
     let names: Vec<String> = matrix
@@ -497,10 +529,11 @@ pub fn outcome(summary: &Summary) -> bool {
 }
 
 /// Runs one parsed command line.
-/// How a command ended, as its exit code says (documented in README): 0 measured and
-/// intact; 1 an integrity failure, an unmeasured row or a failed check; 2 a usage error
-/// or a command that could not run (clap's own usage errors exit 2 too); 3 a
-/// significant regression found by a comparison.
+/// How a command ended, as its exit code says (documented in docs/method.md): 0
+/// measured and intact; 1 an integrity failure, an unmeasured row, a failed check or an
+/// error while running; 2 a usage error, nothing ran (clap's own usage errors exit 2
+/// too; the scripts exit 2 when a tool is missing); 3 a significant regression found by
+/// a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Passed,
@@ -520,6 +553,7 @@ impl From<bool> for Outcome {
 
 impl Outcome {
     pub const USAGE: u8 = 2;
+    pub const FAILED: u8 = 1;
 
     pub fn code(self) -> u8 {
         match self {
@@ -681,6 +715,30 @@ mod tests {
         assert!(parse(&["lab", "run", "--target", "k8s", "--database-url", "x"]).is_err());
         assert!(parse(&["lab", "run", "--target", "k8s", "--dry-run"]).is_ok());
         assert!(parse(&["lab", "run", "--database-url", "x"]).is_ok());
+    }
+
+    #[test]
+    fn a_bad_matrix_exits_2_and_a_failure_while_running_exits_1() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "lab",
+            "validate",
+            "--matrix",
+            "/nonexistent/matrix.toml",
+        ])
+        .unwrap();
+        let Cmd::Validate(m) = cli.command else {
+            unreachable!()
+        };
+        let e = load_matrix(&m).unwrap_err();
+        assert_eq!(error_code(&e), 2, "{e:#}");
+        assert!(format!("{e:#}").contains("/nonexistent/matrix.toml"));
+        let crash = anyhow::anyhow!("PostgreSQL went away in the middle of a run");
+        assert_eq!(error_code(&crash), 1);
+        let e = crate::cli::Cli::try_parse_from(["lab", "run", "--dry-run"]).unwrap();
+        let Cmd::Run(a) = e.command else {
+            unreachable!()
+        };
+        assert_eq!(error_code(&run(&a).unwrap_err()), 2);
     }
 
     #[test]

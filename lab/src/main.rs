@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(lab::commands::Outcome::USAGE)
+            ExitCode::from(lab::commands::error_code(&e))
         }
     }
 }
