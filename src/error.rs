@@ -78,12 +78,22 @@ impl AppError {
         }
     }
 
-    /// The JSON response for this error.
+    /// The JSON response for this error. Database trouble is logged at most once a
+    /// second per kind, with how many like it were not (an outage answers thousands of
+    /// 503s a second; the log says so in one line a second).
     pub fn into_response(self) -> crate::response::Reply {
         match &self {
             AppError::Internal(detail) => tracing::error!(%detail, "internal error"),
-            AppError::Unavailable(detail) => tracing::warn!(%detail, "unavailable"),
-            AppError::OutcomeUnknown(detail) => tracing::warn!(%detail, "outcome unknown"),
+            AppError::Unavailable(detail) => {
+                if let Some(more) = UNAVAILABLE.admit() {
+                    tracing::warn!(%detail, more, "unavailable (more: like it in the last second)");
+                }
+            }
+            AppError::OutcomeUnknown(detail) => {
+                if let Some(more) = UNKNOWN.admit() {
+                    tracing::warn!(%detail, more, "outcome unknown (more: like it in the last second)");
+                }
+            }
             _ => {}
         }
         let message = self.message();
@@ -104,6 +114,54 @@ impl AppError {
             _ => {}
         }
         response
+    }
+}
+
+static UNAVAILABLE: Throttle = Throttle::new();
+static UNKNOWN: Throttle = Throttle::new();
+
+/// At most one log line a second: `admit` says whether this event is logged, and how
+/// many were not since the last one that was.
+pub struct Throttle {
+    /// The second (since the process's first event, plus one) of the last line.
+    second: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub const fn new() -> Self {
+        Self {
+            second: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn admit(&self) -> Option<u64> {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let start = START.get_or_init(std::time::Instant::now);
+        self.admit_at(start.elapsed().as_secs() + 1)
+    }
+
+    fn admit_at(&self, second: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.second.load(Relaxed);
+        if second > last
+            && self
+                .second
+                .compare_exchange(last, second, Relaxed, Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -135,6 +193,18 @@ mod tests {
         assert_eq!(AppError::Unavailable("x".into()).status(), 503);
         assert_eq!(AppError::Overloaded.status(), 503);
         assert_eq!(AppError::Internal("x".into()).status(), 500);
+    }
+
+    #[test]
+    fn database_trouble_is_logged_once_a_second_with_a_count() {
+        let t = Throttle::new();
+        assert_eq!(t.admit_at(1), Some(0));
+        for _ in 0..999 {
+            assert_eq!(t.admit_at(1), None);
+        }
+        assert_eq!(t.admit_at(2), Some(999));
+        assert_eq!(t.admit_at(2), None);
+        assert_eq!(t.admit_at(7), Some(1));
     }
 
     #[test]

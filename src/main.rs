@@ -10,6 +10,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(err) = perflab::process::raise_open_files(config.descriptors_needed()) {
+        eprintln!("perflab: {err}");
+        return ExitCode::from(2);
+    }
     match perflab::runtime::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,7 +1,46 @@
 //! The server's own CPU time and peak memory, from /proc/self, for `GET /stats`: a load
 //! generator that cannot see this process (on Kubernetes it runs on another node) reads
-//! them around each step, as the local harness reads /proc directly.
+//! them around each step, as the local harness reads /proc directly. And the open-file
+//! limit, raised at start-up to what the configuration can use.
 use serde::Serialize;
+
+/// Raises the soft open-file limit to the hard one, and checks that `need` descriptors
+/// fit: a server whose clients and database connections can exhaust descriptors fails
+/// every accept and reconnect with EMFILE instead of refusing at its own caps. Returns
+/// the limit now in force.
+pub fn raise_open_files(need: u64) -> Result<u64, String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(format!(
+            "cannot read the open-file limit: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let have = limit.rlim_cur as u64;
+    if have < need {
+        return Err(format!(
+            "the open-file limit is {have} (hard limit {}), but MAX_CONNECTIONS, MAX_PENDING \
+             and the database connections can use {need}: raise the limit (ulimit -n, or \
+             the container's nofile) or lower MAX_CONNECTIONS",
+            limit.rlim_max as u64
+        ));
+    }
+    Ok(have)
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ProcessStats {

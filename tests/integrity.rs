@@ -269,3 +269,123 @@ async fn a_draining_server_asks_its_clients_to_close() {
         Some(&b"close"[..])
     );
 }
+
+#[tokio::test]
+async fn the_app_role_can_change_an_email_and_nothing_else() {
+    let db = TestDb::new(3).await;
+    let app = support::connect(&db.url).await;
+    app.execute(
+        "UPDATE users SET email = 'ok@example.com', updated_at = now(), version = version + 1 WHERE id = 1",
+        &[],
+    )
+    .await
+    .expect("what a PATCH does");
+    for forbidden in [
+        "UPDATE users SET id = 99 WHERE id = 2",
+        "UPDATE users SET name = 'x' WHERE id = 2",
+        "CREATE TEMPORARY TABLE t (x int)",
+        "DELETE FROM users WHERE id = 3",
+    ] {
+        let e = app.batch_execute(forbidden).await.expect_err(forbidden);
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{forbidden}: {e}"
+        );
+    }
+    let timeout: String = app
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(
+        timeout, "1min",
+        "the role's own bound, for sessions that set none"
+    );
+}
+
+/// Sessions PostgreSQL has started in the test's database (a backend's counters reach
+/// the statistics when it ends, so this waits for the short-lived ones to end).
+async fn sessions(admin: &tokio_postgres::Client) -> i64 {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    admin
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .expect("clear snapshot");
+    admin
+        .query_one(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_database")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_asks_postgresql_at_most_every_quarter_second() {
+    let db = TestDb::new(3).await;
+    let server = TestServer::start(&db.url, &[]).await;
+    let admin = db.client().await;
+    assert_eq!(server.get("/readyz").await.status, 200);
+    let before = sessions(&admin).await;
+    let start = Instant::now();
+    let replies: Vec<_> = (0..100)
+        .map(|_| {
+            let addr = server.addr;
+            tokio::spawn(async move {
+                support::send(addr, "GET", "/readyz", &[], bytes::Bytes::new()).await
+            })
+        })
+        .collect();
+    for r in replies {
+        assert_eq!(r.await.expect("readyz").status, 200);
+    }
+    let took = start.elapsed();
+    // Without a pool every round trip is a new backend: at most one per quarter second
+    // (and the one that may have been due when the calls began).
+    let started = sessions(&admin).await - before;
+    let allowed = 2 + (took.as_millis() / 250) as i64;
+    assert!(
+        started <= allowed,
+        "{started} backends for 100 /readyz calls in {took:?} (at most {allowed})"
+    );
+}
+
+#[test]
+fn the_server_refuses_to_start_when_its_connections_cannot_fit_the_open_file_limit() {
+    let run = |max_connections: &str| {
+        std::process::Command::new("bash")
+            .args([
+                "-c",
+                "ulimit -Sn 256 && ulimit -Hn 512 && exec timeout -s INT 2 \"$0\"",
+                env!("CARGO_BIN_EXE_perflab"),
+            ])
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("MAX_PENDING", "100")
+            .env("POOL_SIZE", "4")
+            .env("MAX_CONNECTIONS", max_connections)
+            .output()
+            .expect("run the server")
+    };
+    let refused = run("4096");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("open-file limit is 512") && stderr.contains("MAX_CONNECTIONS"),
+        "{stderr}"
+    );
+    // 300 + 100 + 64 fit in 512 once the soft limit (256) is raised to the hard one.
+    let started = run("300");
+    let stderr = String::from_utf8_lossy(&started.stderr);
+    assert!(
+        !stderr.contains("open-file limit"),
+        "the soft limit was not raised: {stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&started.stdout).contains("listening")
+            || stderr.contains("listening"),
+        "the server did not start: {stderr}"
+    );
+}

@@ -142,7 +142,13 @@ pub struct Db {
     /// Requests admitted to the database layer at once (`MAX_PENDING`): in flight,
     /// waiting for a connection or queued for a batch. Past it, 503 at once.
     admission: Semaphore,
+    /// The last readiness check and when it was made: `/readyz` asks PostgreSQL at most
+    /// once per [`READY_FOR`], whoever calls it how often.
+    ready: tokio::sync::Mutex<Option<(Instant, Result<(), AppError>)>>,
 }
+
+/// How long a readiness answer is reused.
+pub const READY_FOR: Duration = Duration::from_millis(250);
 
 /// Connections and the statements on them, one request or one batch at a time.
 pub(crate) struct Core {
@@ -193,6 +199,7 @@ impl Db {
             core,
             exec,
             admission: Semaphore::new(config.max_pending as usize),
+            ready: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -214,9 +221,18 @@ impl Db {
             .await
     }
 
-    /// `/readyz`: one round trip to PostgreSQL.
+    /// `/readyz`: one round trip to PostgreSQL, or the answer of one made less than
+    /// [`READY_FOR`] ago. Concurrent callers wait for the one round trip in flight.
     pub async fn ping(&self) -> Result<(), AppError> {
-        self.core.ping(self.core.deadline()).await
+        let mut last = self.ready.lock().await;
+        if let Some((at, answer)) = last.as_ref() {
+            if at.elapsed() < READY_FOR {
+                return answer.clone();
+            }
+        }
+        let answer = self.core.ping(self.core.deadline()).await;
+        *last = Some((Instant::now(), answer.clone()));
+        answer
     }
 
     pub fn pool_state(&self) -> Option<PoolState> {
@@ -269,16 +285,10 @@ impl Core {
                 }
                 Ok(result)
             }
-            Err(_) => {
-                tracing::warn!(
-                    bound_ms = self.outcome_bound.as_millis() as u64,
-                    "a sent statement got no answer in time: connection dropped, outcome unknown"
-                );
-                Err(AppError::OutcomeUnknown(format!(
-                    "no answer within {} ms of sending the statement",
-                    self.outcome_bound.as_millis()
-                )))
-            }
+            Err(_) => Err(AppError::OutcomeUnknown(format!(
+                "no answer within {} ms of sending the statement: connection dropped",
+                self.outcome_bound.as_millis()
+            ))),
         }
     }
 
