@@ -30,13 +30,13 @@ pub fn raise_open_files(need: u64) -> Result<u64, String> {
             limit = raised;
         }
     }
-    let have = limit.rlim_cur as u64;
+    let have: u64 = limit.rlim_cur;
     if have < need {
         return Err(format!(
             "the open-file limit is {have} (hard limit {}), but MAX_CONNECTIONS, MAX_PENDING \
              and the database connections can use {need}: raise the limit (ulimit -n, or \
              the container's nofile) or lower MAX_CONNECTIONS",
-            limit.rlim_max as u64
+            limit.rlim_max
         ));
     }
     Ok(have)
