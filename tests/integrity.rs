@@ -389,3 +389,58 @@ fn the_server_refuses_to_start_when_its_connections_cannot_fit_the_open_file_lim
         "the server did not start: {stderr}"
     );
 }
+
+/// `pool` and `pipeline` keep connections: a client that leaves in the middle of its
+/// request must not cost one (builds without them open one per statement or batch).
+#[cfg(any(feature = "pool", feature = "pipeline"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_leave_mid_request_do_not_cost_database_connections() {
+    use tokio::io::AsyncWriteExt;
+    const IDS: i64 = 50;
+    let db = TestDb::new(IDS).await;
+    let admin = db.client().await;
+    let server = TestServer::start(
+        &db.url,
+        &[("POOL_SIZE", "4"), ("PIPELINE_CONNECTIONS", "2")],
+    )
+    .await;
+    for id in 1..=8 {
+        assert_eq!(server.get(&format!("/users/{id}")).await.status, 200);
+    }
+    let before = sessions(&admin).await;
+    // 1,000 requests whose clients close their connection right after sending (half
+    // GET, half PATCH), 50 at a time.
+    for wave in 0..20i64 {
+        let clients: Vec<_> = (0..50i64)
+            .map(|k| {
+                let addr = server.addr;
+                tokio::spawn(async move {
+                    let id = 1 + (wave * 50 + k) % IDS;
+                    let request = if k % 2 == 0 {
+                        format!("GET /users/{id} HTTP/1.1\r\nhost: t\r\n\r\n")
+                    } else {
+                        let body = format!("{{\"email\":\"gone{wave}-{k}@example.com\"}}");
+                        format!(
+                            "PATCH /users/{id} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                    stream.write_all(request.as_bytes()).await.expect("send");
+                    // Gone before the answer: the socket closes here.
+                })
+            })
+            .collect();
+        for c in clients {
+            c.await.expect("client");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.get("/users/1").await.status, 200, "still serving");
+    let started = sessions(&admin).await - before;
+    // The pool may grow to its size (4) under the storm's concurrency; no more.
+    assert!(
+        started <= 4,
+        "1000 clients that left mid-request started {started} PostgreSQL backends"
+    );
+}

@@ -43,8 +43,8 @@ use tokio_postgres::Row;
 
 use super::session::Session;
 use super::{
-    classify, classify_code, classify_sent, started_late, user_from_row, Core, Statement, User,
-    SELECT_USER, SELECT_USERS, UPDATE_EMAIL, UPDATE_EMAILS,
+    classify, classify_code, classify_sent, started_late, user_from_row, Admitted, Core, Statement,
+    User, SELECT_USER, SELECT_USERS, UPDATE_EMAIL, UPDATE_EMAILS,
 };
 
 /// The statements this executor runs (a `prepared` connection prepares these).
@@ -59,6 +59,10 @@ struct Read {
     id: i64,
     ticket: Ticket,
     reply: oneshot::Sender<Answer>,
+    /// The request's place in admission, freed when the request is answered or
+    /// dropped from the queue (not when its caller leaves): the queues stay within
+    /// `MAX_PENDING`.
+    _admitted: Option<Admitted>,
 }
 
 struct Write {
@@ -66,6 +70,7 @@ struct Write {
     email: String,
     ticket: Ticket,
     reply: oneshot::Sender<Answer>,
+    _admitted: Option<Admitted>,
 }
 
 /// Who decides a queued request's fate: the worker takes it into a batch, or its caller
@@ -161,7 +166,13 @@ impl Exec {
         }
     }
 
-    pub async fn user(&self, _core: &Core, id: i64, deadline: Instant) -> Answer {
+    pub async fn user(
+        &self,
+        _core: &Arc<Core>,
+        id: i64,
+        deadline: Instant,
+        admitted: Admitted,
+    ) -> Answer {
         let (reply, answer) = oneshot::channel();
         let ticket = Ticket::default();
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
@@ -170,6 +181,7 @@ impl Exec {
                 id,
                 ticket: ticket.clone(),
                 reply,
+                _admitted: Some(admitted),
             })
             .map_err(|_| stopped())?;
         wait(&ticket, deadline, answer).await
@@ -177,10 +189,11 @@ impl Exec {
 
     pub async fn update_email(
         &self,
-        _core: &Core,
+        _core: &Arc<Core>,
         id: i64,
         email: &str,
         deadline: Instant,
+        admitted: Admitted,
     ) -> Answer {
         let (reply, answer) = oneshot::channel();
         let ticket = Ticket::default();
@@ -190,6 +203,7 @@ impl Exec {
                 email: email.to_owned(),
                 ticket: ticket.clone(),
                 reply,
+                _admitted: Some(admitted),
             })
             .map_err(|_| stopped())?;
         wait(&ticket, deadline, answer).await
@@ -444,6 +458,7 @@ mod tests {
                 email: email.into(),
                 ticket: Ticket::default(),
                 reply,
+                _admitted: None,
             },
             rx,
         )

@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
 
 use super::timestamp::Timestamp;
-use super::{classify, user_from_row, Core, Session, Statement, User};
+use super::{classify, user_from_row, Admitted, Core, Session, Statement, User};
 use crate::config::Config;
 use crate::error::AppError;
 
@@ -47,6 +47,7 @@ impl Exec {
         core: &Core,
         id: i64,
         deadline: Instant,
+        _admitted: Admitted,
     ) -> Result<Option<User>, AppError> {
         let users = self.users(core, deadline).await?;
         Ok(users.get(&id).map(|u| lock(u).clone()))
@@ -58,6 +59,7 @@ impl Exec {
         id: i64,
         email: &str,
         deadline: Instant,
+        _admitted: Admitted,
     ) -> Result<Option<User>, AppError> {
         let users = self.users(core, deadline).await?;
         let now = Timestamp(now_micros_since_2000()).to_string();

@@ -140,8 +140,10 @@ pub struct Db {
     core: std::sync::Arc<Core>,
     exec: exec::Exec,
     /// Requests admitted to the database layer at once (`MAX_PENDING`): in flight,
-    /// waiting for a connection or queued for a batch. Past it, 503 at once.
-    admission: Semaphore,
+    /// waiting for a connection or queued for a batch. Past it, 503 at once. A request
+    /// holds its place until its statement or batch is done, also when its client has
+    /// left (the executors keep the [`Admitted`] with the work).
+    admission: std::sync::Arc<Semaphore>,
     /// The last readiness check and when it was made: `/readyz` asks PostgreSQL at most
     /// once per [`READY_FOR`], whoever calls it how often.
     ready: tokio::sync::Mutex<Option<(Instant, Result<(), AppError>)>>,
@@ -198,26 +200,26 @@ impl Db {
         Ok(Self {
             core,
             exec,
-            admission: Semaphore::new(config.max_pending as usize),
+            admission: std::sync::Arc::new(Semaphore::new(config.max_pending as usize)),
             ready: tokio::sync::Mutex::new(None),
         })
     }
 
     /// `GET /users/{id}`: the profile, or `None` when there is no such user.
     pub async fn user(&self, id: i64) -> Result<Option<User>, AppError> {
-        let _admitted = self.admit()?;
+        let admitted = self.admit()?;
         let deadline = self.core.deadline();
-        self.exec.user(&self.core, id, deadline).await
+        self.exec.user(&self.core, id, deadline, admitted).await
     }
 
     /// `PATCH /users/{id}`: the updated profile, or `None` when there is no such user.
     /// The change is committed before this returns. A 503 means it was not applied,
     /// unless the connection failed after the statement was sent (outcome unknown).
     pub async fn update_email(&self, id: i64, email: &str) -> Result<Option<User>, AppError> {
-        let _admitted = self.admit()?;
+        let admitted = self.admit()?;
         let deadline = self.core.deadline();
         self.exec
-            .update_email(&self.core, id, email, deadline)
+            .update_email(&self.core, id, email, deadline, admitted)
             .await
     }
 
@@ -240,12 +242,15 @@ impl Db {
     }
 
     /// A place among the `MAX_PENDING` requests the database layer holds, or 503 now.
-    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AppError> {
-        self.admission
-            .try_acquire()
+    fn admit(&self) -> Result<Admitted, AppError> {
+        std::sync::Arc::clone(&self.admission)
+            .try_acquire_owned()
             .map_err(|_| AppError::Overloaded)
     }
 }
+
+/// A request's place in the database layer (see `Db::admission`): freed when dropped.
+pub(crate) type Admitted = tokio::sync::OwnedSemaphorePermit;
 
 impl Core {
     /// When a request arriving now must have its statement sent by.
