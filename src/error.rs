@@ -7,9 +7,11 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppError {
     /// 400: the request is malformed (bad id, bad JSON, unknown or missing fields).
-    BadRequest(String),
+    /// Every client-facing message is a fixed sentence: nothing the client sent is
+    /// echoed back (the types say so).
+    BadRequest(&'static str),
     /// 404: no such route or no such user.
-    NotFound(String),
+    NotFound(&'static str),
     /// 405: the route exists, the method does not; carries the `Allow` value.
     MethodNotAllowed(&'static str),
     /// 408: the body did not arrive within `BODY_READ_TIMEOUT_MS`; the connection closes.
@@ -19,7 +21,7 @@ pub enum AppError {
     /// 415: the body is not declared as JSON.
     UnsupportedMediaType,
     /// 422: well-formed but invalid (e.g. an email without `@`).
-    Unprocessable(String),
+    Unprocessable(&'static str),
     /// 503: the database is down, slow or out of connections.
     Unavailable(String),
     /// 503 at once: `MAX_PENDING` requests are already in the database layer.
@@ -56,7 +58,7 @@ impl AppError {
     pub fn message(&self) -> String {
         match self {
             AppError::BadRequest(m) | AppError::NotFound(m) | AppError::Unprocessable(m) => {
-                m.clone()
+                (*m).to_owned()
             }
             // The cause (PostgreSQL's or the OS's own text) goes to the log, not the client.
             AppError::Unavailable(_) => {
@@ -180,8 +182,8 @@ mod tests {
 
     #[test]
     fn statuses_are_mapped_in_one_place() {
-        assert_eq!(AppError::BadRequest("x".into()).status(), 400);
-        assert_eq!(AppError::NotFound("x".into()).status(), 404);
+        assert_eq!(AppError::BadRequest("x").status(), 400);
+        assert_eq!(AppError::NotFound("x").status(), 404);
         assert_eq!(AppError::MethodNotAllowed("GET").status(), 405);
         assert_eq!(AppError::PayloadTooLarge(1).status(), 413);
         assert_eq!(
@@ -189,7 +191,7 @@ mod tests {
             408
         );
         assert_eq!(AppError::UnsupportedMediaType.status(), 415);
-        assert_eq!(AppError::Unprocessable("x".into()).status(), 422);
+        assert_eq!(AppError::Unprocessable("x").status(), 422);
         assert_eq!(AppError::Unavailable("x".into()).status(), 503);
         assert_eq!(AppError::Overloaded.status(), 503);
         assert_eq!(AppError::Internal("x".into()).status(), 500);

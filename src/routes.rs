@@ -73,13 +73,7 @@ async fn dispatch(
     let route: &'static str = match route(req.uri().path()) {
         Route::User(id) => return ("/users/{id}", users::handle(state, id, req).await),
         Route::Fixed(name) => name,
-        Route::Unknown => {
-            let path = req.uri().path();
-            return (
-                "other",
-                Err(AppError::NotFound(format!("no route for {path}"))),
-            );
-        }
+        Route::Unknown => return ("other", Err(AppError::NotFound("no such route"))),
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return (route, Err(AppError::MethodNotAllowed("GET, HEAD")));
@@ -99,7 +93,7 @@ async fn dispatch(
         _ => match metrics::render(state.db.pool_state()) {
             Some(text) => Ok(response::metrics_text(text)),
             None => Err(AppError::NotFound(
-                "metrics are not built into this server (feature `metrics`)".into(),
+                "metrics are not built into this server (feature `metrics`)",
             )),
         },
     };

@@ -42,8 +42,12 @@ pub async fn handle(
             let id = id?;
             check_json_content_type(req.headers())?;
             let body = read_body(req, state.body_read_timeout).await?;
-            let change: EmailChange = json::decode(body)
-                .map_err(|e| AppError::BadRequest(format!("invalid body: {e}")))?;
+            let change: EmailChange = json::decode(body).map_err(|e| {
+                tracing::debug!(error = %e, "a PATCH body that does not decode");
+                AppError::BadRequest(
+                    "invalid body: it must be a JSON object with one string field, email",
+                )
+            })?;
             validate_email(&change.email).map_err(AppError::Unprocessable)?;
             match state.db.update_email(id, &change.email).await? {
                 Some(user) => response::json(StatusCode::OK, &user).map_err(AppError::Internal),
@@ -54,47 +58,74 @@ pub async fn handle(
     }
 }
 
-fn no_such_user(id: i64) -> AppError {
-    AppError::NotFound(format!("no user with id {id}"))
+fn no_such_user(_id: i64) -> AppError {
+    AppError::NotFound("no such user")
 }
 
-/// A user id is a positive 64-bit integer written in plain decimal digits.
+/// A user id is a positive 64-bit integer written in plain decimal digits, without
+/// leading zeros: `/users/0001` names no user (404), so no profile has two URLs.
 pub fn parse_id(raw: &str) -> Result<i64, AppError> {
-    let bad = || {
-        AppError::BadRequest(format!(
-            "user id must be a positive 64-bit integer, got {raw:?}"
-        ))
-    };
+    const BAD: AppError =
+        AppError::BadRequest("user id must be a positive 64-bit integer in decimal digits");
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
+        return Err(BAD);
     }
     match raw.parse::<i64>() {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(bad()),
+        Ok(id) if id > 0 && !raw.starts_with('0') => Ok(id),
+        Ok(id) if id > 0 => Err(AppError::NotFound("no such user")),
+        _ => Err(BAD),
     }
 }
 
-/// Says why an email is refused, or accepts it.
-pub fn validate_email(email: &str) -> Result<(), String> {
+/// Says why an email is refused, or accepts it. Accepted: at most 254 bytes, exactly
+/// one `@` with text on both sides, a local part of at most 64 bytes, and no
+/// whitespace, control, bidirectional or zero-width characters (nothing a reader of the
+/// address cannot see). It does not check that the domain exists or that mail reaches
+/// it.
+pub fn validate_email(email: &str) -> Result<(), &'static str> {
     if email.is_empty() {
-        return Err("email must not be empty".into());
+        return Err("email must not be empty");
     }
     if email.len() > EMAIL_MAX_BYTES {
-        return Err(format!("email is longer than {EMAIL_MAX_BYTES} bytes"));
+        return Err(EMAIL_TOO_LONG);
     }
     if email.chars().any(char::is_whitespace) {
-        return Err("email must not contain whitespace".into());
+        return Err("email must not contain whitespace");
     }
     // NUL would reach PostgreSQL, which refuses it in text: reject every control
     // character here, before any statement.
     if email.chars().any(char::is_control) {
-        return Err("email must not contain control characters".into());
+        return Err("email must not contain control characters");
+    }
+    if email.chars().any(is_invisible) {
+        return Err("email must not contain bidirectional or zero-width characters");
     }
     match email.split_once('@') {
+        Some((_, domain)) if domain.contains('@') => Err("email must contain one `@`"),
+        Some((local, _)) if local.len() > EMAIL_LOCAL_MAX_BYTES => Err(LOCAL_TOO_LONG),
         Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Ok(()),
-        Some(_) => Err("email needs text on both sides of `@`".into()),
-        None => Err("email must contain `@`".into()),
+        Some(_) => Err("email needs text on both sides of `@`"),
+        None => Err("email must contain `@`"),
     }
+}
+
+const EMAIL_TOO_LONG: &str = "email is longer than 254 bytes";
+const EMAIL_LOCAL_MAX_BYTES: usize = 64;
+const LOCAL_TOO_LONG: &str = "email's part before `@` is longer than 64 bytes";
+
+/// Characters that change how text around them is shown or that show nothing:
+/// bidirectional marks, embeddings, overrides and isolates; zero-width spaces and
+/// joiners; the word joiner and the byte-order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), AppError> {
@@ -131,7 +162,8 @@ async fn read_body(
             if e.is::<http_body_util::LengthLimitError>() {
                 AppError::PayloadTooLarge(BODY_LIMIT)
             } else {
-                AppError::BadRequest(format!("could not read the body: {e}"))
+                tracing::debug!(error = %e, "a request body that could not be read");
+                AppError::BadRequest("could not read the body")
             }
         })?;
     Ok(Vec::from(collected.to_bytes()))
@@ -180,10 +212,36 @@ mod tests {
         }
         assert!(validate_email("@c").is_err());
         assert!(validate_email("a@").is_err());
+        assert!(validate_email("a@b@c").unwrap_err().contains("one `@`"));
+        for hidden in [
+            "a\u{200B}@b",
+            "a@b\u{202E}moc",
+            "\u{FEFF}a@b",
+            "a@b\u{2066}",
+        ] {
+            let e = validate_email(hidden).unwrap_err();
+            assert!(e.contains("zero-width"), "{hidden:?}: {e}");
+        }
         let long = format!("{}@example.com", "a".repeat(250));
         assert!(validate_email(&long).unwrap_err().contains("254"));
-        let exact = format!("{}@b", "a".repeat(252));
+        let local = format!("{}@b", "a".repeat(65));
+        assert!(validate_email(&local).unwrap_err().contains("64"));
+        let exact = format!("{}@{}", "a".repeat(64), "b".repeat(189));
+        assert_eq!(exact.len(), 254);
         assert!(validate_email(&exact).is_ok());
+        assert!(
+            validate_email("josé@exämple.org").is_ok(),
+            "non-ASCII letters are fine"
+        );
+    }
+
+    #[test]
+    fn a_profile_has_one_url_and_errors_echo_nothing() {
+        assert_eq!(parse_id("0001").unwrap_err().status(), 404);
+        assert_eq!(parse_id("01").unwrap_err().status(), 404);
+        let e = parse_id("12ab<script>").unwrap_err();
+        assert!(!e.message().contains("script"), "{}", e.message());
+        assert_eq!(no_such_user(42).message(), no_such_user(7).message());
     }
 
     #[test]

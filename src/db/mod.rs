@@ -429,7 +429,7 @@ pub(crate) fn classify(e: tokio_postgres::Error) -> AppError {
     let detail = with_causes(&e);
     if e.code() == Some(&SqlState::CHECK_VIOLATION) {
         tracing::debug!(%detail, "a value refused by the table's constraint");
-        return AppError::Unprocessable("the database refused this value".into());
+        return AppError::Unprocessable("the database refused this value");
     }
     match classify_code(&e) {
         Some(false) => AppError::Internal(format!("database error: {detail}")),
