@@ -21,7 +21,10 @@ struct Certs {
 
 impl Certs {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("perflab-certs-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("perflab-certs-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("certificate folder");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -202,6 +205,44 @@ async fn require_against_a_server_without_tls_is_503() {
         format!("{}?sslmode=require", db.url)
     };
     assert_eq!(get_status(&url, &[]).await, 503);
+}
+
+/// A CA file makes TLS required: against a server that answers "no TLS" (this test
+/// cluster has none), the default `sslmode=prefer` must not fall back to cleartext.
+#[tokio::test]
+async fn a_ca_file_makes_tls_required() {
+    let db = TestDb::new(2).await;
+    let certs = Certs::new();
+    let ca = certs.authority("ca");
+    let prefer = db.url.replace("?sslmode=disable", "");
+    assert!(!prefer.contains("sslmode"), "{prefer}");
+    assert_eq!(
+        get_status(&prefer, &[]).await,
+        200,
+        "cleartext without a CA file"
+    );
+    assert_eq!(
+        get_status(&prefer, &[("DATABASE_CA_FILE", path(&ca))]).await,
+        503,
+        "a CA file, and the server offered no TLS: refused, not cleartext"
+    );
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("DATABASE_CA_FILE", path(&ca)),
+    ];
+    let config = perflab::config::Config::from_lookup(|k| {
+        env.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| (*v).to_string())
+    })
+    .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = perflab::server::run(listener, &config, std::future::ready(()))
+        .await
+        .expect_err("sslmode=disable with a CA file must not start");
+    assert!(err.to_string().contains("sslmode=disable"), "{err}");
 }
 
 #[tokio::test]

@@ -190,6 +190,7 @@ impl Db {
         if pg.get_application_name().is_none() {
             pg.application_name("perflab");
         }
+        tls::require_with_ca_file(&mut pg, config.database_ca_file.is_some())?;
         let tls = tls::connector(config.database_ca_file.as_deref())?;
         let core = std::sync::Arc::new(Core {
             source: source::Source::new(pg, tls, config),

@@ -8,7 +8,11 @@
 //! What is checked follows libpq too. With `DATABASE_CA_FILE` (PEM), the server's
 //! certificate must chain to one of its certificates and name the host, like libpq's
 //! `sslmode=verify-full` with `sslrootcert` (tokio-postgres does not parse those two
-//! keys, so the file comes through the environment). Without it the connection is
+//! keys, so the file comes through the environment); a CA file makes TLS required
+//! (the default `prefer` becomes `require`, `disable` is refused): else a
+//! man-in-the-middle could answer "no TLS" and be sent the password in the clear.
+//! `channel_binding=require` in the URL (tokio-postgres parses it) binds SCRAM
+//! authentication to the TLS channel. Without it the connection is
 //! encrypted but the server is not authenticated, like libpq's `sslmode=require`: the
 //! handshake's signatures are still checked, the certificate's issuer is not.
 use std::path::Path;
@@ -23,6 +27,26 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// What every source hands to `tokio_postgres::Config::connect`.
 pub type Connector = MakeRustlsConnect;
+
+/// With a CA file, TLS is required (see the module's comment).
+pub fn require_with_ca_file(pg: &mut tokio_postgres::Config, ca_file: bool) -> Result<(), String> {
+    use tokio_postgres::config::SslMode;
+    if !ca_file {
+        return Ok(());
+    }
+    match pg.get_ssl_mode() {
+        SslMode::Disable => Err(
+            "DATABASE_CA_FILE is set but DATABASE_URL says sslmode=disable: a CA file is for \
+             checking a TLS server; remove one of them"
+                .into(),
+        ),
+        SslMode::Prefer => {
+            pg.ssl_mode(SslMode::Require);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
 
 /// The connector for `ca_file` (see the module's comment).
 pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
