@@ -68,7 +68,14 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
     pg_start shared_preload_libraries=pg_stat_statements
-    db_args=(--database-url "${PG_URL}" --pg-data "${PG_DIR}/data")
+    db_args=(--database-url "${PG_URL}" --pg-data "${PG_DIR}/data" --own-cluster)
+  else
+    # Your PostgreSQL: lab works in a database of its own and puts back what it changed;
+    # if it is stopped (Ctrl-C) before it could, this does it from lab's journal.
+    LAB="${lab}"
+    trap 'trap "" INT TERM; cleanup_step "putting your PostgreSQL back" "${LAB}" restore; cgroups_cleanup' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
   fi
   "${lab}" run "$@" "${db_args[@]}" --oha "$(command -v oha)"
 }

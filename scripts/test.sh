@@ -188,6 +188,48 @@ run_quick_matrix() {
     --out "${out_dir}" --readme "${out_dir}/README.md" --profiled --blocks --expect-failed "broken peer"
 }
 
+# A --quick run against a PostgreSQL of "yours" (--database-url): the lab works in a
+# database of its own and puts back what it changed. The cluster holds a users table,
+# a server setting and the app's role (password and settings) of its own; after the
+# run all are as before and nothing of the run is left.
+run_user_database_check() {
+  require_psql_tools
+  pg_start
+  local admin="${PG_URL}" yours out before after
+  yours="postgres://postgres@127.0.0.1:${PG_PORT}/yours?sslmode=disable"
+  log "end-to-end: a --quick run against your own PostgreSQL leaves it as it was"
+  psql -X -q -v ON_ERROR_STOP=1 "${admin}" -c "CREATE DATABASE yours" \
+    -c "ALTER SYSTEM SET work_mem = '7MB'" -c "SELECT pg_reload_conf()" \
+    -c "CREATE ROLE perflab_app LOGIN PASSWORD 'theirs'" \
+    -c "ALTER ROLE perflab_app SET search_path = 'public'"
+  psql -X -q -v ON_ERROR_STOP=1 "${yours}" \
+    -c "CREATE TABLE users (id int PRIMARY KEY, note text)" \
+    -c "INSERT INTO users VALUES (1, 'a'), (2, 'b'), (3, 'c')"
+  local state_sql="SELECT concat_ws(' | ',
+    (SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database),
+    (SELECT rolpassword FROM pg_authid WHERE rolname = 'perflab_app'),
+    (SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s
+       JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = 'perflab_app' AND s.setdatabase = 0),
+    current_setting('work_mem'),
+    (SELECT string_agg(name || '=' || setting, ',' ORDER BY seqno) FROM pg_file_settings
+       WHERE sourcefile LIKE '%postgresql.auto.conf'))"
+  local table_sql="SELECT count(*) || ':' || string_agg(id || note, ',' ORDER BY id) FROM users"
+  before="$(psql -X -tA "${admin}" -c "${state_sql}") / $(psql -X -tA "${yours}" -c "${table_sql}")"
+  local extra
+  # Once leaving the settings alone, once with leave to change them (then put back).
+  for extra in "" --allow-settings; do
+    out="$(mktemp -d "${TMPDIR:-/tmp}/perflab-yours.XXXXXX")"
+    "${ROOT}/scripts/run-matrix.sh" --quick --matrix "${ROOT}/tests/ci-matrix.toml" --only all \
+      --database-url "${yours}" --out "${out}" ${extra:+"${extra}"}
+    after="$(psql -X -tA "${admin}" -c "${state_sql}") / $(psql -X -tA "${yours}" -c "${table_sql}")"
+    [[ "${before}" == "${after}" ]] || die "your PostgreSQL changed (${extra:-no flag}): before: ${before}; after: ${after}"
+    [[ ! -e "${ROOT}/target/lab-sandbox.json" ]] || die "the run left its journal: it did not put everything back"
+    rm -rf "${out}"
+  done
+  log "your PostgreSQL is as it was: ${after}"
+  pg_stop
+}
+
 main() {
   local matrix=1
   while [[ $# -gt 0 ]]; do
@@ -229,6 +271,8 @@ main() {
   fi
   if [[ "${matrix}" -eq 1 ]]; then
     run_quick_matrix
+    e2e=$((e2e + 1))
+    run_user_database_check
     e2e=$((e2e + 1))
   fi
   log "all tests passed"

@@ -65,6 +65,10 @@ pub enum Cmd {
     /// every search, to see the machine's speed).
     #[command(hide = true)]
     Calibrate,
+    /// Puts back what a run against your --database-url changed, from its journal
+    /// (scripts/run-matrix.sh calls it on exit; nothing to do without a journal).
+    #[command(hide = true)]
+    Restore,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -215,9 +219,19 @@ pub struct RunArgs {
     pub publish: bool,
     #[command(flatten)]
     pub img: ImageArgs,
-    /// local: a superuser URL of the PostgreSQL to use.
+    /// local: a superuser URL of the PostgreSQL to use. The run works in a database
+    /// of its own there, which it drops at the end, and puts back what it changed
+    /// (`--check` lists it).
     #[arg(long)]
     pub database_url: Option<String>,
+    /// local, with your --database-url: let the run change the server's settings (the
+    /// matrix's [postgres], with ALTER SYSTEM); they are put back at the end.
+    #[arg(long)]
+    pub allow_settings: bool,
+    /// local: --database-url is a throwaway cluster of scripts/run-matrix.sh's own
+    /// (nothing in it needs putting back).
+    #[arg(long, hide = true)]
+    pub own_cluster: bool,
     /// local: the data directory of a cluster on this machine (pins it, counts its CPU).
     #[arg(long)]
     pub pg_data: Option<PathBuf>,

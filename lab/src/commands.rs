@@ -162,6 +162,12 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
     // The baseline is read before anything runs: a wrong path fails at once.
     let baseline = a.compare.as_deref().map(crate::compare::load).transpose()?;
     if a.check {
+        if a.target == TargetName::Local && !a.own_cluster {
+            eprintln!("==> against your --database-url, the run:");
+            for change in crate::local::sandbox::changes(a.allow_settings) {
+                eprintln!("    - {change}");
+            }
+        }
         return validate(&a.m).map(Outcome::from);
     }
     let root = repo_root()?;
@@ -200,14 +206,38 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
     };
     let summary = match a.target {
         TargetName::Local => {
-            let database_url = a
+            let given = a
                 .database_url
                 .clone()
                 .context("--database-url is required (scripts/run-matrix.sh starts a PostgreSQL and gives it)")?;
+            let settings = a.own_cluster || a.allow_settings;
+            if !settings {
+                if let Some(row) = e.matrix.rows.iter().find(|r| !r.postgres.is_empty()) {
+                    return Err(usage(anyhow::anyhow!(
+                        "row {:?} sets PostgreSQL settings: with your own --database-url that needs --allow-settings (they are put back at the end)",
+                        row.name
+                    )));
+                }
+            }
+            // Your own PostgreSQL: the run works in a database of its own and puts back
+            // whatever it changes (local/sandbox.rs).
+            let sandbox = match a.own_cluster {
+                true => None,
+                false => Some(local::sandbox::Sandbox::enter(
+                    &given,
+                    a.allow_settings,
+                    &local::sandbox::journal_path(&root),
+                )?),
+            };
+            let database_url = sandbox.as_ref().map_or(given, |s| s.url().to_string());
             std::fs::create_dir_all(&out)?;
             let o = local::Options {
                 root,
                 database_url,
+                settings,
+                db_prefix: sandbox
+                    .as_ref()
+                    .map_or_else(|| "perflab".to_string(), |s| s.name().to_string()),
                 pg_data: a.pg_data.clone(),
                 oha: a.img.oha()?,
                 profile: a.profile,
@@ -217,7 +247,12 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
                 bail!("--profile needs perf (Debian: apt-get install linux-perf; scripts/run-matrix.sh --profile installs it)");
             }
             let mut target = local::Local::new(&o, &e.matrix);
-            experiment::run(&e, &mut target)?
+            let summary = experiment::run(&e, &mut target);
+            drop(target);
+            if let Some(s) = sandbox {
+                s.done()?;
+            }
+            summary?
         }
         TargetName::K8s => {
             let o = k8s::Options {
@@ -579,6 +614,13 @@ pub fn dispatch(cmd: &Cmd) -> Result<Outcome> {
         Cmd::TestTotals(a) => test_totals(a),
         Cmd::Repeatability(a) => repeatability(a),
         Cmd::Render(a) => render(a),
+        Cmd::Restore => {
+            let path = crate::local::sandbox::journal_path(&repo_root()?);
+            if crate::local::sandbox::restore(&path)? {
+                eprintln!("==> undone from {}", path.display());
+            }
+            Ok(true)
+        }
         Cmd::Calibrate => {
             println!(
                 "{:.0} {:.1}",

@@ -68,6 +68,10 @@ pub struct Inputs<'a> {
     pub settings: &'a Settings,
     pub quick: bool,
     pub database_url: &'a str,
+    /// Whether the server's settings may be changed (see `local::Options::settings`).
+    pub settings_allowed: bool,
+    /// The blocks' databases are `<prefix>_blocks` and `<prefix>_blocks_noindex`.
+    pub db_prefix: &'a str,
     pub pg_data: Option<&'a Path>,
     pub oha: &'a Path,
     /// Rows to measure (matrix order) with their binaries (None: an external row).
@@ -83,8 +87,10 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     let dir = i.raw.join("blocks");
     std::fs::create_dir_all(&dir)?;
     let mut admin = pg::connect(i.database_url)?;
-    pg::apply_settings(&mut admin, &m.postgres)?;
-    let statements = enable_statements(&mut admin);
+    if i.settings_allowed {
+        pg::apply_settings(&mut admin, &m.postgres)?;
+    }
+    let statements = enable_statements(&mut admin, i.settings_allowed);
     let mut rows: Vec<Row> = i.rows.iter().map(|(r, _)| (*r).clone()).collect();
     let mut binaries: Vec<Option<PathBuf>> = i.rows.iter().map(|(_, b)| b.clone()).collect();
     if let Some(aa) = &i.settings.aa {
@@ -100,7 +106,7 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     let mut dbs: Vec<Db> = Vec::new();
     for index in [true, false] {
         if rows.iter().any(|r| r.index == index) {
-            dbs.push(database(&mut admin, i.database_url, index, m.load.users)?);
+            dbs.push(database(&mut admin, i, index)?);
         }
     }
     let app = dbs
@@ -293,39 +299,48 @@ fn seed() -> u64 {
 
 /// `pg_stat_statements` in the admin database where the cluster preloads it, with
 /// planning counted; false where it is not available (its counters are then absent).
-fn enable_statements(admin: &mut Client) -> bool {
-    let loaded = admin
-        .query_one(
-            "SELECT count(*) FROM pg_settings WHERE name = 'pg_stat_statements.track_planning'",
+fn enable_statements(admin: &mut Client, settings_allowed: bool) -> bool {
+    let planning: Option<String> = admin
+        .query_opt(
+            "SELECT setting FROM pg_settings WHERE name = 'pg_stat_statements.track_planning'",
             &[],
         )
-        .map(|r| r.get::<_, i64>(0) > 0)
-        .unwrap_or(false);
+        .ok()
+        .flatten()
+        .map(|r| r.get(0));
+    // Without leave to change settings, only where planning is already counted.
+    let loaded = match planning.as_deref() {
+        None => false,
+        Some("on") => true,
+        Some(_) => settings_allowed,
+    };
     // One statement per call: ALTER SYSTEM refuses to run inside the implicit
     // transaction of a multi-statement string.
-    loaded
-        && [
+    let statements: &[&str] = if settings_allowed {
+        &[
             "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
             "ALTER SYSTEM SET pg_stat_statements.track_planning = on",
             "SELECT pg_reload_conf()",
         ]
-        .iter()
-        .all(|q| admin.batch_execute(q).is_ok())
+    } else {
+        &["CREATE EXTENSION IF NOT EXISTS pg_stat_statements"]
+    };
+    loaded && statements.iter().all(|q| admin.batch_execute(q).is_ok())
 }
 
 /// A fresh database for the blocks' rows with (or without) the index, seeded.
-fn database(admin: &mut Client, url: &str, index: bool, users: i64) -> Result<Db> {
+fn database(admin: &mut Client, i: &Inputs, index: bool) -> Result<Db> {
     let name = if index {
-        "perflab_blocks"
+        format!("{}_blocks", i.db_prefix)
     } else {
-        "perflab_blocks_noindex"
+        format!("{}_blocks_noindex", i.db_prefix)
     };
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
     admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
-    let mut client = pg::connect(&pg::with_database(url, name)?)?;
-    pg::seed(&mut client, users, index)?;
+    let mut client = pg::connect(&pg::with_database(i.database_url, &name)?)?;
+    pg::seed(&mut client, i.m.load.users, index)?;
     Ok(Db {
-        name: name.into(),
+        name,
         index,
         client,
     })

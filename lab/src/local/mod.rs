@@ -23,6 +23,7 @@ pub mod pg;
 pub mod pgbench;
 pub mod ports;
 pub mod profile;
+pub mod sandbox;
 pub mod server;
 pub mod soak;
 
@@ -34,6 +35,11 @@ pub struct Options {
     pub root: PathBuf,
     /// A superuser URL of the PostgreSQL to use.
     pub database_url: String,
+    /// Whether the run may change the server's settings (ALTER SYSTEM): always in the
+    /// script's own cluster, with --allow-settings in yours.
+    pub settings: bool,
+    /// The blocks' databases are `<prefix>_blocks` and `<prefix>_blocks_noindex`.
+    pub db_prefix: String,
     /// The data directory of a cluster on this machine: pins it and counts its CPU.
     pub pg_data: Option<PathBuf>,
     pub oha: PathBuf,
@@ -278,8 +284,11 @@ impl Target for Local<'_> {
         let root = self.o.root.clone();
         let pg_dir = self.o.pg_data.clone();
         let profile_to = self.o.profile.then(|| run.raw.to_path_buf());
+        let settings_allowed = self.o.settings;
         let r = self.ready()?;
-        pg::apply_settings(&mut r.db, &run.settings)?;
+        if settings_allowed {
+            pg::apply_settings(&mut r.db, &run.settings)?;
+        }
         let took = pg::seed(&mut r.db, m.load.users, run.row.index)?;
         (run.say)(&format!(
             "  seeded {} users (index: {}) in {:.1} s",
@@ -360,6 +369,8 @@ impl Target for Local<'_> {
             settings: &self.m.blocks,
             quick: self.o.quick,
             database_url: &self.o.database_url,
+            settings_allowed: self.o.settings,
+            db_prefix: &self.o.db_prefix,
             pg_data: self.o.pg_data.as_deref(),
             oha: &self.o.oha,
             rows: with_binaries,
@@ -376,9 +387,9 @@ impl Target for Local<'_> {
         raw: &Path,
         say: &dyn Fn(&str),
     ) -> Option<Result<Vec<ReferenceResult>>> {
-        let (m, url) = (self.m, self.o.database_url.clone());
+        let (m, url, settings) = (self.m, self.o.database_url.clone(), self.o.settings);
         let r = self.ready.as_mut()?;
-        Some(measure_reference(m, &url, r, rep, raw, say))
+        Some(measure_reference(m, &url, settings, r, rep, raw, say))
     }
 
     fn host(&self) -> Host {
@@ -421,12 +432,15 @@ impl Drop for Local<'_> {
 fn measure_reference(
     m: &Matrix,
     url: &str,
+    settings_allowed: bool,
     r: &mut Ready,
     rep: u32,
     raw: &Path,
     say: &dyn Fn(&str),
 ) -> Result<Vec<ReferenceResult>> {
-    pg::apply_settings(&mut r.db, &m.postgres)?;
+    if settings_allowed {
+        pg::apply_settings(&mut r.db, &m.postgres)?;
+    }
     let mut out = Vec::new();
     for w in &m.workloads {
         pg::seed(&mut r.db, m.load.users, true)?;
