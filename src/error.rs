@@ -85,6 +85,12 @@ impl AppError {
     /// 503s a second; the log says so in one line a second).
     pub fn into_response(self) -> crate::response::Reply {
         match &self {
+            AppError::Overloaded => crate::metrics::observe_unavailable("shed"),
+            AppError::Unavailable(_) => crate::metrics::observe_unavailable("unavailable"),
+            AppError::OutcomeUnknown(_) => crate::metrics::observe_unavailable("outcome_unknown"),
+            _ => {}
+        }
+        match &self {
             AppError::Internal(detail) => tracing::error!(%detail, "internal error"),
             AppError::Unavailable(detail) => {
                 if let Some(more) = UNAVAILABLE.admit() {

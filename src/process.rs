@@ -42,6 +42,115 @@ pub fn raise_open_files(need: u64) -> Result<u64, String> {
     Ok(have)
 }
 
+/// The standard `process_*` series of a Prometheus exposition, read from /proc/self at
+/// each scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessMetrics {
+    pub cpu_seconds: Option<f64>,
+    pub resident_bytes: Option<u64>,
+    pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+    pub start_time_seconds: Option<f64>,
+}
+
+/// Clock ticks per second of /proc's times (USER_HZ: 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+impl ProcessMetrics {
+    pub fn current() -> Self {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        let started = stat.as_deref().and_then(start_ticks);
+        Self {
+            cpu_seconds: stat
+                .as_deref()
+                .and_then(cpu_ticks)
+                .map(|t| t as f64 / TICKS_PER_SECOND),
+            resident_bytes: std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|t| status_kib(&t, "VmRSS:"))
+                .map(|kib| kib * 1024),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|d| d.count() as u64),
+            max_fds: std::fs::read_to_string("/proc/self/limits")
+                .ok()
+                .and_then(|t| max_open_files(&t)),
+            start_time_seconds: boot
+                .zip(started)
+                .map(|(b, s)| b + s as f64 / TICKS_PER_SECOND),
+        }
+    }
+
+    /// The text exposition; a value that could not be read is left out.
+    pub fn exposition(&self) -> String {
+        let series: [(&str, &str, &str, Option<f64>); 5] = [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                self.cpu_seconds,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                self.resident_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Number of open file descriptors.",
+                self.open_fds.map(|v| v as f64),
+            ),
+            (
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+                self.max_fds.map(|v| v as f64),
+            ),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch in seconds.",
+                self.start_time_seconds,
+            ),
+        ];
+        series
+            .iter()
+            .filter_map(|(name, kind, help, value)| {
+                value.map(|v| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"))
+            })
+            .collect()
+    }
+}
+
+fn start_ticks(stat: &str) -> Option<u64> {
+    // starttime is the 22nd field of the line, the 20th after the command name.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn max_open_files(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ProcessStats {
     /// User + system CPU time in clock ticks (USER_HZ, 100 per second on Linux).
@@ -72,11 +181,7 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 fn peak_rss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    status_kib(status, "VmHWM:")
 }
 
 #[cfg(test)]
@@ -90,5 +195,12 @@ mod tests {
         assert_eq!(peak_rss_kib("Name:\tx\nVmHWM:\t  12345 kB\n"), Some(12345));
         let now = ProcessStats::current();
         assert!(now.cpu_ticks.is_some() && now.peak_rss_kib.unwrap_or(0) > 0);
+        let stat = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 4 0 12345 1 1";
+        assert_eq!(start_ticks(stat), Some(12345));
+        let limits = "Limit Soft Limit Hard Limit Units\nMax open files            1024                 4096                 files\n";
+        assert_eq!(max_open_files(limits), Some(1024));
+        let m = ProcessMetrics::current();
+        assert!(m.resident_bytes.unwrap_or(0) > 0 && m.open_fds.unwrap_or(0) > 0);
+        assert!(m.start_time_seconds.unwrap_or(0.0) > 1.6e9, "{m:?}");
     }
 }

@@ -90,7 +90,7 @@ async fn dispatch(
         },
         "/version" => json(StatusCode::OK, &VersionInfo::current()),
         "/stats" => json(StatusCode::OK, &ProcessStats::current()),
-        _ => match metrics::render(state.db.pool_state()) {
+        _ => match metrics::render(state.db.pool_state(), state.db.admitted()) {
             Some(text) => Ok(response::metrics_text(text)),
             None => Err(AppError::NotFound(
                 "metrics are not built into this server (feature `metrics`)",

@@ -103,6 +103,7 @@ pub async fn run_on(
                     // Past MAX_CONNECTIONS a new connection is closed at once.
                     let Ok(permit) = Arc::clone(&state.connections).try_acquire_owned() else {
                         tracing::debug!("connection refused: MAX_CONNECTIONS reached");
+                        crate::metrics::observe_refused();
                         drop(stream);
                         continue;
                     };

@@ -321,6 +321,7 @@ async fn apply(core: &Core, round: Vec<Write>) {
             }
             Err(BatchError::Rejected(e)) => {
                 tracing::debug!(error = %e, ids = part.len(), "batch rejected: retrying in halves");
+                metrics::observe_batch_halving("write");
                 let right = part.split_off(part.len() / 2);
                 pending.push(right);
                 pending.push(part);

@@ -147,6 +147,7 @@ pub struct Db {
     /// The last readiness check and when it was made: `/readyz` asks PostgreSQL at most
     /// once per [`READY_FOR`], whoever calls it how often.
     ready: tokio::sync::Mutex<Option<(Instant, Result<(), AppError>)>>,
+    max_pending: usize,
 }
 
 /// How long a readiness answer is reused.
@@ -203,6 +204,7 @@ impl Db {
             exec,
             admission: std::sync::Arc::new(Semaphore::new(config.max_pending as usize)),
             ready: tokio::sync::Mutex::new(None),
+            max_pending: config.max_pending as usize,
         })
     }
 
@@ -240,6 +242,11 @@ impl Db {
 
     pub fn pool_state(&self) -> Option<PoolState> {
         self.core.source.state()
+    }
+
+    /// Requests in the database layer now, of `MAX_PENDING`, for `/metrics`.
+    pub fn admitted(&self) -> usize {
+        self.max_pending - self.admission.available_permits()
     }
 
     /// A place among the `MAX_PENDING` requests the database layer holds, or 503 now.

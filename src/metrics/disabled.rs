@@ -15,7 +15,19 @@ pub fn observe_batch(_kind: &'static str, _size: usize) {}
 #[inline(always)]
 pub fn observe_batch_panic(_kind: &'static str) {}
 
+/// Records a 503 of `kind` (no-op in this build).
+#[inline(always)]
+pub fn observe_unavailable(_kind: &'static str) {}
+
+/// Records a connection refused at the cap (no-op in this build).
+#[inline(always)]
+pub fn observe_refused() {}
+
+/// Records a batch retried in halves (no-op in this build).
+#[inline(always)]
+pub fn observe_batch_halving(_kind: &'static str) {}
+
 /// The Prometheus exposition, or `None` when metrics are not built in.
-pub fn render(_pool: Option<PoolState>) -> Option<String> {
+pub fn render(_pool: Option<PoolState>, _admitted: usize) -> Option<String> {
     None
 }
