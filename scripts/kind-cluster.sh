@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates a local kind cluster for the Kubernetes target: one node for the app and
-# PostgreSQL, and one load-generator node, labelled and tainted loadgen=true:NoSchedule
+# PostgreSQL, and one load-generator node, labelled and tainted perflab.dev/loadgen=true:NoSchedule
 # so that only the load-generator Job runs there. Needs Docker and kind.
 # Note: kind's nodes are containers sharing this host's CPUs, so numbers measured on
 # such a cluster are not isolated; use it to try the target, not to publish results.
@@ -15,7 +15,7 @@ usage() {
 usage: scripts/kind-cluster.sh [--name NAME] [--delete]
 
 Creates (or with --delete removes) a two-node kind cluster: an app node and a
-load-generator node labelled and tainted loadgen=true:NoSchedule.
+load-generator node labelled and tainted perflab.dev/loadgen=true:NoSchedule.
 USAGE
 }
 
@@ -47,15 +47,15 @@ nodes:
   - role: worker
   - role: worker
     labels:
-      loadgen: "true"
+      perflab.dev/loadgen: "true"
 KIND
   log "creating kind cluster ${name} (control plane, app worker, load-generator worker)"
   kind create cluster --name "${name}" --config "${config}"
   local node
-  node="$(kubectl get nodes -l loadgen=true -o jsonpath='{.items[0].metadata.name}')"
+  node="$(kubectl get nodes -l perflab.dev/loadgen=true -o jsonpath='{.items[0].metadata.name}')"
   # The two commands that prepare a load-generator node on any cluster:
-  kubectl label node "${node}" loadgen=true --overwrite
-  kubectl taint node "${node}" loadgen=true:NoSchedule --overwrite
+  kubectl label node "${node}" perflab.dev/loadgen=true --overwrite
+  kubectl taint node "${node}" perflab.dev/loadgen=true:NoSchedule --overwrite
   log "ready: ${node} runs only the load generator; run ./scripts/run-matrix.sh --target k8s --load kind --dry-run"
 }
 

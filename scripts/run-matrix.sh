@@ -71,11 +71,13 @@ main() {
     db_args=(--database-url "${PG_URL}" --pg-data "${PG_DIR}/data" --own-cluster)
   else
     # Your PostgreSQL: lab works in a database of its own and puts back what it changed;
-    # if it is stopped (Ctrl-C) before it could, this does it from lab's journal.
+    # if it is stopped (Ctrl-C) before it could, this does it from this run's journal.
     LAB="${lab}"
-    trap 'trap "" INT TERM; cleanup_step "putting your PostgreSQL back" "${LAB}" restore; cgroups_cleanup' EXIT
+    JOURNAL="${ROOT}/target/lab-sandbox-$$.json"
+    trap 'trap "" INT TERM; cleanup_step "putting your PostgreSQL back" "${LAB}" restore --journal "${JOURNAL}"; cgroups_cleanup' EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
+    db_args=(--journal "${JOURNAL}")
   fi
   "${lab}" run "$@" "${db_args[@]}" --oha "$(command -v oha)"
 }

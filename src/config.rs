@@ -127,19 +127,6 @@ impl Config {
     }
 }
 
-impl Config {
-    /// An upper bound on the file descriptors the server can hold: its clients'
-    /// connections, its database connections (one per admitted request without a pool,
-    /// else the pool's or the pipeline's), and 64 for listeners, TLS files and logs.
-    pub fn descriptors_needed(&self) -> u64 {
-        let database = self
-            .max_pending
-            .max(self.pool_size)
-            .max(self.pipeline_connections);
-        u64::from(self.max_connections) + u64::from(database) + 64
-    }
-}
-
 fn err(variable: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         variable,

@@ -10,7 +10,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(err) = perflab::process::raise_open_files(config.descriptors_needed()) {
+    if let Err(err) =
+        perflab::process::raise_open_files(perflab::db::Db::descriptors_needed(&config))
+    {
         eprintln!("perflab: {err}");
         return ExitCode::from(2);
     }

@@ -80,9 +80,19 @@ async fn statement_timeout_holds_when_the_url_carries_options() {
     let server = TestServer::start(&url, &[("DB_TIMEOUT_MS", "400")]).await;
     let locker = lock_row(&db, 1).await;
     let start = Instant::now();
-    let reply = patch(server.addr, 1, "blocked@example.com").await;
+    let addr = server.addr;
+    let pending = tokio::spawn(async move { patch(addr, 1, "blocked@example.com").await });
+    // The statement reached PostgreSQL and waits for the lock...
+    waiting_backend(&db.client().await).await;
+    let reply = pending.await.expect("patch");
+    let took = start.elapsed();
     drop(locker);
     assert_eq!(reply.status, 503);
+    // ...until statement_timeout (400 ms) ends the wait, not the server's own bound.
+    assert!(
+        took >= Duration::from_millis(350),
+        "answered after {took:?}"
+    );
     // PostgreSQL's own timeout ended the lock wait (rolled back: not applied), before
     // the server's bound on the outcome (twice as long) would have called it unknown.
     assert!(
@@ -157,7 +167,13 @@ async fn a_constraint_the_operator_adds_is_checked_for_every_acknowledged_value(
         )
         .await
         .expect("add the constraint");
-    let server = TestServer::start(&db.url, &[("COALESCE_WRITERS", "1")]).await;
+    // Up to 48 rounds of one statement each queue behind each other here: a generous
+    // bound, so that none times out on a busy machine.
+    let server = TestServer::start(
+        &db.url,
+        &[("COALESCE_WRITERS", "1"), ("DB_TIMEOUT_MS", "10000")],
+    )
+    .await;
     let addr = server.addr;
     // Concurrent PATCHes of one id, every other one refused by the constraint: under
     // `coalesce` they share batches.
@@ -354,17 +370,27 @@ async fn readiness_asks_postgresql_at_most_every_quarter_second() {
 
 #[test]
 fn the_server_refuses_to_start_when_its_connections_cannot_fit_the_open_file_limit() {
+    let hard = std::process::Command::new("bash")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .expect("ulimit");
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
+    if hard != "unlimited" && hard.parse::<u64>().unwrap_or(0) < 512 {
+        eprintln!("skipped: the hard open-file limit here is {hard}, under the test's 512");
+        return;
+    }
     let run = |max_connections: &str| {
         std::process::Command::new("bash")
             .args([
                 "-c",
-                "ulimit -Sn 256 && ulimit -Hn 512 && exec timeout -s INT 2 \"$0\"",
+                "ulimit -Sn 256 && ulimit -Hn 512 && exec timeout -s INT 5 \"$0\"",
                 env!("CARGO_BIN_EXE_perflab"),
             ])
             .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("MAX_PENDING", "100")
-            .env("POOL_SIZE", "4")
+            .env("POOL_SIZE", "100")
+            .env("PIPELINE_CONNECTIONS", "100")
             .env("MAX_CONNECTIONS", max_connections)
             .output()
             .expect("run the server")

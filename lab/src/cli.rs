@@ -68,7 +68,7 @@ pub enum Cmd {
     /// Puts back what a run against your --database-url changed, from its journal
     /// (scripts/run-matrix.sh calls it on exit; nothing to do without a journal).
     #[command(hide = true)]
-    Restore,
+    Restore(RestoreArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -232,6 +232,11 @@ pub struct RunArgs {
     /// (nothing in it needs putting back).
     #[arg(long, hide = true)]
     pub own_cluster: bool,
+    /// local, with your --database-url: where the run notes what to put back
+    /// (scripts/run-matrix.sh gives one and restores from it on exit; default
+    /// target/lab-sandbox-<pid>.json).
+    #[arg(long, hide = true)]
+    pub journal: Option<PathBuf>,
     /// local: the data directory of a cluster on this machine (pins it, counts its CPU).
     #[arg(long)]
     pub pg_data: Option<PathBuf>,
@@ -377,6 +382,13 @@ pub struct VerifyArgs {
     /// where results.md links it (targets that measure no blocks draw none).
     #[arg(long)]
     pub blocks: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RestoreArgs {
+    /// The journal of the run to undo (nothing to do if it does not exist).
+    #[arg(long)]
+    pub journal: PathBuf,
 }
 
 #[derive(Args, Clone, Debug)]

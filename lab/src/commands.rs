@@ -156,6 +156,35 @@ fn trial_out(root: &Path, matrix_file: &str) -> PathBuf {
     root.join("target").join("lab-runs").join(name)
 }
 
+/// What a local run may do to the server's settings: anything in the script's own
+/// cluster; in yours, with --allow-settings, the names the matrix sets (and the blocks'
+/// planning counter), else nothing (then no row may need settings of its own).
+fn settings_scope(a: &RunArgs, m: &Matrix) -> Result<local::pg::SettingsScope> {
+    use local::pg::SettingsScope;
+    if a.own_cluster {
+        return Ok(SettingsScope::All);
+    }
+    if !a.allow_settings {
+        if let Some(row) = m.rows.iter().find(|r| !r.postgres.is_empty()) {
+            return Err(usage(anyhow::anyhow!(
+                "row {:?} sets PostgreSQL settings: with your own --database-url that needs --allow-settings (they are put back at the end)",
+                row.name
+            )));
+        }
+        return Ok(SettingsScope::Nothing);
+    }
+    let mut names: Vec<String> = m
+        .postgres
+        .keys()
+        .chain(m.rows.iter().flat_map(|r| r.postgres.keys()))
+        .cloned()
+        .collect();
+    names.push(local::blocks::TRACK_PLANNING.to_string());
+    names.sort();
+    names.dedup();
+    Ok(SettingsScope::Only(names))
+}
+
 /// The experiment on the chosen target.
 pub fn run(a: &RunArgs) -> Result<Outcome> {
     check_target_flags(a).map_err(usage)?;
@@ -210,23 +239,20 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
                 .database_url
                 .clone()
                 .context("--database-url is required (scripts/run-matrix.sh starts a PostgreSQL and gives it)")?;
-            let settings = a.own_cluster || a.allow_settings;
-            if !settings {
-                if let Some(row) = e.matrix.rows.iter().find(|r| !r.postgres.is_empty()) {
-                    return Err(usage(anyhow::anyhow!(
-                        "row {:?} sets PostgreSQL settings: with your own --database-url that needs --allow-settings (they are put back at the end)",
-                        row.name
-                    )));
-                }
-            }
+            let settings = settings_scope(a, &e.matrix)?;
             // Your own PostgreSQL: the run works in a database of its own and puts back
             // whatever it changes (local/sandbox.rs).
-            let sandbox = match a.own_cluster {
-                true => None,
-                false => Some(local::sandbox::Sandbox::enter(
+            let sandbox = match (&settings, a.own_cluster) {
+                (_, true) => None,
+                (scope, false) => Some(local::sandbox::Sandbox::enter(
                     &given,
-                    a.allow_settings,
-                    &local::sandbox::journal_path(&root),
+                    match scope {
+                        local::pg::SettingsScope::Only(names) => Some(names.as_slice()),
+                        _ => None,
+                    },
+                    &a.journal
+                        .clone()
+                        .unwrap_or_else(|| local::sandbox::journal_path(&root)),
                 )?),
             };
             let database_url = sandbox.as_ref().map_or(given, |s| s.url().to_string());
@@ -250,7 +276,11 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
             let summary = experiment::run(&e, &mut target);
             drop(target);
             if let Some(s) = sandbox {
-                s.done()?;
+                match (s.done(), &summary) {
+                    (Err(undo), Err(_)) => eprintln!("warning: {undo:#}"),
+                    (Err(undo), Ok(_)) => return Err(undo),
+                    (Ok(()), _) => {}
+                }
             }
             summary?
         }
@@ -614,10 +644,9 @@ pub fn dispatch(cmd: &Cmd) -> Result<Outcome> {
         Cmd::TestTotals(a) => test_totals(a),
         Cmd::Repeatability(a) => repeatability(a),
         Cmd::Render(a) => render(a),
-        Cmd::Restore => {
-            let path = crate::local::sandbox::journal_path(&repo_root()?);
-            if crate::local::sandbox::restore(&path)? {
-                eprintln!("==> undone from {}", path.display());
+        Cmd::Restore(a) => {
+            if crate::local::sandbox::restore(&a.journal)? {
+                eprintln!("==> undone from {}", a.journal.display());
             }
             Ok(true)
         }

@@ -185,6 +185,17 @@ pub fn settings_sql(settings: &BTreeMap<String, String>) -> Vec<String> {
     v
 }
 
+/// Like [`settings_sql`], touching only `names` (a cluster that is not ours): each is
+/// reset (what earlier rows set goes), then `settings` are set, then a reload.
+pub fn scoped_settings_sql(settings: &BTreeMap<String, String>, names: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = names
+        .iter()
+        .map(|n| format!("ALTER SYSTEM RESET {n}"))
+        .collect();
+    v.extend(settings_sql(settings).into_iter().skip(1));
+    v
+}
+
 /// A query answering the names among `settings` that wait for a restart, comma
 /// separated ('' when none). Only settings of ours count: a cluster started with
 /// command-line options reports those as pending after any reload.

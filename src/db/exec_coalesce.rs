@@ -43,8 +43,8 @@ use tokio_postgres::Row;
 
 use super::session::Session;
 use super::{
-    classify, classify_code, classify_sent, started_late, user_from_row, Admitted, Core, Statement,
-    User, SELECT_USER, SELECT_USERS, UPDATE_EMAIL, UPDATE_EMAILS,
+    classify, classify_code, classify_sent, not_applied, started_late, user_from_row, Admitted,
+    Core, Statement, User, SELECT_USER, SELECT_USERS, UPDATE_EMAIL, UPDATE_EMAILS,
 };
 
 /// The statements this executor runs (a `prepared` connection prepares these).
@@ -343,7 +343,10 @@ fn answer_applied(id: i64, rows: &Decoded) -> Answer {
         Some(Ok(row)) => Ok(Some(row.clone())),
         Some(Err(e)) => Err(e.clone()),
         None if rows.late.contains(&id) => Err(started_late()),
-        None => rows.undecodable.clone().map_or(Ok(None), Err),
+        None => match (&rows.undecodable, &rows.unresolved) {
+            (Some(e), _) | (None, Some(e)) => Err(e.clone()),
+            (None, None) => Ok(None),
+        },
     }
 }
 
@@ -379,7 +382,7 @@ impl Core {
         deadline: Instant,
     ) -> Result<Decoded, BatchError> {
         let answer = self
-            .run(deadline, async |s: &Session| {
+            .run_write(deadline, async |s: &Session| {
                 let apply_by = self.apply_by();
                 s.query(&UPDATE_EMAILS, &[&ids, &emails, &apply_by]).await
             })
@@ -396,11 +399,12 @@ impl Core {
             .filter(|id| !decoded.rows.contains_key(id))
             .collect();
         if !missing.is_empty() && decoded.undecodable.is_none() {
-            let exist = self
-                .users(&missing, self.deadline())
-                .await
-                .map_err(BatchError::Failed)?;
-            decoded.late = exist.rows.into_keys().collect();
+            // The batch committed: a failed read fails only the ids it was about, whose
+            // writes changed nothing either way.
+            match self.users(&missing, self.deadline()).await {
+                Ok(exist) => decoded.late = exist.rows.into_keys().collect(),
+                Err(e) => decoded.unresolved = Some(not_applied(e)),
+            }
         }
         Ok(decoded)
     }
@@ -427,6 +431,9 @@ pub(crate) struct Decoded {
     /// Ids of users that exist but that a conditional UPDATE did not change: it started
     /// after its apply-by time.
     pub late: std::collections::HashSet<i64>,
+    /// Set when the read that tells missing users from late writes failed: the answer
+    /// of every id without a row (none of them was changed).
+    pub unresolved: Option<AppError>,
 }
 
 impl Decoded {

@@ -24,7 +24,10 @@
 //! database's clock). The server calls the outcome unknown only at sent + twice that
 //! bound; by then a statement either started in time, and holds its row lock until it
 //! ends (a newer write waits for it and applies after it), or never applies. This
-//! holds while the two clocks differ by less than `DB_TIMEOUT_MS`. A conditional
+//! holds while the two clocks differ by less than `DB_TIMEOUT_MS` (a database clock
+//! ahead by more fails safe: writes are refused as late, 503, not applied). When the
+//! connection breaks under a write, its answer waits out the same bound, so a retry
+//! cannot run before a statement still queued on the broken connection. A conditional
 //! UPDATE that matched no row is told apart by a read: no such user (404), or started
 //! too late (503, not applied).
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,7 +149,9 @@ pub struct Db {
     admission: std::sync::Arc<Semaphore>,
     /// The last readiness check and when it was made: `/readyz` asks PostgreSQL at most
     /// once per [`READY_FOR`], whoever calls it how often.
-    ready: tokio::sync::Mutex<Option<(Instant, Result<(), AppError>)>>,
+    ready: std::sync::Mutex<Option<(Instant, Result<(), AppError>)>>,
+    /// Held by the one readiness check in flight.
+    checking: tokio::sync::Mutex<()>,
     max_pending: usize,
 }
 
@@ -203,7 +208,8 @@ impl Db {
             core,
             exec,
             admission: std::sync::Arc::new(Semaphore::new(config.max_pending as usize)),
-            ready: tokio::sync::Mutex::new(None),
+            ready: std::sync::Mutex::new(None),
+            checking: tokio::sync::Mutex::new(()),
             max_pending: config.max_pending as usize,
         })
     }
@@ -227,21 +233,50 @@ impl Db {
     }
 
     /// `/readyz`: one round trip to PostgreSQL, or the answer of one made less than
-    /// [`READY_FOR`] ago. Concurrent callers wait for the one round trip in flight.
+    /// [`READY_FOR`] ago. While a check is in flight, other callers get the last answer
+    /// (the first ones wait for it): a slow check holds up no probe.
     pub async fn ping(&self) -> Result<(), AppError> {
-        let mut last = self.ready.lock().await;
-        if let Some((at, answer)) = last.as_ref() {
+        let last = || {
+            self.ready
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        };
+        if let Some((at, answer)) = last() {
             if at.elapsed() < READY_FOR {
-                return answer.clone();
+                return answer;
             }
         }
+        let _checking = match self.checking.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => match last() {
+                Some((_, answer)) => return answer,
+                None => self.checking.lock().await,
+            },
+        };
+        // Another check may have finished while this one waited for its turn.
+        if let Some((_, answer)) = last().filter(|(at, _)| at.elapsed() < READY_FOR) {
+            return answer;
+        }
         let answer = self.core.ping(self.core.deadline()).await;
-        *last = Some((Instant::now(), answer.clone()));
+        *self
+            .ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((Instant::now(), answer.clone()));
         answer
     }
 
     pub fn pool_state(&self) -> Option<PoolState> {
         self.core.source.state()
+    }
+
+    /// An upper bound on the file descriptors the server can hold with `config`: its
+    /// clients' connections, its database connections (this build's: the pool's, the
+    /// pipeline's, or one per admitted request without either), and 64 for listeners,
+    /// TLS files and logs.
+    pub fn descriptors_needed(config: &Config) -> u64 {
+        u64::from(config.max_connections) + u64::from(source::Source::most_connections(config)) + 64
     }
 
     /// Requests in the database layer now, of `MAX_PENDING`, for `/metrics`.
@@ -276,6 +311,28 @@ impl Core {
         deadline: Instant,
         statement: impl AsyncFnOnce(&Session) -> Result<T, tokio_postgres::Error>,
     ) -> Result<Result<T, tokio_postgres::Error>, AppError> {
+        self.run_held(deadline, false, statement).await
+    }
+
+    /// [`Core::run`] for a write: when the connection breaks under a sent statement,
+    /// the answer (outcome unknown) is held until the outcome bound has passed since
+    /// sending, so that a client's retry cannot run before a statement that was still
+    /// queued on the broken connection's backend (which then starts past its apply-by
+    /// time and changes nothing).
+    async fn run_write<T>(
+        &self,
+        deadline: Instant,
+        statement: impl AsyncFnOnce(&Session) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<Result<T, tokio_postgres::Error>, AppError> {
+        self.run_held(deadline, true, statement).await
+    }
+
+    async fn run_held<T>(
+        &self,
+        deadline: Instant,
+        hold: bool,
+        statement: impl AsyncFnOnce(&Session) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<Result<T, tokio_postgres::Error>, AppError> {
         let session = tokio::time::timeout_at(deadline.into(), self.source.get())
             .await
             .map_err(|_| {
@@ -291,10 +348,13 @@ impl Core {
         }
         let session: &Session = &session;
         let in_flight = session.health().in_flight();
+        let sent = tokio::time::Instant::now();
         match tokio::time::timeout(self.outcome_bound, statement(session)).await {
             Ok(result) => {
                 if result.is_ok() || result.as_ref().is_err_and(answered) {
                     in_flight.done();
+                } else if hold && result.as_ref().is_err_and(broke_after_sending) {
+                    tokio::time::sleep_until(sent + self.outcome_bound).await;
                 }
                 Ok(result)
             }
@@ -326,7 +386,7 @@ impl Core {
         deadline: Instant,
     ) -> Result<Option<User>, AppError> {
         let rows = self
-            .run(deadline, async |s: &Session| {
+            .run_write(deadline, async |s: &Session| {
                 let apply_by = self.apply_by();
                 s.query(&UPDATE_EMAIL, &[&id, &email, &apply_by]).await
             })
@@ -334,7 +394,9 @@ impl Core {
             .map_err(classify_sent)?;
         match rows.first() {
             Some(row) => user_from_row(row).map(Some),
-            None => match self.user(id, self.deadline()).await? {
+            // The UPDATE committed and changed nothing: whatever the read says, the
+            // write was not applied.
+            None => match self.user(id, self.deadline()).await.map_err(not_applied)? {
                 None => Ok(None),
                 Some(_) => Err(started_late()),
             },
@@ -470,6 +532,17 @@ fn broke_after_sending(e: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::CRASH_SHUTDOWN
                 || code.code().starts_with("08")
         }
+    }
+}
+
+/// An error of a read made after a write that changed nothing: a 503 that says so
+/// (never "outcome unknown", whatever happened to the read).
+pub(crate) fn not_applied(e: AppError) -> AppError {
+    match e {
+        AppError::OutcomeUnknown(detail) => AppError::Unavailable(format!(
+            "the write changed nothing; the read that followed it failed: {detail}"
+        )),
+        other => other,
     }
 }
 

@@ -14,6 +14,11 @@ pub struct Source {
 }
 
 impl Source {
+    /// The most database connections this source holds at once (one per admitted request, and one for a readiness check).
+    pub fn most_connections(config: &crate::config::Config) -> u32 {
+        config.max_pending.saturating_add(1)
+    }
+
     pub fn new(config: tokio_postgres::Config, tls: Connector, _settings: &Config) -> Self {
         Self { config, tls }
     }

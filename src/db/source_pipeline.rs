@@ -46,6 +46,11 @@ impl Slot {
 }
 
 impl Source {
+    /// The most database connections this source holds at once (the pipeline's).
+    pub fn most_connections(config: &crate::config::Config) -> u32 {
+        config.pipeline_connections
+    }
+
     pub fn new(config: tokio_postgres::Config, tls: Connector, settings: &Config) -> Self {
         Self {
             config,

@@ -24,6 +24,11 @@ pub struct Source {
 }
 
 impl Source {
+    /// The most database connections this source holds at once (the pool's).
+    pub fn most_connections(config: &crate::config::Config) -> u32 {
+        config.pool_size
+    }
+
     pub fn new(config: tokio_postgres::Config, tls: Connector, settings: &Config) -> Self {
         let (pool_size, timeout) = (settings.pool_size, settings.db_timeout);
         let manager = Manager {

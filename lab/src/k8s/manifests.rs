@@ -98,8 +98,9 @@ pub fn write_overlay(
     }
     let _ = writeln!(
         k,
-        "labels:\n  - pairs:\n      perflab.dev/row: {:?}",
-        row.slug()
+        "labels:\n  - pairs:\n      perflab.dev/row: {slug:?}\n      app.kubernetes.io/instance: {slug:?}\n      app.kubernetes.io/version: {:?}\n    includeTemplates: true",
+        label_value(&images.commit),
+        slug = row.slug(),
     );
     let (server_name, server_tag) = images
         .server(row)
@@ -253,6 +254,57 @@ fn pod_spec(o: &Value) -> &Value {
     &o["spec"]["template"]["spec"]
 }
 
+/// The labels every workload and Service carries (Kubernetes' recommended set).
+const RECOMMENDED_LABELS: [&str; 6] = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+];
+
+/// An image names a fixed build: a digest, or a tag that is neither `latest` nor a bare
+/// major version (`postgres:15` moves with every minor release).
+fn pinned(image: &str) -> Result<()> {
+    if image.contains("@sha256:") {
+        return Ok(());
+    }
+    let tag = image
+        .rsplit_once('/')
+        .map_or(image, |(_, last)| last)
+        .rsplit_once(':')
+        .map(|(_, t)| t);
+    match tag {
+        None | Some("latest") => bail!("image {image} is untagged or :latest"),
+        Some(t) if t.chars().all(|c| c.is_ascii_digit()) => {
+            bail!("image {image} names only a major version: pin a release (e.g. 15.18-bookworm)")
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// `text` as a label value: letters, digits, `-`, `_`, `.`, at most 63 characters.
+fn label_value(text: &str) -> String {
+    let mut v: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    v.truncate(63);
+    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// The node label and taint (`=true`, `NoSchedule`) of the load-generator node: prefixed
+/// like every label of ours, so it cannot collide with a cluster's own.
+pub const LOADGEN_LABEL: &str = "perflab.dev/loadgen";
+
 fn avoids_loadgen(spec: &Value) -> bool {
     let terms = &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         ["nodeSelectorTerms"];
@@ -261,7 +313,7 @@ fn avoids_loadgen(spec: &Value) -> bool {
             && ts.iter().all(|t| {
                 t["matchExpressions"].as_sequence().is_some_and(|es| {
                     es.iter().any(|e| {
-                        e["key"] == "loadgen"
+                        e["key"] == LOADGEN_LABEL
                             && e["operator"] == "NotIn"
                             && e["values"][0] == "true"
                     })
@@ -342,8 +394,21 @@ pub fn check_rendered(yaml: &str, row: &Row, images: &Images) -> Result<()> {
         let text = serde_yaml::to_string(o)?;
         for line in text.lines() {
             if let Some(image) = line.trim().strip_prefix("image: ") {
-                if image.ends_with(":latest") || !image.contains(':') {
-                    bail!("image {image} is untagged or :latest");
+                pinned(image)?;
+            }
+        }
+        if ["Deployment", "StatefulSet", "Job", "Service"]
+            .iter()
+            .any(|k| o["kind"] == *k)
+        {
+            let labels = &o["metadata"]["labels"];
+            for key in RECOMMENDED_LABELS {
+                if labels[key].as_str().is_none_or(str::is_empty) {
+                    bail!(
+                        "{} {} lacks the label {key}",
+                        o["kind"].as_str().unwrap_or("?"),
+                        o["metadata"]["name"].as_str().unwrap_or("?")
+                    );
                 }
             }
         }
@@ -367,15 +432,16 @@ pub fn check_rendered(yaml: &str, row: &Row, images: &Images) -> Result<()> {
         }
     }
     let lspec = pod_spec(lg);
-    if lspec["nodeSelector"]["loadgen"] != "true" {
+    if lspec["nodeSelector"][LOADGEN_LABEL] != "true" {
         bail!("the load generator does not select the loadgen node");
     }
     let tolerates = lspec["tolerations"].as_sequence().is_some_and(|ts| {
-        ts.iter()
-            .any(|t| t["key"] == "loadgen" && t["value"] == "true" && t["effect"] == "NoSchedule")
+        ts.iter().any(|t| {
+            t["key"] == LOADGEN_LABEL && t["value"] == "true" && t["effect"] == "NoSchedule"
+        })
     });
     if !tolerates {
-        bail!("the load generator does not tolerate loadgen=true:NoSchedule");
+        bail!("the load generator does not tolerate {LOADGEN_LABEL}=true:NoSchedule");
     }
     if lspec["containers"][0]["image"].as_str() != Some(images.loadgen().as_str()) {
         bail!("load-generator image is not {}", images.loadgen());
@@ -463,6 +529,22 @@ mod tests {
         let yaml = render(&dir).expect("kubectl kustomize renders the overlay");
         let _ = std::fs::remove_dir_all(&out);
         (yaml, m.rows[row].clone(), images)
+    }
+
+    #[test]
+    fn images_are_pinned_and_labels_are_valid() {
+        assert!(pinned("postgres:15.18-bookworm").is_ok());
+        assert!(pinned("localhost:5000/perflab-server:abc123-pool").is_ok());
+        assert!(pinned("postgres@sha256:0123").is_ok());
+        assert!(pinned("postgres:15").is_err());
+        assert!(pinned("postgres").is_err());
+        assert!(pinned("localhost:5000/postgres").is_err());
+        assert!(pinned("postgres:latest").is_err());
+        assert_eq!(
+            label_value("110a5ad0b816+uncommitted changes"),
+            "110a5ad0b816-uncommitted-changes"
+        );
+        assert_eq!(label_value(&"x".repeat(80)).len(), 63);
     }
 
     #[test]

@@ -230,7 +230,7 @@ impl<'a> Cluster<'a> {
             "get",
             "nodes",
             "-l",
-            "loadgen=true",
+            &format!("{}=true", manifests::LOADGEN_LABEL),
             "-o",
             "name",
         ])?;
@@ -239,7 +239,7 @@ impl<'a> Cluster<'a> {
             return Ok(());
         }
         if nodes.trim().is_empty() {
-            bail!("no node is labelled loadgen=true: prepare one with\n  kubectl label node NODE loadgen=true\n  kubectl taint node NODE loadgen=true:NoSchedule");
+            bail!("no node is labelled {l}=true: prepare one with\n  kubectl label node NODE {l}=true\n  kubectl taint node NODE {l}=true:NoSchedule", l = manifests::LOADGEN_LABEL);
         }
         self.kubernetes = serde_json::from_str::<serde_json::Value>(&version)
             .ok()

@@ -68,8 +68,8 @@ pub struct Inputs<'a> {
     pub settings: &'a Settings,
     pub quick: bool,
     pub database_url: &'a str,
-    /// Whether the server's settings may be changed (see `local::Options::settings`).
-    pub settings_allowed: bool,
+    /// What may be done to the server's settings (see `local::Options::settings`).
+    pub postgres_scope: &'a pg::SettingsScope,
     /// The blocks' databases are `<prefix>_blocks` and `<prefix>_blocks_noindex`.
     pub db_prefix: &'a str,
     pub pg_data: Option<&'a Path>,
@@ -87,10 +87,8 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     let dir = i.raw.join("blocks");
     std::fs::create_dir_all(&dir)?;
     let mut admin = pg::connect(i.database_url)?;
-    if i.settings_allowed {
-        pg::apply_settings(&mut admin, &m.postgres)?;
-    }
-    let statements = enable_statements(&mut admin, i.settings_allowed);
+    i.postgres_scope.apply(&mut admin, &m.postgres)?;
+    let statements = enable_statements(&mut admin, i.postgres_scope.allows(TRACK_PLANNING));
     let mut rows: Vec<Row> = i.rows.iter().map(|(r, _)| (*r).clone()).collect();
     let mut binaries: Vec<Option<PathBuf>> = i.rows.iter().map(|(_, b)| b.clone()).collect();
     if let Some(aa) = &i.settings.aa {
@@ -299,6 +297,9 @@ fn seed() -> u64 {
 
 /// `pg_stat_statements` in the admin database where the cluster preloads it, with
 /// planning counted; false where it is not available (its counters are then absent).
+/// The setting that makes `pg_stat_statements` count plans.
+pub const TRACK_PLANNING: &str = "pg_stat_statements.track_planning";
+
 fn enable_statements(admin: &mut Client, settings_allowed: bool) -> bool {
     let planning: Option<String> = admin
         .query_opt(

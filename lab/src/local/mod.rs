@@ -35,9 +35,10 @@ pub struct Options {
     pub root: PathBuf,
     /// A superuser URL of the PostgreSQL to use.
     pub database_url: String,
-    /// Whether the run may change the server's settings (ALTER SYSTEM): always in the
-    /// script's own cluster, with --allow-settings in yours.
-    pub settings: bool,
+    /// What the run may do to the server's settings (ALTER SYSTEM): anything in the
+    /// script's own cluster; in yours, the matrix's names with --allow-settings, else
+    /// nothing.
+    pub settings: pg::SettingsScope,
     /// The blocks' databases are `<prefix>_blocks` and `<prefix>_blocks_noindex`.
     pub db_prefix: String,
     /// The data directory of a cluster on this machine: pins it and counts its CPU.
@@ -284,11 +285,9 @@ impl Target for Local<'_> {
         let root = self.o.root.clone();
         let pg_dir = self.o.pg_data.clone();
         let profile_to = self.o.profile.then(|| run.raw.to_path_buf());
-        let settings_allowed = self.o.settings;
+        let scope = self.o.settings.clone();
         let r = self.ready()?;
-        if settings_allowed {
-            pg::apply_settings(&mut r.db, &run.settings)?;
-        }
+        scope.apply(&mut r.db, &run.settings)?;
         let took = pg::seed(&mut r.db, m.load.users, run.row.index)?;
         (run.say)(&format!(
             "  seeded {} users (index: {}) in {:.1} s",
@@ -369,7 +368,7 @@ impl Target for Local<'_> {
             settings: &self.m.blocks,
             quick: self.o.quick,
             database_url: &self.o.database_url,
-            settings_allowed: self.o.settings,
+            postgres_scope: &self.o.settings,
             db_prefix: &self.o.db_prefix,
             pg_data: self.o.pg_data.as_deref(),
             oha: &self.o.oha,
@@ -387,7 +386,7 @@ impl Target for Local<'_> {
         raw: &Path,
         say: &dyn Fn(&str),
     ) -> Option<Result<Vec<ReferenceResult>>> {
-        let (m, url, settings) = (self.m, self.o.database_url.clone(), self.o.settings);
+        let (m, url, settings) = (self.m, self.o.database_url.clone(), self.o.settings.clone());
         let r = self.ready.as_mut()?;
         Some(measure_reference(m, &url, settings, r, rep, raw, say))
     }
@@ -432,15 +431,13 @@ impl Drop for Local<'_> {
 fn measure_reference(
     m: &Matrix,
     url: &str,
-    settings_allowed: bool,
+    settings: pg::SettingsScope,
     r: &mut Ready,
     rep: u32,
     raw: &Path,
     say: &dyn Fn(&str),
 ) -> Result<Vec<ReferenceResult>> {
-    if settings_allowed {
-        pg::apply_settings(&mut r.db, &m.postgres)?;
-    }
+    settings.apply(&mut r.db, &m.postgres)?;
     let mut out = Vec::new();
     for w in &m.workloads {
         pg::seed(&mut r.db, m.load.users, true)?;

@@ -89,10 +89,23 @@ pub fn with_database(url: &str, db: &str) -> Result<String> {
         let authority = before_query
             .split_once('/')
             .map_or(before_query, |(a, _)| a);
-        let query = query.map_or(String::new(), |q| format!("?{q}"));
+        // A `dbname` parameter would win over the path: it goes.
+        let kept: Vec<&str> = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|kv| !kv.is_empty() && !kv.starts_with("dbname="))
+            .collect();
+        let query = if kept.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", kept.join("&"))
+        };
         return Ok(format!("postgres://{authority}/{db}{query}"));
     }
     if url.contains('=') {
+        if url.contains("dbname =") || url.contains("dbname= ") {
+            bail!("write dbname=NAME without spaces in the key=value string");
+        }
         let kept: Vec<&str> = url
             .split_whitespace()
             .filter(|kv| !kv.starts_with("dbname="))
@@ -102,12 +115,61 @@ pub fn with_database(url: &str, db: &str) -> Result<String> {
     bail!("cannot read the PostgreSQL URL as a URL or key=value string")
 }
 
+/// What a run may do to the server's settings (`ALTER SYSTEM`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingsScope {
+    /// The script's own throwaway cluster: anything (`ALTER SYSTEM RESET ALL` first).
+    All,
+    /// Your cluster with `--allow-settings`: these names only (reset, then set), each
+    /// put back at the end.
+    Only(Vec<String>),
+    /// Your cluster without it: nothing.
+    Nothing,
+}
+
+impl SettingsScope {
+    /// Applies `settings` within the scope (nothing for [`SettingsScope::Nothing`]).
+    pub fn apply(&self, client: &mut Client, settings: &BTreeMap<String, String>) -> Result<()> {
+        match self {
+            SettingsScope::All => apply_settings(client, settings),
+            SettingsScope::Only(names) => {
+                if let Some(other) = settings.keys().find(|k| !names.contains(k)) {
+                    bail!("setting {other} is not among those the run said it would change");
+                }
+                run_settings(
+                    client,
+                    settings,
+                    &crate::experiment::scoped_settings_sql(settings, names),
+                )
+            }
+            SettingsScope::Nothing => Ok(()),
+        }
+    }
+
+    /// Whether `name` may be changed.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            SettingsScope::All => true,
+            SettingsScope::Only(names) => names.iter().any(|n| n == name),
+            SettingsScope::Nothing => false,
+        }
+    }
+}
+
 /// Resets settings made by earlier rows, then applies `settings` (ALTER SYSTEM + reload),
 /// with the statements both targets run.
 pub fn apply_settings(client: &mut Client, settings: &BTreeMap<String, String>) -> Result<()> {
-    for statement in settings_sql(settings) {
+    run_settings(client, settings, &settings_sql(settings))
+}
+
+fn run_settings(
+    client: &mut Client,
+    settings: &BTreeMap<String, String>,
+    statements: &[String],
+) -> Result<()> {
+    for statement in statements {
         client
-            .batch_execute(&statement)
+            .batch_execute(statement)
             .with_context(|| format!("{statement} (needs a superuser)"))?;
     }
     std::thread::sleep(Duration::from_millis(200));

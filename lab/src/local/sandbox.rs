@@ -5,12 +5,13 @@
 //! table it did not create. The app's role `perflab_app` is created if missing and
 //! dropped at the end, or, if it was there, its password and settings are put back.
 //! The server's settings (`ALTER SYSTEM`) change only with `--allow-settings`, and then
-//! the entries of `postgresql.auto.conf` are put back at the end.
+//! only those the matrix names: each one's entry in `postgresql.auto.conf` is put back
+//! at the end (or removed, if it had none); no other entry is touched.
 //!
-//! What to undo is written to a journal (mode 0600: it holds the URL) before anything
-//! changes, and removed once undone: a run that fails undoes it on its way out (Drop),
-//! and one killed by Ctrl-C is undone by `scripts/run-matrix.sh`'s exit trap, which
-//! calls `lab restore` (it reads the journal; nothing to do without one).
+//! What to undo is written to a journal of this run's own (mode 0600: it holds the
+//! URL) before anything changes, and removed once undone: a run that fails undoes it on
+//! its way out (Drop), and one killed by Ctrl-C is undone by `scripts/run-matrix.sh`'s
+//! exit trap, which calls `lab restore --journal` with the path it gave the run.
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -31,9 +32,9 @@ pub struct Journal {
     pub databases: Vec<String>,
     /// The app's role before the run: `None` when it did not exist.
     pub role: Option<RoleBefore>,
-    /// The entries of `postgresql.auto.conf` before the run, in order; `None` when the
-    /// run may not change settings (they are then left alone).
-    pub settings: Option<Vec<(String, String)>>,
+    /// The settings the run may change, each with its entry in `postgresql.auto.conf`
+    /// before the run (`None`: no entry); `None` when it may change none.
+    pub settings: Option<Vec<(String, Option<String>)>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -52,9 +53,10 @@ pub fn database_name() -> String {
     format!("perflab_run_{secs}_{}", std::process::id())
 }
 
-/// Where the journal is kept.
+/// Where a run's journal is kept unless it is given one (the script gives its own).
 pub fn journal_path(root: &Path) -> PathBuf {
-    root.join("target").join("lab-sandbox.json")
+    root.join("target")
+        .join(format!("lab-sandbox-{}.json", std::process::id()))
 }
 
 /// What a run against `--database-url` changes, in words (for `--check`).
@@ -63,7 +65,7 @@ pub fn changes(allow_settings: bool) -> Vec<String> {
         "creates a database of its own (perflab_run_<time>_<pid>, and …_blocks, …_blocks_noindex for the blocks) and drops them at the end".into(),
         format!("creates the role {APP_USER} if missing (dropped at the end), else sets its password and settings for the run and puts them back"),
         if allow_settings {
-            "changes server settings with ALTER SYSTEM (the matrix's [postgres], autovacuum and checkpoints as measured) and puts postgresql.auto.conf's entries back at the end".into()
+            "changes the server settings the matrix names ([postgres] and the rows', with ALTER SYSTEM) and no other, and puts each one's postgresql.auto.conf entry back at the end".into()
         } else {
             "leaves the server's settings alone, so it measures with yours (--allow-settings lets it apply the matrix's [postgres] and puts them back)".into()
         },
@@ -81,15 +83,18 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Notes what is there, writes the journal, then creates the run's database.
-    pub fn enter(admin_url: &str, allow_settings: bool, path: &Path) -> Result<Self> {
+    /// `settings`: the names the run may change (`--allow-settings`), or none.
+    pub fn enter(admin_url: &str, settings: Option<&[String]>, path: &Path) -> Result<Self> {
         if path.exists() {
             anyhow::bail!(
-                "{} holds what an earlier run against a database of yours did not undo: run `target/release/lab restore` first",
+                "{} holds what an earlier run against a database of yours did not undo: run `target/release/lab restore --journal {}` first",
+                path.display(),
                 path.display()
             );
         }
         let mut admin = pg::connect(admin_url)?;
         let name = database_name();
+        let url = pg::with_database(admin_url, &name)?;
         let journal = Journal {
             admin_url: admin_url.to_string(),
             databases: vec![
@@ -98,15 +103,14 @@ impl Sandbox {
                 format!("{name}_blocks_noindex"),
             ],
             role: role_before(&mut admin)?,
-            settings: if allow_settings {
-                Some(auto_conf(&mut admin)?)
-            } else {
-                None
+            settings: match settings {
+                Some(names) => Some(auto_conf(&mut admin, names)?),
+                None => None,
             },
         };
         write_journal(path, &journal)?;
         let sandbox = Self {
-            url: pg::with_database(admin_url, &name)?,
+            url,
             journal,
             path: path.to_path_buf(),
             undone: false,
@@ -116,6 +120,14 @@ impl Sandbox {
             .with_context(|| {
                 format!("creating the run's database {name} (needs CREATEDB or a superuser)")
             })?;
+        // The URL must lead there, not to one of yours (a parameter could override it).
+        let mut ours = pg::connect(&sandbox.url)?;
+        let current: String = ours.query_one("SELECT current_database()", &[])?.get(0);
+        if current != name {
+            anyhow::bail!(
+                "the URL leads to database {current:?}, not the run's {name:?}: leave the database out of its parameters"
+            );
+        }
         eprintln!("==> working in a database of its own, {name}: yours are left alone; it is dropped at the end");
         Ok(sandbox)
     }
@@ -194,20 +206,59 @@ fn role_before(admin: &mut Client) -> Result<Option<RoleBefore>> {
     }))
 }
 
-fn auto_conf(admin: &mut Client) -> Result<Vec<(String, String)>> {
-    Ok(admin
-        .query(
-            "SELECT name, setting FROM pg_file_settings \
-             WHERE sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno",
-            &[],
-        )?
+/// Each of `names` with its entry in `postgresql.auto.conf` (the last one, as the
+/// server reads it), or `None`.
+fn auto_conf(admin: &mut Client, names: &[String]) -> Result<Vec<(String, Option<String>)>> {
+    let rows = admin.query(
+        "SELECT name, setting FROM pg_file_settings \
+         WHERE sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno",
+        &[],
+    )?;
+    Ok(names
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|n| {
+            let value = rows
+                .iter()
+                .filter(|r| r.get::<_, String>(0).eq_ignore_ascii_case(n))
+                .map(|r| r.get::<_, String>(1))
+                .next_back();
+            (n.clone(), value)
+        })
         .collect())
 }
 
 fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Settings whose value is a list: set back element by element (one quoted literal
+/// would become one element: `'a, b'`, a single library or schema named "a, b").
+const LIST_SETTINGS: [&str; 8] = [
+    "search_path",
+    "shared_preload_libraries",
+    "session_preload_libraries",
+    "local_preload_libraries",
+    "temp_tablespaces",
+    "log_destination",
+    "unix_socket_directories",
+    "listen_addresses",
+];
+
+/// `value` of setting `name` as the right-hand side of `SET name = …`.
+fn value_sql(name: &str, value: &str) -> String {
+    if LIST_SETTINGS.iter().any(|l| l.eq_ignore_ascii_case(name)) {
+        let items: Vec<String> = value
+            .split(',')
+            .map(|v| v.trim().trim_matches('"'))
+            .filter(|v| !v.is_empty())
+            .map(literal)
+            .collect();
+        if items.is_empty() {
+            return "''".into();
+        }
+        return items.join(", ");
+    }
+    literal(value)
 }
 
 /// The statements that put the journal's state back, in order.
@@ -229,16 +280,18 @@ pub fn undo_sql(j: &Journal) -> Vec<String> {
                 if let Some((name, value)) = entry.split_once('=') {
                     v.push(format!(
                         "ALTER ROLE {APP_USER} SET {name} = {}",
-                        literal(value)
+                        value_sql(name, value)
                     ));
                 }
             }
         }
     }
     if let Some(settings) = &j.settings {
-        v.push("ALTER SYSTEM RESET ALL".into());
-        for (name, value) in settings {
-            v.push(format!("ALTER SYSTEM SET {name} = {}", literal(value)));
+        for (name, before) in settings {
+            v.push(match before {
+                Some(value) => format!("ALTER SYSTEM SET {name} = {}", value_sql(name, value)),
+                None => format!("ALTER SYSTEM RESET {name}"),
+            });
         }
         v.push("SELECT pg_reload_conf()".into());
     }
@@ -265,7 +318,7 @@ fn undo(j: &Journal, path: &Path) -> Result<()> {
             ", the role's password and settings put back"
         },
         if j.settings.is_some() {
-            ", postgresql.auto.conf put back"
+            ", the settings it changed put back"
         } else {
             ""
         }
@@ -284,24 +337,33 @@ mod tests {
             databases: vec!["perflab_run_1_2".into(), "perflab_run_1_2_blocks".into()],
             role: Some(RoleBefore {
                 password: Some("SCRAM-SHA-256$4096:x$y:z".into()),
-                settings: vec!["search_path=a, b".into()],
+                settings: vec!["search_path=\"$user\", b".into(), "work_mem=7MB".into()],
             }),
-            settings: Some(vec![("work_mem".into(), "7MB".into())]),
+            settings: Some(vec![
+                ("work_mem".into(), Some("7MB".into())),
+                ("autovacuum".into(), None),
+            ]),
         };
         let sql = undo_sql(&j);
         assert_eq!(
             sql[0],
             "DROP DATABASE IF EXISTS perflab_run_1_2 WITH (FORCE)"
         );
+        let has = |s: &str| sql.iter().any(|x| x == s);
+        assert!(has(
+            "ALTER ROLE perflab_app PASSWORD 'SCRAM-SHA-256$4096:x$y:z'"
+        ));
         assert!(
-            sql.contains(&"ALTER ROLE perflab_app PASSWORD 'SCRAM-SHA-256$4096:x$y:z'".to_string())
+            has("ALTER ROLE perflab_app SET search_path = '$user', 'b'"),
+            "a list goes back element by element: {sql:?}"
         );
-        assert!(sql.contains(&"ALTER ROLE perflab_app SET search_path = 'a, b'".to_string()));
-        let reset = sql
-            .iter()
-            .position(|s| s == "ALTER SYSTEM RESET ALL")
-            .unwrap();
-        assert_eq!(sql[reset + 1], "ALTER SYSTEM SET work_mem = '7MB'");
+        assert!(has("ALTER ROLE perflab_app SET work_mem = '7MB'"));
+        assert!(has("ALTER SYSTEM SET work_mem = '7MB'"));
+        assert!(has("ALTER SYSTEM RESET autovacuum"));
+        assert!(
+            !has("ALTER SYSTEM RESET ALL"),
+            "no entry it did not set is touched"
+        );
         assert_eq!(sql.last().unwrap(), "SELECT pg_reload_conf()");
         let fresh = Journal {
             role: None,
