@@ -157,8 +157,10 @@ fn trial_out(root: &Path, matrix_file: &str) -> PathBuf {
 }
 
 /// What a local run may do to the server's settings: anything in the script's own
-/// cluster; in yours, with --allow-settings, the names the matrix sets (and the blocks'
-/// planning counter), else nothing (then no row may need settings of its own).
+/// cluster; in yours, with --allow-settings, the names the matrix sets, else nothing
+/// (then no row may need settings of its own). A module's settings (the blocks'
+/// planning counter) are never changed in yours: they could not be put back where the
+/// module is not preloaded.
 fn settings_scope(a: &RunArgs, m: &Matrix) -> Result<local::pg::SettingsScope> {
     use local::pg::SettingsScope;
     if a.own_cluster {
@@ -179,7 +181,6 @@ fn settings_scope(a: &RunArgs, m: &Matrix) -> Result<local::pg::SettingsScope> {
         .chain(m.rows.iter().flat_map(|r| r.postgres.keys()))
         .cloned()
         .collect();
-    names.push(local::blocks::TRACK_PLANNING.to_string());
     names.sort();
     names.dedup();
     Ok(SettingsScope::Only(names))
@@ -239,7 +240,7 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
                 .database_url
                 .clone()
                 .context("--database-url is required (scripts/run-matrix.sh starts a PostgreSQL and gives it)")?;
-            let settings = settings_scope(a, &e.matrix)?;
+            let mut settings = settings_scope(a, &e.matrix)?;
             // Your own PostgreSQL: the run works in a database of its own and puts back
             // whatever it changes (local/sandbox.rs).
             let sandbox = match (&settings, a.own_cluster) {
@@ -255,6 +256,9 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
                         .unwrap_or_else(|| local::sandbox::journal_path(&root)),
                 )?),
             };
+            if let (Some(s), local::pg::SettingsScope::Only(_)) = (&sandbox, &settings) {
+                settings = local::pg::SettingsScope::Only(s.settings());
+            }
             let database_url = sandbox.as_ref().map_or(given, |s| s.url().to_string());
             std::fs::create_dir_all(&out)?;
             let o = local::Options {

@@ -132,6 +132,16 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// The settings the run may change (those of the names given that the server knows).
+    pub fn settings(&self) -> Vec<String> {
+        self.journal
+            .settings
+            .iter()
+            .flatten()
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// The superuser URL of the run's database.
     pub fn url(&self) -> &str {
         &self.url
@@ -206,9 +216,22 @@ fn role_before(admin: &mut Client) -> Result<Option<RoleBefore>> {
     }))
 }
 
-/// Each of `names` with its entry in `postgresql.auto.conf` (the last one, as the
-/// server reads it), or `None`.
+/// Each of `names` the server knows (a module's setting is unknown where the module is
+/// not loaded) with its entry in `postgresql.auto.conf` (the last one, as the server
+/// reads it), or `None`.
 fn auto_conf(admin: &mut Client, names: &[String]) -> Result<Vec<(String, Option<String>)>> {
+    let known: Vec<String> = admin
+        .query(
+            "SELECT name FROM pg_settings WHERE name = ANY($1)",
+            &[&names.iter().map(|n| n.to_lowercase()).collect::<Vec<_>>()],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let names: Vec<&String> = names
+        .iter()
+        .filter(|n| known.contains(&n.to_lowercase()))
+        .collect();
     let rows = admin.query(
         "SELECT name, setting FROM pg_file_settings \
          WHERE sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno",
@@ -222,7 +245,7 @@ fn auto_conf(admin: &mut Client, names: &[String]) -> Result<Vec<(String, Option
                 .filter(|r| r.get::<_, String>(0).eq_ignore_ascii_case(n))
                 .map(|r| r.get::<_, String>(1))
                 .next_back();
-            (n.clone(), value)
+            ((*n).clone(), value)
         })
         .collect())
 }
@@ -302,9 +325,19 @@ pub fn undo_sql(j: &Journal) -> Vec<String> {
 /// then removes the journal if all went well.
 fn undo(j: &Journal, path: &Path) -> Result<()> {
     let mut admin = pg::connect(&j.admin_url)?;
+    // A setting the server no longer knows (its module unloaded) holds nothing to reset.
     let failed: Vec<String> = undo_sql(j)
         .into_iter()
-        .filter_map(|s| admin.batch_execute(&s).err().map(|e| format!("{s}: {e}")))
+        .filter_map(|s| match admin.batch_execute(&s) {
+            Err(e)
+                if s.starts_with("ALTER SYSTEM RESET ")
+                    && e.code() == Some(&postgres::error::SqlState::UNDEFINED_OBJECT) =>
+            {
+                None
+            }
+            Err(e) => Some(format!("{s}: {e}")),
+            Ok(()) => None,
+        })
         .collect();
     if !failed.is_empty() {
         anyhow::bail!("undoing the run: {}", failed.join("; "));
