@@ -206,6 +206,22 @@ async fn require_against_a_server_without_tls_is_503() {
     assert_eq!(get_status(&url, &[]).await, 503);
 }
 
+/// The error of a server that must refuse to start with the environment `env`.
+async fn refused_start(env: &[(&str, &str)]) -> perflab::server::BoxError {
+    let config = perflab::config::Config::from_lookup(|k| {
+        env.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| (*v).to_string())
+    })
+    .expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    perflab::server::run(listener, &config, std::future::ready(()))
+        .await
+        .expect_err("the server must not start")
+}
+
 /// A CA file makes TLS required: against a server that answers "no TLS" (this test
 /// cluster has none), the default `sslmode=prefer` must not fall back to cleartext.
 #[tokio::test]
@@ -229,18 +245,7 @@ async fn a_ca_file_makes_tls_required() {
         ("DATABASE_URL", db.url.as_str()),
         ("DATABASE_CA_FILE", path(&ca)),
     ];
-    let config = perflab::config::Config::from_lookup(|k| {
-        env.iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| (*v).to_string())
-    })
-    .expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let err = perflab::server::run(listener, &config, std::future::ready(()))
-        .await
-        .expect_err("sslmode=disable with a CA file must not start");
+    let err = refused_start(&env).await;
     assert!(err.to_string().contains("sslmode=disable"), "{err}");
 }
 
@@ -253,18 +258,7 @@ async fn an_unreadable_ca_file_stops_the_server_with_its_name() {
         ),
         ("DATABASE_CA_FILE", "/nonexistent/ca.pem"),
     ];
-    let config = perflab::config::Config::from_lookup(|k| {
-        env.iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| (*v).to_string())
-    })
-    .expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let err = perflab::server::run(listener, &config, std::future::ready(()))
-        .await
-        .expect_err("the server must not start");
+    let err = refused_start(&env).await;
     assert!(
         err.to_string().contains("DATABASE_CA_FILE"),
         "the error names the setting: {err}"
