@@ -17,12 +17,13 @@ main() {
   cargo build --locked --release --quiet -p lab
   local lab="${ROOT}/target/release/lab"
   # What to bootstrap depends on a few flags; lab defines and checks them all.
-  local target="local" dry_run=0 own_db=1 prev="" arg
+  local target="local" dry_run=0 own_db=1 service=0 prev="" arg
   for arg in "$@"; do
     case "${arg}" in
       -h | --help) exec "${lab}" run --help ;;
       --dry-run) dry_run=1 ;;
       --database-url | --database-url=*) own_db=0 ;;
+      --url | --url=*) service=1 ;;
       --target=*) target="${arg#--target=}" ;;
     esac
     if [[ "${prev}" == "--target" ]]; then target="${arg}"; fi
@@ -43,6 +44,13 @@ main() {
       fi
     fi
     "${lab}" run "$@" --oha "$(command -v oha || echo oha)"
+    return
+  fi
+
+  if [[ "${service}" -eq 1 ]]; then
+    # A service already running: nothing to build, start or seed; oha measures it.
+    require_oha
+    "${lab}" run "$@" --oha "$(command -v oha)"
     return
   fi
 

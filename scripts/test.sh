@@ -236,6 +236,35 @@ run_user_database_check() {
   pg_stop
 }
 
+# `lab run --url`: our server started by hand on loopback, as a user starts theirs, is
+# measured by URL; its database, given read only, checks every PATCH.
+run_service_check() {
+  require_oha
+  pg_start
+  local out app port pid
+  out="$(mktemp -d "${TMPDIR:-/tmp}/perflab-service.XXXXXX")"
+  log "end-to-end: lab run --url measures a server started by hand on loopback"
+  cargo build --locked --release --quiet -p perflab --features pool,prepared
+  cp "${ROOT}/target/release/perflab" "${out}/perflab"
+  app="$(cargo run --locked --quiet --release -p lab -- seed --database-url "${PG_URL}" \
+    --quick --matrix "${ROOT}/tests/ci-matrix.toml")"
+  port="$(free_port)"
+  DATABASE_URL="${app}" LISTEN_ADDR="127.0.0.1:${port}" RUST_LOG=warn \
+    "${out}/perflab" >"${out}/server.log" 2>&1 &
+  pid=$!
+  "${ROOT}/scripts/run-matrix.sh" --quick --matrix "${ROOT}/tests/ci-matrix.toml" \
+    --url "http://127.0.0.1:${port}" --database-url "${PG_URL}" --out "${out}" 2>&1 \
+    | tee "${out}/run.log"
+  grep -q "is process ${pid} on this machine" "${out}/run.log" \
+    || die "the run did not find the server's process (${pid}) listening on its port"
+  cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/ci-matrix.toml" --quick \
+    --url "http://127.0.0.1:${port}" --out "${out}"
+  kill -TERM "${pid}"
+  wait "${pid}" || die "the server started by hand did not exit 0 on SIGTERM"
+  rm -rf "${out}"
+  pg_stop
+}
+
 main() {
   local matrix=1
   while [[ $# -gt 0 ]]; do
@@ -279,6 +308,8 @@ main() {
     run_quick_matrix
     e2e=$((e2e + 1))
     run_user_database_check
+    e2e=$((e2e + 1))
+    run_service_check
     e2e=$((e2e + 1))
   fi
   log "all tests passed"

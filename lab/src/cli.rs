@@ -28,7 +28,7 @@ pub enum Cmd {
     /// connect with on stdout.
     Seed(SeedArgs),
     /// Runs the matrix (use ./scripts/run-matrix.sh, which passes its flags here).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// One build at a share of its capacity for a long time (use ./scripts/soak.sh):
     /// memory, errors and p99 per interval, then a per-id write check.
     Soak(SoakArgs),
@@ -219,6 +219,13 @@ pub struct RunArgs {
     pub publish: bool,
     #[command(flatten)]
     pub img: ImageArgs,
+    /// Measure a service that is already running at this URL (`http://host:port`)
+    /// instead of the matrix's rows, with the matrix's load and workloads: nothing is
+    /// built, started or seeded. Its database must hold the users 1..`[load] users`
+    /// (10,000 with --quick; `lab seed` makes them), and the load PATCHes their emails.
+    /// With --database-url (that database, read only), every PATCH is checked per id.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
     /// local: a superuser URL of the PostgreSQL to use. The run works in a database
     /// of its own there, which it drops at the end, and puts back what it changed
     /// (`--check` lists it).
@@ -247,6 +254,10 @@ pub struct RunArgs {
     /// k8s: load the images into a local cluster instead of pushing.
     #[arg(long, value_parser = ["kind", "k3d", "minikube"])]
     pub load: Option<String>,
+    /// k8s: the namespace to run in (default perflab). One the lab did not make is used
+    /// as it is and never deleted; one it makes is deleted at the end of each row.
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// k8s: where the generated overlays go (ignored by git).
     #[arg(long, default_value = "target/k8s")]
     pub overlays: PathBuf,
@@ -377,6 +388,9 @@ pub struct VerifyArgs {
     /// What the reason of every `--expect-failed` row must say.
     #[arg(long, default_value = "the contract probe failed")]
     pub failed_because: String,
+    /// The run measured a service by URL (`lab run --url`): its one row, not the matrix's.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
     /// The run measured randomized blocks (a local run of a matrix with `[blocks]`):
     /// results.md must link the headline chart. Without it, the chart is checked only
     /// where results.md links it (targets that measure no blocks draw none).

@@ -118,11 +118,24 @@ pub fn seed(a: &SeedArgs) -> Result<bool> {
 
 /// Flags of one target given to the other are a mistake, not something to ignore.
 fn check_target_flags(a: &RunArgs) -> Result<()> {
-    let k8s_only = a.dry_run || a.load.is_some() || a.registry_given() || a.engine_given();
+    let k8s_only = a.dry_run
+        || a.load.is_some()
+        || a.namespace.is_some()
+        || a.registry_given()
+        || a.engine_given();
     let local_only = a.database_url.is_some() || a.pg_data.is_some() || a.profile;
+    if a.url.is_some() {
+        if a.target == TargetName::K8s || k8s_only {
+            bail!("--url measures a service already running from this machine: it does not go with --target k8s, --dry-run, --registry, --load, --namespace or --engine");
+        }
+        if a.pg_data.is_some() || a.profile || a.allow_settings || !a.m.only.is_empty() {
+            bail!("--url measures one service already running: --pg-data, --profile, --allow-settings and --only do not apply");
+        }
+        return Ok(());
+    }
     match a.target {
         TargetName::Local if k8s_only => {
-            bail!("--dry-run, --registry, --load and --engine go with --target k8s")
+            bail!("--dry-run, --registry, --load, --namespace and --engine go with --target k8s")
         }
         TargetName::K8s if local_only => {
             bail!("--database-url, --pg-data and --profile go with --target local")
@@ -191,7 +204,20 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
     check_target_flags(a).map_err(usage)?;
     // The baseline is read before anything runs: a wrong path fails at once.
     let baseline = a.compare.as_deref().map(crate::compare::load).transpose()?;
+    let mut matrix = load_matrix(&a.m)?;
+    if let Some(url) = &a.url {
+        matrix.measure_service(url).map_err(usage)?;
+    }
+    if matrix.measures_services() && a.target == TargetName::K8s {
+        return Err(usage(anyhow::anyhow!(
+            "`url` rows are services already running, measured from this machine: run them with --target local"
+        )));
+    }
     if a.check {
+        if matrix.measures_services() {
+            eprintln!("==> services already running: nothing is built, started, seeded or changed; the load PATCHes the emails of users 1..{}", matrix.load.users);
+            return Ok(Outcome::Passed);
+        }
         if a.target == TargetName::Local && !a.own_cluster {
             eprintln!("==> against your --database-url, the run:");
             for change in crate::local::sandbox::changes(a.allow_settings) {
@@ -204,7 +230,7 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
     // By default the default matrix writes into the repository's root, any other into
     // results/<its name>/; both update their own block of the README. A trial run
     // (quick, some rows, a study flag) publishes nothing unless asked to.
-    let publish = a.publish || !a.m.is_trial();
+    let publish = a.publish || !(a.m.is_trial() || a.url.is_some());
     let out = match &a.out {
         Some(out) => absolute(&std::env::current_dir()?, out),
         None if publish => default_out(&root, &a.m.matrix.to_string_lossy()),
@@ -222,19 +248,27 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
     };
     if !publish && a.out.is_none() && !a.check {
         eprintln!(
-            "==> a trial run (--quick, --only or a study flag): its results go to {}; the published results are left alone (--publish replaces them)",
+            "==> a trial run (--quick, --only, --url or a study flag): its results go to {}; the published results are left alone (--publish replaces them)",
             out.display()
         );
     }
     let e = Experiment {
         root: root.clone(),
         matrix_path: a.m.matrix.clone(),
-        matrix: load_matrix(&a.m)?,
+        matrix,
         quick: a.m.quick,
         out: out.clone(),
         readme,
     };
     let summary = match a.target {
+        TargetName::Local if e.matrix.measures_services() => {
+            let o = crate::service::Options {
+                database_url: a.database_url.clone(),
+                oha: a.img.oha()?,
+                ready_within: Duration::from_secs(30),
+            };
+            experiment::run(&e, &mut crate::service::Services::new(&o, &e.matrix))?
+        }
         TargetName::Local => {
             let given = a
                 .database_url
@@ -302,6 +336,11 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
                     a.img.oha()?
                 },
                 timeout: Duration::from_secs(a.timeout_secs),
+                namespace: {
+                    let ns = a.namespace.as_deref().unwrap_or(k8s::NAMESPACE);
+                    k8s::check_namespace(ns).map_err(usage)?;
+                    ns.to_string()
+                },
             };
             let summary = experiment::run(&e, &mut k8s::Cluster::new(&o, &e.matrix))?;
             if a.dry_run {
@@ -466,7 +505,10 @@ pub fn ingest(a: &IngestArgs) -> Result<bool> {
 
 /// A run wrote results.md with numbers for every row, and the README block.
 pub fn verify(a: &VerifyArgs) -> Result<bool> {
-    let matrix = load_matrix(&a.m)?;
+    let mut matrix = load_matrix(&a.m)?;
+    if let Some(url) = &a.url {
+        matrix.measure_service(url).map_err(usage)?;
+    }
     for name in &a.expect_failed {
         if !matrix.rows.iter().any(|r| &r.name == name) {
             return Err(usage(anyhow::anyhow!(
@@ -790,6 +832,21 @@ mod tests {
         assert!(parse(&["lab", "run", "--target", "k8s", "--database-url", "x"]).is_err());
         assert!(parse(&["lab", "run", "--target", "k8s", "--dry-run"]).is_ok());
         assert!(parse(&["lab", "run", "--database-url", "x"]).is_ok());
+        assert!(parse(&["lab", "run", "--namespace", "a"]).is_err());
+        assert!(parse(&["lab", "run", "--target", "k8s", "--namespace", "a"]).is_ok());
+        let url = ["lab", "run", "--url", "http://127.0.0.1:1"];
+        assert!(parse(&url).is_ok());
+        assert!(parse(&[&url[..], &["--database-url", "x"]].concat()).is_ok());
+        for extra in [
+            &["--target", "k8s"][..],
+            &["--dry-run"],
+            &["--profile"],
+            &["--pg-data", "/x"],
+            &["--only", "+pool"],
+            &["--allow-settings"],
+        ] {
+            assert!(parse(&[&url[..], extra].concat()).is_err(), "{extra:?}");
+        }
     }
 
     #[test]

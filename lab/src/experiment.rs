@@ -572,6 +572,7 @@ mod tests {
             note: None,
             postgres: BTreeMap::from([("work_mem".to_string(), "8MB".to_string())]),
             external: None,
+            service: None,
             moves: None,
         }
     }

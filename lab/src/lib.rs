@@ -26,4 +26,5 @@ pub mod matrix;
 pub mod measure;
 pub mod report;
 pub mod results;
+pub mod service;
 pub mod sql;

@@ -112,7 +112,11 @@ struct RawRow {
     image: Option<Spanned<String>>,
     #[serde(default)]
     ready_path: Option<Spanned<String>>,
-    index: bool,
+    /// A service that is already running (`http://host:port`): measured, not started.
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    index: Option<Spanned<bool>>,
     #[serde(default)]
     note: Option<String>,
     #[serde(default)]
@@ -204,9 +208,55 @@ pub struct Row {
     /// checked by the contract probe instead of `/version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<External>,
+    /// A service that is already running (`url` instead of `features`): the lab starts
+    /// nothing, builds nothing and seeds nothing for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Service>,
     /// The counter this rung's hypothesis says it moves (`moves`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moves: Option<crate::blocks::Counter>,
+}
+
+/// A `url` row: a service already running, which speaks the API contract and whose
+/// database already holds the users 1..`[load] users`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Service {
+    /// `http://host:port`, without a path.
+    pub url: String,
+    /// Answers 200 once the service can reach its database.
+    pub ready_path: String,
+}
+
+impl Service {
+    /// `http://host:port` (a trailing '/' allowed): a host and a port, nothing else.
+    pub fn parse(url: &str) -> std::result::Result<Self, String> {
+        let authority = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url:?} must start with http:// (https is not measured)"))?
+            .trim_end_matches('/');
+        let (host, port) = authority
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{url:?} needs a port, e.g. http://127.0.0.1:8080"))?;
+        let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
+        if !port_ok || !host_ok {
+            return Err(format!(
+                "{url:?} is not http://host:port (a path or credentials cannot be given)"
+            ));
+        }
+        Ok(Service {
+            url: format!("http://{authority}"),
+            ready_path: "/readyz".into(),
+        })
+    }
+
+    /// `host:port`.
+    pub fn authority(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
 }
 
 /// Placeholders an external row's `command` may use.
@@ -295,9 +345,11 @@ impl Row {
 
     /// Where the server says it is ready: `/readyz`, or an external row's `ready_path`.
     pub fn ready_path(&self) -> &str {
-        self.external
-            .as_ref()
-            .map_or("/readyz", |e| e.ready_path.as_str())
+        match (&self.external, &self.service) {
+            (Some(e), _) => &e.ready_path,
+            (None, Some(s)) => &s.ready_path,
+            (None, None) => "/readyz",
+        }
     }
 
     /// Whether the row's PATCHes reach PostgreSQL, where the lab checks every one of
@@ -309,6 +361,8 @@ impl Row {
     pub fn features_label(&self) -> String {
         if let Some(e) = &self.external {
             format!("external: {}", e.label())
+        } else if let Some(s) = &self.service {
+            format!("service at {}", s.url)
         } else if self.features.is_empty() {
             "(none)".into()
         } else {
@@ -331,6 +385,12 @@ impl Matrix {
             anyhow::anyhow!("line {line}: {}", e.message())
         })?;
         let rows = parse_rows(text, &raw.row)?;
+        let services = rows.iter().filter(|r| r.service.is_some()).count();
+        if services > 0 && services < rows.len() {
+            bail!(
+                "line 1: `url` rows (services already running) and rows the lab starts cannot share a matrix: the lab seeds and watches its own database, not a service's; put them in two matrix files"
+            );
+        }
         Ok(Matrix {
             load: parse_load(text, &raw.load)?,
             local: parse_local(text, &raw.local)?,
@@ -371,6 +431,30 @@ impl Matrix {
             }
         }
         Ok(())
+    }
+
+    /// `lab run --url`: the matrix's load and workloads against one service that is
+    /// already running, in place of its rows.
+    pub fn measure_service(&mut self, url: &str) -> Result<()> {
+        let service = Service::parse(url).map_err(|e| anyhow::anyhow!("--url {e}"))?;
+        self.rows = vec![Row {
+            name: service.authority().to_string(),
+            features: Vec::new(),
+            index: true,
+            note: Some("a service already running, measured by URL".into()),
+            postgres: BTreeMap::new(),
+            external: None,
+            service: Some(service),
+            moves: None,
+        }];
+        self.blocks.aa = None;
+        Ok(())
+    }
+
+    /// Whether the rows are services already running (`url` rows): a matrix holds
+    /// either those or rows the lab starts.
+    pub fn measures_services(&self) -> bool {
+        self.rows.iter().any(|r| r.service.is_some())
     }
 
     /// A study's overrides of `[load]`: the step length, the common rate (0: none) and
@@ -634,8 +718,22 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
                 at(inner.name.span())
             );
         }
-        let (features, external) = match (&inner.features, &inner.command) {
-            (Some(f), None) => {
+        let kinds = [
+            inner.features.as_ref().map(|f| ("features", f.span())),
+            inner.command.as_ref().map(|c| ("command", c.span())),
+            inner.url.as_ref().map(|u| ("url", u.span())),
+        ];
+        let given: Vec<_> = kinds.into_iter().flatten().collect();
+        if given.len() > 1 {
+            bail!(
+                "line {}: row {name:?}: give one of `features` (our server), `command` (an external one) or `url` (a service already running), not both {}",
+                at(given[1].1.clone()),
+                given.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(" and ")
+            );
+        }
+        let (mut features, mut external, mut service) = (Vec::new(), None, None);
+        match (&inner.features, &inner.command, &inner.url) {
+            (Some(f), _, _) => {
                 for (what, given) in [
                     ("env", inner.env.as_ref().map(|e| e.span())),
                     ("image", inner.image.as_ref().map(|e| e.span())),
@@ -648,23 +746,39 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
                         );
                     }
                 }
-                (parse_features(text, &name, f)?, None)
+                features = parse_features(text, &name, f)?;
             }
-            (None, Some(c)) => (Vec::new(), Some(parse_external(text, &name, inner, c)?)),
-            (Some(_), Some(c)) => bail!(
-                "line {}: row {name:?}: give `features` (our server) or `command` (an external one), not both",
-                at(c.span())
-            ),
-            (None, None) => bail!(
-                "line {}: row {name:?}: give `features` (our server, e.g. []) or `command` (an external server)",
+            (None, Some(c), _) => external = Some(parse_external(text, &name, inner, c)?),
+            (None, None, Some(u)) => service = Some(parse_service(text, &name, inner, u)?),
+            (None, None, None) => bail!(
+                "line {}: row {name:?}: give `features` (our server, e.g. []), `command` (an external server) or `url` (a service already running)",
                 at(r.span())
             ),
+        }
+        let index = match (&inner.index, &service) {
+            (Some(i), None) => *i.get_ref(),
+            (None, None) => bail!(
+                "line {}: row {name:?}: `index = true` or `false` is needed (whether users.id is indexed)",
+                at(r.span())
+            ),
+            (Some(i), Some(_)) => bail!(
+                "line {}: row {name:?}: `index` is for rows whose database the lab seeds; a `url` row's database is the service's own",
+                at(i.span())
+            ),
+            (None, Some(_)) => true,
         };
+        if service.is_some() && !inner.postgres.is_empty() {
+            bail!(
+                "line {}: row {name:?}: a `url` row cannot set `postgres`: its database is the service's own",
+                at(r.span())
+            );
+        }
         let row = Row {
             name,
             features,
             external,
-            index: inner.index,
+            service,
+            index,
             note: inner.note.clone(),
             postgres: settings(&inner.postgres)
                 .map_err(|e| anyhow::anyhow!("line {}: {e}", at(r.span())))?,
@@ -777,16 +891,7 @@ fn parse_external(
             e.get_ref().clone()
         }
     };
-    let ready_path = match &inner.ready_path {
-        None => "/readyz".to_string(),
-        Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) => {
-            p.get_ref().clone()
-        }
-        Some(p) => bail!(
-            "line {}: row {name:?}: ready_path must be a path starting with '/'",
-            at(p.span())
-        ),
-    };
+    let ready_path = parse_ready_path(text, name, inner)?;
     let image = match &inner.image {
         None => None,
         Some(i) => {
@@ -818,6 +923,44 @@ fn parse_external(
         image,
         ready_path,
     })
+}
+
+/// `ready_path`: a path starting with '/' (default `/readyz`).
+fn parse_ready_path(text: &str, name: &str, inner: &RawRow) -> Result<String> {
+    match &inner.ready_path {
+        None => Ok("/readyz".to_string()),
+        Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) => {
+            Ok(p.get_ref().clone())
+        }
+        Some(p) => bail!(
+            "line {}: row {name:?}: ready_path must be a path starting with '/'",
+            line_of(text, p.span().start)
+        ),
+    }
+}
+
+/// A `url` row: `http://host:port`, an optional `ready_path`; nothing the lab would
+/// start it with (`env`, `image`).
+fn parse_service(text: &str, name: &str, inner: &RawRow, url: &Spanned<String>) -> Result<Service> {
+    for (what, given) in [
+        ("env", inner.env.as_ref().map(|e| e.span())),
+        ("image", inner.image.as_ref().map(|e| e.span())),
+    ] {
+        if let Some(span) = given {
+            bail!(
+                "line {}: row {name:?}: `{what}` is for rows the lab starts; a `url` row is already running",
+                line_of(text, span.start)
+            );
+        }
+    }
+    let mut service = Service::parse(url.get_ref()).map_err(|e| {
+        anyhow::anyhow!(
+            "line {}: row {name:?}: `url` {e}",
+            line_of(text, url.span().start)
+        )
+    })?;
+    service.ready_path = parse_ready_path(text, name, inner)?;
+    Ok(service)
 }
 
 fn settings(map: &BTreeMap<String, toml::Value>) -> Result<BTreeMap<String, String>> {
@@ -950,6 +1093,60 @@ postgres = { work_mem = "8MB", jit = false }
 
     fn err(text: &str) -> String {
         Matrix::parse(text).unwrap_err().to_string()
+    }
+
+    /// GOOD with its rows replaced by `rows`.
+    fn with_rows(rows: &str) -> String {
+        format!("{}{rows}", &GOOD[..GOOD.find("[[row]]").unwrap()])
+    }
+
+    #[test]
+    fn a_url_row_is_a_service_already_running() {
+        let m = Matrix::parse(&with_rows(
+            "[[row]]\nname = \"staging\"\nurl = \"http://127.0.0.1:8080/\"\nready_path = \"/health\"\n",
+        ))
+        .unwrap();
+        let s = m.rows[0].service.as_ref().expect("service");
+        assert_eq!(s.url, "http://127.0.0.1:8080");
+        assert_eq!(m.rows[0].ready_path(), "/health");
+        assert!(m.measures_services());
+        for (row, says) in [
+            ("url = \"https://x:1\"", "must start with http://"),
+            ("url = \"http://x\"", "needs a port"),
+            ("url = \"http://u:p@x:80/api\"", "not http://host:port"),
+            ("url = \"http://x:0\"", "not http://host:port"),
+            ("url = \"http://x:80\"\nfeatures = []", "give one of"),
+            ("url = \"http://x:80\"\nindex = true", "`index` is for rows"),
+            (
+                "url = \"http://x:80\"\nenv = { A = \"b\" }",
+                "`env` is for rows the lab starts",
+            ),
+            (
+                "url = \"http://x:80\"\npostgres = { work_mem = \"8MB\" }",
+                "cannot set `postgres`",
+            ),
+            ("features = []", "`index = true` or `false` is needed"),
+        ] {
+            let e = err(&with_rows(&format!("[[row]]\nname = \"s\"\n{row}\n")));
+            assert!(e.contains(says), "{row}: {e}");
+        }
+        let mixed = with_rows(
+            "[[row]]\nname = \"a\"\nurl = \"http://x:80\"\n[[row]]\nname = \"b\"\nfeatures = []\nindex = true\n",
+        );
+        assert!(
+            err(&mixed).contains("cannot share a matrix"),
+            "{}",
+            err(&mixed)
+        );
+    }
+
+    #[test]
+    fn measure_service_replaces_the_rows_with_one() {
+        let mut m = Matrix::parse(GOOD).unwrap();
+        m.measure_service("http://localhost:9000").unwrap();
+        assert_eq!(m.rows.len(), 1);
+        assert_eq!(m.rows[0].name, "localhost:9000");
+        assert!(m.measure_service("localhost:9000").is_err());
     }
 
     #[test]

@@ -568,8 +568,7 @@ fn slo_table(s: &Summary) -> String {
     let mut prev: Option<&RowResult> = None;
     for row in &s.rows {
         let features = row.short_label();
-        let index = if row.index { "index" } else { "no index" };
-        let _ = write!(out, "| {} | {features}; {index} |", row.name);
+        let _ = write!(out, "| {} | {features}; {} |", row.name, row.index_label());
         if row.workloads.is_empty() {
             for _ in &s.workloads {
                 out.push_str(" failed |");
@@ -717,11 +716,7 @@ fn percentiles(v: &[Option<f64>]) -> String {
 /// common rate, and the change from the previous row in full.
 fn row_detail(s: &Summary, prev: Option<&RowResult>, row: &RowResult) -> String {
     let features = row.build_label();
-    let mut out = format!(
-        "### {} — {features}; {}\n\n",
-        row.name,
-        if row.index { "index" } else { "no index" }
-    );
+    let mut out = format!("### {} — {features}; {}\n\n", row.name, row.index_label());
     if let Some(n) = &row.note {
         let _ = writeln!(out, "_{n}_\n");
     }
@@ -918,6 +913,7 @@ pub fn results_md(s: &Summary) -> String {
     let target = match e.host {
         Host::Machine { .. } => "local",
         Host::Cluster { .. } => "k8s",
+        Host::Service { .. } => "a running service (--url)",
     };
     let _ = writeln!(
         out,
@@ -945,6 +941,26 @@ pub fn results_md(s: &Summary) -> String {
                 out,
                 "- Data: {} users, seeded afresh for every row; CPUs: the app pod, the PostgreSQL pod, the load-generator node; POOL_SIZE {}",
                 e.users, e.pool_size
+            );
+        }
+        Host::Service {
+            machine,
+            database_checked,
+        } => {
+            let _ = writeln!(
+                out,
+                "- Service: already running, measured by URL; oha on {machine}, not pinned; no pgbench reference on this target"
+            );
+            let _ = writeln!(out, "- Software: PostgreSQL {}, {}", e.postgres, e.oha);
+            let _ = writeln!(
+                out,
+                "- Data: the service's own database, users 1..{}, not seeded by the lab; {}",
+                e.users,
+                if *database_checked {
+                    "read (never changed) for the per-id write checks"
+                } else {
+                    "not reached (no --database-url): writes are not checked"
+                }
             );
         }
         Host::Machine {
@@ -1018,7 +1034,17 @@ pub fn results_md(s: &Summary) -> String {
     }
     let failures = s.integrity_failures();
     out.push_str("## Integrity\n\n");
-    if failures.is_empty() && matches!(e.host, Host::Cluster { .. }) {
+    if failures.is_empty()
+        && matches!(
+            e.host,
+            Host::Service {
+                database_checked: false,
+                ..
+            }
+        )
+    {
+        out.push_str("The writes were **not checked**: the run had no `--database-url` to the service's database, so no PATCH could be compared with what it stored. Give the database's URL (read only is enough) to check every PATCH per id.\n");
+    } else if failures.is_empty() && matches!(e.host, Host::Cluster { .. }) {
         out.push_str("Every load-generator Job was checked: PATCHes answered 200 over the whole Job = updates applied by PostgreSQL (sum of `version`, read in the PostgreSQL pod before and after the Job; the Job itself cannot reach the database), and, with `metrics`, the server's own counts = oha's at every step. All checks passed.\n");
     } else if failures.is_empty() {
         out.push_str("Every write-bearing window was checked per id (the warm-up probe, every step, the common-rate window): from oha's per-request records, each id's stored `version` grew by at least its PATCHes answered 200 and by at most those plus its PATCHes answered otherwise, with extra writes only up to the PATCHes that got no reply; every written id holds an email that was sent; and, with `metrics`, the server's own counts = oha's.");
@@ -1220,6 +1246,7 @@ mod tests {
             name: name.into(),
             features: vec!["pool".into()],
             external: None,
+            service: None,
             index: true,
             note: None,
             failures: vec![],

@@ -51,6 +51,14 @@ pub enum Host {
         #[serde(default)]
         kubernetes: String,
     },
+    /// Services already running, measured by URL from this machine (`lab run --url`).
+    #[serde(rename = "service")]
+    Service {
+        /// The machine oha ran on.
+        machine: String,
+        /// Whether `--database-url` reached the service's database (the per-id checks).
+        database_checked: bool,
+    },
 }
 
 impl Host {
@@ -61,6 +69,7 @@ impl Host {
                 cpu_model, cpus, ..
             } => format!("{cpus} × {cpu_model}"),
             Host::Cluster { kubernetes } => format!("Kubernetes {kubernetes}"),
+            Host::Service { machine, .. } => format!("a running service, oha on {machine}"),
         }
     }
 
@@ -73,7 +82,7 @@ impl Host {
                 oha_cpus,
                 ..
             } => Some([server_cpus, postgres_cpus, oha_cpus]),
-            Host::Cluster { .. } => None,
+            Host::Cluster { .. } | Host::Service { .. } => None,
         }
     }
 }
@@ -263,6 +272,9 @@ pub struct RowResult {
     /// An external row's command (it has no features).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<String>,
+    /// A `url` row's URL: a service already running, measured as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub index: bool,
     pub note: Option<String>,
     /// Problems that kept the row from being measured (build, start-up, wrong features,
@@ -278,6 +290,7 @@ impl RowResult {
             name: r.name.clone(),
             features: r.features.clone(),
             external: r.external.as_ref().map(|e| e.label()),
+            service: r.service.as_ref().map(|s| s.url.clone()),
             index: r.index,
             note: r.note.clone(),
             failures: vec![],
@@ -306,8 +319,21 @@ impl RowResult {
         }
     }
 
+    /// Whether users.id was indexed, as a label: the lab's own data only (a service's
+    /// database is its own).
+    pub fn index_label(&self) -> &'static str {
+        match (&self.service, self.index) {
+            (Some(_), _) => "its own database",
+            (None, true) => "index",
+            (None, false) => "no index",
+        }
+    }
+
     /// What was measured: our server's features, or "external: <command>".
     pub fn build_label(&self) -> String {
+        if let Some(url) = &self.service {
+            return format!("service at {url}");
+        }
         match &self.external {
             Some(command) => format!("external: `{command}`"),
             None if self.features.is_empty() => "(none)".into(),

@@ -28,7 +28,27 @@ use loadgen::{Plan, Report};
 use manifests::Images;
 use shell::Shell;
 
+/// The namespace by default (`--namespace` names another).
 pub const NAMESPACE: &str = "perflab";
+
+/// The value of `app.kubernetes.io/managed-by` on what the lab applies: a namespace
+/// without it was not made by the lab, which then never applies or deletes it.
+pub const MANAGED_BY: &str = "perflab-lab";
+
+/// A namespace name Kubernetes accepts (an RFC 1123 label).
+pub fn check_namespace(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !ok {
+        bail!("--namespace {name:?}: a namespace is up to 63 lower-case letters, digits and '-', starting and ending with a letter or digit");
+    }
+    Ok(())
+}
 
 /// What the Kubernetes target needs beyond the experiment.
 pub struct Options {
@@ -43,15 +63,19 @@ pub struct Options {
     pub oha: PathBuf,
     /// Upper bound for each wait (rollouts, the seed Job).
     pub timeout: Duration,
+    /// Where everything goes; a namespace the lab did not make is never applied over
+    /// or deleted.
+    pub namespace: String,
 }
 
 struct Kube<'a> {
     sh: &'a Shell,
+    namespace: &'a str,
 }
 
 impl Kube<'_> {
     fn ctl(&self, args: &[&str]) -> Result<String> {
-        let mut v = vec!["kubectl", "-n", NAMESPACE];
+        let mut v = vec!["kubectl", "-n", self.namespace];
         v.extend_from_slice(args);
         self.sh.run(&v)
     }
@@ -197,6 +221,9 @@ pub struct Cluster<'a> {
     images: Images,
     kubernetes: String,
     oha_version: Option<String>,
+    /// The namespace exists and was not made by the lab: used as it is, never
+    /// applied over or deleted.
+    foreign_namespace: bool,
 }
 
 impl<'a> Cluster<'a> {
@@ -212,14 +239,20 @@ impl<'a> Cluster<'a> {
             },
             kubernetes: "unknown".into(),
             oha_version: None,
+            foreign_namespace: false,
         }
     }
 
     fn kube(&self) -> Kube<'_> {
-        Kube { sh: &self.sh }
+        Kube {
+            sh: &self.sh,
+            namespace: &self.o.namespace,
+        }
     }
 
-    /// The cluster answers and has a load-generator node (else the Job never schedules).
+    /// The pre-flight: the cluster answers, a node is labelled and tainted for the load
+    /// generator (else its Job never schedules, or other pods land beside oha), and the
+    /// namespace is the lab's or free.
     fn check_cluster(&mut self) -> Result<()> {
         let version = self
             .sh
@@ -232,14 +265,28 @@ impl<'a> Cluster<'a> {
             "-l",
             &format!("{}=true", manifests::LOADGEN_LABEL),
             "-o",
-            "name",
+            "json",
+        ])?;
+        let namespace = self.sh.run(&[
+            "kubectl",
+            "get",
+            "namespace",
+            &self.o.namespace,
+            "--ignore-not-found",
+            "-o",
+            "json",
         ])?;
         if self.o.dry_run {
             self.kubernetes = "(dry run)".into();
             return Ok(());
         }
-        if nodes.trim().is_empty() {
-            bail!("no node is labelled {l}=true: prepare one with\n  kubectl label node NODE {l}=true\n  kubectl taint node NODE {l}=true:NoSchedule", l = manifests::LOADGEN_LABEL);
+        loadgen_node(&nodes)?;
+        self.foreign_namespace = foreign_namespace(&namespace)?;
+        if self.foreign_namespace {
+            eprintln!(
+                "==> namespace {} was not made by the lab: it is used as it is (its Pod Security level is its own) and left in place at the end",
+                self.o.namespace
+            );
         }
         self.kubernetes = serde_json::from_str::<serde_json::Value>(&version)
             .ok()
@@ -247,6 +294,42 @@ impl<'a> Cluster<'a> {
             .unwrap_or_else(|| "unknown".into());
         Ok(())
     }
+}
+
+/// From `kubectl get nodes -l <label>=true -o json`: at least one node carries the
+/// load generator's taint too; else the command that makes one.
+fn loadgen_node(nodes_json: &str) -> Result<()> {
+    let l = manifests::LOADGEN_LABEL;
+    let how = format!(
+        "prepare one with\n  kubectl label node NODE {l}=true\n  kubectl taint node NODE {l}=true:NoSchedule"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(nodes_json).context("kubectl get nodes: not JSON")?;
+    let items = v["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        bail!("no node is labelled {l}=true: {how}");
+    }
+    let tainted = items.iter().any(|n| {
+        n["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == l && t["value"] == "true" && t["effect"] == "NoSchedule")
+        })
+    });
+    if !tainted {
+        bail!("the node labelled {l}=true has no taint {l}=true:NoSchedule, so other pods could run beside the load generator: {how}");
+    }
+    Ok(())
+}
+
+/// From `kubectl get namespace NS --ignore-not-found -o json`: whether it exists and
+/// lacks the lab's `managed-by` label.
+fn foreign_namespace(namespace_json: &str) -> Result<bool> {
+    if namespace_json.trim().is_empty() {
+        return Ok(false);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(namespace_json).context("kubectl get namespace: not JSON")?;
+    Ok(v["metadata"]["labels"]["app.kubernetes.io/managed-by"] != MANAGED_BY)
 }
 
 impl Target for Cluster<'_> {
@@ -312,15 +395,21 @@ impl Target for Cluster<'_> {
     /// settings go with its StatefulSet).
     fn teardown(&mut self, row: &Row) -> Result<()> {
         let dir = self.o.overlays.join(row.slug());
-        self.sh.run(&[
-            "kubectl",
-            "delete",
-            "-f",
-            &dir.join("rendered.yaml").to_string_lossy(),
-            "--ignore-not-found",
-            "--wait",
-            &format!("--timeout={}s", self.o.timeout.as_secs()),
-        ])?;
+        let mut files = vec!["objects.yaml"];
+        if !self.foreign_namespace {
+            files.push("namespace.yaml");
+        }
+        for file in files {
+            self.sh.run(&[
+                "kubectl",
+                "delete",
+                "-f",
+                &dir.join(file).to_string_lossy(),
+                "--ignore-not-found",
+                "--wait",
+                &format!("--timeout={}s", self.o.timeout.as_secs()),
+            ])?;
+        }
         Ok(())
     }
 
@@ -426,12 +515,20 @@ fn measure_row(c: &Cluster, run: &RowRun) -> Result<Report> {
         row,
         &c.images,
         &serde_json::to_string_pretty(&plan)?,
+        &o.namespace,
     )?;
     let yaml = manifests::render(&dir)?;
     manifests::check_rendered(&yaml, row, &c.images)
         .with_context(|| format!("row {:?}", row.name))?;
     std::fs::write(dir.join("rendered.yaml"), &yaml)?;
     let parts = manifests::split(&yaml)?;
+    std::fs::write(dir.join("namespace.yaml"), &parts.namespace)?;
+    std::fs::write(
+        dir.join("objects.yaml"),
+        [&parts.stack, &parts.seed, &parts.app, &parts.loadgen]
+            .map(String::as_str)
+            .concat(),
+    )?;
     let files: Vec<PathBuf> = [
         ("stack", &parts.stack),
         ("seed", &parts.seed),
@@ -454,6 +551,9 @@ fn measure_row(c: &Cluster, run: &RowRun) -> Result<Report> {
     }
     // PostgreSQL first, then the data, then the app (its prepared statements must see
     // the seeded table), then the load.
+    if !c.foreign_namespace {
+        kube.apply(&dir.join("namespace.yaml"))?;
+    }
     kube.apply(&files[0])?;
     kube.rollout("statefulset/postgres", o.timeout)?;
     kube.apply_settings(&run.settings)?;
@@ -504,6 +604,42 @@ fn measure_row(c: &Cluster, run: &RowRun) -> Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_preflight_wants_a_labelled_and_tainted_node() {
+        let node = |taints: &str| {
+            format!(
+                r#"{{"items": [{{"metadata": {{"name": "n1"}}, "spec": {{"taints": {taints}}}}}]}}"#
+            )
+        };
+        let good = r#"[{"key": "perflab.dev/loadgen", "value": "true", "effect": "NoSchedule"}]"#;
+        assert!(loadgen_node(&node(good)).is_ok());
+        let e = loadgen_node(r#"{"items": []}"#).unwrap_err().to_string();
+        assert!(
+            e.contains("kubectl label node NODE perflab.dev/loadgen=true"),
+            "{e}"
+        );
+        let soft =
+            r#"[{"key": "perflab.dev/loadgen", "value": "true", "effect": "PreferNoSchedule"}]"#;
+        let e = loadgen_node(&node(soft)).unwrap_err().to_string();
+        assert!(
+            e.contains("kubectl taint node NODE perflab.dev/loadgen=true:NoSchedule"),
+            "{e}"
+        );
+        assert!(loadgen_node(&node("[]")).is_err());
+    }
+
+    #[test]
+    fn a_namespace_without_the_labs_label_is_someone_elses() {
+        assert!(!foreign_namespace("").unwrap(), "absent: the lab makes it");
+        let ours = r#"{"metadata": {"labels": {"app.kubernetes.io/managed-by": "perflab-lab"}}}"#;
+        assert!(!foreign_namespace(ours).unwrap());
+        assert!(foreign_namespace(r#"{"metadata": {"name": "team-a"}}"#).unwrap());
+        for bad in ["", "Team", "-a", "a-", "a_b", &"a".repeat(64)] {
+            assert!(check_namespace(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_namespace("perf-lab-2").is_ok());
+    }
     use crate::measure::driver::Tally;
 
     fn search(writes: u64) -> SearchResult {
