@@ -157,6 +157,7 @@ impl ImageArgs {
         Images {
             registry: self.registry.clone(),
             commit: environment::git_commit(root).replace("+uncommitted changes", "-dirty"),
+            postgres: None,
         }
     }
 
@@ -258,6 +259,10 @@ pub struct RunArgs {
     /// as it is and never deleted; one it makes is deleted at the end of each row.
     #[arg(long)]
     pub namespace: Option<String>,
+    /// k8s: PostgreSQL's image instead of the pinned one (postgres:15.18-bookworm); it
+    /// must be pinned too (a digest, or a tag that is not `latest` or a bare major).
+    #[arg(long, value_name = "IMAGE")]
+    pub postgres_image: Option<String>,
     /// k8s: where the generated overlays go (ignored by git).
     #[arg(long, default_value = "target/k8s")]
     pub overlays: PathBuf,

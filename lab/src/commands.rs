@@ -121,6 +121,7 @@ fn check_target_flags(a: &RunArgs) -> Result<()> {
     let k8s_only = a.dry_run
         || a.load.is_some()
         || a.namespace.is_some()
+        || a.postgres_image.is_some()
         || a.registry_given()
         || a.engine_given();
     let local_only = a.database_url.is_some() || a.pg_data.is_some() || a.profile;
@@ -135,7 +136,7 @@ fn check_target_flags(a: &RunArgs) -> Result<()> {
     }
     match a.target {
         TargetName::Local if k8s_only => {
-            bail!("--dry-run, --registry, --load, --namespace and --engine go with --target k8s")
+            bail!("--dry-run, --registry, --load, --namespace, --postgres-image and --engine go with --target k8s")
         }
         TargetName::K8s if local_only => {
             bail!("--database-url, --pg-data and --profile go with --target local")
@@ -340,6 +341,13 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
                     let ns = a.namespace.as_deref().unwrap_or(k8s::NAMESPACE);
                     k8s::check_namespace(ns).map_err(usage)?;
                     ns.to_string()
+                },
+                postgres_image: match &a.postgres_image {
+                    Some(image) => {
+                        k8s::manifests::check_postgres_image(image).map_err(usage)?;
+                        Some(image.clone())
+                    }
+                    None => None,
                 },
             };
             let summary = experiment::run(&e, &mut k8s::Cluster::new(&o, &e.matrix))?;

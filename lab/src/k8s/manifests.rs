@@ -15,6 +15,17 @@ use crate::matrix::{Matrix, Row};
 pub struct Images {
     pub registry: String,
     pub commit: String,
+    /// PostgreSQL's image in place of the pinned one of `k8s/base` (`--postgres-image`).
+    pub postgres: Option<String>,
+}
+
+/// `--postgres-image`: a pinned image (a digest, or a tag that is neither `latest` nor
+/// a bare major version).
+pub fn check_postgres_image(image: &str) -> Result<()> {
+    if image.is_empty() || image.contains(char::is_whitespace) {
+        bail!("--postgres-image {image:?} is not an image name");
+    }
+    pinned(image).map_err(|e| anyhow::anyhow!("--postgres-image: {e}"))
 }
 
 impl Images {
@@ -120,6 +131,19 @@ pub fn write_overlay(
         k,
         "images:\n  - name: perflab-server\n    newName: {server_name}\n    newTag: {server_tag:?}\n  - name: perflab-loadgen\n    newName: {lg_name}\n    newTag: {lg_tag:?}"
     );
+    if let Some(image) = &images.postgres {
+        // The base's PostgreSQL image is replaced by name; a digest replaces the tag.
+        let entry = match image.split_once("@") {
+            Some((name, digest)) => format!("    newName: {name}\n    digest: {digest:?}"),
+            None => {
+                let (name, tag) = image
+                    .rsplit_once(':')
+                    .context("--postgres-image has no tag")?;
+                format!("    newName: {name}\n    newTag: {tag:?}")
+            }
+        };
+        let _ = writeln!(k, "  - name: postgres\n{entry}");
+    }
     k.push_str("configMapGenerator:\n  - name: perflab-sql\n    files:\n      - schema.sql\n      - app_role.sql\n      - seed.sql\n      - index.sql\n");
     let _ = writeln!(
         k,
@@ -532,6 +556,7 @@ mod tests {
         let images = Images {
             registry: "reg.example".into(),
             commit: "abc123".into(),
+            postgres: None,
         };
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -592,6 +617,43 @@ mod tests {
         let (yaml, row, images) = setup_in(peers, 2);
         check_rendered(&yaml, &row, &images).unwrap();
         assert!(split(&yaml).unwrap().app.contains("livenessProbe"));
+    }
+
+    #[test]
+    fn postgres_image_is_overridden_only_when_pinned() {
+        assert!(check_postgres_image("postgres:15").is_err());
+        assert!(check_postgres_image("postgres:latest").is_err());
+        assert!(check_postgres_image("postgres").is_err());
+        let text = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../matrix.toml"),
+        )
+        .unwrap();
+        let m = Matrix::parse(&text).unwrap();
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        for image in ["registry.example/pg:15.19-bookworm", "pg@sha256:0123abcd"] {
+            check_postgres_image(image).unwrap();
+            let images = Images {
+                registry: "reg.example".into(),
+                commit: "abc123".into(),
+                postgres: Some(image.into()),
+            };
+            let out = std::env::temp_dir().join(format!(
+                "perflab-k8s-pg-image-{}-{}",
+                std::process::id(),
+                image.len()
+            ));
+            let dir = write_overlay(&root, &out, &m, &m.rows[2], &images, "{}", "perflab").unwrap();
+            let yaml = render(&dir).unwrap();
+            let _ = std::fs::remove_dir_all(&out);
+            check_rendered(&yaml, &m.rows[2], &images).unwrap();
+            // PostgreSQL's StatefulSet and the seed Job both run it.
+            assert_eq!(
+                yaml.matches(&format!("image: {image}")).count(),
+                2,
+                "{image}"
+            );
+            assert!(!yaml.contains("postgres:15.18-bookworm"));
+        }
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct Options {
     /// Where everything goes; a namespace the lab did not make is never applied over
     /// or deleted.
     pub namespace: String,
+    /// PostgreSQL's image in place of the base's (checked to be pinned).
+    pub postgres_image: Option<String>,
 }
 
 struct Kube<'a> {
@@ -236,6 +238,7 @@ impl<'a> Cluster<'a> {
                 registry: o.registry.clone(),
                 commit: crate::environment::git_commit(&o.root)
                     .replace("+uncommitted changes", "-dirty"),
+                postgres: o.postgres_image.clone(),
             },
             kubernetes: "unknown".into(),
             oha_version: None,
