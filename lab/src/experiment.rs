@@ -254,21 +254,19 @@ pub fn merge(row: &mut RowResult, searches: Vec<(String, SearchResult)>) {
     }
 }
 
-/// `results/<UTC stamp>/` under `out`.
-fn results_folder(out: &Path) -> PathBuf {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        .to_string()
-        .replace([':', '-'], "");
-    out.join("results").join(stamp)
+/// `results/<UTC stamp of the start>/` under `out`.
+fn results_folder(out: &Path, started: &str) -> PathBuf {
+    out.join("results").join(started.replace([':', '-'], ""))
 }
 
 /// Runs the experiment on `target`.
 pub fn run(e: &Experiment, target: &mut dyn Target) -> Result<Summary> {
     let m = &e.matrix;
     let started = Instant::now();
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     // The commit the rows are built from: read now, not after a run of hours.
     let commit = environment::git_commit(&e.root);
-    let raw = results_folder(&e.out);
+    let raw = results_folder(&e.out, &started_at);
     if !target.dry_run() {
         std::fs::create_dir_all(&raw).with_context(|| format!("creating {}", raw.display()))?;
         eprintln!("==> results of this run go to {}", raw.display());
@@ -346,6 +344,7 @@ pub fn run(e: &Experiment, target: &mut dyn Target) -> Result<Summary> {
         started.elapsed().as_secs_f64(),
     );
     environment.git_commit = commit;
+    environment.started = Some(started_at);
     let mut summary = Summary {
         schema_version: crate::results::SCHEMA_VERSION,
         environment,
@@ -407,6 +406,7 @@ pub fn environment(
     let (m, l) = (&e.matrix, &e.matrix.load);
     Environment {
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        started: None,
         git_commit: environment::git_commit(&e.root),
         host,
         rustc: environment::rustc(&e.root),

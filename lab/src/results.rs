@@ -6,7 +6,12 @@ use crate::measure::stats::{spread, Spread};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Environment {
+    /// When the run finished (RFC 3339, UTC).
     pub date: String,
+    /// When it started: the name of its results/<stamp>/ folder (absent before it was
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
     pub git_commit: String,
     /// Where the run ran: this machine or a cluster (serialised as `target`).
     #[serde(flatten)]
