@@ -1134,8 +1134,13 @@ pub fn update_readme(readme: &str, s: &Summary, at: &Block) -> Result<String> {
         .lines()
         .map(|l| format!("{}\n", l.replacen("](", &format!("]({dir}"), 1)))
         .collect();
+    let headline = s
+        .blocks
+        .as_ref()
+        .map(|b| crate::blocks::render::headline(s, b))
+        .unwrap_or_default();
     let block = format!(
-        "{begin}\n_Run of {} on {} (commit `{}`); full details in [results.md]({dir}results.md)._\n\n{}\n{charts}{end}",
+        "{begin}\n_Run of {} on {} (commit `{}`); full details in [results.md]({dir}results.md)._\n\n{headline}{}\n{charts}{end}",
         s.environment.date, s.environment.host.describe(), s.environment.git_commit, table(s)
     );
     match (readme.find(&begin), readme.find(&end)) {
@@ -1196,6 +1201,120 @@ pub fn check_table(text: &str, rows: &[String], workloads: usize) -> Result<()> 
 mod tests {
     use super::*;
     use crate::results::*;
+
+    /// GitHub's anchor for a heading: lower case, spaces to '-', other punctuation gone.
+    fn anchor(heading: &str) -> String {
+        heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The anchors of a markdown file's headings (outside code fences).
+    fn anchors(text: &str) -> Vec<String> {
+        let mut fenced = false;
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+            } else if !fenced && line.starts_with('#') {
+                out.push(anchor(line.trim_start_matches('#')));
+            }
+        }
+        out
+    }
+
+    /// Every relative link of README.md and docs/*.md points at a file that exists and,
+    /// with a `#fragment`, at a heading that file has.
+    #[test]
+    fn readme_and_docs_links_resolve() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = vec![root.join("README.md")];
+        files.extend(
+            std::fs::read_dir(root.join("docs"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "md")),
+        );
+        let mut checked = 0;
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            let mut fenced = false;
+            for line in text.lines() {
+                if line.trim_start().starts_with("```") {
+                    fenced = !fenced;
+                    continue;
+                }
+                if fenced {
+                    continue;
+                }
+                for link in line.split("](").skip(1).filter_map(|t| t.split(')').next()) {
+                    if link.contains("://") || link.starts_with("mailto:") {
+                        continue;
+                    }
+                    let (path, fragment) = link.split_once('#').unwrap_or((link, ""));
+                    let target = if path.is_empty() {
+                        file.clone()
+                    } else {
+                        file.parent().unwrap().join(path)
+                    };
+                    assert!(target.exists(), "{}: {link} does not exist", file.display());
+                    if !fragment.is_empty() {
+                        let t = std::fs::read_to_string(&target).unwrap();
+                        assert!(
+                            anchors(&t).iter().any(|a| a == fragment),
+                            "{}: {link}: no such heading",
+                            file.display()
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 20, "only {checked} links found");
+    }
+
+    /// Every figure in README's generated blocks comes from a committed run: each block
+    /// names its run's date, and rendering that run's summary.json gives the block
+    /// exactly (a hand edit, or a block left from code that renders differently, fails).
+    #[test]
+    fn readme_blocks_are_what_their_committed_runs_render() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let readme_path = root.join("README.md");
+        let readme = std::fs::read_to_string(&readme_path).unwrap();
+        for (matrix_file, out) in [
+            ("matrix.toml", root.clone()),
+            ("matrix-peers.toml", root.join("results/matrix-peers")),
+        ] {
+            let at = Block::new(matrix_file, &out, &readme_path);
+            let block = at.find(&readme).expect("README has the block");
+            let date = block
+                .split("_Run of ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .expect("the block names its run's date");
+            let run = std::fs::read_dir(out.join("results"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path().join("summary.json"))
+                .filter(|p| p.is_file())
+                .map(|p| crate::compare::load(&p).unwrap())
+                .find(|s| s.environment.date == date)
+                .unwrap_or_else(|| panic!("no committed run of {matrix_file} dated {date}"));
+            let rendered = update_readme(&readme, &run, &at).unwrap();
+            assert!(
+                rendered == readme,
+                "README's block for {matrix_file} is not what its run ({date}) renders: run `lab render` on it"
+            );
+        }
+    }
 
     fn search(rep: u32, qps: f64, p99: f64) -> SearchResult {
         SearchResult {

@@ -154,6 +154,78 @@ pub fn table(s: &Summary, b: &Blocks) -> String {
     out
 }
 
+/// The rungs of the ladder: measured rows that are neither references nor the A/A copy.
+fn rungs<'a>(s: &'a Summary, b: &Blocks) -> Vec<&'a RowResult> {
+    let copy = b.settings.aa.as_deref().map(aa_name);
+    s.rows
+        .iter()
+        .filter(|r| b.rows.contains(&r.name) && r.failures.is_empty())
+        .filter(|r| !b.references.contains(&r.name) && Some(&r.name) != copy.as_ref())
+        .collect()
+}
+
+/// The headline: four bullets from the run's typed values — the biggest resolved win
+/// per workload, the top rung's throughput and cost, and where its limit is.
+pub fn headline(s: &Summary, b: &Blocks) -> String {
+    use super::effects::Verdict;
+    let rungs = rungs(s, b);
+    let mut out = String::new();
+    for w in &b.workloads {
+        let best = rungs
+            .iter()
+            .filter_map(|r| {
+                let c = b.cell(&r.name, w)?.change_vs_previous.as_ref()?;
+                (c.verdict == Verdict::Changed && c.ratio.ratio > 1.0).then_some((r, c))
+            })
+            .max_by(|a, b| a.1.ratio.ratio.total_cmp(&b.1.ratio.ratio));
+        let _ = match best {
+            Some((r, c)) => writeln!(
+                out,
+                "- **Biggest win, {w}: {}**, {} over the row above (95% interval over {} blocks).",
+                r.name,
+                c.words(),
+                c.blocks
+            ),
+            None => writeln!(out, "- **{w}:** no rung resolved a win in this run."),
+        };
+    }
+    if let Some(top) = rungs.iter().max_by(|x, y| {
+        let t = |r: &&RowResult| {
+            b.workloads
+                .iter()
+                .filter_map(|w| b.cell(&r.name, w)?.throughput.as_ref())
+                .map(|t| t.interval.geomean.max(t.interval.median).ln())
+                .sum::<f64>()
+        };
+        t(x).total_cmp(&t(y))
+    }) {
+        let each = |f: &dyn Fn(&CellResult) -> Option<String>| -> String {
+            b.workloads
+                .iter()
+                .map(|w| {
+                    let v = b.cell(&top.name, w).and_then(f).unwrap_or("—".into());
+                    format!("{v} {}", short(w))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "- **Fastest: {}**, {} req/s; {} req/s per server CPU.",
+            top.name,
+            each(&|c| c.throughput.as_ref().map(|_| throughput_cell(c))),
+            each(&|c| c.qps_per_cpu.map(qps)),
+        );
+        let _ = writeln!(
+            out,
+            "- **Where the fastest build's limit is:** {}.",
+            each(&|c| c.limit.map(|l| l.words().to_string()))
+        );
+    }
+    out.push('\n');
+    out
+}
+
 /// The run's own false-alarm check.
 pub fn aa_line(b: &Blocks) -> String {
     let Some(aa) = &b.aa_check else {
