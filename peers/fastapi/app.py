@@ -11,7 +11,7 @@ One program, two variants chosen by the first argument:
   parser, and replies encoded with orjson.
 
 Both follow perflab's API contract (docs/api.md) as far as FastAPI allows;
-README's "External rows and the FastAPI peer" lists the differences. One process, one
+docs/peers.md ("The FastAPI peer") lists the differences. One process, one
 worker: the lab pins it to the server's CPU like the Rust server.
 """
 
