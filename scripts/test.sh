@@ -258,7 +258,7 @@ run_service_check() {
   grep -q "is process ${pid} on this machine" "${out}/run.log" \
     || die "the run did not find the server's process (${pid}) listening on its port"
   cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/ci-matrix.toml" --quick \
-    --url "http://127.0.0.1:${port}" --out "${out}"
+    --url "http://127.0.0.1:${port}" --out "${out}" --blocks
   kill -TERM "${pid}"
   wait "${pid}" || die "the server started by hand did not exit 0 on SIGTERM"
   rm -rf "${out}"

@@ -267,6 +267,7 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
                 database_url: a.database_url.clone(),
                 oha: a.img.oha()?,
                 ready_within: Duration::from_secs(30),
+                quick: a.m.quick,
             };
             experiment::run(&e, &mut crate::service::Services::new(&o, &e.matrix))?
         }

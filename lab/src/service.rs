@@ -30,6 +30,8 @@ pub struct Options {
     pub oha: PathBuf,
     /// How long to wait for the service to answer on its ready path.
     pub ready_within: Duration,
+    /// A smoke run (`--quick`): one short block.
+    pub quick: bool,
 }
 
 pub struct Services<'a> {
@@ -56,7 +58,7 @@ impl<'a> Services<'a> {
 }
 
 /// `host:port` → a socket address (the first the name resolves to).
-fn resolve(service: &Service) -> Result<SocketAddr> {
+pub fn resolve(service: &Service) -> Result<SocketAddr> {
     service
         .authority()
         .to_socket_addrs()
@@ -281,6 +283,32 @@ impl Target for Services<'_> {
         );
         let _ = std::fs::remove_file(&oha.urls_file);
         searches
+    }
+
+    /// Every service side by side in randomized blocks (`[blocks]`), as the local
+    /// target does with its own servers, minus what a service does not let the lab
+    /// do: pin it, give it a CPU group, settle its database.
+    fn blocks(
+        &mut self,
+        rows: &[Row],
+        raw: &Path,
+        say: &dyn Fn(&str),
+    ) -> Option<Result<crate::blocks::Outcome>> {
+        if self.m.blocks.blocks == 0 {
+            return None;
+        }
+        let inputs = crate::local::blocks::ServiceInputs {
+            m: self.m,
+            settings: &self.m.blocks,
+            quick: self.o.quick,
+            database_url: self.o.database_url.as_deref(),
+            missing_id: self.max_id.map(|n| n + 1),
+            oha: &self.o.oha,
+            rows: rows.iter().collect(),
+            raw,
+            say,
+        };
+        Some(crate::local::blocks::run_services(&inputs))
     }
 
     fn host(&self) -> Host {

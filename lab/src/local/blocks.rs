@@ -49,11 +49,14 @@ fn is_root() -> bool {
 /// A server of the blocks, up for the whole run.
 struct Up {
     row: Row,
-    server: Server,
+    /// None: a service already running (a `url` row), which the lab never stops.
+    server: Option<Server>,
+    /// Its process on this machine, where known: CPU time and counters.
+    pid: Option<u32>,
     group: Option<CpuGroup>,
     oha: Oha,
-    /// The database it uses (one per index setting).
-    db: usize,
+    /// The database it uses (one per index setting; a service's own, where reachable).
+    db: Option<usize>,
 }
 
 /// One database of the blocks: rows with and without the index need their own.
@@ -135,10 +138,11 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
                 }
                 up.push(Up {
                     row: row.clone(),
-                    server,
+                    pid: Some(server.pid),
+                    server: Some(server),
                     group: group.ok(),
                     oha,
-                    db,
+                    db: Some(db),
                 });
             }
             Err(e) => {
@@ -154,40 +158,11 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
         bail!("no server could be started for the blocks");
     }
     let seed = seed();
-    let mut b = Blocks {
-        settings: i.settings.clone(),
-        seed,
-        rows: up.iter().map(|u| u.row.name.clone()).collect(),
-        references: up
-            .iter()
-            .filter(|u| {
-                !u.row.writes_to_postgres()
-                    || u.row.name == aa_name(i.settings.aa.as_deref().unwrap_or(""))
-            })
-            .map(|u| u.row.name.clone())
-            .collect(),
-        workloads: m.workloads.iter().map(|w| w.name.clone()).collect(),
-        windows: Vec::new(),
-        cells: Vec::new(),
-        aa_check: None,
-        splits: Vec::new(),
-        hypotheses: up
-            .iter()
-            .filter(|u| {
-                i.settings
-                    .aa
-                    .as_ref()
-                    .is_none_or(|a| aa_name(a) != u.row.name)
-            })
-            .filter_map(|u| Some((u.row.name.clone(), u.row.moves?)))
-            .collect(),
-        elapsed_secs: 0.0,
-        steal: None,
-    };
+    let mut b = new_blocks(&up, i.settings, m, seed);
     let mut lab = Lab {
         up,
         dbs,
-        admin,
+        admin: Some(admin),
         statements,
         postgres,
         oha_group,
@@ -205,34 +180,97 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
                 cpus(&m.local.oha_cpus),
             )
         },
+        owned: true,
     };
+    measure_blocks(&mut lab, &mut b, m, i.settings, i.quick, seed, i.say)?;
+    for u in &mut lab.up {
+        let Some(server) = &mut u.server else {
+            continue;
+        };
+        if let Err(e) = server.stop(Duration::from_secs(20)) {
+            failed.push((u.row.name.clone(), format!("blocks: stopping: {e:#}")));
+        }
+    }
+    drop(lab.up);
+    if let Some(admin) = &mut lab.admin {
+        for d in &lab.dbs {
+            let _ =
+                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", d.name));
+        }
+    }
+    b.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok((b, failed))
+}
+
+/// The blocks' record before any window: the rows that are up, the references (rows
+/// that write nowhere, and the A/A copy), the hypotheses.
+fn new_blocks(up: &[Up], settings: &Settings, m: &Matrix, seed: u64) -> Blocks {
+    Blocks {
+        settings: settings.clone(),
+        seed,
+        rows: up.iter().map(|u| u.row.name.clone()).collect(),
+        references: up
+            .iter()
+            .filter(|u| {
+                !u.row.writes_to_postgres()
+                    || u.row.name == aa_name(settings.aa.as_deref().unwrap_or(""))
+            })
+            .map(|u| u.row.name.clone())
+            .collect(),
+        workloads: m.workloads.iter().map(|w| w.name.clone()).collect(),
+        windows: Vec::new(),
+        cells: Vec::new(),
+        aa_check: None,
+        splits: Vec::new(),
+        hypotheses: up
+            .iter()
+            .filter(|u| {
+                settings
+                    .aa
+                    .as_ref()
+                    .is_none_or(|a| aa_name(a) != u.row.name)
+            })
+            .filter_map(|u| Some((u.row.name.clone(), u.row.moves?)))
+            .collect(),
+        elapsed_secs: 0.0,
+        steal: None,
+    }
+}
+
+/// The warm-up (each cell's split of the mix), then the blocks: every cell once per
+/// block, in a fresh random order. Between blocks the lab's own databases are settled.
+fn measure_blocks(
+    lab: &mut Lab,
+    b: &mut Blocks,
+    m: &Matrix,
+    settings: &Settings,
+    quick: bool,
+    seed: u64,
+    say: &dyn Fn(&str),
+) -> Result<()> {
     if !lab.perf {
         eprintln!("warning: perf is not installed: the server's system calls are not counted (Debian: apt-get install linux-perf)");
     }
-    let (secs, warm) = if i.quick {
+    let (secs, warm) = if quick {
         (1.0, 0.5)
     } else {
-        (i.settings.window_secs, 1.5)
+        (settings.window_secs, 1.5)
     };
-    let count = if i.quick {
-        1
-    } else {
-        i.settings.blocks as usize
-    };
+    let count = if quick { 1 } else { settings.blocks as usize };
     std::thread::sleep(STATS_FLUSH);
     // The warm-up: every cell, in a random order, finds the minority's rate.
     let cells = design::blocks(lab.up.len(), m.workloads.len(), 1, seed ^ 0xA5A5)
         .pop()
         .unwrap_or_default();
     let mut splits: BTreeMap<(usize, usize), Split> = BTreeMap::new();
-    (i.say)(&format!(
+    say(&format!(
         "blocks: warming up {} servers side by side ({} cells)",
         lab.up.len(),
         cells.len()
     ));
     for c in &cells {
         let w = &m.workloads[c.workload];
-        match lab.calibrate(*c, w, i.settings.connections, warm) {
+        match lab.calibrate(*c, w, settings.connections, warm) {
             Ok(s) => {
                 b.splits
                     .push((lab.up[c.row].row.name.clone(), w.name.clone(), s));
@@ -249,7 +287,7 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
         .enumerate()
     {
         let block = k as u32 + 1;
-        (i.say)(&format!(
+        say(&format!(
             "block {block}/{count}: {} windows of {secs} s",
             order.len()
         ));
@@ -266,25 +304,144 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
                 ),
             }
         }
-        for d in &mut lab.dbs {
-            pg::settle(&mut d.client)?;
+        if lab.owned {
+            for d in &mut lab.dbs {
+                pg::settle(&mut d.client)?;
+            }
         }
         // Their WAL and statistics are reported late: not into the next block's first window.
         std::thread::sleep(STATS_FLUSH);
     }
-    for u in &mut lab.up {
-        if let Err(e) = u.server.stop(Duration::from_secs(20)) {
-            failed.push((u.row.name.clone(), format!("blocks: stopping: {e:#}")));
+    Ok(())
+}
+
+/// What the blocks of services already running (`url` rows) need.
+pub struct ServiceInputs<'a> {
+    pub m: &'a Matrix,
+    pub settings: &'a Settings,
+    pub quick: bool,
+    /// The services' database, read only: per-window write totals and counters.
+    pub database_url: Option<&'a str>,
+    /// An id no user has, where the database says so (the contract probe's 404).
+    pub missing_id: Option<i64>,
+    pub oha: &'a Path,
+    pub rows: Vec<&'a Row>,
+    pub raw: &'a Path,
+    pub say: &'a dyn Fn(&str),
+}
+
+/// The blocks of services already running: nothing is started, seeded, settled or
+/// stopped. Each service's CPU is its process tree's, where it is on this machine;
+/// the CPUs are not the lab's to pin, so each party counts as spread over all of them.
+pub fn run_services(i: &ServiceInputs) -> Result<crate::blocks::Outcome> {
+    let started = Instant::now();
+    let m = i.m;
+    let dir = i.raw.join("blocks");
+    std::fs::create_dir_all(&dir)?;
+    let (dbs, admin) = match i.database_url {
+        Some(url) => {
+            let mut client = pg::connect(url)?;
+            let name: String = client.query_one("SELECT current_database()", &[])?.get(0);
+            let db = Db {
+                name,
+                index: true,
+                client,
+            };
+            (vec![db], Some(pg::connect(url)?))
+        }
+        None => (Vec::new(), None),
+    };
+    let mut rows: Vec<Row> = i.rows.iter().map(|r| (*r).clone()).collect();
+    if let Some(aa) = &i.settings.aa {
+        if let Some(k) = rows.iter().position(|r| &r.name == aa) {
+            let mut copy = rows[k].clone();
+            copy.name = aa_name(aa);
+            rows.push(copy);
         }
     }
-    drop(lab.up);
-    for d in &lab.dbs {
-        let _ = lab
-            .admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", d.name));
+    let bodies = dir.join("bodies.txt");
+    let (mut up, mut failed) = (Vec::new(), Vec::new());
+    for row in &rows {
+        match attach(i, row, &dir, &bodies, !dbs.is_empty()) {
+            Ok(u) => up.push(u),
+            Err(e) => {
+                eprintln!(
+                    "!!! row {:?} could not be measured in the blocks: {e:#}",
+                    row.name
+                );
+                failed.push((row.name.clone(), format!("blocks: {e:#}")));
+            }
+        }
     }
+    if up.is_empty() {
+        bail!("no service answered for the blocks");
+    }
+    let all: Vec<usize> = (0..crate::environment::cpu_count()).collect();
+    let seed = seed();
+    let mut b = new_blocks(&up, i.settings, m, seed);
+    let mut lab = Lab {
+        up,
+        dbs,
+        admin,
+        statements: false,
+        postgres: None,
+        oha_group: CpuGroup::create("oha").ok(),
+        dir,
+        error_budget: m.load.error_budget,
+        probe_secs: if i.quick { 0.5 } else { PROBE_SECS },
+        oha_cpus: all.len(),
+        oha_ahead: false,
+        perf: profile::available(),
+        pinned: (all.clone(), Vec::new(), all),
+        owned: false,
+    };
+    measure_blocks(&mut lab, &mut b, m, i.settings, i.quick, seed, i.say)?;
     b.elapsed_secs = started.elapsed().as_secs_f64();
     Ok((b, failed))
+}
+
+/// A service of the blocks: ready, keeping the contract, with its oha inputs.
+fn attach(i: &ServiceInputs, row: &Row, dir: &Path, bodies: &Path, db: bool) -> Result<Up> {
+    let service = row
+        .service
+        .as_ref()
+        .context("only `url` rows are services")?;
+    let addr = crate::service::resolve(service)?;
+    let remote = crate::measure::remote::Remote { addr };
+    let start = Instant::now();
+    while !remote.ready_at(&service.ready_path) {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "{} did not answer 200 on {} within 30 s",
+                service.url,
+                service.ready_path
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    contract::probe(addr, i.missing_id)
+        .map_err(|e| anyhow::anyhow!("the contract probe failed: {e:#}"))?;
+    let oha = Oha {
+        binary: i.oha.to_path_buf(),
+        nice: None,
+        cpus: None,
+        urls_file: dir.join(format!("{}-urls.txt", row.slug())),
+        bodies_file: bodies.to_path_buf(),
+    };
+    write_inputs(
+        &oha.urls_file,
+        &oha.bodies_file,
+        &format!("http://{addr}"),
+        i.m.load.users,
+    )?;
+    Ok(Up {
+        row: row.clone(),
+        server: None,
+        pid: crate::service::listening_pid(addr),
+        group: None,
+        oha,
+        db: db.then_some(0),
+    })
 }
 
 /// A random seed for the design, recorded with the run.
@@ -409,7 +566,8 @@ fn start(
 struct Lab {
     up: Vec<Up>,
     dbs: Vec<Db>,
-    admin: Client,
+    /// Where PostgreSQL's counters are read (the admin database; a service's own).
+    admin: Option<Client>,
     statements: bool,
     postgres: Option<CpuGroup>,
     oha_group: Option<CpuGroup>,
@@ -422,6 +580,9 @@ struct Lab {
     perf: bool,
     /// The CPUs the server, PostgreSQL and oha are pinned to.
     pinned: (Vec<usize>, Vec<usize>, Vec<usize>),
+    /// The servers and databases are the lab's: settled between blocks, stopped and
+    /// dropped at the end. Not so for services already running.
+    owned: bool,
 }
 
 /// Child processes that are killed and reaped if still held when dropped (an error
@@ -523,7 +684,10 @@ fn diff(a: &[u64], b: &[u64], wall_ns: f64) -> Vec<f64> {
 
 impl Lab {
     fn snapshot(&self, row: usize) -> Snapshot {
-        let (server, server_cpus) = usage(&self.up[row].group);
+        let (server, server_cpus) = match (&self.up[row].group, self.up[row].pid) {
+            (None, Some(pid)) => (tree_ns(pid), Vec::new()),
+            (group, _) => usage(group),
+        };
         let (postgres, postgres_cpus) = usage(&self.postgres);
         let (oha, oha_cpus) = usage(&self.oha_group);
         Snapshot {
@@ -638,10 +802,13 @@ impl Lab {
     /// `pg_stat_database`'s commits and `pg_stat_wal` are not used: PostgreSQL 15 holds
     /// a busy backend's statistics back for up to 10 s after its last report, so a
     /// window would get another's.
-    fn pg_counts(&mut self, db: usize) -> Counts {
-        let name = self.dbs[db].name.clone();
+    fn pg_counts(&mut self, db: Option<usize>) -> Counts {
         let mut c = Counts::default();
-        let row = self.admin.query_one(
+        let (Some(db), Some(admin)) = (db, self.admin.as_mut()) else {
+            return c;
+        };
+        let name = self.dbs[db].name.clone();
+        let row = admin.query_one(
             "SELECT (SELECT sessions FROM pg_stat_database WHERE datname = $1), \
                     pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
                     (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint",
@@ -658,7 +825,7 @@ impl Lab {
             }
         }
         if self.statements {
-            let row = self.admin.query_one(
+            let row = admin.query_one(
                 "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(plans), 0)::bigint, \
                         coalesce(sum(shared_blks_hit), 0)::bigint, \
                         coalesce(sum(shared_blks_read), 0)::bigint \
@@ -681,7 +848,7 @@ impl Lab {
         if !self.up[row].row.writes_to_postgres() {
             return None;
         }
-        let db = self.up[row].db;
+        let db = self.up[row].db?;
         pg::applied_writes(&mut self.dbs[db].client).ok()
     }
 
@@ -696,7 +863,7 @@ impl Lab {
         position: u32,
     ) -> Result<Window> {
         let tag = format!("b{block}-{}-{}", self.up[c.row].row.slug(), w.name);
-        let pid = self.up[c.row].server.pid;
+        let pid = self.up[c.row].pid;
         let db = self.up[c.row].db;
         // PostgreSQL's counters span the probe and the window (it reports a probe's
         // statistics up to a second late); the CPU figures and the server's counters
@@ -705,18 +872,17 @@ impl Lab {
         let applied_before = self.applied(c.row);
         let (split, probe) = self.probe(c, w, warm, self.probe_secs, &tag)?;
         let split = &split;
-        let server_before = server_counts(pid);
+        let server_before = pid.map_or((None, None), server_counts);
         let before = self.snapshot(c.row);
         let stat_out = self.dir.join(format!("{tag}.perf-stat.csv"));
-        let mut counting = Children(vec![self
-            .perf
-            .then(|| profile::count_syscalls(pid, secs, &stat_out).ok())
-            .flatten()]);
+        let mut counting = Children(vec![pid
+            .filter(|_| self.perf)
+            .and_then(|pid| profile::count_syscalls(pid, secs, &stat_out).ok())]);
         let start = Instant::now();
         let load = self.load(c.row, &sides(w, split, true), secs, &tag)?;
         let wall = start.elapsed().as_secs_f64();
         let after = self.snapshot(c.row);
-        let server_after = server_counts(pid);
+        let server_after = pid.map_or((None, None), server_counts);
         let syscalls = counting.0[0]
             .take()
             .and_then(|c| profile::syscalls_counted(c, &stat_out));
@@ -850,6 +1016,13 @@ impl Lab {
             limit,
         })
     }
+}
+
+/// A process tree's CPU time so far, ns (from `/proc` ticks: a process the lab did not
+/// start has no CPU group of the lab's).
+fn tree_ns(pid: u32) -> Option<u64> {
+    let t = crate::measure::procfs::tree_split(pid)?;
+    Some(((t.user + t.system) as f64 * 1e9 / crate::measure::procfs::TICKS_PER_SEC) as u64)
 }
 
 /// The server's context switches over all its threads and run-queue delay (ns,
