@@ -35,6 +35,18 @@ pub struct Config {
     /// `MAX_CONNECTIONS` (default 4096): open client connections; past it a new
     /// connection is closed at once.
     pub max_connections: u32,
+    /// `MAX_CONNECTIONS_PER_PEER` (default 1024): open connections from one client
+    /// address; past it that address's new connections are closed at once, so one
+    /// machine cannot take every slot. Behind a proxy every client shares its address:
+    /// raise it to `MAX_CONNECTIONS` there.
+    pub max_connections_per_peer: u32,
+    /// `WRITE_TIMEOUT_MS` (default 5000): a reply that cannot be written for this long
+    /// (the client stopped reading) closes its connection.
+    pub write_timeout: Duration,
+    /// `PROBE_ADDR` (optional, e.g. `0.0.0.0:8081`): a second listener answering only
+    /// `/healthz` and `/readyz`, with connections of its own, so the kubelet's probes
+    /// are answered while clients hold every slot of `LISTEN_ADDR`.
+    pub probe_addr: Option<SocketAddr>,
     /// `MAX_PENDING` (default 1024): requests in the database layer at once (running,
     /// waiting for a connection, or queued for a batch); past it, 503 at once.
     pub max_pending: u32,
@@ -103,6 +115,19 @@ impl Config {
                 )
             })?,
         };
+        let probe_addr = match lookup("PROBE_ADDR") {
+            None => None,
+            Some(raw) if raw.trim().is_empty() => None,
+            Some(raw) => Some(raw.trim().parse().map_err(|_| {
+                err(
+                    "PROBE_ADDR",
+                    format!("{raw:?} is not an address like 0.0.0.0:8081"),
+                )
+            })?),
+        };
+        if probe_addr.is_some() && probe_addr == Some(listen_addr) {
+            return Err(err("PROBE_ADDR", "must differ from LISTEN_ADDR"));
+        }
         let database_ca_file = match lookup("DATABASE_CA_FILE") {
             Some(path) if !path.trim().is_empty() => Some(PathBuf::from(path)),
             _ => None,
@@ -116,6 +141,15 @@ impl Config {
             header_read_timeout: millis(&lookup, "HEADER_READ_TIMEOUT_MS", 5_000, 600_000)?,
             body_read_timeout: millis(&lookup, "BODY_READ_TIMEOUT_MS", 5_000, 600_000)?,
             max_connections: number(&lookup, "MAX_CONNECTIONS", 4_096, 1, 1_000_000)?,
+            max_connections_per_peer: number(
+                &lookup,
+                "MAX_CONNECTIONS_PER_PEER",
+                1_024,
+                1,
+                1_000_000,
+            )?,
+            write_timeout: millis(&lookup, "WRITE_TIMEOUT_MS", 5_000, 600_000)?,
+            probe_addr,
             max_pending: number(&lookup, "MAX_PENDING", 1_024, 1, 1_000_000)?,
             shutdown_delay: millis(&lookup, "SHUTDOWN_DELAY_MS", 0, 600_000)?,
             shutdown_grace: millis(&lookup, "SHUTDOWN_GRACE_MS", 10_000, 600_000)?,
@@ -212,6 +246,10 @@ mod tests {
             ("DB_TIMEOUT_MS", "999999999"),
             ("HEADER_READ_TIMEOUT_MS", ""),
             ("SHUTDOWN_GRACE_MS", "1.5"),
+            ("PROBE_ADDR", "8081"),
+            ("PROBE_ADDR", "0.0.0.0:8080"),
+            ("MAX_CONNECTIONS_PER_PEER", "0"),
+            ("WRITE_TIMEOUT_MS", "0"),
         ] {
             let e = parse(&[URL, (var, value)]).unwrap_err();
             assert_eq!(e.variable, var, "{var}={value}");

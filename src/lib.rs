@@ -4,6 +4,7 @@
 //! Module map:
 //! - [`config`]: typed configuration, parsed once from the environment.
 //! - [`server`]: the accept loop, per-connection timeouts and graceful shutdown.
+//! - [`conn`]: per-connection guards: the write timeout, connections per client address.
 //! - [`runtime`]: the tokio runtime; one work-stealing runtime, or one single-threaded
 //!   runtime per core with `current-thread`.
 //! - [`routes`]: maps a request to a handler; no feature branches here.
@@ -25,6 +26,7 @@
 pub mod alloc;
 pub mod build_info;
 pub mod config;
+pub mod conn;
 pub mod db;
 pub mod error;
 pub mod json;

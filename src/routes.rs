@@ -43,6 +43,20 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Repl
     Ok(response)
 }
 
+/// The probes' listener (`PROBE_ADDR`): `/healthz` and `/readyz`, answered like on the
+/// main port; anything else is 404 there.
+pub async fn handle_probe(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Reply, Infallible> {
+    match route(req.uri().path()) {
+        Route::Fixed("/healthz" | "/readyz") => handle(state, req).await,
+        _ => Ok(
+            AppError::NotFound("the probe port answers /healthz and /readyz only").into_response(),
+        ),
+    }
+}
+
 /// Where a path goes: a user (with its id parsed, or why not), one of the fixed routes
 /// (by its name), or nowhere. Pure, so the hot path's routing is benchmarked alone.
 #[derive(Debug, PartialEq, Eq)]

@@ -1,8 +1,11 @@
 //! The accept loop: HTTP/1.1 with keep-alive; stalled or greedy clients cannot hold the
-//! server (a header read timeout, a body read timeout, a bounded head buffer and a cap on
-//! open connections); and graceful shutdown: `/readyz` fails and serving goes on for
-//! `SHUTDOWN_DELAY_MS`, then accepting stops and in-flight requests finish within
-//! `SHUTDOWN_GRACE_MS`.
+//! server (a header read timeout, which also closes an idle keep-alive connection, a
+//! body read timeout, a write timeout for a client that stops reading, a bounded head
+//! buffer — hyper reads a pipelined request only after answering the one before — and
+//! caps on open connections, in all and per client address); the probes on a listener
+//! of their own (`PROBE_ADDR`), answered while clients hold every slot; and graceful
+//! shutdown: `/readyz` fails and serving goes on for `SHUTDOWN_DELAY_MS`, then
+//! accepting stops and in-flight requests finish within `SHUTDOWN_GRACE_MS`.
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::build_info;
 use crate::config::{Config, HEAD_BUFFER_LIMIT};
+use crate::conn::{Peers, TimedWrites};
 use crate::db::Db;
 use crate::routes;
 use crate::state::AppState;
@@ -46,6 +50,7 @@ pub fn state(config: &Config) -> Result<Arc<AppState>, BoxError> {
         body_read_timeout: config.body_read_timeout,
         draining: AtomicBool::new(false),
         connections: Arc::new(Semaphore::new(config.max_connections as usize)),
+        peers: Peers::new(config.max_connections_per_peer),
     }))
 }
 
@@ -91,6 +96,17 @@ pub async fn run_on(
         .max_buf_size(HEAD_BUFFER_LIMIT)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    // The probes' listener lives as long as this loop (every core binds it with
+    // SO_REUSEPORT under `current-thread`).
+    let _probes = match config.probe_addr {
+        Some(addr) => Some(AbortOnDrop(tokio::spawn(serve_probes(
+            bind(addr, true)?,
+            Arc::clone(&state),
+            http.clone(),
+            config.write_timeout,
+        )))),
+        None => None,
+    };
     tokio::pin!(shutdown);
     // After SIGTERM: SHUTDOWN_DELAY_MS of serving with /readyz at 503, then drain.
     let delay = tokio::time::sleep(Duration::ZERO);
@@ -99,23 +115,29 @@ pub async fn run_on(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    // Past MAX_CONNECTIONS a new connection is closed at once.
+                Ok((stream, peer)) => {
+                    // Past MAX_CONNECTIONS, or past MAX_CONNECTIONS_PER_PEER from one
+                    // address, a new connection is closed at once.
+                    let Some(slot) = state.peers.admit(peer.ip()) else {
+                        tracing::debug!(peer = %peer.ip(), "connection refused: MAX_CONNECTIONS_PER_PEER reached");
+                        crate::metrics::observe_refused("peer");
+                        continue;
+                    };
                     let Ok(permit) = Arc::clone(&state.connections).try_acquire_owned() else {
                         tracing::debug!("connection refused: MAX_CONNECTIONS reached");
-                        crate::metrics::observe_refused();
-                        drop(stream);
+                        crate::metrics::observe_refused("cap");
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
                     let state = Arc::clone(&state);
                     let service = service_fn(move |req| routes::handle(Arc::clone(&state), req));
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    let io = TimedWrites::new(TokioIo::new(stream), config.write_timeout);
+                    let conn = graceful.watch(http.serve_connection(io, service));
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
-                        drop(permit);
+                        drop((permit, slot));
                     });
                 }
                 Err(e) => {
@@ -146,6 +168,50 @@ pub async fn run_on(
         ),
     }
     Ok(())
+}
+
+/// Connections the probes' listener keeps open at once; past it, closed at once.
+pub const PROBE_CONNECTIONS: usize = 64;
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The probes' listener: `/healthz` and `/readyz` only, with connections of its own.
+async fn serve_probes(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    http: http1::Builder,
+    write_timeout: Duration,
+) {
+    let open = Arc::new(Semaphore::new(PROBE_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "probe accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            crate::metrics::observe_refused("probe_cap");
+            continue;
+        };
+        let state = Arc::clone(&state);
+        let service = service_fn(move |req| routes::handle_probe(Arc::clone(&state), req));
+        let io = TimedWrites::new(TokioIo::new(stream), write_timeout);
+        let conn = http.serve_connection(io, service);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
 }
 
 /// Completes on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

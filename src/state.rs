@@ -16,4 +16,6 @@ pub struct AppState {
     /// `MAX_CONNECTIONS`: open client connections, over every listener; past it a new
     /// connection is closed at once.
     pub connections: Arc<Semaphore>,
+    /// `MAX_CONNECTIONS_PER_PEER`: open connections per client address.
+    pub peers: Arc<crate::conn::Peers>,
 }

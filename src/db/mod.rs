@@ -276,7 +276,15 @@ impl Db {
     /// pipeline's, or one per admitted request without either), and 64 for listeners,
     /// TLS files and logs.
     pub fn descriptors_needed(config: &Config) -> u64 {
-        u64::from(config.max_connections) + u64::from(source::Source::most_connections(config)) + 64
+        let probes = if config.probe_addr.is_some() {
+            crate::server::PROBE_CONNECTIONS as u64
+        } else {
+            0
+        };
+        u64::from(config.max_connections)
+            + u64::from(source::Source::most_connections(config))
+            + probes
+            + 64
     }
 
     /// Requests in the database layer now, of `MAX_PENDING`, for `/metrics`.

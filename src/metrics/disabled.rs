@@ -19,9 +19,9 @@ pub fn observe_batch_panic(_kind: &'static str) {}
 #[inline(always)]
 pub fn observe_unavailable(_kind: &'static str) {}
 
-/// Records a connection refused at the cap (no-op in this build).
+/// Records a connection refused at a cap (no-op in this build).
 #[inline(always)]
-pub fn observe_refused() {}
+pub fn observe_refused(_reason: &'static str) {}
 
 /// Records a batch retried in halves (no-op in this build).
 #[inline(always)]

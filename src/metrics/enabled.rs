@@ -24,7 +24,7 @@ struct Metrics {
     batch_panics: IntCounterVec,
     batch_halvings: IntCounterVec,
     unavailable: IntCounterVec,
-    refused: prometheus::IntCounter,
+    refused: IntCounterVec,
     admission: IntGauge,
 }
 
@@ -106,9 +106,12 @@ fn build() -> Option<Metrics> {
         &["kind"],
     )
     .ok()?;
-    let refused = prometheus::IntCounter::new(
-        "perflab_connections_refused_total",
-        "Client connections closed at once because MAX_CONNECTIONS were open.",
+    let refused = IntCounterVec::new(
+        Opts::new(
+            "perflab_connections_refused_total",
+            "Client connections closed at once, by reason: cap (MAX_CONNECTIONS open), peer (MAX_CONNECTIONS_PER_PEER open from its address), probe_cap (the probe listener's own cap).",
+        ),
+        &["reason"],
     )
     .ok()?;
     let admission = IntGauge::new(
@@ -159,10 +162,10 @@ pub fn observe_unavailable(kind: &'static str) {
     m.unavailable.with_label_values(&[kind]).inc();
 }
 
-/// Records a connection closed at once at `MAX_CONNECTIONS`.
-pub fn observe_refused() {
+/// Records a connection closed at once at a cap (`cap`, `peer`, `probe_cap`).
+pub fn observe_refused(reason: &'static str) {
     let Some(m) = METRICS.as_ref() else { return };
-    m.refused.inc();
+    m.refused.with_label_values(&[reason]).inc();
 }
 
 /// Records a batch statement rejected and retried in halves.
@@ -240,7 +243,7 @@ mod tests {
     fn the_median_falls_inside_the_histogram_and_the_process_is_described() {
         observe("/users/{id}", "GET", 200, Duration::from_micros(120));
         observe_unavailable("shed");
-        observe_refused();
+        observe_refused("peer");
         let text = render(None, 3).expect("metrics are built in");
         assert!(
             text.contains(r#"perflab_http_request_duration_seconds_bucket{method="GET",route="/users/{id}",le="0.00005"}"#),
@@ -250,7 +253,10 @@ mod tests {
             text.contains(r#"perflab_unavailable_total{kind="shed"}"#),
             "{text}"
         );
-        assert!(text.contains("perflab_connections_refused_total"), "{text}");
+        assert!(
+            text.contains(r#"perflab_connections_refused_total{reason="peer"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("perflab_db_admitted_requests 3"), "{text}");
         for series in [
             "process_cpu_seconds_total",

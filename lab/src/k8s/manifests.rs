@@ -179,6 +179,8 @@ fn external_patch(e: &crate::matrix::External, pool_size: u32) -> Result<String>
     let mut ops = vec![
         serde_json::json!({"op": "add", "path": "/spec/template/spec/containers/0/args", "value": args}),
         serde_json::json!({"op": "replace", "path": "/spec/template/spec/containers/0/readinessProbe/httpGet/path", "value": e.ready_path}),
+        // It has no probe listener of its own: its readiness is asked on its one port.
+        serde_json::json!({"op": "replace", "path": "/spec/template/spec/containers/0/readinessProbe/httpGet/port", "value": "http"}),
         serde_json::json!({"op": "remove", "path": "/spec/template/spec/containers/0/livenessProbe"}),
     ];
     for (name, value) in e.env(8080, "$(DATABASE_URL)", pool_size) {
@@ -613,10 +615,28 @@ mod tests {
             "{app}"
         );
         assert_eq!(app.matches("name: DATABASE_URL").count(), 1, "{app}");
+        let probe = |app: &str| -> serde_json::Value {
+            let d: serde_json::Value = serde_yaml::from_str(
+                app.split("---\n")
+                    .find(|d| d.contains("kind: Deployment"))
+                    .unwrap(),
+            )
+            .unwrap();
+            d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"]
+                .clone()
+        };
+        assert_eq!(probe(&app), "http", "an external row has no probe port");
         // Our rows of the same matrix still run our image, untouched.
         let (yaml, row, images) = setup_in(peers, 2);
         check_rendered(&yaml, &row, &images).unwrap();
-        assert!(split(&yaml).unwrap().app.contains("livenessProbe"));
+        let ours = split(&yaml).unwrap().app;
+        assert!(ours.contains("livenessProbe"));
+        assert_eq!(
+            probe(&ours),
+            "probes",
+            "our server is probed on its own listener"
+        );
+        assert!(ours.contains("value: 0.0.0.0:8081"), "{ours}");
     }
 
     #[test]
