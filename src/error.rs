@@ -97,11 +97,7 @@ impl AppError {
                     tracing::warn!(%detail, more, "unavailable (more: like it in the last second)");
                 }
             }
-            AppError::OutcomeUnknown(detail) => {
-                if let Some(more) = UNKNOWN.admit() {
-                    tracing::warn!(%detail, more, "outcome unknown (more: like it in the last second)");
-                }
-            }
+            // Logged per request, with its id, where the request is known (routes).
             _ => {}
         }
         let message = self.message();
@@ -126,7 +122,6 @@ impl AppError {
 }
 
 static UNAVAILABLE: Throttle = Throttle::new();
-static UNKNOWN: Throttle = Throttle::new();
 
 /// At most one log line a second: `admit` says whether this event is logged, and how
 /// many were not since the last one that was.

@@ -1,10 +1,12 @@
 //! Routing: maps a request to its handler, answers errors as JSON and counts every
 //! reply for the metrics. No feature branches here.
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 
@@ -15,20 +17,54 @@ use crate::response::{self, Reply};
 use crate::state::AppState;
 use crate::{metrics, users};
 
+/// The header that carries a request's id (see [`request_id`]).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 #[derive(Serialize)]
 struct Status {
     status: &'static str,
+}
+
+/// A request's id, returned in `x-request-id`: the process's start (seconds, hex) and a
+/// counter, unique per process and never reused across restarts.
+fn request_id() -> HeaderValue {
+    static START: LazyLock<u64> = LazyLock::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{:x}-{n:x}", *START))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// The hyper service function.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Reply, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
+    let user = match route(req.uri().path()) {
+        Route::User(Ok(id)) => Some(id),
+        _ => None,
+    };
     let (route, result) = dispatch(&state, req).await;
+    let id = request_id();
+    // A client that got "outcome unknown" can be answered from the log: each one is a
+    // line with its request id, method and user.
+    if let Err(AppError::OutcomeUnknown(detail)) = &result {
+        tracing::warn!(
+            request_id = id.to_str().unwrap_or("-"),
+            method = %method,
+            user,
+            %detail,
+            "outcome unknown"
+        );
+    }
     let mut response = result.unwrap_or_else(AppError::into_response);
+    response.headers_mut().insert(REQUEST_ID, id);
     // Draining (after SIGTERM): every reply asks its client to leave, so a keep-alive
     // client reconnects (to another pod) instead of racing the close at shutdown.
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    if state.draining.load(Ordering::Relaxed) {
         response.headers_mut().insert(
             hyper::header::CONNECTION,
             hyper::header::HeaderValue::from_static("close"),
@@ -94,7 +130,7 @@ async fn dispatch(
     }
     let result = match route {
         "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),
-        "/readyz" if state.draining.load(std::sync::atomic::Ordering::Relaxed) => json(
+        "/readyz" if state.draining.load(Ordering::Relaxed) => json(
             StatusCode::SERVICE_UNAVAILABLE,
             &Status { status: "draining" },
         ),

@@ -136,6 +136,7 @@ pub async fn run_on(
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");
+                            crate::metrics::observe_connection_error(connection_error_kind(&e));
                         }
                         drop((permit, slot));
                     });
@@ -168,6 +169,26 @@ pub async fn run_on(
         ),
     }
     Ok(())
+}
+
+/// Why hyper ended a connection on its own, as a metric label.
+fn connection_error_kind(e: &hyper::Error) -> &'static str {
+    use std::error::Error as _;
+    let timed_out_writing = e
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+    if e.is_parse_too_large() {
+        "too_large"
+    } else if e.is_parse() {
+        "bad_request"
+    } else if timed_out_writing {
+        "write_timeout"
+    } else if e.is_timeout() {
+        "timeout"
+    } else {
+        "io"
+    }
 }
 
 /// Connections the probes' listener keeps open at once; past it, closed at once.

@@ -31,6 +31,24 @@ async fn get_returns_the_profile() {
 }
 
 #[tokio::test]
+async fn every_reply_carries_its_own_request_id() {
+    let (_db, server) = setup().await;
+    let mut seen = HashSet::new();
+    for path in ["/users/1", "/users/1", "/users/0", "/nope", "/healthz"] {
+        let r = server.get(path).await;
+        let id = r.headers["x-request-id"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        assert!(
+            id.len() <= 40 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
+            "{id}"
+        );
+        assert!(seen.insert(id), "a request id was given twice");
+    }
+}
+
+#[tokio::test]
 async fn get_unknown_user_is_404_and_bad_ids_are_400() {
     let (_db, server) = setup().await;
     let r = server.get("/users/101").await;

@@ -49,8 +49,37 @@ async fn waiting_backend(admin: &tokio_postgres::Client) -> i32 {
     }
 }
 
+/// A log writer the test reads back (a current-thread runtime runs the server's tasks
+/// on the test's thread, where this subscriber is the default).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 #[tokio::test]
 async fn a_write_whose_backend_is_terminated_mid_statement_says_outcome_unknown() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
     let db = TestDb::new(10).await;
     let server = TestServer::start(&db.url, &[("DB_TIMEOUT_MS", "5000")]).await;
     let locker = lock_row(&db, 1).await;
@@ -70,6 +99,16 @@ async fn a_write_whose_backend_is_terminated_mid_statement_says_outcome_unknown(
         "the statement was sent, so a 503 must not say it was not applied: {}",
         reply.error_message()
     );
+    // The client can be answered from the log: its request id, method and user.
+    let id = reply.headers["x-request-id"]
+        .to_str()
+        .expect("a request id");
+    let text = log.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("outcome unknown") && l.contains(id))
+        .unwrap_or_else(|| panic!("no log line names request {id}:\n{text}"));
+    assert!(line.contains("PATCH") && line.contains("user=1"), "{line}");
 }
 
 #[tokio::test]

@@ -35,7 +35,9 @@ impl Source {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
-        Session::open(client, STATEMENTS).await.map_err(classify)
+        let session = Session::open(client, STATEMENTS).await.map_err(classify)?;
+        crate::metrics::observe_db_connect();
+        Ok(session)
     }
 
     pub fn state(&self) -> Option<PoolState> {

@@ -91,6 +91,7 @@ impl Source {
             .map_err(|_| {
                 AppError::Unavailable("connecting to the database took too long".into())
             })??;
+        crate::metrics::observe_db_connect();
         let session = Arc::new(session);
         *slot.live.write().unwrap_or_else(|p| p.into_inner()) = Some(session.clone());
         Ok(session)

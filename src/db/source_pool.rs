@@ -44,7 +44,10 @@ impl Source {
     }
 
     pub async fn get(&self) -> Result<bb8::PooledConnection<'_, Manager>, AppError> {
-        self.pool.get().await.map_err(|e| match e {
+        let asked = std::time::Instant::now();
+        let got = self.pool.get().await;
+        crate::metrics::observe_pool_wait(asked.elapsed());
+        got.map_err(|e| match e {
             RunError::User(PoolError::Postgres(e)) => classify(e),
             RunError::User(e @ (PoolError::Closed | PoolError::ConnectTimeout)) => {
                 AppError::Unavailable(format!("database unavailable: {e}"))
@@ -103,9 +106,13 @@ impl ManageConnection for Manager {
                 .await
                 .map_err(PoolError::Postgres)
         };
-        tokio::time::timeout(self.connect_timeout, open)
+        let opened = tokio::time::timeout(self.connect_timeout, open)
             .await
-            .unwrap_or(Err(PoolError::ConnectTimeout))
+            .unwrap_or(Err(PoolError::ConnectTimeout));
+        if opened.is_ok() {
+            crate::metrics::observe_db_connect();
+        }
+        opened
     }
 
     async fn is_valid(&self, session: &mut Session) -> Result<(), PoolError> {

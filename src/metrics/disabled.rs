@@ -27,6 +27,18 @@ pub fn observe_refused(_reason: &'static str) {}
 #[inline(always)]
 pub fn observe_batch_halving(_kind: &'static str) {}
 
+/// Records a wait for a pooled connection (no-op in this build).
+#[inline(always)]
+pub fn observe_pool_wait(_waited: Duration) {}
+
+/// Records a database connection opened (no-op in this build).
+#[inline(always)]
+pub fn observe_db_connect() {}
+
+/// Records a connection hyper ended on its own (no-op in this build).
+#[inline(always)]
+pub fn observe_connection_error(_kind: &'static str) {}
+
 /// The Prometheus exposition, or `None` when metrics are not built in.
 pub fn render(_pool: Option<PoolState>, _admitted: usize) -> Option<String> {
     None

@@ -26,6 +26,9 @@ struct Metrics {
     unavailable: IntCounterVec,
     refused: IntCounterVec,
     admission: IntGauge,
+    pool_wait: prometheus::Histogram,
+    db_connects: prometheus::IntCounter,
+    protocol_errors: IntCounterVec,
 }
 
 static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(build);
@@ -137,6 +140,32 @@ fn build() -> Option<Metrics> {
     registry.register(Box::new(batch_size.clone())).ok()?;
     registry.register(Box::new(batch_panics.clone())).ok()?;
     registry.register(Box::new(batch_halvings.clone())).ok()?;
+    let pool_wait = prometheus::Histogram::with_opts(
+        HistogramOpts::new(
+            "perflab_db_pool_wait_seconds",
+            "How long requests waited for a pooled connection (builds with `pool`).",
+        )
+        .buckets(vec![
+            0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0,
+        ]),
+    )
+    .ok()?;
+    let db_connects = prometheus::IntCounter::new(
+        "perflab_db_connections_opened_total",
+        "Database connections opened: with a pool or shared connections, each beyond the first ones is a reconnect after a broken or discarded one.",
+    )
+    .ok()?;
+    let protocol_errors = IntCounterVec::new(
+        Opts::new(
+            "perflab_http_connection_errors_total",
+            "Connections hyper ended on its own, by kind: bad_request (400: a malformed head), too_large (431: a head over 16 KiB), timeout (408: the head did not arrive within HEADER_READ_TIMEOUT_MS, or an idle keep-alive connection), write_timeout (the client stopped reading), io (reset or closed mid-request).",
+        ),
+        &["kind"],
+    )
+    .ok()?;
+    registry.register(Box::new(pool_wait.clone())).ok()?;
+    registry.register(Box::new(db_connects.clone())).ok()?;
+    registry.register(Box::new(protocol_errors.clone())).ok()?;
     registry.register(Box::new(unavailable.clone())).ok()?;
     registry.register(Box::new(refused.clone())).ok()?;
     registry.register(Box::new(admission.clone())).ok()?;
@@ -153,7 +182,28 @@ fn build() -> Option<Metrics> {
         unavailable,
         refused,
         admission,
+        pool_wait,
+        db_connects,
+        protocol_errors,
     })
+}
+
+/// Records how long a request waited for a pooled connection.
+pub fn observe_pool_wait(waited: Duration) {
+    let Some(m) = METRICS.as_ref() else { return };
+    m.pool_wait.observe(waited.as_secs_f64());
+}
+
+/// Records a database connection opened.
+pub fn observe_db_connect() {
+    let Some(m) = METRICS.as_ref() else { return };
+    m.db_connects.inc();
+}
+
+/// Records a connection hyper ended on its own (`kind`: see the series' help).
+pub fn observe_connection_error(kind: &'static str) {
+    let Some(m) = METRICS.as_ref() else { return };
+    m.protocol_errors.with_label_values(&[kind]).inc();
 }
 
 /// Records a 503 of `kind` (`shed`, `unavailable`, `outcome_unknown`).

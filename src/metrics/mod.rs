@@ -10,6 +10,6 @@
 mod imp;
 
 pub use imp::{
-    observe, observe_batch, observe_batch_halving, observe_batch_panic, observe_refused,
-    observe_unavailable, render,
+    observe, observe_batch, observe_batch_halving, observe_batch_panic, observe_connection_error,
+    observe_db_connect, observe_pool_wait, observe_refused, observe_unavailable, render,
 };

@@ -80,12 +80,10 @@ pub fn write_overlay(
             .with_context(|| format!("copying sql/{f}"))?;
     }
     std::fs::write(dir.join("plan.json"), plan_json)?;
-    // The superuser's (the seed's) and the app role's passwords, made once per overlay.
+    // The superuser's (the seed's) and the app role's passwords: fresh for every
+    // rendering (each row starts from an empty database), readable by the owner only.
     for file in ["password", "app-password"] {
-        let path = dir.join(file);
-        if !path.exists() {
-            std::fs::write(&path, crate::sql::random_password()?)?;
-        }
+        write_secret(&dir.join(file), &crate::sql::random_password()?)?;
     }
     let base = relative(&dir, &root.join("k8s/base"));
     let comp = relative(&dir, &root.join("k8s/components"));
@@ -168,6 +166,20 @@ pub fn write_overlay(
     }
     std::fs::write(dir.join("kustomization.yaml"), k)?;
     Ok(dir)
+}
+
+/// Writes a secret readable by its owner only (0600), replacing any earlier one.
+fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// An external row's app: its image's entrypoint with the row's arguments (the port is
@@ -363,6 +375,10 @@ fn restricted(kind: &str, spec: &Value) -> Result<()> {
     }
     if pod["runAsUser"].as_u64().unwrap_or(0) == 0 {
         bail!("{kind}: runAsUser must be a non-zero numeric UID");
+    }
+    // None of them talks to the Kubernetes API: no token to steal from any.
+    if spec["automountServiceAccountToken"] != false {
+        bail!("{kind}: the service-account token must not be mounted");
     }
     for c in spec["containers"].as_sequence().context("containers")? {
         let sc = &c["securityContext"];
@@ -677,6 +693,32 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_the_owners_only_and_fresh_each_time() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let m = Matrix::parse(&std::fs::read_to_string(root.join("matrix.toml")).unwrap()).unwrap();
+        let images = Images {
+            registry: "reg.example".into(),
+            commit: "abc123".into(),
+            postgres: None,
+        };
+        let out = std::env::temp_dir().join(format!("perflab-k8s-secrets-{}", std::process::id()));
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let dir = write_overlay(&root, &out, &m, &m.rows[0], &images, "{}", "perflab").unwrap();
+            for file in ["password", "app-password"] {
+                let meta = std::fs::metadata(dir.join(file)).unwrap();
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+                seen.push(std::fs::read_to_string(dir.join(file)).unwrap());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&out);
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 4, "a password was reused");
+    }
+
+    #[test]
     fn another_namespace_holds_every_object() {
         let text = std::fs::read_to_string(
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../matrix.toml"),
@@ -728,6 +770,11 @@ mod tests {
                 "read-only root",
             ),
             ("operator: NotIn".into(), "operator: In".into(), "affinity"),
+            (
+                "automountServiceAccountToken: false".into(),
+                "automountServiceAccountToken: true".into(),
+                "service-account token",
+            ),
             (
                 "pod-security.kubernetes.io/enforce: restricted".into(),
                 "pod-security.kubernetes.io/enforce: baseline".into(),

@@ -324,6 +324,32 @@ fn loadgen_node(nodes_json: &str) -> Result<()> {
     Ok(())
 }
 
+/// PostgreSQL's data claim (the StatefulSet's `data` template, pod 0).
+const POSTGRES_CLAIM: &str = "data-postgres-0";
+
+/// From `kubectl get ... -o json` (one object or a list, or nothing): the first object
+/// without the lab's `managed-by` label, as `kind/name`.
+fn not_ours(listing: &str) -> Result<Option<String>> {
+    if listing.trim().is_empty() {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_str(listing).context("kubectl get: not JSON")?;
+    let items = match v["items"].as_array() {
+        Some(items) => items.clone(),
+        None => vec![v],
+    };
+    Ok(items
+        .iter()
+        .find(|o| o["metadata"]["labels"]["app.kubernetes.io/managed-by"] != MANAGED_BY)
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or("?"),
+                o["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        }))
+}
+
 /// From `kubectl get namespace NS --ignore-not-found -o json`: whether it exists and
 /// lacks the lab's `managed-by` label.
 fn foreign_namespace(namespace_json: &str) -> Result<bool> {
@@ -399,7 +425,18 @@ impl Target for Cluster<'_> {
     fn teardown(&mut self, row: &Row) -> Result<()> {
         let dir = self.o.overlays.join(row.slug());
         let mut files = vec!["objects.yaml"];
-        if !self.foreign_namespace {
+        if self.foreign_namespace {
+            // The namespace stays, so PostgreSQL's claim must go by itself (the next row
+            // starts from an empty data directory, with its own password).
+            self.kube().ctl(&[
+                "delete",
+                "pvc",
+                POSTGRES_CLAIM,
+                "--ignore-not-found",
+                "--wait",
+                &format!("--timeout={}s", self.o.timeout.as_secs()),
+            ])?;
+        } else {
             files.push("namespace.yaml");
         }
         for file in files {
@@ -554,7 +591,34 @@ fn measure_row(c: &Cluster, run: &RowRun) -> Result<Report> {
     }
     // PostgreSQL first, then the data, then the app (its prepared statements must see
     // the seeded table), then the load.
-    if !c.foreign_namespace {
+    if c.foreign_namespace {
+        // Someone else's namespace: nothing of theirs is overwritten.
+        let found = kube.sh.run(&[
+            "kubectl",
+            "get",
+            "-f",
+            &dir.join("objects.yaml").to_string_lossy(),
+            "--ignore-not-found",
+            "-o",
+            "json",
+        ])?;
+        let claim = kube.ctl(&[
+            "get",
+            "pvc",
+            POSTGRES_CLAIM,
+            "--ignore-not-found",
+            "-o",
+            "json",
+        ])?;
+        for listing in [found, claim] {
+            if let Some(theirs) = not_ours(&listing)? {
+                bail!(
+                    "namespace {} holds {theirs}, which the lab did not make: it is not overwritten (choose another --namespace)",
+                    o.namespace
+                );
+            }
+        }
+    } else {
         kube.apply(&dir.join("namespace.yaml"))?;
     }
     kube.apply(&files[0])?;
@@ -630,6 +694,21 @@ mod tests {
             "{e}"
         );
         assert!(loadgen_node(&node("[]")).is_err());
+    }
+
+    #[test]
+    fn objects_without_the_labs_label_are_someone_elses() {
+        assert_eq!(not_ours("").unwrap(), None);
+        let ours = r#"{"kind": "PersistentVolumeClaim", "metadata": {"name": "data-postgres-0", "labels": {"app.kubernetes.io/managed-by": "perflab-lab"}}}"#;
+        assert_eq!(not_ours(ours).unwrap(), None);
+        let list = r#"{"items": [
+            {"kind": "Service", "metadata": {"name": "perflab", "labels": {"app.kubernetes.io/managed-by": "perflab-lab"}}},
+            {"kind": "StatefulSet", "metadata": {"name": "postgres", "labels": {"app": "theirs"}}}
+        ]}"#;
+        assert_eq!(
+            not_ours(list).unwrap().as_deref(),
+            Some("StatefulSet/postgres")
+        );
     }
 
     #[test]

@@ -13,7 +13,59 @@ use crate::measure::procfs;
 use crate::sql::{random_password, APP_ROLE, APP_USER, INDEX, SCHEMA, SEED};
 
 pub fn connect(url: &str) -> Result<Client> {
-    Client::connect(url, NoTls).with_context(|| format!("cannot connect to PostgreSQL at {url}"))
+    Client::connect(url, NoTls)
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))
+}
+
+/// `url` without its password, for messages: `postgres://u:***@host/db`, or
+/// `password=***` in a key=value string.
+pub fn redact(url: &str) -> String {
+    split_password(url).0.replace(PASSWORD_GONE, "***")
+}
+
+/// What stands where a password was, in [`split_password`]'s URL.
+const PASSWORD_GONE: &str = "\u{0}gone";
+
+/// `url` without its password, and the password: what a child process gets on its
+/// command line (visible to every user of the machine) and in `PGPASSWORD` (not).
+pub fn without_password(url: &str) -> (String, Option<String>) {
+    let (kept, password) = split_password(url);
+    if kept.contains("://") {
+        return (kept.replace(&format!(":{PASSWORD_GONE}@"), "@"), password);
+    }
+    let gone = format!("password={PASSWORD_GONE}");
+    let rest: Vec<&str> = kept.split_whitespace().filter(|t| *t != gone).collect();
+    (rest.join(" "), password)
+}
+
+/// The password of a `postgres://` URL or key=value string, replaced by a marker.
+fn split_password(url: &str) -> (String, Option<String>) {
+    for scheme in ["postgres://", "postgresql://"] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            let Some((userinfo, host)) = rest.split_once('@') else {
+                return (url.to_string(), None);
+            };
+            return match userinfo.split_once(':') {
+                Some((user, password)) => (
+                    format!("{scheme}{user}:{PASSWORD_GONE}@{host}"),
+                    Some(password.to_string()),
+                ),
+                None => (url.to_string(), None),
+            };
+        }
+    }
+    let mut password = None;
+    let kept: Vec<String> = url
+        .split_whitespace()
+        .map(|kv| match kv.strip_prefix("password=") {
+            Some(p) => {
+                password = Some(p.to_string());
+                format!("password={PASSWORD_GONE}")
+            }
+            None => kv.to_string(),
+        })
+        .collect();
+    (kept.join(" "), password)
 }
 
 /// Recreates `users` with `users` rows (ids 1..=users), the index when asked, and
@@ -48,9 +100,13 @@ pub fn app_login(client: &mut Client, admin_url: &str) -> Result<String> {
     client
         .batch_execute(APP_ROLE)
         .context("creating the app's role")?;
-    // Letters and digits only: safe inside the literal and the URL.
+    // Letters and digits only: safe in the URL. PostgreSQL is sent its SCRAM verifier,
+    // never the password itself (a statement log would show it).
     client
-        .batch_execute(&format!("ALTER ROLE {APP_USER} PASSWORD '{password}'"))
+        .batch_execute(&format!(
+            "ALTER ROLE {APP_USER} PASSWORD '{}'",
+            postgres_protocol::password::scram_sha_256(password.as_bytes())
+        ))
         .context("setting the app role's password")?;
     app_url(admin_url, &password)
 }
@@ -74,7 +130,7 @@ pub fn app_url(url: &str, password: &str) -> Result<String> {
             kept.join(" ")
         ));
     }
-    bail!("cannot read {url:?} as a PostgreSQL URL")
+    bail!("cannot read {:?} as a PostgreSQL URL", redact(url))
 }
 
 /// `url` (a `postgres://` URL or a key=value string) naming database `db` instead.
@@ -279,6 +335,35 @@ pub fn postmaster_pid(data_dir: &std::path::Path) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_messages_and_command_lines() {
+        let url = "postgres://admin:s3cret@127.0.0.1:5432/db?sslmode=disable";
+        assert_eq!(
+            redact(url),
+            "postgres://admin:***@127.0.0.1:5432/db?sslmode=disable"
+        );
+        assert_eq!(
+            without_password(url),
+            (
+                "postgres://admin@127.0.0.1:5432/db?sslmode=disable".to_string(),
+                Some("s3cret".to_string())
+            )
+        );
+        let kv = "host=db password=s3cret user=admin";
+        assert_eq!(redact(kv), "host=db password=*** user=admin");
+        assert_eq!(
+            without_password(kv),
+            ("host=db user=admin".to_string(), Some("s3cret".to_string()))
+        );
+        let bare = "postgres://postgres@127.0.0.1:1/postgres";
+        assert_eq!(without_password(bare), (bare.to_string(), None));
+        let Err(e) = connect("postgres://u:s3cret@127.0.0.1:1/x") else {
+            panic!("nothing listens on port 1")
+        };
+        let e = format!("{e:#}");
+        assert!(!e.contains("s3cret") && e.contains("u:***@"), "{e}");
+    }
 
     #[test]
     fn the_app_url_swaps_in_the_app_role() {

@@ -286,7 +286,13 @@ impl Pgbench<'_> {
         for (script, weight) in &scripts {
             cmd.arg("-f").arg(format!("{}@{weight}", script.display()));
         }
-        cmd.arg(self.url);
+        // The password goes through the environment: a command line is visible to
+        // every user of the machine.
+        let (url, password) = crate::local::pg::without_password(self.url);
+        cmd.arg(url);
+        if let Some(p) = password {
+            cmd.env("PGPASSWORD", p);
+        }
         let pg_ticks = || self.postmaster.and_then(procfs::postgres_ticks);
         let (pg0, c0, t0) = (
             pg_ticks(),
