@@ -552,7 +552,9 @@ fn slo_table(s: &Summary) -> String {
     let common = s.matrix["load"]["common_qps"]
         .as_f64()
         .map_or("the common rate".to_string(), |q| format!("{q:.0}/s"));
-    let mut out = String::from("| Row | Features |");
+    // No features column: the row's name says what changed, and each row's section in
+    // results.md says what it was built with.
+    let mut out = String::from("| Row |");
     for w in &s.workloads {
         let _ = write!(out, " {} capacity (QPS) |", title(w));
     }
@@ -560,15 +562,14 @@ fn slo_table(s: &Summary) -> String {
         out,
         " p99 at {common}, ms ({names}) | Server µs/req, user+kernel ({names}) | PostgreSQL µs/req ({names}) | Change vs previous row | Notes |"
     );
-    out.push_str("|---|---|");
+    out.push_str("|---|");
     for _ in &s.workloads {
         out.push_str("---:|");
     }
     out.push_str("---:|---:|---:|---|---|\n");
     let mut prev: Option<&RowResult> = None;
     for row in &s.rows {
-        let features = row.short_label();
-        let _ = write!(out, "| {} | {features}; {} |", row.name, row.index_label());
+        let _ = write!(out, "| {} |", row.name);
         if row.workloads.is_empty() {
             for _ in &s.workloads {
                 out.push_str(" failed |");
@@ -619,7 +620,7 @@ fn reference_is_open_loop(s: &Summary) -> bool {
 /// The pgbench line of the table: the database's own capacity and cost, per workload.
 fn reference_line(s: &Summary) -> String {
     let open_loop = reference_is_open_loop(s);
-    let mut out = String::from("| *PostgreSQL alone (pgbench)* | prepared, no HTTP |");
+    let mut out = String::from("| *PostgreSQL alone (pgbench, prepared, no HTTP)* |");
     let mut p99 = Vec::new();
     let mut us = Vec::new();
     for w in &s.workloads {
@@ -1183,14 +1184,29 @@ pub fn check_failed(text: &str, name: &str, because: &str) -> Result<()> {
 pub fn check_table(text: &str, rows: &[String], workloads: usize) -> Result<()> {
     for name in rows {
         let prefix = format!("| {name} |");
-        let Some(line) = text.lines().find(|l| l.starts_with(&prefix)) else {
+        let lines: Vec<&str> = text.lines().collect();
+        let Some(at) = lines.iter().position(|l| l.starts_with(&prefix)) else {
             bail!("row {name:?} is missing from the table");
         };
-        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        for (i, cell) in cells.iter().skip(2).take(workloads).enumerate() {
+        // The numbers start after the name, and after the blocks table's "Adds".
+        let header = lines[..at].iter().rev().find(|l| l.starts_with("| Row |"));
+        let skip = if header.is_some_and(|h| h.starts_with("| Row | Adds |")) {
+            2
+        } else {
+            1
+        };
+        let cells: Vec<&str> = lines[at]
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        for (i, cell) in cells.iter().skip(skip).take(workloads).enumerate() {
             let number = cell.trim_start_matches("≥ ");
             if !number.chars().next().is_some_and(|c| c.is_ascii_digit()) {
-                bail!("row {name:?}: cell {} is not a number: {cell:?}", i + 3);
+                bail!(
+                    "row {name:?}: cell {} is not a number: {cell:?}",
+                    i + skip + 1
+                );
             }
         }
     }
@@ -1456,9 +1472,14 @@ mod tests {
     #[test]
     fn table_shows_median_range_and_deltas() {
         let t = table(&summary());
-        assert!(t.starts_with("| Row | Features | Read-heavy capacity (QPS) | Write-heavy capacity (QPS) | p99 at"), "{t}");
         assert!(
-            t.contains("| Baseline | pool; index | 200 (180–240) | 100 (100–100) | — | — | — | — | limit: server CPU; writes intact |"),
+            t.starts_with(
+                "| Row | Read-heavy capacity (QPS) | Write-heavy capacity (QPS) | p99 at"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("| Baseline | 200 (180–240) | 100 (100–100) | — | — | — | — | limit: server CPU; writes intact |"),
             "{t}"
         );
         assert!(t.contains("read +2400%, write +2400%"), "{t}");
@@ -1473,7 +1494,10 @@ mod tests {
         // 0.95 cores at 200 QPS.
         assert!(md.contains("(server 4750 µs/request at capacity)"), "{md}");
         assert!(md.contains("first failing step: p99 80 ms > 50 ms"), "{md}");
-        assert!(t.contains("| *PostgreSQL alone (pgbench)* |"), "{t}");
+        assert!(
+            t.contains("| *PostgreSQL alone (pgbench, prepared, no HTTP)* |"),
+            "{t}"
+        );
         check_table(&t, &["Baseline".into(), "+pool".into()], 2).unwrap();
         assert!(check_table(&t, &["Missing".into()], 2).is_err());
     }

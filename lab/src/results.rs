@@ -310,20 +310,6 @@ impl RowResult {
             .any(|f| crate::matrix::REFERENCE_FEATURES.contains(&f.as_str()))
     }
 
-    /// For the table: an external row's command up to its first option or placeholder.
-    pub fn short_label(&self) -> String {
-        match &self.external {
-            Some(command) => {
-                let head: Vec<&str> = command
-                    .split(' ')
-                    .take_while(|w| !w.starts_with('-') && !w.contains('{'))
-                    .collect();
-                format!("external: `{}`", head.join(" "))
-            }
-            None => self.build_label(),
-        }
-    }
-
     /// Whether users.id was indexed, as a label: the lab's own data only (a service's
     /// database is its own).
     pub fn index_label(&self) -> &'static str {
