@@ -146,7 +146,7 @@ cgroups_cleanup() {
 }
 
 # pg_start [extra postgres -c settings...]: starts a throwaway cluster on a free
-# loopback port; sets PG_DIR, PG_PORT, PG_PASSWORD (the superuser's) and PG_URL. Pair it with pg_stop in a trap. A start
+# loopback port; sets PG_DIR, PG_PORT, PG_URL. Pair it with pg_stop in a trap. A start
 # that loses its port to another program retries on another port.
 pg_start() {
   find_pg_bin
@@ -157,15 +157,8 @@ pg_start() {
   PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/perflab-pg.XXXXXX")"
   chmod 755 "${PG_DIR}"
   if is_root; then chown postgres: "${PG_DIR}"; fi
-  # TCP connections need the superuser's password (SCRAM), fresh per cluster; the
-  # socket, for pg_ctl, is the owner's alone (unix_socket_permissions below).
-  PG_PASSWORD="$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
-  (umask 077 && printf '%s\n' "${PG_PASSWORD}" >"${PG_DIR}/pwfile")
-  if is_root; then chown postgres: "${PG_DIR}/pwfile"; fi
-  as_pg_owner "${PG_BIN}/initdb" -D "${PG_DIR}/data" -U postgres --auth-local=trust \
-    --auth-host=scram-sha-256 --pwfile="${PG_DIR}/pwfile" -E UTF8 --no-sync >"${PG_DIR}/initdb.log" 2>&1 \
+  as_pg_owner "${PG_BIN}/initdb" -D "${PG_DIR}/data" -U postgres -A trust -E UTF8 --no-sync >"${PG_DIR}/initdb.log" 2>&1 \
     || { cat "${PG_DIR}/initdb.log" >&2; cannot_start "initdb failed"; }
-  rm -f "${PG_DIR}/pwfile"
   local extra="" setting attempt
   for setting in "$@"; do
     extra="${extra} -c ${setting}"
@@ -175,10 +168,10 @@ pg_start() {
     log "starting a throwaway PostgreSQL ($("${PG_BIN}/postgres" --version | awk '{print $3}')) in ${PG_DIR} on 127.0.0.1:${PG_PORT}"
     rm -f "${PG_DIR}/server.log"
     if as_pg_owner "${PG_BIN}/pg_ctl" -D "${PG_DIR}/data" -l "${PG_DIR}/server.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p ${PG_PORT} -k ${PG_DIR} -c unix_socket_permissions=0700 -c max_connections=300 -c shared_buffers=256MB${extra}" \
+      -o "-c listen_addresses=127.0.0.1 -p ${PG_PORT} -k ${PG_DIR} -c max_connections=300 -c shared_buffers=256MB${extra}" \
       start >/dev/null; then
       # This cluster has no TLS: say so, rather than have clients ask for it first.
-      PG_URL="postgres://postgres:${PG_PASSWORD}@127.0.0.1:${PG_PORT}/postgres?sslmode=disable"
+      PG_URL="postgres://postgres@127.0.0.1:${PG_PORT}/postgres?sslmode=disable"
       return 0
     fi
     if grep -q "Address already in use" "${PG_DIR}/server.log" && [[ "${attempt}" -lt 5 ]]; then

@@ -76,10 +76,7 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
     pg_start shared_preload_libraries=pg_stat_statements
-    # The URL holds the cluster's password: lab reads it from its environment, not from
-    # a command line every user of the machine can read.
-    export PERFLAB_DATABASE_URL="${PG_URL}"
-    db_args=(--pg-data "${PG_DIR}/data" --own-cluster)
+    db_args=(--database-url "${PG_URL}" --pg-data "${PG_DIR}/data" --own-cluster)
   else
     # Your PostgreSQL: lab works in a database of its own and puts back what it changed;
     # if it is stopped (Ctrl-C) before it could, this does it from this run's journal.

@@ -32,8 +32,7 @@ main() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
   pg_start
-  # The URL holds the cluster's password: passed in the environment, not on a command line.
-  PERFLAB_DATABASE_URL="${PG_URL}" "${lab}" soak --pg-data "${PG_DIR}/data" \
+  "${lab}" soak --database-url "${PG_URL}" --pg-data "${PG_DIR}/data" \
     --oha "$(command -v oha)" "$@"
 }
 

@@ -105,10 +105,8 @@ async fn outage_gives_bounded_503_and_recovery_without_restart() {
     let (host, port) = pg_target();
     let proxy = Proxy::start((host, port)).await;
     let url = format!(
-        "postgres://perflab_app:{}@127.0.0.1:{}/{}",
-        support::app_password(),
-        proxy.port,
-        db.name
+        "postgres://perflab_app@127.0.0.1:{}/{}",
+        proxy.port, db.name
     );
     let server = TestServer::start(&url, &[("DB_TIMEOUT_MS", "1000")]).await;
     assert_eq!(server.get("/users/1").await.status, 200);

@@ -229,8 +229,8 @@ pub struct RunArgs {
     pub url: Option<String>,
     /// local: a superuser URL of the PostgreSQL to use. The run works in a database
     /// of its own there, which it drops at the end, and puts back what it changed
-    /// (`--check` lists it). Also read from PERFLAB_DATABASE_URL (not shown by `ps`).
-    #[arg(long, env = "PERFLAB_DATABASE_URL", hide_env_values = true)]
+    /// (`--check` lists it).
+    #[arg(long)]
     pub database_url: Option<String>,
     /// local, with your --database-url: let the run change the server's settings (the
     /// matrix's [postgres], with ALTER SYSTEM); they are put back at the end.
@@ -317,8 +317,7 @@ pub struct SoakArgs {
     /// Offer this rate (requests/s) instead of searching the capacity first.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Also read from PERFLAB_DATABASE_URL (not shown by `ps`).
-    #[arg(long, env = "PERFLAB_DATABASE_URL", hide_env_values = true)]
+    #[arg(long)]
     pub database_url: String,
     /// The data directory of a cluster on this machine: pins it and counts its CPU.
     #[arg(long)]

@@ -71,14 +71,7 @@ impl TestDb {
             .expect("create test database");
         let admin_url = url_with_db(&admin_url(), &name);
         seed(&connect(&admin_url).await, users).await;
-        admin
-            .batch_execute(&format!(
-                "ALTER ROLE perflab_app PASSWORD '{}'",
-                app_password()
-            ))
-            .await
-            .expect("the app role's password");
-        let url = url_with_login(&admin_url, "perflab_app", app_password());
+        let url = url_with_user(&admin_url, "perflab_app");
         Self {
             url,
             admin_url,
@@ -100,28 +93,14 @@ pub async fn seed(db: &Client, users: i64) {
     db.batch_execute(INDEX).await.expect("index");
 }
 
-/// The app role's password in the test cluster, which checks passwords on TCP: fresh
-/// per test process, set by every [`TestDb`].
-pub fn app_password() -> &'static str {
-    static PASSWORD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let mut bytes = [0u8; 16];
-        std::io::Read::read_exact(
-            &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"),
-            &mut bytes,
-        )
-        .expect("random bytes");
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    });
-    &PASSWORD
-}
-
-/// Replaces the user and password in a `postgres://` URL.
-pub fn url_with_login(url: &str, user: &str, password: &str) -> String {
+/// Replaces the user (and drops any password) in a `postgres://` URL; the throwaway
+/// cluster trusts loopback connections.
+pub fn url_with_user(url: &str, user: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let host = rest.split_once('@').map_or(rest, |(_, h)| h);
-    format!("{scheme}://{user}:{password}@{host}")
+    format!("{scheme}://{user}@{host}")
 }
 
 /// Replaces the database name in a `postgres://` URL.
