@@ -201,6 +201,15 @@ async fn a_client_that_stops_reading_is_cut_off() {
     );
     eprintln!("cut off after {:?}", start.elapsed());
     assert_eq!(server.get("/healthz").await.status, 200);
+    // An operator sees it: the connection is counted as ended by the write timeout.
+    #[cfg(feature = "metrics")]
+    {
+        let text = String::from_utf8_lossy(&server.get("/metrics").await.body).into_owned();
+        assert!(
+            text.contains(r#"perflab_http_connection_errors_total{kind="write_timeout"}"#),
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -290,6 +290,21 @@ mod tests {
     }
 
     #[test]
+    fn pool_waits_reconnects_and_hyper_s_own_errors_are_counted() {
+        observe_pool_wait(Duration::from_micros(300));
+        observe_db_connect();
+        observe_connection_error("write_timeout");
+        let text = render(None, 0).expect("metrics are built in");
+        for series in [
+            r#"perflab_db_pool_wait_seconds_bucket{le="0.0005"}"#,
+            "perflab_db_connections_opened_total ",
+            r#"perflab_http_connection_errors_total{kind="write_timeout"}"#,
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
+    }
+
+    #[test]
     fn the_median_falls_inside_the_histogram_and_the_process_is_described() {
         observe("/users/{id}", "GET", 200, Duration::from_micros(120));
         observe_unavailable("shed");
