@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -65,6 +65,19 @@ pub fn resolve(service: &Service) -> Result<SocketAddr> {
         .with_context(|| format!("could not resolve {}", service.url))?
         .next()
         .with_context(|| format!("{} resolved to no address", service.url))
+}
+
+/// A service, once it answers on its ready path (within `within`) and keeps the
+/// contract. Without a database no id is known to be missing, and the probe's 404
+/// check is left out (`missing_id` None).
+pub fn attach(service: &Service, within: Duration, missing_id: Option<i64>) -> Result<Remote> {
+    let remote = Remote {
+        addr: resolve(service)?,
+    };
+    remote.wait_ready(&service.ready_path, within)?;
+    contract::probe(remote.addr, missing_id)
+        .map_err(|e| anyhow::anyhow!("the contract probe failed: {e:#}"))?;
+    Ok(remote)
 }
 
 /// The process on this machine listening on `addr`'s port, where `addr` is loopback
@@ -223,23 +236,8 @@ impl Target for Services<'_> {
             .service
             .as_ref()
             .context("the service target measures `url` rows only")?;
-        let addr = resolve(service)?;
-        let remote = Remote { addr };
-        let start = Instant::now();
-        while !remote.ready_at(&service.ready_path) {
-            if start.elapsed() > self.o.ready_within {
-                bail!(
-                    "{} did not answer 200 on {} within {:?}",
-                    service.url,
-                    service.ready_path,
-                    self.o.ready_within
-                );
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        // No id is known to be missing without the database: that check is left out.
-        contract::probe(addr, self.max_id.map(|n| n + 1))
-            .map_err(|e| anyhow::anyhow!("the contract probe failed: {e:#}"))?;
+        let remote = attach(service, self.o.ready_within, self.max_id.map(|n| n + 1))?;
+        let addr = remote.addr;
         let pid = listening_pid(addr);
         (run.say)(&match pid {
             Some(pid) => format!("  {} is process {pid} on this machine: its CPU and memory are counted", service.url),

@@ -164,17 +164,9 @@ pub fn run(o: &Options) -> Result<Report> {
 fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<()> {
     let addr = resolve(&o.url, o.ready_within)?;
     let remote = Remote { addr };
-    let start = Instant::now();
-    while !remote.ready_at(plan.row.ready_path()) {
-        if start.elapsed() > o.ready_within {
-            bail!(
-                "{} ({addr}) was not ready within {:?}",
-                o.url,
-                o.ready_within
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    remote
+        .wait_ready(plan.row.ready_path(), o.ready_within)
+        .with_context(|| format!("{} was not ready", o.url))?;
     crate::measure::contract::check_server(&remote, &plan.row, plan.load.users)?;
     // Its PATCHes are in the database's count of the Job's writes.
     report.tally.acked += crate::measure::contract::PROBE_PATCHES;

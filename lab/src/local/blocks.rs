@@ -406,21 +406,7 @@ fn attach(i: &ServiceInputs, row: &Row, dir: &Path, bodies: &Path, db: bool) -> 
         .service
         .as_ref()
         .context("only `url` rows are services")?;
-    let addr = crate::service::resolve(service)?;
-    let remote = crate::measure::remote::Remote { addr };
-    let start = Instant::now();
-    while !remote.ready_at(&service.ready_path) {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "{} did not answer 200 on {} within 30 s",
-                service.url,
-                service.ready_path
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    contract::probe(addr, i.missing_id)
-        .map_err(|e| anyhow::anyhow!("the contract probe failed: {e:#}"))?;
+    let addr = crate::service::attach(service, Duration::from_secs(30), i.missing_id)?.addr;
     let oha = Oha {
         binary: i.oha.to_path_buf(),
         nice: None,

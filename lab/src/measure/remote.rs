@@ -25,6 +25,21 @@ impl Remote {
         http::get(self.addr, path, Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
     }
 
+    /// Waits until `path` answers 200, polling every half second, for at most `within`.
+    pub fn wait_ready(&self, path: &str, within: Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        while !self.ready_at(path) {
+            if start.elapsed() > within {
+                bail!(
+                    "{} did not answer 200 on {path} within {within:?}",
+                    self.addr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    }
+
     /// The features the running binary reports on `/version`.
     pub fn features(&self) -> Result<Vec<String>> {
         let r = http::get(self.addr, "/version", Duration::from_secs(5))?;
