@@ -43,11 +43,12 @@ fn request_id() -> HeaderValue {
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Reply, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
-    let user = match route(req.uri().path()) {
-        Route::User(Ok(id)) => Some(id),
+    let to = route(req.uri().path());
+    let user = match &to {
+        Route::User(Ok(id)) => Some(*id),
         _ => None,
     };
-    let (route, result) = dispatch(&state, req).await;
+    let (route, result) = dispatch(&state, to, req).await;
     let id = request_id();
     // A client that got "outcome unknown" can be answered from the log: each one is a
     // line with its request id, method and user.
@@ -118,9 +119,10 @@ pub fn route(path: &str) -> Route {
 
 async fn dispatch(
     state: &AppState,
+    to: Route,
     req: Request<Incoming>,
 ) -> (&'static str, Result<Reply, AppError>) {
-    let route: &'static str = match route(req.uri().path()) {
+    let route: &'static str = match to {
         Route::User(id) => return ("/users/{id}", users::handle(state, id, req).await),
         Route::Fixed(name) => name,
         Route::Unknown => return ("other", Err(AppError::NotFound("no such route"))),
