@@ -94,14 +94,7 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     let statements = enable_statements(&mut admin, i.postgres_scope.allows(TRACK_PLANNING));
     let mut rows: Vec<Row> = i.rows.iter().map(|(r, _)| (*r).clone()).collect();
     let mut binaries: Vec<Option<PathBuf>> = i.rows.iter().map(|(_, b)| b.clone()).collect();
-    if let Some(aa) = &i.settings.aa {
-        let k = rows
-            .iter()
-            .position(|r| &r.name == aa)
-            .with_context(|| format!("[blocks] aa = {aa:?}: no such row among those run"))?;
-        let mut copy = rows[k].clone();
-        copy.name = aa_name(aa);
-        rows.push(copy);
+    if let Some(k) = add_aa_copy(&mut rows, i.settings.aa.as_deref())? {
         binaries.push(binaries[k].clone());
     }
     let mut dbs: Vec<Db> = Vec::new();
@@ -352,13 +345,7 @@ pub fn run_services(i: &ServiceInputs) -> Result<crate::blocks::Outcome> {
         None => (Vec::new(), None),
     };
     let mut rows: Vec<Row> = i.rows.iter().map(|r| (*r).clone()).collect();
-    if let Some(aa) = &i.settings.aa {
-        if let Some(k) = rows.iter().position(|r| &r.name == aa) {
-            let mut copy = rows[k].clone();
-            copy.name = aa_name(aa);
-            rows.push(copy);
-        }
-    }
+    add_aa_copy(&mut rows, i.settings.aa.as_deref())?;
     let bodies = dir.join("bodies.txt");
     let (mut up, mut failed) = (Vec::new(), Vec::new());
     for row in &rows {
@@ -428,6 +415,20 @@ fn attach(i: &ServiceInputs, row: &Row, dir: &Path, bodies: &Path, db: bool) -> 
         oha,
         db: db.then_some(0),
     })
+}
+
+/// Appends the A/A copy of row `aa` (one build under a second name) and returns the
+/// index of the row it copies; nothing without an A/A pair.
+fn add_aa_copy(rows: &mut Vec<Row>, aa: Option<&str>) -> Result<Option<usize>> {
+    let Some(aa) = aa else { return Ok(None) };
+    let k = rows
+        .iter()
+        .position(|r| r.name == aa)
+        .with_context(|| format!("[blocks] aa = {aa:?}: no such row among those run"))?;
+    let mut copy = rows[k].clone();
+    copy.name = aa_name(aa);
+    rows.push(copy);
+    Ok(Some(k))
 }
 
 /// A random seed for the design, recorded with the run.
