@@ -13,7 +13,8 @@ use super::{Blocks, Window};
 pub struct Measure {
     pub name: &'static str,
     pub higher_is_better: bool,
-    /// A window's value, moved to no steal (see `Blocks::derive`).
+    /// A window's value, moved to no steal and the run's reference host speed (see
+    /// `Blocks::derive`).
     pub of: fn(&Blocks, &Window) -> Option<f64>,
 }
 
@@ -163,7 +164,7 @@ pub fn lines(old: &Blocks, new: &Blocks) -> (Vec<Line>, Vec<(Measure, f64, f64)>
 /// The markdown report.
 pub fn report(lines: &[Line], spreads: &[(Measure, f64, f64)], fail_above: f64) -> String {
     let mut out = String::from(
-        "**Blocks** (the headline): per cell, the change of the geometric mean between the runs (each run's windows moved to no steal with its own fitted slope) with an interval from both runs' block-to-block variance plus the variance between runs that the cells' differences show beyond it, at 95% for all the cells of a measure together (Bonferroni):\n\n",
+        "**Blocks** (the headline): per cell, the change of the geometric mean between the runs (each run's windows moved to no steal, and to its own median host speed where it has one, with its own fitted slopes) with an interval from both runs' block-to-block variance plus the variance between runs that the cells' differences show beyond it, at 95% for all the cells of a measure together (Bonferroni):\n\n",
     );
     for (m, between, within) in spreads {
         let _ = writeln!(

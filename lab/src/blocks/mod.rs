@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod compare;
+pub mod covariates;
 pub mod design;
 pub mod effects;
 pub mod judge;
@@ -16,6 +17,8 @@ pub mod render;
 /// when it ends).
 pub const STATS_FLUSH_MS: u64 = 300;
 
+use covariates::Measure;
+pub use covariates::{HostAdjustment, StealAdjustment};
 use effects::{Change, Ratio};
 use judge::{Limit, Shares};
 
@@ -173,6 +176,10 @@ pub struct Window {
     /// Each CPU's share stolen by the hypervisor.
     #[serde(default)]
     pub cpu_steal: Vec<f64>,
+    /// The host speedometer's median unit time over the window, ns (`measure::speedo`;
+    /// None in runs before it, or with too few units).
+    #[serde(default)]
+    pub host_unit_ns: Option<f64>,
     pub shares: Shares,
     pub counts: Counts,
     /// `sum(version)` grew by this much (None: not checked, e.g. the memory store).
@@ -309,61 +316,10 @@ pub struct Blocks {
     /// How the effects are adjusted for the hypervisor's steal (derived).
     #[serde(default)]
     pub steal: Option<StealAdjustment>,
-}
-
-/// The covariate adjustment of the effects for steal time: within each cell, log
-/// throughput (and log server µs per request) against the window's mean steal share,
-/// one slope fitted over all cells of the run. Randomization makes steal independent of
-/// the row, so adjusting for it removes noise, not effect (an ANCOVA); each window's
-/// value is moved to no steal before the per-block ratios are taken (the level does
-/// not change a ratio within a run; between runs it puts both at the same level).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct StealAdjustment {
-    /// The run's mean steal share.
-    pub mean_steal: f64,
-    /// d ln(throughput) / d steal, and the correlation it comes with.
-    pub throughput_slope: f64,
-    pub throughput_r: f64,
-    /// d ln(server µs per request) / d steal, and its correlation.
-    pub server_us_slope: f64,
-    pub server_us_r: f64,
-}
-
-/// A window's mean steal share over its CPUs.
-fn steal_of(w: &Window) -> f64 {
-    if w.cpu_steal.is_empty() {
-        0.0
-    } else {
-        w.cpu_steal.iter().sum::<f64>() / w.cpu_steal.len() as f64
-    }
-}
-
-/// The pooled within-cell slope of ln `f` on steal and its correlation, over cells of
-/// at least two windows; None without variation in steal.
-fn within_cell_slope(ws: &[Window], f: fn(&Window) -> Option<f64>) -> Option<(f64, f64)> {
-    let mut cells: std::collections::BTreeMap<(&str, &str), Vec<(f64, f64)>> = Default::default();
-    for w in ws {
-        if let Some(v) = f(w).filter(|v| *v > 0.0) {
-            cells
-                .entry((w.row.as_str(), w.workload.as_str()))
-                .or_default()
-                .push((steal_of(w), v.ln()));
-        }
-    }
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for v in cells.values().filter(|v| v.len() > 1) {
-        let n = v.len() as f64;
-        let (mx, my) = (
-            v.iter().map(|p| p.0).sum::<f64>() / n,
-            v.iter().map(|p| p.1).sum::<f64>() / n,
-        );
-        for (x, y) in v {
-            sxy += (x - mx) * (y - my);
-            sxx += (x - mx).powi(2);
-            syy += (y - my).powi(2);
-        }
-    }
-    (sxx > 1e-12 && syy > 0.0).then(|| (sxy / sxx, sxy / (sxx * syy).sqrt()))
+    /// How the effects are adjusted for the host's speed (derived; runs with the
+    /// speedometer only).
+    #[serde(default)]
+    pub host: Option<HostAdjustment>,
 }
 
 /// The A/A pair: one build under two names.
@@ -389,21 +345,29 @@ impl Blocks {
             .filter(move |w| w.row == row && w.workload == workload)
     }
 
-    /// A window's throughput moved to no steal (unchanged without an adjustment).
+    /// A window's throughput moved to no steal and the run's reference host speed
+    /// (unchanged without an adjustment).
     pub fn adjusted_throughput(&self, w: &Window) -> f64 {
-        match &self.steal {
-            Some(a) => w.throughput * (-a.throughput_slope * steal_of(w)).exp(),
-            None => w.throughput,
-        }
+        w.throughput
+            * covariates::factor(
+                self.steal.as_ref(),
+                self.host.as_ref(),
+                w,
+                Measure::Throughput,
+            )
     }
 
-    /// A window's server µs per request moved to no steal.
+    /// A window's server µs per request, moved likewise.
     pub fn adjusted_server_us(&self, w: &Window) -> Option<f64> {
-        let us = w.server_us()?;
-        Some(match &self.steal {
-            Some(a) => us * (-a.server_us_slope * steal_of(w)).exp(),
-            None => us,
-        })
+        Some(
+            w.server_us()?
+                * covariates::factor(
+                    self.steal.as_ref(),
+                    self.host.as_ref(),
+                    w,
+                    Measure::ServerUs,
+                ),
+        )
     }
 
     /// (a, b) of a measure over the blocks where both rows have a window.
@@ -455,21 +419,10 @@ impl Blocks {
     /// open-loop p99 at the common rate where the run has one.
     pub fn derive(&mut self, ladder: &[String], p99: &dyn Fn(&str, &str) -> Option<f64>) {
         let alpha = self.settings.alpha;
-        // The steal adjustment needs a run of several blocks to fit its slope on.
-        self.steal = None;
+        // The adjustments need a run of several blocks to fit their slopes on.
+        (self.steal, self.host) = (None, None);
         if self.windows.iter().map(|w| w.block).max().unwrap_or(0) >= 3 {
-            let t = within_cell_slope(&self.windows, |w| Some(w.throughput));
-            let u = within_cell_slope(&self.windows, Window::server_us);
-            if let (Some((ts, tr)), Some((us, ur))) = (t, u) {
-                let n = self.windows.len().max(1) as f64;
-                self.steal = Some(StealAdjustment {
-                    mean_steal: self.windows.iter().map(steal_of).sum::<f64>() / n,
-                    throughput_slope: ts,
-                    throughput_r: tr,
-                    server_us_slope: us,
-                    server_us_r: ur,
-                });
-            }
+            (self.steal, self.host) = covariates::fit(&self.windows);
         }
         let throughput = |w: &Window| Some(self.adjusted_throughput(w));
         let server_us = |w: &Window| self.adjusted_server_us(w);
@@ -673,10 +626,10 @@ fn per_request(ws: &[&Window]) -> PerRequest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn window(block: u32, row: &str, throughput: f64, server_ns: u64) -> Window {
+    pub(crate) fn window(block: u32, row: &str, throughput: f64, server_ns: u64) -> Window {
         let n = (throughput * 4.0) as u64;
         Window {
             block,
@@ -697,6 +650,7 @@ mod tests {
             oha_ns: None,
             cpu_busy: vec![1.0, 0.8],
             cpu_steal: vec![0.0, 0.0],
+            host_unit_ns: None,
             shares: Shares::default(),
             counts: Counts {
                 pg_commits: Some((n - n * 9 / 10) as i64),
@@ -722,9 +676,9 @@ mod tests {
                 ws.push(w);
             }
         }
-        let (slope, r) = within_cell_slope(&ws, |w| Some(w.throughput)).unwrap();
-        assert!((slope + 4.0).abs() < 1e-9, "{slope}");
-        assert!((r + 1.0).abs() < 1e-9, "{r}");
+        let a = covariates::fit(&ws).0.unwrap();
+        assert!((a.throughput_slope + 4.0).abs() < 1e-9, "{a:?}");
+        assert!((a.throughput_r + 1.0).abs() < 1e-9, "{a:?}");
         let mut b = Blocks {
             settings: Settings::default(),
             seed: 1,
@@ -738,6 +692,7 @@ mod tests {
             hypotheses: vec![],
             elapsed_secs: 0.0,
             steal: None,
+            host: None,
         };
         b.derive(&["A".into(), "B".into()], &|_, _| None);
         assert!(b.steal.is_some());
@@ -770,6 +725,7 @@ mod tests {
             hypotheses: vec![],
             elapsed_secs: 0.0,
             steal: None,
+            host: None,
         };
         for (k, drift) in [1.0, 0.95, 1.05, 1.0].iter().enumerate() {
             let k = k as u32 + 1;

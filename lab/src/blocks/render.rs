@@ -4,6 +4,7 @@
 //! parsed back.
 use std::fmt::Write as _;
 
+use super::covariates::ROW_SD_LIMIT;
 use super::effects::Change;
 use super::{aa_name, Blocks, CellResult, Interval};
 use crate::results::{RowResult, Summary};
@@ -274,15 +275,36 @@ fn legend(b: &Blocks) -> String {
         .filter_map(|c| c.change_vs_previous.map(|x| x.comparisons))
         .max()
         .unwrap_or(1);
+    let no_steal = if b.host.is_some() {
+        " Steal did not vary within cells: no adjustment for it."
+    } else {
+        " Effects are not adjusted for steal (too few blocks to fit it)."
+    };
+    let host = b.host.map_or(String::new(), |h| {
+        let measured = format!(
+            " The host's speed is a second covariate, measured outside the server and PostgreSQL: a thread on each CPU times a fixed unit of arithmetic every 20 ms, and its median over a window varied by {:.1}% (sd) within a cell; log throughput moved by {:.2} per unit of log unit time (r = {:.2}), log server µs/req by {:.2} (r = {:.2}).",
+            h.within_sd * 100.0, h.throughput_slope, h.throughput_r, h.server_us_slope, h.server_us_r
+        );
+        let rows = format!(
+            "the rows' mean unit times spread by {:.2}% (sd) where chance alone gives {:.2}%",
+            h.row_sd * 100.0,
+            h.row_sd_chance * 100.0
+        );
+        if h.applied() {
+            format!("{measured} Every window is moved to the run's median unit time ({:.0} µs) before the ratios; {rows}, so the row does not set it.", h.reference_unit_ns / 1000.0)
+        } else {
+            format!("{measured} The windows are not adjusted for it: {rows}, more than {ROW_SD_LIMIT}× chance, so the row may be moving it.")
+        }
+    });
     let steal = b.steal.map_or(
-        " Effects are not adjusted for steal (too few blocks to fit it).".to_string(),
+        no_steal.to_string(),
         |a| format!(
             " Effects and the A/A check are adjusted for the hypervisor's steal (randomization makes it independent of the row, so this removes noise, not effect): within a cell, log throughput fell by {:.2} per unit of steal (r = {:.2}) and log server µs/req rose by {:.2} (r = {:.2}); every window is moved to no steal (the run's mean was {:.1}%) before the ratios. The throughput and µs columns are as measured.",
             -a.throughput_slope, a.throughput_r, a.server_us_slope, a.server_us_r, a.mean_steal * 100.0
         ),
     );
     format!(
-        "Throughput: good replies per second in {} s closed-loop windows ({} connections on the majority method, the minority open-loop at the rate that keeps the mix), geometric mean over {blocks} randomized block(s) [its 95% interval]. Change: geometric mean of the per-block ratios to the row above, with a t interval corrected for the {m} comparisons of a workload (Bonferroni); \"≈ (±5%)\": the whole interval lies within ±5%; \"not resolved\": the interval straddles no change and is wider. µs/req: CPU time per good reply from each party's CPU group over the window. Req/s per server CPU = 10⁶ / server µs per request. Limit: the party that used most of the saturated CPUs (≥ 90% busy, steal excluded).{steal}\n",
+        "Throughput: good replies per second in {} s closed-loop windows ({} connections on the majority method, the minority open-loop at the rate that keeps the mix), geometric mean over {blocks} randomized block(s) [its 95% interval]. Change: geometric mean of the per-block ratios to the row above, with a t interval corrected for the {m} comparisons of a workload (Bonferroni); \"≈ (±5%)\": the whole interval lies within ±5%; \"not resolved\": the interval straddles no change and is wider. µs/req: CPU time per good reply from each party's CPU group over the window. Req/s per server CPU = 10⁶ / server µs per request. Limit: the party that used most of the saturated CPUs (≥ 90% busy, steal excluded).{steal}{host}\n",
         b.settings.window_secs, b.settings.connections
     )
 }

@@ -23,6 +23,7 @@ use super::cgroup::CpuGroup;
 use super::server::{Launch, Server};
 use super::{pg, ports, profile};
 use crate::measure::procfs::cpu_ticks;
+use crate::measure::speedo::Speedometer;
 
 /// How long after a window PostgreSQL's counters are read: the window's last
 /// connections (a connection per request, in the first rows) end and are counted.
@@ -174,6 +175,7 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
             )
         },
         owned: true,
+        speedo: Speedometer::start(&all_cpus(m)),
     };
     measure_blocks(&mut lab, &mut b, m, i.settings, i.quick, seed, i.say)?;
     for u in &mut lab.up {
@@ -193,6 +195,21 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     }
     b.elapsed_secs = started.elapsed().as_secs_f64();
     Ok((b, failed))
+}
+
+/// Every CPU the server, PostgreSQL or oha is pinned to.
+fn all_cpus(m: &Matrix) -> Vec<usize> {
+    let mut v: Vec<usize> = [
+        &m.local.server_cpus,
+        &m.local.postgres_cpus,
+        &m.local.oha_cpus,
+    ]
+    .iter()
+    .flat_map(|l| crate::matrix::parse_cpu_list(l).unwrap_or_default())
+    .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// The blocks' record before any window: the rows that are up, the references (rows
@@ -227,6 +244,7 @@ fn new_blocks(up: &[Up], settings: &Settings, m: &Matrix, seed: u64) -> Blocks {
             .collect(),
         elapsed_secs: 0.0,
         steal: None,
+        host: None,
     }
 }
 
@@ -379,6 +397,7 @@ pub fn run_services(i: &ServiceInputs) -> Result<crate::blocks::Outcome> {
         oha_cpus: all.len(),
         oha_ahead: false,
         perf: profile::available(),
+        speedo: Speedometer::start(&all),
         pinned: (all.clone(), Vec::new(), all),
         owned: false,
     };
@@ -567,6 +586,8 @@ struct Lab {
     perf: bool,
     /// The CPUs the server, PostgreSQL and oha are pinned to.
     pinned: (Vec<usize>, Vec<usize>, Vec<usize>),
+    /// Times a fixed unit on every CPU they use: the host's speed, a covariate.
+    speedo: Speedometer,
     /// The servers and databases are the lab's: settled between blocks, stopped and
     /// dropped at the end. Not so for services already running.
     owned: bool,
@@ -866,6 +887,7 @@ impl Lab {
             .filter(|_| self.perf)
             .and_then(|pid| profile::count_syscalls(pid, secs, &stat_out).ok())]);
         let start = Instant::now();
+        self.speedo.forget_before(start);
         let load = self.load(c.row, &sides(w, split, true), secs, &tag)?;
         let wall = start.elapsed().as_secs_f64();
         let after = self.snapshot(c.row);
@@ -978,6 +1000,9 @@ impl Lab {
             oha_ns: ns(before.oha, after.oha),
             cpu_busy,
             cpu_steal,
+            host_unit_ns: self
+                .speedo
+                .median_between(start, start + Duration::from_secs_f64(wall)),
             shares,
             counts: Counts {
                 server_syscalls: syscalls,

@@ -16,6 +16,7 @@ pub mod oha;
 pub mod procfs;
 pub mod remote;
 pub mod search;
+pub mod speedo;
 pub mod stats;
 
 use crate::matrix::Load;
