@@ -10,7 +10,7 @@ source "${ROOT}/scripts/lib.sh"
 
 # Feature sets the API tests run under: none, each alone, all; and the memory-store
 # reference with the fastest build's other features (its own tests, tests/memory_store.rs).
-FEATURE_SETS=("" pool prepared mimalloc simd-json metrics pipeline coalesce full "memory-store,full")
+FEATURE_SETS=("" pool prepared mimalloc simd-json metrics pipeline coalesce current-thread full "memory-store,full")
 
 usage() {
   cat <<'USAGE'

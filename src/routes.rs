@@ -87,20 +87,43 @@ pub async fn handle_probe(
     req: Request<Incoming>,
 ) -> Result<Reply, Infallible> {
     match route(req.uri().path()) {
-        Route::Fixed("/healthz" | "/readyz") => handle(state, req).await,
+        Route::Fixed(Fixed::Healthz | Fixed::Readyz) => handle(state, req).await,
         _ => Ok(
             AppError::NotFound("the probe port answers /healthz and /readyz only").into_response(),
         ),
     }
 }
 
-/// Where a path goes: a user (with its id parsed, or why not), one of the fixed routes
-/// (by its name), or nowhere. Pure, so the hot path's routing is benchmarked alone.
+/// Where a path goes: a user (with its id parsed, or why not), one of the fixed routes,
+/// or nowhere. Pure, so the hot path's routing is benchmarked alone.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     User(Result<i64, AppError>),
-    Fixed(&'static str),
+    Fixed(Fixed),
     Unknown,
+}
+
+/// The fixed routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixed {
+    Healthz,
+    Readyz,
+    Version,
+    Metrics,
+    Stats,
+}
+
+impl Fixed {
+    /// Its path: also its name in logs and metrics.
+    pub fn path(self) -> &'static str {
+        match self {
+            Fixed::Healthz => "/healthz",
+            Fixed::Readyz => "/readyz",
+            Fixed::Version => "/version",
+            Fixed::Metrics => "/metrics",
+            Fixed::Stats => "/stats",
+        }
+    }
 }
 
 pub fn route(path: &str) -> Route {
@@ -108,11 +131,11 @@ pub fn route(path: &str) -> Route {
         return Route::User(users::parse_id(id));
     }
     match path {
-        "/healthz" => Route::Fixed("/healthz"),
-        "/readyz" => Route::Fixed("/readyz"),
-        "/version" => Route::Fixed("/version"),
-        "/metrics" => Route::Fixed("/metrics"),
-        "/stats" => Route::Fixed("/stats"),
+        "/healthz" => Route::Fixed(Fixed::Healthz),
+        "/readyz" => Route::Fixed(Fixed::Readyz),
+        "/version" => Route::Fixed(Fixed::Version),
+        "/metrics" => Route::Fixed(Fixed::Metrics),
+        "/stats" => Route::Fixed(Fixed::Stats),
         _ => Route::Unknown,
     }
 }
@@ -122,27 +145,28 @@ async fn dispatch(
     to: Route,
     req: Request<Incoming>,
 ) -> (&'static str, Result<Reply, AppError>) {
-    let route: &'static str = match to {
+    let fixed = match to {
         Route::User(id) => return ("/users/{id}", users::handle(state, id, req).await),
-        Route::Fixed(name) => name,
+        Route::Fixed(fixed) => fixed,
         Route::Unknown => return ("other", Err(AppError::NotFound("no such route"))),
     };
+    let route = fixed.path();
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return (route, Err(AppError::MethodNotAllowed("GET, HEAD")));
     }
-    let result = match route {
-        "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),
-        "/readyz" if state.draining.load(Ordering::Relaxed) => json(
+    let result = match fixed {
+        Fixed::Healthz => json(StatusCode::OK, &Status { status: "ok" }),
+        Fixed::Readyz if state.draining.load(Ordering::Relaxed) => json(
             StatusCode::SERVICE_UNAVAILABLE,
             &Status { status: "draining" },
         ),
-        "/readyz" => match state.db.ping().await {
+        Fixed::Readyz => match state.db.ping().await {
             Ok(()) => json(StatusCode::OK, &Status { status: "ready" }),
             Err(e) => Err(e),
         },
-        "/version" => json(StatusCode::OK, &VersionInfo::current()),
-        "/stats" => json(StatusCode::OK, &ProcessStats::current()),
-        _ => match metrics::render(state.db.pool_state(), state.db.admitted()) {
+        Fixed::Version => json(StatusCode::OK, &VersionInfo::current()),
+        Fixed::Stats => json(StatusCode::OK, &ProcessStats::current()),
+        Fixed::Metrics => match metrics::render(state.db.pool_state(), state.db.admitted()) {
             Some(text) => Ok(response::metrics_text(text)),
             None => Err(AppError::NotFound(
                 "metrics are not built into this server (feature `metrics`)",
@@ -173,8 +197,9 @@ mod tests {
             Route::User(Err(AppError::BadRequest(_)))
         ));
         assert_eq!(route("/users/4/2"), Route::Unknown);
-        assert_eq!(route("/readyz"), Route::Fixed("/readyz"));
-        assert_eq!(route("/metrics"), Route::Fixed("/metrics"));
+        assert_eq!(route("/readyz"), Route::Fixed(Fixed::Readyz));
+        assert_eq!(route("/metrics"), Route::Fixed(Fixed::Metrics));
+        assert_eq!(Fixed::Stats.path(), "/stats");
         assert_eq!(route("/nope"), Route::Unknown);
     }
 }

@@ -141,22 +141,33 @@ impl MatrixArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct ImageArgs {
-    /// Registry in the image names (`REG/perflab-server:<commit>-<features>`).
-    #[arg(long, default_value = "localhost")]
-    pub registry: String,
-    /// docker, buildah, or auto (docker when its daemon answers).
-    #[arg(long, default_value = "auto")]
-    pub engine: String,
+    /// Registry in the image names (`REG/perflab-server:<commit>-<features>`; default
+    /// localhost).
+    #[arg(long)]
+    pub registry: Option<String>,
+    /// docker, buildah, or auto (docker when its daemon answers; the default).
+    #[arg(long)]
+    pub engine: Option<String>,
     /// The oha binary (for the load-generator image, and the local target's load).
     #[arg(long, default_value = "oha")]
     pub oha: PathBuf,
 }
 
 impl ImageArgs {
+    /// The registry given, else localhost.
+    pub fn registry(&self) -> String {
+        self.registry.clone().unwrap_or_else(|| "localhost".into())
+    }
+
+    /// The engine given, else auto.
+    pub fn engine(&self) -> String {
+        self.engine.clone().unwrap_or_else(|| "auto".into())
+    }
+
     pub fn images(&self, root: &std::path::Path) -> Images {
         Images {
-            registry: self.registry.clone(),
-            commit: environment::git_commit(root).replace("+uncommitted changes", "-dirty"),
+            registry: self.registry(),
+            commit: environment::commit(root).tag(),
             postgres: None,
         }
     }

@@ -122,8 +122,8 @@ fn check_target_flags(a: &RunArgs) -> Result<()> {
         || a.load.is_some()
         || a.namespace.is_some()
         || a.postgres_image.is_some()
-        || a.registry_given()
-        || a.engine_given();
+        || a.img.registry.is_some()
+        || a.img.engine.is_some();
     let local_only = a.database_url.is_some() || a.pg_data.is_some() || a.profile;
     if a.url.is_some() {
         if a.target == TargetName::K8s || k8s_only {
@@ -142,15 +142,6 @@ fn check_target_flags(a: &RunArgs) -> Result<()> {
             bail!("--database-url, --pg-data and --profile go with --target local")
         }
         _ => Ok(()),
-    }
-}
-
-impl RunArgs {
-    fn registry_given(&self) -> bool {
-        self.img.registry != "localhost"
-    }
-    fn engine_given(&self) -> bool {
-        self.img.engine != "auto"
     }
 }
 
@@ -328,9 +319,9 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
             let o = k8s::Options {
                 root: root.clone(),
                 dry_run: a.dry_run,
-                registry: a.img.registry.clone(),
+                registry: a.img.registry(),
                 load: a.load.clone(),
-                engine: a.img.engine.clone(),
+                engine: a.img.engine(),
                 overlays: absolute(&root, &a.overlays),
                 oha: if a.dry_run {
                     a.img.oha().unwrap_or_else(|_| a.img.oha.clone())
@@ -408,7 +399,7 @@ pub fn images(a: &ImagesArgs) -> Result<bool> {
     let matrix = load_matrix(&a.m)?;
     let root = repo_root()?;
     let names = a.img.images(&root);
-    let engine = images::Engine::choose(&a.img.engine)?;
+    let engine = images::Engine::choose(&a.img.engine())?;
     let sh = Shell { dry_run: false };
     let mut built = vec![];
     for row in &matrix.rows {
@@ -512,6 +503,24 @@ pub fn ingest(a: &IngestArgs) -> Result<bool> {
     Ok(failures.is_empty())
 }
 
+/// The newest run folder under `out/results/` (their names are UTC stamps).
+fn newest_run(out: &Path) -> Result<PathBuf> {
+    let dir = out.join("results");
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("summary.json").is_file())
+        .collect();
+    runs.sort();
+    runs.pop().with_context(|| {
+        format!(
+            "{} holds no run (results/<stamp>/summary.json)",
+            dir.display()
+        )
+    })
+}
+
 /// A run wrote results.md with numbers for every row, and the README block.
 pub fn verify(a: &VerifyArgs) -> Result<bool> {
     let mut matrix = load_matrix(&a.m)?;
@@ -537,8 +546,20 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
     for name in &a.expect_failed {
         report::check_failed(&md, name, &a.failed_because).context("results.md")?;
     }
-    if !md.contains("All checks passed") {
-        bail!("results.md does not report passing integrity checks");
+    // The checks' outcome from the run's record, not from its rendered words.
+    let summary = crate::compare::load(&newest_run(&a.out)?)?;
+    let failures = summary.integrity_failures();
+    if !failures.is_empty() {
+        bail!("the run's integrity checks failed: {}", failures.join("; "));
+    }
+    if matches!(
+        summary.environment.host,
+        Host::Service {
+            database_checked: false,
+            ..
+        }
+    ) {
+        bail!("the run's writes were not checked (it had no --database-url)");
     }
     let graphs = md.matches("[flame graph](").count();
     let wanted = names.len() * matrix.workloads.len();
@@ -843,6 +864,9 @@ mod tests {
         assert!(parse(&["lab", "run", "--database-url", "x"]).is_ok());
         assert!(parse(&["lab", "run", "--namespace", "a"]).is_err());
         assert!(parse(&["lab", "run", "--target", "k8s", "--namespace", "a"]).is_ok());
+        // Given on purpose, even with the default's value, it is a Kubernetes flag.
+        assert!(parse(&["lab", "run", "--registry", "localhost"]).is_err());
+        assert!(parse(&["lab", "run", "--engine", "auto"]).is_err());
         let url = ["lab", "run", "--url", "http://127.0.0.1:1"];
         assert!(parse(&url).is_ok());
         assert!(parse(&[&url[..], &["--database-url", "x"]].concat()).is_ok());

@@ -13,9 +13,40 @@ fn output(cmd: &str, args: &[&str], dir: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub fn git_commit(root: &Path) -> String {
-    let Some(commit) = output("git", &["rev-parse", "--short=12", "HEAD"], root) else {
-        return "unknown".into();
+/// The code a run measured: the commit, and whether the working tree had changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The short hash ("unknown" outside a git checkout).
+    pub hash: String,
+    pub dirty: bool,
+}
+
+impl Commit {
+    /// As a run records it: `hash`, or `hash+uncommitted changes`.
+    pub fn recorded(&self) -> String {
+        if self.dirty {
+            format!("{}+uncommitted changes", self.hash)
+        } else {
+            self.hash.clone()
+        }
+    }
+
+    /// As an image tag or label value: `hash`, or `hash-dirty`.
+    pub fn tag(&self) -> String {
+        if self.dirty {
+            format!("{}-dirty", self.hash)
+        } else {
+            self.hash.clone()
+        }
+    }
+}
+
+pub fn commit(root: &Path) -> Commit {
+    let Some(hash) = output("git", &["rev-parse", "--short=12", "HEAD"], root) else {
+        return Commit {
+            hash: "unknown".into(),
+            dirty: false,
+        };
     };
     let dirty = output(
         "git",
@@ -23,11 +54,12 @@ pub fn git_commit(root: &Path) -> String {
         root,
     )
     .is_some_and(|s| !s.is_empty());
-    if dirty {
-        format!("{commit}+uncommitted changes")
-    } else {
-        commit
-    }
+    Commit { hash, dirty }
+}
+
+/// The commit as a run records it (see [`Commit::recorded`]).
+pub fn git_commit(root: &Path) -> String {
+    commit(root).recorded()
 }
 
 pub fn cpu_model() -> String {
@@ -88,4 +120,22 @@ pub fn relative(from: &Path, to: &Path) -> PathBuf {
         p.push(c.as_os_str());
     }
     p
+}
+
+#[cfg(test)]
+mod commit_tests {
+    use super::*;
+
+    #[test]
+    fn a_dirty_commit_is_recorded_and_tagged_apart() {
+        let c = Commit {
+            hash: "110a5ad0b816".into(),
+            dirty: true,
+        };
+        assert_eq!(c.recorded(), "110a5ad0b816+uncommitted changes");
+        assert_eq!(c.tag(), "110a5ad0b816-dirty");
+        let c = Commit { dirty: false, ..c };
+        assert_eq!(c.recorded(), "110a5ad0b816");
+        assert_eq!(c.tag(), "110a5ad0b816");
+    }
 }

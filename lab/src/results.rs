@@ -112,8 +112,13 @@ pub struct SearchResult {
     /// Average requests per coalesced batch (reads, writes) at the best step.
     #[serde(default)]
     pub avg_batch: Option<(Option<f64>, Option<f64>)>,
-    /// Why the next rate up failed.
+    /// Why the next rate up failed, in words ...
     pub limit: Option<String>,
+    /// ... and as values: the first failing step's failures (empty when none failed;
+    /// None in runs recorded before they were kept, whose `limit` words are read once
+    /// by `SearchLimit::of_legacy_words`).
+    #[serde(default)]
+    pub limit_failures: Option<Vec<crate::measure::failure::StepFailure>>,
     /// CPU cores used (server, PostgreSQL, oha) at that failing step: what saturated.
     #[serde(default)]
     pub limit_cpu: Option<(Option<f64>, Option<f64>, f64)>,

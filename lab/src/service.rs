@@ -257,13 +257,7 @@ impl Target for Services<'_> {
             &format!("http://{addr}"),
             self.m.load.users,
         )?;
-        let driver = Driver {
-            oha: &oha,
-            load: &self.m.load,
-            raw: run.raw,
-            progress: run.say,
-            sent_emails: Default::default(),
-        };
+        let driver = Driver::new(&oha, &self.m.load, run.raw, run.say);
         let mut probe = ServiceProbe {
             remote: &remote,
             pid,

@@ -509,9 +509,11 @@ pub(crate) fn classify(e: tokio_postgres::Error) -> AppError {
         tracing::debug!(%detail, "a value refused by the table's constraint");
         return AppError::Unprocessable("the database refused this value");
     }
-    match classify_code(&e) {
-        Some(false) => AppError::Internal(format!("database error: {detail}")),
-        _ => AppError::Unavailable(format!("database unavailable: {detail}")),
+    match kind_of(&e) {
+        ErrorKind::Statement => AppError::Internal(format!("database error: {detail}")),
+        ErrorKind::Connection | ErrorKind::Transient => {
+            AppError::Unavailable(format!("database unavailable: {detail}"))
+        }
     }
 }
 
@@ -576,19 +578,34 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// `None` without an SQLSTATE (the connection failed), `Some(true)` for a transient one
-/// or one that refused the connection (authentication, `pg_hba.conf`, a missing
-/// database: the service cannot reach its database, nothing was run).
-fn classify_code(e: &tokio_postgres::Error) -> Option<bool> {
-    let code = e.code()?;
-    Some(
-        code.code().starts_with("08")
-            || code.code().starts_with("28")
-            || code.code().starts_with("3D")
-            || code.code().starts_with("53")
-            || code.code().starts_with("57P")
-            || *code == SqlState::QUERY_CANCELED
-            || *code == SqlState::T_R_SERIALIZATION_FAILURE
-            || *code == SqlState::T_R_DEADLOCK_DETECTED,
-    )
+/// What a database error says about where the trouble is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorKind {
+    /// No SQLSTATE: the connection failed.
+    Connection,
+    /// A transient SQLSTATE, or one that refused the connection (authentication,
+    /// `pg_hba.conf`, a missing database: the service cannot reach its database,
+    /// nothing was run).
+    Transient,
+    /// PostgreSQL rejected the statement itself.
+    Statement,
+}
+
+fn kind_of(e: &tokio_postgres::Error) -> ErrorKind {
+    let Some(code) = e.code() else {
+        return ErrorKind::Connection;
+    };
+    let transient = code.code().starts_with("08")
+        || code.code().starts_with("28")
+        || code.code().starts_with("3D")
+        || code.code().starts_with("53")
+        || code.code().starts_with("57P")
+        || *code == SqlState::QUERY_CANCELED
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED;
+    if transient {
+        ErrorKind::Transient
+    } else {
+        ErrorKind::Statement
+    }
 }

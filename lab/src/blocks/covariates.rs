@@ -32,27 +32,31 @@ pub struct StealAdjustment {
 pub struct HostAdjustment {
     /// The run's median unit time, ns: every window is moved to it.
     pub reference_unit_ns: f64,
-    /// d ln(throughput) / d ln(unit time) (≈ −1 when throughput follows the host's
-    /// speed), and the within-cell correlation.
+    /// d ln(throughput) / d ln(unit time), and the within-cell (simple) correlation.
+    /// Measured here it is ≈ −11, not −1: the unit is a weak stand-in for what slows
+    /// the stack, so any part of it the row caused would be multiplied as much; hence
+    /// the checks of `applied` and `Blocks::host_moved`.
     pub throughput_slope: f64,
     pub throughput_r: f64,
     /// d ln(server µs per request) / d ln(unit time), and its correlation.
     pub server_us_slope: f64,
     pub server_us_r: f64,
-    /// Within-cell spread of x (its standard deviation): how much the host's speed
-    /// moved from window to window.
+    /// Within-cell spread of x (its standard deviation, on N − cells degrees of
+    /// freedom): how much the host's speed moved from window to window.
     pub within_sd: f64,
-    /// The standard deviation of the rows' mean x, and what chance alone gives (the
-    /// within-cell sd over √windows per row): a covariate the rows do not cause has
-    /// the first near the second.
+    /// The standard deviation of the rows' mean x (each window taken relative to its
+    /// block and workload, where every row has one window), and what chance alone
+    /// gives it (the residual sd over √windows per row): a covariate the rows do not
+    /// cause has the first near the second.
     pub row_sd: f64,
     pub row_sd_chance: f64,
 }
 
 /// How far the rows' mean host covariate may spread, in multiples of chance, for the
 /// adjustment to be applied: beyond it the row may be moving the covariate, and an
-/// adjustment could carry part of an effect away.
-pub const ROW_SD_LIMIT: f64 = 2.0;
+/// adjustment could carry part of an effect away. 1.5 is about the 99th percentile of
+/// the ratio for a dozen rows when the rows do not move it (√(χ²₁₁/11)).
+pub const ROW_SD_LIMIT: f64 = 1.5;
 
 impl HostAdjustment {
     /// Whether the windows are adjusted for the host's speed: only while the rows do
@@ -117,6 +121,8 @@ struct Sums {
     /// Of each covariate with ln y.
     xy: Vec<f64>,
     yy: f64,
+    /// Degrees of freedom: windows used minus cells used.
+    df: f64,
 }
 
 /// A window's covariates and ln y, grouped by cell.
@@ -139,9 +145,11 @@ fn sums(ws: &[Window], f: fn(&Window) -> Option<f64>, xs: &[&dyn Fn(&Window) -> 
         xx: vec![vec![0.0; k]; k],
         xy: vec![0.0; k],
         yy: 0.0,
+        df: 0.0,
     };
     for v in cells.values().filter(|v| v.len() > 1) {
         let n = v.len() as f64;
+        s.df += n - 1.0;
         let mx: Vec<f64> = (0..k)
             .map(|i| v.iter().map(|p| p.0[i]).sum::<f64>() / n)
             .collect();
@@ -169,7 +177,7 @@ fn slopes(s: &Sums) -> Option<Vec<(f64, f64)>> {
         1 => vec![s.xy[0] / s.xx[0][0]],
         2 => {
             let det = s.xx[0][0] * s.xx[1][1] - s.xx[0][1] * s.xx[1][0];
-            if det.abs() < 1e-18 {
+            if det.abs() <= 1e-9 * s.xx[0][0] * s.xx[1][1] {
                 return None;
             }
             vec![
@@ -235,8 +243,8 @@ pub fn fit(ws: &[Window]) -> (Option<StealAdjustment>, Option<HostAdjustment>) {
     let i = usize::from(steal_used);
     let host_adj = host_used.then(|| {
         let s = sums(ws, |w| Some(w.throughput), &[&host]);
-        let within_sd = (s.xx[0][0] / (ws.len() as f64 - 1.0).max(1.0)).sqrt();
-        let (row_sd, per_row) = row_sd(ws, reference);
+        let within_sd = (s.xx[0][0] / s.df.max(1.0)).sqrt();
+        let (row_sd, row_sd_chance) = row_spread(ws, reference);
         HostAdjustment {
             reference_unit_ns: reference,
             throughput_slope: t[i].0,
@@ -245,29 +253,46 @@ pub fn fit(ws: &[Window]) -> (Option<StealAdjustment>, Option<HostAdjustment>) {
             server_us_r: u[i].1,
             within_sd,
             row_sd,
-            row_sd_chance: within_sd / per_row.max(1.0).sqrt(),
+            row_sd_chance,
         }
     });
     (steal_adj, host_adj)
 }
 
-/// The standard deviation of the rows' mean x (ln unit time / reference), and the
-/// number of windows per row on average.
-fn row_sd(ws: &[Window], reference: f64) -> (f64, f64) {
-    let mut rows: std::collections::BTreeMap<&str, (f64, f64)> = Default::default();
+/// The standard deviation of the rows' mean x and what chance gives it. Each window's
+/// x is taken relative to the mean of its block and workload (every row has one window
+/// there, so the host's drift and the workload cancel); the residuals around the rows'
+/// means give the chance level: their sd over √(windows per row).
+fn row_spread(ws: &[Window], reference: f64) -> (f64, f64) {
+    use std::collections::BTreeMap;
+    let mut strata: BTreeMap<(u32, &str), (f64, f64)> = BTreeMap::new();
     for w in ws {
-        let e = rows.entry(w.row.as_str()).or_default();
+        let e = strata.entry((w.block, w.workload.as_str())).or_default();
         e.0 += host_of(w, reference);
         e.1 += 1.0;
     }
-    let means: Vec<f64> = rows.values().map(|(s, n)| s / n).collect();
-    let k = means.len() as f64;
-    if k < 2.0 {
+    let r = |w: &Window| {
+        let (sum, n) = strata[&(w.block, w.workload.as_str())];
+        host_of(w, reference) - sum / n
+    };
+    let mut rows: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for w in ws {
+        let e = rows.entry(w.row.as_str()).or_default();
+        e.0 += r(w);
+        e.1 += 1.0;
+    }
+    let k = rows.len() as f64;
+    let df = ws.len() as f64 - strata.len() as f64 - (k - 1.0);
+    if k < 2.0 || df < 1.0 {
         return (0.0, 0.0);
     }
+    let mean_of = |row: &str| rows[row].0 / rows[row].1;
+    let residual: f64 = ws.iter().map(|w| (r(w) - mean_of(&w.row)).powi(2)).sum();
+    let means: Vec<f64> = rows.values().map(|(s, n)| s / n).collect();
     let m = means.iter().sum::<f64>() / k;
     let sd = (means.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (k - 1.0)).sqrt();
-    (sd, ws.len() as f64 / k)
+    let per_row = ws.len() as f64 / k;
+    (sd, (residual / df / per_row).sqrt())
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ pub struct Change {
     /// How many comparisons the interval is corrected for.
     pub comparisons: usize,
     pub blocks: usize,
+    /// The run's host adjustment applies, but not to this comparison: its two rows ran
+    /// at different host speeds (`Blocks::host_moved`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_withheld: bool,
 }
 
 impl Change {
@@ -340,6 +344,7 @@ mod tests {
             ratio,
             comparisons: 1,
             blocks: 8,
+            host_withheld: false,
         };
         assert_eq!(c(r(1.38, 1.31, 1.45)).words(), "+38% [+31, +45]");
         assert_eq!(c(r(0.9, 0.85, 0.95)).words(), "−10% [−15, −5]");

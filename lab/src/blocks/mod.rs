@@ -348,26 +348,32 @@ impl Blocks {
     /// A window's throughput moved to no steal and the run's reference host speed
     /// (unchanged without an adjustment).
     pub fn adjusted_throughput(&self, w: &Window) -> f64 {
-        w.throughput
-            * covariates::factor(
-                self.steal.as_ref(),
-                self.host.as_ref(),
-                w,
-                Measure::Throughput,
-            )
+        self.adjusted(w, Measure::Throughput, self.host.as_ref())
+            .unwrap_or(w.throughput)
     }
 
     /// A window's server µs per request, moved likewise.
     pub fn adjusted_server_us(&self, w: &Window) -> Option<f64> {
-        Some(
-            w.server_us()?
-                * covariates::factor(
-                    self.steal.as_ref(),
-                    self.host.as_ref(),
-                    w,
-                    Measure::ServerUs,
-                ),
-        )
+        self.adjusted(w, Measure::ServerUs, self.host.as_ref())
+    }
+
+    /// A window's measure moved to no steal and, with `host`, to the reference speed.
+    fn adjusted(&self, w: &Window, measure: Measure, host: Option<&HostAdjustment>) -> Option<f64> {
+        let value = match measure {
+            Measure::Throughput => w.throughput,
+            Measure::ServerUs => w.server_us()?,
+        };
+        Some(value * covariates::factor(self.steal.as_ref(), host, w, measure))
+    }
+
+    /// Whether rows `a` and `b` ran at different host speeds in a workload: the paired
+    /// ratio of their unit times, over the blocks, has a 95% interval that excludes 1
+    /// (uncorrected, so the guard errs towards not adjusting). Where they did, the row
+    /// may be moving the speedometer, and their comparison is not adjusted for it.
+    fn host_moved(&self, a: &str, b: &str, workload: &str) -> bool {
+        let pairs = self.pairs(a, b, workload, &|w| w.host_unit_ns);
+        effects::paired_ratio(&pairs, self.settings.alpha, 1)
+            .is_some_and(|r| r.ci_low > 1.0 || r.ci_high < 1.0)
     }
 
     /// (a, b) of a measure over the blocks where both rows have a window.
@@ -394,10 +400,15 @@ impl Blocks {
         a: &str,
         b: &str,
         workload: &str,
-        f: &dyn Fn(&Window) -> Option<f64>,
+        measure: Measure,
         m: usize,
     ) -> Option<Change> {
-        let pairs = self.pairs(a, b, workload, f);
+        let host = self
+            .host
+            .as_ref()
+            .filter(|h| h.applied() && !self.host_moved(a, b, workload));
+        let f = |w: &Window| self.adjusted(w, measure, host);
+        let pairs = self.pairs(a, b, workload, &f);
         let ratio = effects::paired_ratio(&pairs, self.settings.alpha, m);
         Some(Change {
             verdict: effects::verdict(ratio.as_ref()),
@@ -411,6 +422,7 @@ impl Blocks {
             })?,
             comparisons: m,
             blocks: pairs.len(),
+            host_withheld: self.host.is_some_and(|h| h.applied()) && host.is_none(),
         })
     }
 
@@ -425,7 +437,6 @@ impl Blocks {
             (self.steal, self.host) = covariates::fit(&self.windows);
         }
         let throughput = |w: &Window| Some(self.adjusted_throughput(w));
-        let server_us = |w: &Window| self.adjusted_server_us(w);
         let m = ladder.len().saturating_sub(1).max(1);
         let mut cells = Vec::new();
         for workload in &self.workloads {
@@ -482,14 +493,14 @@ impl Blocks {
                     postgres_us_per_request: interval(&postgres),
                     change_vs_previous: previous
                         .as_ref()
-                        .and_then(|p| self.change(p, row, workload, &throughput, m)),
+                        .and_then(|p| self.change(p, row, workload, Measure::Throughput, m)),
                     change_vs_baseline: ladder
                         .first()
                         .filter(|b| *b != row)
-                        .and_then(|b| self.change(b, row, workload, &throughput, m)),
+                        .and_then(|b| self.change(b, row, workload, Measure::Throughput, m)),
                     server_us_vs_previous: previous
                         .as_ref()
-                        .and_then(|p| self.change(p, row, workload, &server_us, m)),
+                        .and_then(|p| self.change(p, row, workload, Measure::ServerUs, m)),
                     counters: per_request(&ws),
                     lower_bound: limit == Some(Limit::LoadGenerator),
                     limit,

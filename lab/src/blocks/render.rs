@@ -282,7 +282,7 @@ fn legend(b: &Blocks) -> String {
     };
     let host = b.host.map_or(String::new(), |h| {
         let measured = format!(
-            " The host's speed is a second covariate, measured outside the server and PostgreSQL: a thread on each CPU times a fixed unit of arithmetic every 20 ms, and its median over a window varied by {:.1}% (sd) within a cell; log throughput moved by {:.2} per unit of log unit time (r = {:.2}), log server µs/req by {:.2} (r = {:.2}).",
+            " The host's speed is a second covariate, measured outside the server and PostgreSQL: a thread on each CPU times a fixed unit of arithmetic every 20 ms, and its median over a window varied by {:.1}% (sd) within a cell; log throughput moved by {:.2} per unit of log unit time (simple r = {:.2}), log server µs/req by {:.2} (r = {:.2}).",
             h.within_sd * 100.0, h.throughput_slope, h.throughput_r, h.server_us_slope, h.server_us_r
         );
         let rows = format!(
@@ -291,7 +291,18 @@ fn legend(b: &Blocks) -> String {
             h.row_sd_chance * 100.0
         );
         if h.applied() {
-            format!("{measured} Every window is moved to the run's median unit time ({:.0} µs) before the ratios; {rows}, so the row does not set it.", h.reference_unit_ns / 1000.0)
+            let withheld: Vec<String> = b
+                .cells
+                .iter()
+                .filter(|c| c.change_vs_previous.is_some_and(|x| x.host_withheld))
+                .map(|c| format!("{} {}", c.row, short(&c.workload)))
+                .collect();
+            let withheld = if withheld.is_empty() {
+                " Every comparison ran its two rows at speeds that differ by no more than chance (paired, 95%).".to_string()
+            } else {
+                format!(" Not adjusted for it, because their two rows ran at different speeds (paired, 95%): {}.", withheld.join(", "))
+            };
+            format!("{measured} Every window is moved to the run's median unit time ({:.0} µs) before the ratios; {rows}: no evidence beyond chance that the row moves it.{withheld}", h.reference_unit_ns / 1000.0)
         } else {
             format!("{measured} The windows are not adjusted for it: {rows}, more than {ROW_SD_LIMIT}× chance, so the row may be moving it.")
         }

@@ -183,13 +183,7 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
     let started = Instant::now();
     let progress = |m: &str| eprintln!("[{:>5.1} min] {m}", started.elapsed().as_secs_f64() / 60.0);
     let raw = o.work.join("raw");
-    let driver = Driver {
-        oha,
-        load: &plan.load,
-        raw: &raw,
-        progress: &progress,
-        sent_emails: Default::default(),
-    };
+    let driver = Driver::new(oha, &plan.load, &raw, &progress);
     let mut probe = RemoteProbe {
         remote: &remote,
         metrics: plan.row.features.iter().any(|f| f == "metrics"),

@@ -236,8 +236,7 @@ impl<'a> Cluster<'a> {
             sh: Shell { dry_run: o.dry_run },
             images: Images {
                 registry: o.registry.clone(),
-                commit: crate::environment::git_commit(&o.root)
-                    .replace("+uncommitted changes", "-dirty"),
+                commit: crate::environment::commit(&o.root).tag(),
                 postgres: o.postgres_image.clone(),
             },
             kubernetes: "unknown".into(),

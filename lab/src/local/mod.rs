@@ -317,13 +317,7 @@ impl Target for Local<'_> {
         };
         server.wait_ready(Duration::from_secs(30))?;
         contract::check_server(&server.remote, run.row, m.load.users)?;
-        let driver = Driver {
-            oha: &r.oha,
-            load: &m.load,
-            raw: run.raw,
-            progress: run.say,
-            sent_emails: Default::default(),
-        };
+        let driver = Driver::new(&r.oha, &m.load, run.raw, run.say);
         let mut probe = LocalProbe {
             server: &server,
             db: &mut r.db,

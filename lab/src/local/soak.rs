@@ -184,13 +184,7 @@ pub fn run(o: &Options) -> Result<Report> {
         Some(r) => (None, "given with --rate".to_string(), r),
         None => {
             let progress = |s: &str| eprintln!("{s}");
-            let driver = Driver {
-                oha: &oha,
-                load: &m.load,
-                raw: &o.out,
-                progress: &progress,
-                sent_emails: Default::default(),
-            };
+            let driver = Driver::new(&oha, &m.load, &o.out, &progress);
             let mut probe = LocalProbe {
                 server: &server,
                 db: &mut db,

@@ -115,6 +115,18 @@ pub struct Driver<'a> {
     pub sent_emails: std::sync::OnceLock<Result<HashSet<String>, String>>,
 }
 
+impl<'a> Driver<'a> {
+    pub fn new(oha: &'a Oha, load: &'a Load, raw: &'a Path, progress: &'a dyn Fn(&str)) -> Self {
+        Driver {
+            oha,
+            load,
+            raw,
+            progress,
+            sent_emails: Default::default(),
+        }
+    }
+}
+
 /// The GET and PATCH processes of a mix at `rate` (0: closed loop).
 ///
 /// `connections` are shared out by the mix (at least [`MIN_SIDE_CONNECTIONS`] each), and
@@ -608,6 +620,7 @@ fn summarize(
         .min_by(|a, c| a.offered.total_cmp(&c.offered));
     let limit =
         limit_step.map(|st| format!("{} at {:.0}/s offered", st.reasons.join(", "), st.offered));
+    let limit_failures = Some(limit_step.map_or_else(Vec::new, |st| st.failures.clone()));
     let limit_cpu = limit_step.map(|st| (st.cpu.server, st.cpu.postgres, st.cpu.oha));
     let cpu_busy_at_limit = limit_step
         .or(best)
@@ -627,6 +640,7 @@ fn summarize(
         cpu_postgres_job: None,
         common: None,
         limit,
+        limit_failures,
         limit_cpu,
         cpu_busy_at_limit,
         machine_ns_per_thousand: Vec::new(),

@@ -10,6 +10,7 @@ use serde::Serialize;
 pub mod calibrate;
 pub mod contract;
 pub mod driver;
+pub mod failure;
 pub mod http;
 pub mod ids;
 pub mod oha;
@@ -20,6 +21,7 @@ pub mod speedo;
 pub mod stats;
 
 use crate::matrix::Load;
+use crate::measure::failure::{StepFailure, Unsent};
 use crate::measure::oha::SideResult;
 use crate::measure::stats::Latencies;
 
@@ -112,7 +114,10 @@ pub struct Step {
     /// Checkpoints and autovacuum runs that happened during the step, where the
     /// database is reachable (the run's settings aim for none).
     pub background: Option<crate::measure::driver::Background>,
-    /// Why the step failed (empty when it passed).
+    /// Why the step failed (empty when it passed), as values ...
+    #[serde(default)]
+    pub failures: Vec<StepFailure>,
+    /// ... and in words (`failures` rendered, for readers of steps.json).
     pub reasons: Vec<String>,
 }
 
@@ -169,14 +174,13 @@ pub fn evaluate(
         0.0
     };
     let p99_ms = all.quantile_ms(0.99);
-    let mut reasons = Vec::new();
+    let mut failures = Vec::new();
     if achieved_ratio < load.min_achieved {
-        reasons.push(format!(
-            "achieved {:.0}/s is {:.1}% of offered (< {:.0}%)",
+        failures.push(StepFailure::Shortfall {
             achieved,
-            achieved_ratio * 100.0,
-            load.min_achieved * 100.0
-        ));
+            ratio: achieved_ratio,
+            min: load.min_achieved,
+        });
     }
     // oha schedules ⌊T·q⌋ requests per process; those it did not send were never
     // offered, and the server cannot be blamed for them.
@@ -188,51 +192,56 @@ pub fn evaluate(
         // too slowly for the side's connections (sized for its rate at the SLO, see
         // `driver::sides`). A late scheduler means oha.
         let schedules: Vec<_> = sides.iter().filter_map(|(_, r)| r.schedule).collect();
-        let why = if schedules
+        let cause = if schedules
             .iter()
             .any(|s| s.lag_p99_ms > MAX_SCHEDULER_LAG_MS)
         {
-            "the load generator fell behind: oha, not the server, was the limit"
+            Unsent::LoadGenerator
         } else if schedules.is_empty() {
-            "no per-request records to tell whether oha or the server held them back"
+            Unsent::Unknown
         } else {
-            "released on time, they waited for a free connection: the server answered too slowly for its connections"
+            Unsent::Connections
         };
-        reasons.push(format!(
-            "sent only {attempted} of {scheduled:.0} scheduled requests ({:.1}%: {why})",
-            100.0 * attempted as f64 / scheduled
-        ));
+        failures.push(StepFailure::Unsent {
+            sent: attempted,
+            scheduled,
+            cause,
+        });
     }
     for (side, r) in sides {
         match r.schedule {
-            Some(s) if offered > 0.0 && s.lag_p99_ms > MAX_SCHEDULER_LAG_MS => reasons.push(format!(
-                "the load generator's {} scheduler ran {:.1} ms late at p99 (> {MAX_SCHEDULER_LAG_MS} ms): oha, not the server, was the limit",
-                side.method, s.lag_p99_ms
-            )),
+            Some(s) if offered > 0.0 && s.lag_p99_ms > MAX_SCHEDULER_LAG_MS => {
+                failures.push(StepFailure::SchedulerLag {
+                    method: side.method.to_string(),
+                    lag_p99_ms: s.lag_p99_ms,
+                })
+            }
             _ => {}
         }
     }
     if error_rate > load.error_budget {
-        reasons.push(format!(
-            "{:.2}% errors (> {:.2}%)",
-            error_rate * 100.0,
-            load.error_budget * 100.0
-        ));
+        failures.push(StepFailure::Errors {
+            rate: error_rate,
+            budget: load.error_budget,
+        });
     }
     match p99_ms {
         Some(p) if p <= load.slo_p99_ms => {}
-        Some(p) => reasons.push(format!("p99 {:.1} ms > {} ms", p, load.slo_p99_ms)),
-        None => reasons.push("no replies".into()),
+        Some(p) => failures.push(StepFailure::P99 {
+            ms: p,
+            slo_ms: load.slo_p99_ms,
+        }),
+        None => failures.push(StepFailure::NoReplies),
     }
     let tolerance = MIX_TOLERANCE.max(MIX_GRAIN_REQUESTS / replies.max(1) as f64);
     if (get_share - target_get_share).abs() > tolerance {
-        reasons.push(format!(
-            "mix {:.1}% GET (want {:.0}% ± {:.1})",
-            get_share * 100.0,
-            target_get_share * 100.0,
-            tolerance * 100.0
-        ));
+        failures.push(StepFailure::Mix {
+            get_share,
+            want: target_get_share,
+            tolerance,
+        });
     }
+    let reasons = failures.iter().map(ToString::to_string).collect();
     Step {
         offered,
         secs,
@@ -251,11 +260,12 @@ pub fn evaluate(
         cpu: Cpu::default(),
         integrity: None,
         avg_batch: None,
-        passed: reasons.is_empty(),
+        passed: failures.is_empty(),
         confirmation: false,
         ids: None,
         cpu_busy: Vec::new(),
         background: None,
+        failures,
         reasons,
     }
 }
