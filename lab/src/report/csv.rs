@@ -1,11 +1,8 @@
 //! results.csv: a row per matrix row and workload.
 use super::*;
 
-
 use crate::measure::stats::spread;
-use crate::results::{
-    CommonLoad, Summary,
-};
+use crate::results::{CommonLoad, Summary};
 
 /// The columns of `results.csv`, one line per row × workload.
 pub const CSV_HEADER: &str = "row,features,index,workload,repetitions,capacity_median,capacity_min,capacity_max,p99_ms_at_capacity,common_offered,common_reduced,server_us_per_request,server_user_us_per_request,server_system_us_per_request,postgres_us_per_request,oha_us_per_request,common_p50_ms,common_p90_ms,common_p99_ms,common_p999_ms,writes_checked,integrity_failures";

@@ -2,11 +2,8 @@
 //! its details, the reference, integrity.
 use super::*;
 
-
 use crate::measure::stats::{compare, spread, Change, MIN_REPETITIONS};
-use crate::results::{
-    Host, RowResult, Summary, WorkloadResult,
-};
+use crate::results::{Host, RowResult, Summary, WorkloadResult};
 
 /// How fast the machine itself was over the run: the fixed loop timed on every CPU
 /// before each search, overall and by repetition (None when not measured).

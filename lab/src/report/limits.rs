@@ -1,11 +1,8 @@
 //! What limited a search, from its CPU figures and its first failing step's failures.
 use super::*;
 
-
 use crate::measure::failure::SearchLimit;
-use crate::results::{
-    Summary, WorkloadResult,
-};
+use crate::results::{Summary, WorkloadResult};
 
 /// What limited a build: each CPU's busy share (or, where not measured, each party's CPU) at its limit, and why the next rate failed.
 /// CPU use is in cores (1.0 = one core busy); parties may share CPUs (e.g. PostgreSQL

@@ -5,7 +5,6 @@
 //! themselves are in `charts`.
 use std::fmt::Write as _;
 
-
 use crate::results::RowResult;
 
 mod csv;
@@ -81,8 +80,8 @@ const CLUSTER_SERVER_NEAR_LIMIT: f64 = 0.85;
 mod tests {
     use super::*;
     use crate::measure::failure::StepFailure;
-    use std::path::Path;
     use crate::results::*;
+    use std::path::Path;
 
     /// GitHub's anchor for a heading: lower case, spaces to '-', other punctuation gone.
     fn anchor(heading: &str) -> String {
@@ -366,7 +365,10 @@ mod tests {
         assert!(md.contains("saturated: server (95% of its 1 CPU)"), "{md}");
         // 0.95 cores at 200 QPS.
         assert!(md.contains("(server 4750 µs/request at capacity)"), "{md}");
-        assert!(md.contains("first failing step: p99 80.0 ms > 50 ms at 1000/s offered"), "{md}");
+        assert!(
+            md.contains("first failing step: p99 80.0 ms > 50 ms at 1000/s offered"),
+            "{md}"
+        );
         assert!(
             t.contains("| *PostgreSQL alone (pgbench, prepared, no HTTP)* |"),
             "{t}"

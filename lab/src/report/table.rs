@@ -1,7 +1,6 @@
 //! The tables: the SLO search's concise table and its reference line.
 use super::*;
 
-
 use crate::measure::stats::{compare, spread, Change, MIN_REPETITIONS};
 use crate::results::{
     CommonLoad, ReferenceCommon, ReferenceResult, RowResult, Summary, WorkloadResult,
