@@ -43,8 +43,8 @@ use tokio_postgres::Row;
 
 use super::session::Session;
 use super::{
-    classify, classify_code, classify_sent, not_applied, started_late, user_from_row, Admitted,
-    Core, Statement, User, SELECT_USER, SELECT_USERS, UPDATE_EMAIL, UPDATE_EMAILS,
+    classify, classify_sent, kind_of, not_applied, started_late, user_from_row, Admitted, Core,
+    ErrorKind, Statement, User, SELECT_USER, SELECT_USERS, UPDATE_EMAIL, UPDATE_EMAILS,
 };
 
 /// The statements this executor runs (a `prepared` connection prepares these).
@@ -353,7 +353,7 @@ fn answer_applied(id: i64, rows: &Decoded) -> Answer {
 /// Whether PostgreSQL itself rejected a statement for a reason that is not transient
 /// (bad data, a constraint): an error it raised, so the statement did not commit.
 fn rejected(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some() && matches!(classify_code(e), Some(false))
+    e.as_db_error().is_some() && kind_of(e) == ErrorKind::Statement
 }
 
 /// The batch statements, on the core every request path shares.

@@ -580,7 +580,7 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 
 /// What a database error says about where the trouble is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// No SQLSTATE: the connection failed.
     Connection,
     /// A transient SQLSTATE, or one that refused the connection (authentication,
@@ -591,7 +591,7 @@ enum ErrorKind {
     Statement,
 }
 
-fn kind_of(e: &tokio_postgres::Error) -> ErrorKind {
+pub(crate) fn kind_of(e: &tokio_postgres::Error) -> ErrorKind {
     let Some(code) = e.code() else {
         return ErrorKind::Connection;
     };

@@ -242,7 +242,10 @@ mod tests {
             cause: Unsent::LoadGenerator,
         };
         assert_eq!(SearchLimit::of(&[]), SearchLimit::Ceiling);
-        assert_eq!(SearchLimit::of(&[p99.clone()]), SearchLimit::P99);
+        assert_eq!(
+            SearchLimit::of(std::slice::from_ref(&p99)),
+            SearchLimit::P99
+        );
         assert_eq!(
             SearchLimit::of(&[p99.clone(), waited.clone()]),
             SearchLimit::Connections
