@@ -216,6 +216,13 @@ pg_stop() {
       kill -KILL "${pid}" 2>/dev/null || true
     fi
   fi
+  # Rows' own clusters (lab stops them; a killed lab leaves them running).
+  local extra
+  for extra in "${dir}"/row-cluster-*/data; do
+    [[ -f "${extra}/postmaster.pid" ]] || continue
+    as_pg_owner "${PG_BIN}/pg_ctl" -D "${extra}" -m immediate -w -t 30 stop >/dev/null 2>&1 \
+      || warn "clean-up: pg_ctl stop failed for ${extra}"
+  done
   # A postmaster whose pid file is gone (killed mid-start) is found by its data folder.
   if pgrep -f -- "-D ${dir}/data" >/dev/null 2>&1; then
     warn "clean-up: killing PostgreSQL processes left in ${dir}"

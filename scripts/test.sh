@@ -145,6 +145,9 @@ run_k8s_checks() {
   "${ROOT}/scripts/run-matrix.sh" --target k8s --dry-run >/dev/null
   log "k8s: the same for matrix-peers.toml (external rows run their own image)"
   "${ROOT}/scripts/run-matrix.sh" --target k8s --dry-run --matrix "${ROOT}/matrix-peers.toml" >/dev/null
+  log "k8s: the same for matrix-resources.toml and matrix-postgres.toml (rows that set the pod's resources and PostgreSQL's settings)"
+  "${ROOT}/scripts/run-matrix.sh" --target k8s --dry-run --matrix "${ROOT}/matrix-resources.toml" >/dev/null
+  "${ROOT}/scripts/run-matrix.sh" --target k8s --dry-run --matrix "${ROOT}/matrix-postgres.toml" >/dev/null
   local rendered
   for rendered in "${ROOT}"/target/k8s/*/rendered.yaml; do
     kubernetes-validate --strict -k 1.32.0 --quiet "${rendered}"
@@ -186,6 +189,22 @@ run_quick_matrix() {
   [[ "${status}" -eq 1 ]] || die "the end-to-end run exited ${status}, not 1 (one row fails on purpose)"
   cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/ci-matrix.toml" \
     --out "${out_dir}" --readme "${out_dir}/README.md" --profiled --blocks --expect-failed "broken peer"
+}
+
+# A --quick run of rows that set their pod (a CPU limit the server is throttled at,
+# worker threads, a pool size) and their database (a setting that needs a restart: a
+# cluster of the row's own; one a session takes: on the row's database).
+run_pod_matrix() {
+  require_oha
+  local out_dir
+  out_dir="$(mktemp -d "${TMPDIR:-/tmp}/perflab-pod.XXXXXX")"
+  cp "${ROOT}/README.md" "${out_dir}/README.md"
+  log "end-to-end: a --quick run of tests/pod-matrix.toml (resources, workers, env, a row's own PostgreSQL) into ${out_dir}"
+  "${ROOT}/scripts/run-matrix.sh" --quick --matrix "${ROOT}/tests/pod-matrix.toml" \
+    --out "${out_dir}" --readme "${out_dir}/README.md"
+  cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/pod-matrix.toml" \
+    --out "${out_dir}" --readme "${out_dir}/README.md" --blocks --expect-own-cluster "own cluster"
+  rm -rf "${out_dir}"
 }
 
 # A --quick run against a PostgreSQL of "yours" (--database-url): the lab works in a
@@ -306,6 +325,8 @@ main() {
   fi
   if [[ "${matrix}" -eq 1 ]]; then
     run_quick_matrix
+    e2e=$((e2e + 1))
+    run_pod_matrix
     e2e=$((e2e + 1))
     run_user_database_check
     e2e=$((e2e + 1))

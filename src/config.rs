@@ -66,6 +66,10 @@ pub struct Config {
     /// `COALESCE_WRITERS` (default 4): workers running batched PATCHes, each owning the
     /// ids with `id % COALESCE_WRITERS` equal to its number (`coalesce`).
     pub coalesce_writers: u32,
+    /// `WORKER_THREADS` (default: the CPUs the process may use, quota included): the
+    /// work-stealing runtime's workers, or with `current-thread` the single-threaded
+    /// runtimes. A pod's CPU limit is the usual reason to set it.
+    pub worker_threads: Option<u32>,
 }
 
 /// A configuration value that is missing or invalid.
@@ -157,6 +161,10 @@ impl Config {
             coalesce_max_batch: number(&lookup, "COALESCE_MAX_BATCH", 256, 1, 10_000)?,
             coalesce_readers: number(&lookup, "COALESCE_READERS", 4, 1, 256)?,
             coalesce_writers: number(&lookup, "COALESCE_WRITERS", 4, 1, 256)?,
+            worker_threads: match lookup("WORKER_THREADS") {
+                None => None,
+                Some(_) => Some(number(&lookup, "WORKER_THREADS", 1, 1, 1_024)?),
+            },
         })
     }
 }
@@ -210,6 +218,24 @@ mod tests {
     }
 
     const URL: (&str, &str) = ("DATABASE_URL", "postgres://u:p@127.0.0.1:5432/db");
+
+    #[test]
+    fn every_variable_read_is_in_the_shared_list() {
+        let read = std::cell::RefCell::new(Vec::new());
+        let _ = Config::from_lookup(|name| {
+            read.borrow_mut().push(name.to_string());
+            (name == "DATABASE_URL").then(|| URL.1.to_string())
+        });
+        let mut read = read.into_inner();
+        read.sort();
+        read.dedup();
+        let mut listed: Vec<String> = crate::env_names::VARIABLES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        listed.sort();
+        assert_eq!(read, listed);
+    }
 
     #[test]
     fn defaults_apply_when_only_the_url_is_set() {

@@ -28,6 +28,7 @@ pub mod build_info;
 pub mod config;
 pub mod conn;
 pub mod db;
+pub mod env_names;
 pub mod error;
 pub mod json;
 pub mod metrics;

@@ -10,6 +10,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `--check-config`: validate the environment and stop (the lab checks a matrix
+    // row's settings this way before it starts anything).
+    if std::env::args().nth(1).as_deref() == Some("--check-config") {
+        return ExitCode::SUCCESS;
+    }
     if let Err(err) =
         perflab::process::raise_open_files(perflab::db::Db::descriptors_needed(&config))
     {

@@ -412,6 +412,10 @@ pub struct VerifyArgs {
     /// where results.md links it (targets that measure no blocks draw none).
     #[arg(long)]
     pub blocks: bool,
+    /// A row that must have run in a PostgreSQL cluster of its own (its server
+    /// settings need one; repeatable).
+    #[arg(long, value_name = "ROW")]
+    pub expect_own_cluster: Vec<String>,
 }
 
 #[derive(Args, Clone, Debug)]

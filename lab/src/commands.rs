@@ -522,6 +522,43 @@ fn newest_run(out: &Path) -> Result<PathBuf> {
 }
 
 /// A run wrote results.md with numbers for every row, and the README block.
+/// The rows' pods and databases as the run recorded them: every window of a row that
+/// sets `resources` has the server's throttling counted, each `--expect-own-cluster`
+/// row ran in a cluster of its own, and the rows' settings are in the record.
+fn check_pods(summary: &crate::results::Summary, m: &Matrix, own: &[String]) -> Result<()> {
+    let Some(b) = &summary.blocks else {
+        anyhow::ensure!(
+            own.is_empty(),
+            "--expect-own-cluster: the run measured no blocks"
+        );
+        return Ok(());
+    };
+    for row in m.rows.iter().filter(|r| r.resources.is_some()) {
+        let windows: Vec<_> = b.windows.iter().filter(|w| w.row == row.name).collect();
+        if windows.is_empty() || windows.iter().any(|w| w.throttling.is_none()) {
+            bail!(
+                "row {:?} sets `resources`, but its windows did not count the server's throttling",
+                row.name
+            );
+        }
+    }
+    for name in own {
+        if !b.own_clusters.contains(name) {
+            bail!("row {name:?} did not run in a PostgreSQL cluster of its own");
+        }
+    }
+    for row in &m.rows {
+        let recorded = summary.rows.iter().find(|r| r.name == row.name);
+        if recorded.is_some_and(|r| r.settings != row.settings_words()) {
+            bail!(
+                "row {:?}: the record's settings are not the matrix's",
+                row.name
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn verify(a: &VerifyArgs) -> Result<bool> {
     let mut matrix = load_matrix(&a.m)?;
     if let Some(url) = &a.url {
@@ -561,6 +598,7 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
     ) {
         bail!("the run's writes were not checked (it had no --database-url)");
     }
+    check_pods(&summary, &matrix, &a.expect_own_cluster)?;
     let graphs = md.matches("[flame graph](").count();
     let wanted = names.len() * matrix.workloads.len();
     if a.profiled && graphs < wanted {

@@ -574,6 +574,11 @@ mod tests {
             external: None,
             service: None,
             moves: None,
+            resources: None,
+            workers: None,
+            env: BTreeMap::new(),
+            cpus: None,
+            versus: None,
         }
     }
 

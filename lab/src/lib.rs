@@ -24,6 +24,7 @@ pub mod k8s;
 pub mod local;
 pub mod matrix;
 pub mod measure;
+pub mod pod;
 pub mod report;
 pub mod results;
 pub mod service;

@@ -124,6 +124,18 @@ struct RawRow {
     /// The counter this rung's hypothesis says it moves (measured in the blocks).
     #[serde(default)]
     moves: Option<crate::blocks::Counter>,
+    /// The pod's resources (see `pod::Resources::parse`).
+    #[serde(default)]
+    resources: Option<Spanned<toml::Value>>,
+    /// The server's tokio worker threads (`WORKER_THREADS`).
+    #[serde(default)]
+    workers: Option<Spanned<u32>>,
+    /// The server's CPUs on the local target (a taskset list), instead of `[local]`'s.
+    #[serde(default)]
+    cpus: Option<Spanned<String>>,
+    /// The earlier row this one changes (default: the row above).
+    #[serde(default)]
+    versus: Option<Spanned<String>>,
 }
 
 /// A validated matrix.
@@ -215,6 +227,21 @@ pub struct Row {
     /// The counter this rung's hypothesis says it moves (`moves`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moves: Option<crate::blocks::Counter>,
+    /// The pod's resources; `None`: the default ([`crate::pod::Resources::DEFAULT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::pod::Resources>,
+    /// Our server's worker threads (`WORKER_THREADS`); `None`: one per CPU it may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// Our server's own environment (names it reads; see `pod::check_env`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The server's CPUs on the local target, where the row gives its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    /// The earlier row this rung is one change from (`versus`); `None`: the row above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versus: Option<String>,
 }
 
 /// A `url` row: a service already running, which speaks the API contract and whose
@@ -358,6 +385,27 @@ impl Row {
         !self.features.iter().any(|f| f == "memory-store")
     }
 
+    /// What the row sets beyond its build, in words, one item each: its pod's
+    /// resources, worker threads, CPUs, environment and PostgreSQL settings.
+    pub fn settings_words(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(r) = &self.resources {
+            v.push(r.label());
+        }
+        if let Some(w) = self.workers {
+            v.push(format!(
+                "{w} worker thread{}",
+                if w == 1 { "" } else { "s" }
+            ));
+        }
+        if let Some(c) = &self.cpus {
+            v.push(format!("CPUs {c}"));
+        }
+        v.extend(self.env.iter().map(|(k, x)| format!("{k}={x}")));
+        v.extend(self.postgres.iter().map(|(k, x)| format!("{k} = {x}")));
+        v
+    }
+
     pub fn features_label(&self) -> String {
         if let Some(e) = &self.external {
             format!("external: {}", e.label())
@@ -446,6 +494,11 @@ impl Matrix {
             external: None,
             service: Some(service),
             moves: None,
+            resources: None,
+            workers: None,
+            env: BTreeMap::new(),
+            cpus: None,
+            versus: None,
         }];
         self.blocks.aa = None;
         Ok(())
@@ -604,15 +657,6 @@ fn parse_blocks(
     if s.blocks > 100 {
         bail!("line {}: blocks must be 0 to 100", at(raw.blocks.span()));
     }
-    if let Some(row) = rows.iter().find(|r| !r.postgres.is_empty()) {
-        if s.blocks > 0 {
-            bail!(
-                "line {}: the blocks run every row against one PostgreSQL at once, so row {:?} cannot set its own [postgres] settings; set them for the whole run, or drop [blocks]",
-                at(raw.blocks.span()),
-                row.name
-            );
-        }
-    }
     if let Some(w) = &raw.window_secs {
         positive_f(text, w, "window_secs", false)?;
         if *w.get_ref() > 60.0 {
@@ -735,7 +779,6 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
         match (&inner.features, &inner.command, &inner.url) {
             (Some(f), _, _) => {
                 for (what, given) in [
-                    ("env", inner.env.as_ref().map(|e| e.span())),
                     ("image", inner.image.as_ref().map(|e| e.span())),
                     ("ready_path", inner.ready_path.as_ref().map(|e| e.span())),
                 ] {
@@ -773,6 +816,16 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
                 at(r.span())
             );
         }
+        let pod = parse_pod(text, &name, inner, !features_row(inner), service.is_some())?;
+        let versus = match &inner.versus {
+            None => None,
+            Some(v) if rows.iter().any(|x| &x.name == v.get_ref()) => Some(v.get_ref().clone()),
+            Some(v) => bail!(
+                "line {}: row {name:?}: versus = {:?} is not a row above it",
+                at(v.span()),
+                v.get_ref()
+            ),
+        };
         let row = Row {
             name,
             features,
@@ -783,6 +836,11 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
             postgres: settings(&inner.postgres)
                 .map_err(|e| anyhow::anyhow!("line {}: {e}", at(r.span())))?,
             moves: inner.moves,
+            resources: pod.resources,
+            workers: pod.workers,
+            env: pod.env,
+            cpus: pod.cpus,
+            versus,
         };
         if rows.iter().any(|x| x.slug() == row.slug()) {
             bail!(
@@ -794,6 +852,83 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
         rows.push(row);
     }
     Ok(rows)
+}
+
+fn features_row(inner: &RawRow) -> bool {
+    inner.features.is_some()
+}
+
+/// What a row sets of its pod.
+struct Pod {
+    resources: Option<crate::pod::Resources>,
+    workers: Option<u32>,
+    env: BTreeMap<String, String>,
+    cpus: Option<String>,
+}
+
+/// A row's `resources`, `workers`, `cpus` and (our server's) `env`: a `url` row sets
+/// none (it is already running), an external row no `workers` (ours only), and its
+/// `env` is its own (see [`parse_external`]).
+fn parse_pod(text: &str, name: &str, inner: &RawRow, external: bool, service: bool) -> Result<Pod> {
+    let at = |span: Range<usize>| line_of(text, span.start);
+    if service {
+        for (what, given) in [
+            ("resources", inner.resources.as_ref().map(|e| e.span())),
+            ("workers", inner.workers.as_ref().map(|e| e.span())),
+            ("cpus", inner.cpus.as_ref().map(|e| e.span())),
+        ] {
+            if let Some(span) = given {
+                bail!(
+                    "line {}: row {name:?}: `{what}` is for rows the lab starts; a `url` row is already running",
+                    at(span)
+                );
+            }
+        }
+    }
+    if let (true, Some(w)) = (external, &inner.workers) {
+        bail!(
+            "line {}: row {name:?}: `workers` sets our server's WORKER_THREADS; an external row sets its own in `env` or `command`",
+            at(w.span())
+        );
+    }
+    let resources = match &inner.resources {
+        None => None,
+        Some(v) => Some(
+            crate::pod::Resources::parse(v.get_ref(), 0)
+                .map_err(|e| anyhow::anyhow!("line {}: row {name:?}: {e}", at(v.span())))?,
+        ),
+    };
+    let workers = match &inner.workers {
+        None => None,
+        Some(w) if (1..=1024).contains(w.get_ref()) => Some(*w.get_ref()),
+        Some(w) => bail!(
+            "line {}: row {name:?}: `workers` must be 1 to 1024",
+            at(w.span())
+        ),
+    };
+    let cpus = match &inner.cpus {
+        None => None,
+        Some(c) => {
+            parse_cpu_list(c.get_ref())
+                .map_err(|e| anyhow::anyhow!("line {}: row {name:?}: `cpus`: {e}", at(c.span())))?;
+            Some(c.get_ref().clone())
+        }
+    };
+    let env = match (&inner.env, external || service) {
+        (Some(e), false) => {
+            crate::pod::check_env(e.get_ref()).map_err(|err| {
+                anyhow::anyhow!("line {}: row {name:?}: `env`: {err}", at(e.span()))
+            })?;
+            e.get_ref().clone()
+        }
+        _ => BTreeMap::new(),
+    };
+    Ok(Pod {
+        resources,
+        workers,
+        env,
+        cpus,
+    })
 }
 
 /// A Rust row's `features`: known ones, each once, in the server's order.
@@ -1147,6 +1282,91 @@ postgres = { work_mem = "8MB", jit = false }
         assert_eq!(m.rows.len(), 1);
         assert_eq!(m.rows[0].name, "localhost:9000");
         assert!(m.measure_service("localhost:9000").is_err());
+    }
+
+    #[test]
+    fn a_row_sets_its_pod_and_database() {
+        let m = Matrix::parse(&with_rows(
+            r#"
+[[row]]
+name = "limited"
+features = ["pool"]
+index = true
+resources = { cpu_limit = "500m", memory_limit = "128Mi" }
+workers = 2
+cpus = "0-1"
+env = { POOL_SIZE = "4", COALESCE_WRITERS = "2" }
+postgres = { shared_buffers = "64MB", synchronous_commit = false }
+
+[[row]]
+name = "best effort"
+features = ["pool"]
+index = true
+resources = "best-effort"
+
+[[row]]
+name = "default"
+features = ["pool"]
+index = true
+"#,
+        ))
+        .expect("valid");
+        let r = &m.rows[0];
+        let res = r.resources.unwrap();
+        assert_eq!((res.cpu_limit, res.cpu_request), (Some(0.5), Some(0.5)));
+        assert_eq!(res.qos(), crate::pod::Qos::Guaranteed);
+        assert_eq!((r.workers, r.cpus.as_deref()), (Some(2), Some("0-1")));
+        assert_eq!(r.env["POOL_SIZE"], "4");
+        assert_eq!(r.postgres["synchronous_commit"], "off");
+        assert_eq!(
+            r.settings_words(),
+            [
+                "Guaranteed (CPU request 500m, CPU limit 500m, memory request 128Mi, memory limit 128Mi)",
+                "2 worker threads",
+                "CPUs 0-1",
+                "COALESCE_WRITERS=2",
+                "POOL_SIZE=4",
+                "shared_buffers = 64MB",
+                "synchronous_commit = off"
+            ]
+        );
+        assert_eq!(
+            m.rows[1].resources.unwrap().qos(),
+            crate::pod::Qos::BestEffort
+        );
+        assert_eq!(
+            m.rows[2].resources, None,
+            "a row that sets nothing inherits"
+        );
+        assert!(m.rows[2].settings_words().is_empty());
+    }
+
+    #[test]
+    fn bad_pod_settings_name_the_row_line_and_key() {
+        let row = |extra: &str| {
+            with_rows(&format!(
+                "\n[[row]]\nname = \"r\"\nfeatures = [\"pool\"]\nindex = true\n{extra}\n"
+            ))
+        };
+        for (extra, says) in [
+            ("env = { POOL_SIZ = \"4\" }", "POOL_SIZ"),
+            ("env = { DATABASE_URL = \"x\" }", "set by the lab"),
+            ("resources = { cpu_limit = -1 }", "cpu_limit"),
+            ("resources = { memory_limit = \"4Mi\" }", "cannot start"),
+            ("resources = { gpus = 1 }", "resources.gpus"),
+            ("workers = 0", "workers"),
+            ("cpus = \"x\"", "cpus"),
+        ] {
+            let e = err(&row(extra));
+            assert!(
+                e.contains(says) && e.contains("row \"r\"") && e.contains("line "),
+                "{extra}: {e}"
+            );
+        }
+        let e = err(&with_rows(
+            "\n[[row]]\nname = \"x\"\ncommand = [\"p\", \"{port}\"]\nindex = true\nworkers = 2\n",
+        ));
+        assert!(e.contains("`workers`"), "{e}");
     }
 
     #[test]

@@ -287,6 +287,13 @@ pub struct RowResult {
     pub service: Option<String>,
     pub index: bool,
     pub note: Option<String>,
+    /// What the row sets beyond its build (`Row::settings_words`): resources, worker
+    /// threads, CPUs, environment, PostgreSQL settings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
+    /// The earlier row this rung is one change from, where it is not the row above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versus: Option<String>,
     /// Problems that kept the row from being measured (build, start-up, wrong features,
     /// a failed contract probe).
     pub failures: Vec<String>,
@@ -303,6 +310,8 @@ impl RowResult {
             service: r.service.as_ref().map(|s| s.url.clone()),
             index: r.index,
             note: r.note.clone(),
+            settings: r.settings_words(),
+            versus: r.versus.clone(),
             failures: vec![],
             workloads: vec![],
         }

@@ -23,7 +23,10 @@ pub const DESCRIPTION: &str = "current-thread per core (SO_REUSEPORT)";
 
 /// Serves `config` until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), BoxError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = match config.worker_threads {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     let first = runtime()?;
     // The first listener resolves the port (`:0` picks one); the others share it.
     let (state, listener) = first.block_on(async {

@@ -1,5 +1,5 @@
 //! One multi-threaded, work-stealing runtime (tokio's default): a worker per CPU the
-//! process may use, and tasks move to whichever worker is free.
+//! process may use (or `WORKER_THREADS`), and tasks move to whichever worker is free.
 use crate::config::Config;
 use crate::server::{self, BoxError};
 
@@ -7,7 +7,11 @@ pub const DESCRIPTION: &str = "multi-thread (work stealing)";
 
 /// Serves `config` until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), BoxError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads {
+        builder.worker_threads(n as usize);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;

@@ -54,8 +54,11 @@ impl Default for Settings {
 
 /// The name of the A/A copy of `row`.
 pub fn aa_name(row: &str) -> String {
-    format!("{row} (A/A copy)")
+    format!("{row}{AA_SUFFIX}")
 }
+
+/// What [`aa_name`] appends to the row it copies.
+pub const AA_SUFFIX: &str = " (A/A copy)";
 
 /// A counter a rung's hypothesis says it moves (`moves` in a matrix row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +80,12 @@ pub enum Counter {
     ServerSyscalls,
     /// The server's context switches per request (`current-thread`).
     ServerContextSwitches,
+    /// Shared-buffer misses (reads from the page cache or disk) per request
+    /// (`shared_buffers` below the working set).
+    PgBufferReads,
+    /// The share of the server's CPU-quota periods in which it was throttled (a pod's
+    /// CPU limit).
+    ServerThrottledPeriods,
 }
 
 impl Counter {
@@ -90,6 +99,8 @@ impl Counter {
             Counter::PgBufferHits => "shared-buffer hits per request",
             Counter::ServerSyscalls => "server system calls per request",
             Counter::ServerContextSwitches => "server context switches per request",
+            Counter::PgBufferReads => "shared-buffer reads per request",
+            Counter::ServerThrottledPeriods => "share of CPU-quota periods throttled",
         }
     }
 
@@ -110,6 +121,11 @@ impl Counter {
             Counter::ServerContextSwitches => {
                 per(c.server_context_switches.map(|x| x as i64), w.requests())
             }
+            Counter::PgBufferReads => per(c.pg_buffer_reads, requests),
+            // A pod without a CPU limit has no quota periods: never throttled.
+            Counter::ServerThrottledPeriods => w
+                .throttling
+                .map(|t| t.throttled as f64 / t.periods.max(1) as f64),
         }
     }
 }
@@ -181,6 +197,9 @@ pub struct Window {
     #[serde(default)]
     pub host_unit_ns: Option<f64>,
     pub shares: Shares,
+    /// The server's CPU throttling in the window, where its row sets a pod's resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttling: Option<crate::pod::Throttling>,
     pub counts: Counts,
     /// `sum(version)` grew by this much (None: not checked, e.g. the memory store).
     pub applied_writes: Option<i64>,
@@ -312,6 +331,12 @@ pub struct Blocks {
     /// Each rung's hypothesis: the counter it should move.
     #[serde(default)]
     pub hypotheses: Vec<(String, Counter)>,
+    /// Rows that ran in a PostgreSQL cluster of their own (their server settings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub own_clusters: Vec<String>,
+    /// Rows compared with an earlier row than the one above (`versus` in the matrix).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub versus: std::collections::BTreeMap<String, String>,
     pub elapsed_secs: f64,
     /// How the effects are adjusted for the hypervisor's steal (derived).
     #[serde(default)]
@@ -464,19 +489,21 @@ impl Blocks {
                 let postgres: Vec<f64> = ws.iter().filter_map(|w| w.postgres_us()).collect();
                 let limits: Vec<Limit> = ws.iter().map(|w| w.limit).collect();
                 let limit = judge::majority(&limits);
-                let previous = ladder
-                    .iter()
-                    .position(|r| r == row)
-                    .and_then(|k| k.checked_sub(1))
-                    .map(|k| ladder[k].clone())
-                    .or_else(|| {
-                        // The A/A copy: against its original; another row off the
-                        // ladder (a reference): against the row above it in the run.
-                        let aa = self.settings.aa.as_ref().filter(|a| aa_name(a) == *row);
-                        aa.cloned().or_else(|| {
-                            (i > 0 && !ladder.contains(row)).then(|| self.rows[i - 1].clone())
+                let previous = self.versus.get(row).cloned().or_else(|| {
+                    ladder
+                        .iter()
+                        .position(|r| r == row)
+                        .and_then(|k| k.checked_sub(1))
+                        .map(|k| ladder[k].clone())
+                        .or_else(|| {
+                            // The A/A copy: against its original; another row off the
+                            // ladder (a reference): against the row above it in the run.
+                            let aa = self.settings.aa.as_ref().filter(|a| aa_name(a) == *row);
+                            aa.cloned().or_else(|| {
+                                (i > 0 && !ladder.contains(row)).then(|| self.rows[i - 1].clone())
+                            })
                         })
-                    });
+                });
                 let server_interval = interval(&server);
                 let shares: Vec<f64> = ws.iter().map(|w| w.get_share).collect();
                 cells.push(CellResult {
@@ -663,6 +690,7 @@ pub(crate) mod tests {
             cpu_steal: vec![0.0, 0.0],
             host_unit_ns: None,
             shares: Shares::default(),
+            throttling: None,
             counts: Counts {
                 pg_commits: Some((n - n * 9 / 10) as i64),
                 ..Default::default()
@@ -701,6 +729,8 @@ pub(crate) mod tests {
             aa_check: None,
             splits: vec![],
             hypotheses: vec![],
+            own_clusters: Vec::new(),
+            versus: Default::default(),
             elapsed_secs: 0.0,
             steal: None,
             host: None,
@@ -734,6 +764,8 @@ pub(crate) mod tests {
             aa_check: None,
             splits: vec![],
             hypotheses: vec![],
+            own_clusters: Vec::new(),
+            versus: Default::default(),
             elapsed_secs: 0.0,
             steal: None,
             host: None,

@@ -73,6 +73,12 @@ fn adds(prev: Option<&RowResult>, row: &RowResult) -> String {
     if row.index && !prev.index {
         v.insert(0, "index".into());
     }
+    v.extend(
+        row.settings
+            .iter()
+            .filter(|x| !prev.settings.contains(x))
+            .cloned(),
+    );
     if v.is_empty() {
         "—".into()
     } else {
@@ -121,7 +127,15 @@ pub fn table(s: &Summary, b: &Blocks) -> String {
     let mut prev: Option<&RowResult> = None;
     for row in &s.rows {
         let measured = b.rows.contains(&row.name);
-        let _ = write!(out, "| {} | {} |", row.name, adds(prev, row));
+        let versus = row
+            .versus
+            .as_ref()
+            .and_then(|v| s.rows.iter().find(|r| &r.name == v));
+        let adds = match versus {
+            Some(v) => format!("vs {}: {}", v.name, adds(Some(v), row)),
+            None => adds(prev, row),
+        };
+        let _ = write!(out, "| {} | {adds} |", row.name);
         if !measured || !row.failures.is_empty() {
             for _ in &b.workloads {
                 out.push_str(" failed |");
@@ -352,6 +366,47 @@ pub fn counters(b: &Blocks) -> String {
     out
 }
 
+/// The servers' CPU throttling under their pods' CPU limits, per row and workload
+/// (rows that set `resources` only); empty when no row does.
+pub fn throttling(b: &Blocks) -> String {
+    let mut out = String::new();
+    for row in &b.rows {
+        for w in &b.workloads {
+            let windows: Vec<_> = b
+                .windows
+                .iter()
+                .filter(|x| &x.row == row && &x.workload == w)
+                .filter_map(|x| Some((x.throttling?, x.wall_secs)))
+                .collect();
+            if windows.is_empty() {
+                continue;
+            }
+            let periods: u64 = windows.iter().map(|(t, _)| t.periods).sum();
+            let throttled: u64 = windows.iter().map(|(t, _)| t.throttled).sum();
+            let ns: u64 = windows.iter().map(|(t, _)| t.throttled_ns).sum();
+            let secs: f64 = windows.iter().map(|(_, s)| s).sum();
+            if out.is_empty() {
+                out.push_str("| Row | Workload | Windows | Quota periods throttled | Throttled time, ms per s |\n|---|---|---:|---:|---:|\n");
+            }
+            let _ = writeln!(
+                out,
+                "| {row} | {w} | {} | {} | {:.1} |",
+                windows.len(),
+                if periods == 0 {
+                    "— (no quota)".to_string()
+                } else {
+                    format!(
+                        "{:.1}% of {periods}",
+                        throttled as f64 * 100.0 / periods as f64
+                    )
+                },
+                ns as f64 / 1e6 / secs.max(1e-9)
+            );
+        }
+    }
+    out
+}
+
 /// Each rung's hypothesis checked against the counter it names (`moves` in the
 /// matrix): the medians over blocks, the row above's → this row's, and the paired
 /// ratio with its 95% interval.
@@ -361,9 +416,10 @@ pub fn mechanisms(b: &Blocks) -> String {
         let Some(k) = b.rows.iter().position(|r| r == row) else {
             continue;
         };
-        let previous = match k.checked_sub(1) {
-            Some(p) => &b.rows[p],
-            None => continue,
+        let previous = match (b.versus.get(row), k.checked_sub(1)) {
+            (Some(v), _) => v,
+            (None, Some(p)) => &b.rows[p],
+            (None, None) => continue,
         };
         for w in &b.workloads {
             let Some((old, new, ratio)) = b.counter_change(previous, row, w, *counter) else {

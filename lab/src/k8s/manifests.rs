@@ -142,12 +142,30 @@ pub fn write_overlay(
         };
         let _ = writeln!(k, "  - name: postgres\n{entry}");
     }
+    let pool_size = row
+        .env
+        .get("POOL_SIZE")
+        .cloned()
+        .unwrap_or_else(|| m.local.pool_size.to_string());
     k.push_str("configMapGenerator:\n  - name: perflab-sql\n    files:\n      - schema.sql\n      - app_role.sql\n      - seed.sql\n      - index.sql\n");
     let _ = writeln!(
         k,
         "  - name: perflab-run\n    files:\n      - plan.json\n    literals:\n      - users={}\n      - index={}\n      - pool_size={}",
-        m.load.users, row.index, m.local.pool_size
+        m.load.users, row.index, pool_size
     );
+    if !row.postgres.is_empty() {
+        // The row's PostgreSQL configuration: the base's file and its settings. A new
+        // ConfigMap name (its content hash) rolls the StatefulSet, so settings that
+        // need a restart take effect; the run's ALTER SYSTEM then sets the same values.
+        let mut conf = std::fs::read_to_string(root.join("k8s/base/postgresql.conf"))
+            .context("reading k8s/base/postgresql.conf")?;
+        let _ = writeln!(conf, "# Row {:?}'s settings (matrix.toml)", row.name);
+        for (name, value) in &row.postgres {
+            let _ = writeln!(conf, "{name} = '{}'", value.replace('\'', "''"));
+        }
+        std::fs::write(dir.join("postgresql.conf"), conf)?;
+        k.push_str("  - name: postgres-config\n    behavior: replace\n    files:\n      - postgresql.conf\n");
+    }
     k.push_str("secretGenerator:\n  - name: postgres-credentials\n    files:\n      - password\n      - app-password\n");
     let args = [
         "loadgen",
@@ -164,6 +182,7 @@ pub fn write_overlay(
     if let Some(e) = &row.external {
         k.push_str(&external_patch(e, m.local.pool_size)?);
     }
+    k.push_str(&pod_patch(row)?);
     std::fs::write(dir.join("kustomization.yaml"), k)?;
     Ok(dir)
 }
@@ -186,6 +205,39 @@ fn write_secret(path: &Path, secret: &str) -> Result<()> {
 /// the Service's 8080, the database URL the pod's own `$(DATABASE_URL)`, which
 /// Kubernetes expands), its `env` (filled the same way), readiness on its `ready_path`,
 /// and no liveness probe (its health path is not part of the contract).
+/// The row's pod: its `resources` (replacing the `guaranteed` component's) and its
+/// environment (`workers` as WORKER_THREADS, `env` but POOL_SIZE, which the pool
+/// component takes from the perflab-run ConfigMap), merged by name into the base's.
+fn pod_patch(row: &Row) -> Result<String> {
+    let mut out = String::new();
+    if let Some(r) = &row.resources {
+        let _ = write!(
+            out,
+            "  - target:\n      kind: Deployment\n      name: perflab\n    patch: |-\n      - op: add\n        path: /spec/template/spec/containers/0/resources\n        value: {}\n",
+            serde_json::to_string(&r.k8s())?
+        );
+    }
+    let env: Vec<serde_json::Value> = crate::pod::server_env(&row.env, row.workers)
+        .into_iter()
+        .filter(|(k, _)| k != "POOL_SIZE")
+        .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+        .collect();
+    if !env.is_empty() {
+        let patch = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "perflab"},
+            "spec": {"template": {"spec": {"containers": [{"name": "perflab", "env": env}]}}}
+        });
+        let _ = write!(
+            out,
+            "  - target:\n      kind: Deployment\n      name: perflab\n    patch: |-\n        {}\n",
+            serde_json::to_string(&patch)?
+        );
+    }
+    Ok(out)
+}
+
 fn external_patch(e: &crate::matrix::External, pool_size: u32) -> Result<String> {
     let args = &e.argv(8080, "$(DATABASE_URL)", pool_size)[1..];
     let mut ops = vec![
@@ -501,7 +553,45 @@ pub fn check_rendered(yaml: &str, row: &Row, images: &Images) -> Result<()> {
     restricted("StatefulSet postgres", pod_spec(pg))?;
     restricted("Job perflab-seed", pod_spec(seed))?;
     least_privilege_network(&objs)?;
-    guaranteed("Deployment perflab", app_spec)?;
+    match &row.resources {
+        None => guaranteed("Deployment perflab", app_spec)?,
+        Some(r) => {
+            let got = &app_spec["containers"][0]["resources"];
+            let want: Value = serde_yaml::to_value(r.k8s())?;
+            let empty = got.is_null() || got.as_mapping().is_some_and(|m| m.is_empty());
+            if !(got == &want || (empty && r.qos() == crate::pod::Qos::BestEffort)) {
+                bail!("Deployment perflab: resources are {got:?}, the row asks for {want:?}");
+            }
+        }
+    }
+    let app_env = |name: &str| {
+        app_spec["containers"][0]["env"]
+            .as_sequence()
+            .and_then(|s| s.iter().find(|e| e["name"] == name))
+            .map(|e| e["value"].as_str().unwrap_or("").to_string())
+    };
+    for (name, value) in crate::pod::server_env(&row.env, row.workers) {
+        if name != "POOL_SIZE" && app_env(&name).as_deref() != Some(value.as_str()) {
+            bail!("Deployment perflab: {name} is not {value:?} as the row sets it");
+        }
+    }
+    if !row.postgres.is_empty() {
+        let conf = objs
+            .iter()
+            .find(|o| {
+                o["kind"] == "ConfigMap"
+                    && o["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("postgres-config"))
+            })
+            .and_then(|o| o["data"]["postgresql.conf"].as_str())
+            .context("the postgres-config ConfigMap")?;
+        for (name, value) in &row.postgres {
+            if !conf.contains(&format!("{name} = '{}'", value.replace('\'', "''"))) {
+                bail!("PostgreSQL's configuration lacks the row's {name} = {value}");
+            }
+        }
+    }
     guaranteed("StatefulSet postgres", pod_spec(pg))?;
     guaranteed("Job perflab-loadgen", lspec)?;
     // The password is referenced from the Secret, never written into a pod spec.
@@ -584,6 +674,52 @@ mod tests {
         let yaml = render(&dir).expect("kubectl kustomize renders the overlay");
         let _ = std::fs::remove_dir_all(&out);
         (yaml, m.rows[row].clone(), images)
+    }
+
+    #[test]
+    fn rows_that_set_their_pod_and_database_render_and_pass_the_checks() {
+        let resources = include_str!("../../../matrix-resources.toml");
+        let postgres = include_str!("../../../matrix-postgres.toml");
+        for (matrix, rows) in [(resources, 6), (postgres, 8)] {
+            for k in 0..rows {
+                let (yaml, row, images) = setup_in(matrix, k);
+                check_rendered(&yaml, &row, &images)
+                    .unwrap_or_else(|e| panic!("row {:?}: {e:#}", row.name));
+            }
+        }
+        // BestEffort: no requests or limits at all.
+        let (yaml, row, images) = setup_in(resources, 0);
+        assert_eq!(row.resources.unwrap().qos(), crate::pod::Qos::BestEffort);
+        let objs = docs(&yaml).unwrap();
+        let app = pod_spec(find(&objs, "Deployment", "perflab").unwrap()).clone();
+        assert!(app["containers"][0]["resources"]
+            .as_mapping()
+            .is_none_or(|m| m.is_empty()));
+        // Worker threads above the CPUs reach the container; a changed env fails.
+        let (yaml, row, images2) = setup_in(resources, 3);
+        assert!(yaml.contains("WORKER_THREADS"));
+        let broken = yaml.replace("value: \"4\"", "value: \"5\"");
+        assert!(check_rendered(&broken, &row, &images2).is_err());
+        // A restart-requiring setting is in PostgreSQL's configuration, whose
+        // ConfigMap name (and so the StatefulSet) changes with it.
+        let (yaml, row, _) = setup_in(postgres, 5);
+        assert!(yaml.contains("shared_buffers = '8MB'"));
+        let (plain, _, _) = setup_in(postgres, 3);
+        let name = |y: &str| {
+            docs(y)
+                .unwrap()
+                .iter()
+                .find_map(|o| {
+                    o["metadata"]["name"]
+                        .as_str()
+                        .filter(|n| n.starts_with("postgres-config"))
+                        .map(str::to_string)
+                })
+                .unwrap()
+        };
+        assert_ne!(name(&yaml), name(&plain));
+        let broken = yaml.replace("shared_buffers = '8MB'", "");
+        assert!(check_rendered(&broken, &row, &images).is_err());
     }
 
     #[test]

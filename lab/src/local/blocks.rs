@@ -19,7 +19,8 @@ use crate::measure::contract;
 use crate::measure::driver::write_inputs;
 use crate::measure::oha::{parse_summary, Oha, Side};
 
-use super::cgroup::CpuGroup;
+use super::cgroup::{CpuGroup, PodGroup};
+use super::cluster::Clusters;
 use super::server::{Launch, Server};
 use super::{pg, ports, profile};
 use crate::measure::procfs::cpu_ticks;
@@ -55,17 +56,28 @@ struct Up {
     /// Its process on this machine, where known: CPU time and counters.
     pid: Option<u32>,
     group: Option<CpuGroup>,
+    /// Its pod's resources (CPU weight and quota, memory limit), where the row sets them.
+    pod: Option<PodGroup>,
     oha: Oha,
     /// The database it uses (one per index setting; a service's own, where reachable).
     db: Option<usize>,
 }
 
-/// One database of the blocks: rows with and without the index need their own.
+/// One database of the blocks: rows with and without the index, with different
+/// session settings or in clusters of their own need their own.
 struct Db {
     name: String,
     index: bool,
+    /// The row's own cluster (an index into `Inputs::clusters`), or the run's.
+    cluster: Option<usize>,
+    /// Settings each session on it starts with (`ALTER DATABASE … SET`).
+    session: BTreeMap<String, String>,
     client: Client,
 }
+
+/// Databases the blocks may create beyond `<prefix>_blocks` and `…_noindex`, named
+/// `<prefix>_blocks_<k>` (a sandbox's journal lists them all to drop).
+pub const MAX_EXTRA_DATABASES: usize = 8;
 
 pub struct Inputs<'a> {
     pub m: &'a Matrix,
@@ -78,6 +90,8 @@ pub struct Inputs<'a> {
     pub db_prefix: &'a str,
     pub pg_data: Option<&'a Path>,
     pub oha: &'a Path,
+    /// The rows' own clusters and session settings.
+    pub clusters: &'a Clusters,
     /// Rows to measure (matrix order) with their binaries (None: an external row).
     pub rows: Vec<(&'a Row, Option<PathBuf>)>,
     pub raw: &'a Path,
@@ -98,28 +112,64 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     if let Some(k) = add_aa_copy(&mut rows, i.settings.aa.as_deref())? {
         binaries.push(binaries[k].clone());
     }
+    let mut cluster_admins = Vec::new();
+    for c in &i.clusters.list {
+        let mut client = pg::connect(&c.url)?;
+        client.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")?;
+        cluster_admins.push(client);
+    }
     let mut dbs: Vec<Db> = Vec::new();
-    for index in [true, false] {
-        if rows.iter().any(|r| r.index == index) {
-            dbs.push(database(&mut admin, i, index)?);
-        }
+    let mut row_db = Vec::new();
+    for row in &rows {
+        let key = (
+            i.clusters
+                .of(row)
+                .and_then(|c| i.clusters.list.iter().position(|x| std::ptr::eq(x, c))),
+            row.index,
+            i.clusters.session(row),
+        );
+        let k = match dbs
+            .iter()
+            .position(|d| (d.cluster, d.index, &d.session) == (key.0, key.1, &key.2))
+        {
+            Some(k) => k,
+            None => {
+                let client = match key.0 {
+                    Some(c) => &mut cluster_admins[c],
+                    None => &mut admin,
+                };
+                let url = match key.0 {
+                    Some(c) => i.clusters.list[c].url.as_str(),
+                    None => i.database_url,
+                };
+                dbs.push(database(client, i, url, key, dbs.len())?);
+                dbs.len() - 1
+            }
+        };
+        row_db.push(k);
     }
     let app = dbs
         .iter_mut()
         .map(|d| {
-            let url = pg::with_database(i.database_url, &d.name)?;
+            let url = match d.cluster {
+                Some(c) => pg::with_database(&i.clusters.list[c].url, &d.name)?,
+                None => pg::with_database(i.database_url, &d.name)?,
+            };
             pg::app_login(&mut d.client, &url)
         })
         .collect::<Result<Vec<String>>>()?;
-    let postgres = postgres_group(i.pg_data);
+    let mut postmasters: Vec<u32> = i.clusters.list.iter().map(|c| c.postmaster).collect();
+    if let Some(p) = i.pg_data.and_then(|d| pg::postmaster_pid(d).ok()) {
+        postmasters.insert(0, p);
+    }
+    let postgres = postgres_group(&postmasters);
     let oha_group = CpuGroup::create("oha").ok();
     let bodies = dir.join("bodies.txt");
     let mut up = Vec::new();
     let mut failed = Vec::new();
-    for (row, binary) in rows.iter().zip(&binaries) {
-        let db = dbs.iter().position(|d| d.index == row.index).unwrap_or(0);
+    for ((row, binary), db) in rows.iter().zip(&binaries).zip(row_db) {
         match start(i, row, binary.as_deref(), &app[db], &dir, &bodies) {
-            Ok((server, oha)) => {
+            Ok((server, oha, pod)) => {
                 let group = CpuGroup::create(&row.slug()).and_then(|mut g| {
                     g.add(server.pid)?;
                     Ok(g)
@@ -135,6 +185,7 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
                     pid: Some(server.pid),
                     server: Some(server),
                     group: group.ok(),
+                    pod,
                     oha,
                     db: Some(db),
                 });
@@ -153,10 +204,16 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     }
     let seed = seed();
     let mut b = new_blocks(&up, i.settings, m, seed);
+    b.own_clusters = up
+        .iter()
+        .filter(|u| u.db.is_some_and(|d| dbs[d].cluster.is_some()))
+        .map(|u| u.row.name.clone())
+        .collect();
     let mut lab = Lab {
         up,
         dbs,
         admin: Some(admin),
+        cluster_admins,
         statements,
         postgres,
         oha_group,
@@ -187,8 +244,12 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
         }
     }
     drop(lab.up);
-    if let Some(admin) = &mut lab.admin {
-        for d in &lab.dbs {
+    for d in &lab.dbs {
+        let admin = match d.cluster {
+            Some(c) => lab.cluster_admins.get_mut(c),
+            None => lab.admin.as_mut(),
+        };
+        if let Some(admin) = admin {
             let _ =
                 admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", d.name));
         }
@@ -241,6 +302,11 @@ fn new_blocks(up: &[Up], settings: &Settings, m: &Matrix, seed: u64) -> Blocks {
                     .is_none_or(|a| aa_name(a) != u.row.name)
             })
             .filter_map(|u| Some((u.row.name.clone(), u.row.moves?)))
+            .collect(),
+        own_clusters: Vec::new(),
+        versus: up
+            .iter()
+            .filter_map(|u| Some((u.row.name.clone(), u.row.versus.clone()?)))
             .collect(),
         elapsed_secs: 0.0,
         steal: None,
@@ -356,6 +422,8 @@ pub fn run_services(i: &ServiceInputs) -> Result<crate::blocks::Outcome> {
             let db = Db {
                 name,
                 index: true,
+                cluster: None,
+                session: BTreeMap::new(),
                 client,
             };
             (vec![db], Some(pg::connect(url)?))
@@ -388,6 +456,7 @@ pub fn run_services(i: &ServiceInputs) -> Result<crate::blocks::Outcome> {
         up,
         dbs,
         admin,
+        cluster_admins: Vec::new(),
         statements: false,
         postgres: None,
         oha_group: CpuGroup::create("oha").ok(),
@@ -431,6 +500,7 @@ fn attach(i: &ServiceInputs, row: &Row, dir: &Path, bodies: &Path, db: bool) -> 
         server: None,
         pid: crate::service::listening_pid(addr),
         group: None,
+        pod: None,
         oha,
         db: db.then_some(0),
     })
@@ -492,31 +562,55 @@ fn enable_statements(admin: &mut Client, settings_allowed: bool) -> bool {
     loaded && statements.iter().all(|q| admin.batch_execute(q).is_ok())
 }
 
-/// A fresh database for the blocks' rows with (or without) the index, seeded.
-fn database(admin: &mut Client, i: &Inputs, index: bool) -> Result<Db> {
-    let name = if index {
-        format!("{}_blocks", i.db_prefix)
-    } else {
-        format!("{}_blocks_noindex", i.db_prefix)
+/// A fresh, seeded database for the blocks' rows of one key (cluster, index, session
+/// settings) in the cluster `admin` serves at `url`: `<prefix>_blocks` and
+/// `…_noindex` in the run's cluster without settings, else `<prefix>_blocks_<n>`.
+fn database(
+    admin: &mut Client,
+    i: &Inputs,
+    url: &str,
+    (cluster, index, session): (Option<usize>, bool, BTreeMap<String, String>),
+    n: usize,
+) -> Result<Db> {
+    let name = match (cluster, session.is_empty(), index) {
+        (None, true, true) => format!("{}_blocks", i.db_prefix),
+        (None, true, false) => format!("{}_blocks_noindex", i.db_prefix),
+        _ if n >= MAX_EXTRA_DATABASES => {
+            bail!("the blocks need more than {MAX_EXTRA_DATABASES} databases of their own (rows with different `index`, session settings or server settings)")
+        }
+        _ => format!("{}_blocks_{}", i.db_prefix, n + 1),
     };
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
     admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
-    let mut client = pg::connect(&pg::with_database(i.database_url, &name)?)?;
+    for (k, v) in &session {
+        admin.batch_execute(&format!(
+            "ALTER DATABASE {name} SET {k} = '{}'",
+            v.replace('\'', "''")
+        ))?;
+    }
+    let mut client = pg::connect(&pg::with_database(url, &name)?)?;
     pg::seed(&mut client, i.m.load.users, index)?;
     Ok(Db {
         name,
         index,
+        cluster,
+        session,
         client,
     })
 }
 
-/// PostgreSQL's processes in a group of their own, where the cluster is ours.
-fn postgres_group(pg_data: Option<&Path>) -> Option<CpuGroup> {
-    let postmaster = pg::postmaster_pid(pg_data?).ok()?;
+/// PostgreSQL's processes (of every cluster of the run) in a group of their own,
+/// where the clusters are ours.
+fn postgres_group(postmasters: &[u32]) -> Option<CpuGroup> {
+    if postmasters.is_empty() {
+        return None;
+    }
     let mut g = CpuGroup::create("postgres").ok()?;
-    g.add(postmaster).ok()?;
-    for pid in crate::measure::procfs::children(postmaster) {
-        let _ = g.add(pid);
+    for &postmaster in postmasters {
+        g.add(postmaster).ok()?;
+        for pid in crate::measure::procfs::children(postmaster) {
+            let _ = g.add(pid);
+        }
     }
     Some(g)
 }
@@ -529,16 +623,22 @@ fn start(
     app_url: &str,
     dir: &Path,
     bodies: &Path,
-) -> Result<(Server, Oha)> {
+) -> Result<(Server, Oha, Option<PodGroup>)> {
     let addr: SocketAddr = format!("127.0.0.1:{}", ports::free_port()?).parse()?;
     let log = dir.join(format!("{}-server.log", row.slug()));
-    let launch = Launch {
-        cpus: &i.m.local.server_cpus,
-        addr,
-        database_url: app_url,
-        pool_size: i.m.local.pool_size,
-        log: &log,
+    let pod = match &row.resources {
+        Some(r) => Some(PodGroup::create(&row.slug(), r)?),
+        None => None,
     };
+    let mut launch = Launch::of(
+        row,
+        &i.m.local.server_cpus,
+        addr,
+        app_url,
+        i.m.local.pool_size,
+        &log,
+    );
+    launch.groups = pod.as_ref().map(PodGroup::join_at_exec).unwrap_or_default();
     let mut server = match (&row.external, binary) {
         (Some(external), _) => {
             Server::start_external(&crate::commands::repo_root()?, external, &launch)?
@@ -548,8 +648,11 @@ fn start(
     };
     server.wait_ready(Duration::from_secs(30))?;
     let mut checked = row.clone();
-    if checked.name.ends_with(" (A/A copy)") {
-        checked.name = checked.name.trim_end_matches(" (A/A copy)").to_string();
+    if checked.name.ends_with(crate::blocks::AA_SUFFIX) {
+        checked.name = checked
+            .name
+            .trim_end_matches(crate::blocks::AA_SUFFIX)
+            .to_string();
     }
     contract::check_server(&server.remote, &checked, i.m.load.users)?;
     let oha = Oha {
@@ -565,7 +668,7 @@ fn start(
         &format!("http://{addr}"),
         i.m.load.users,
     )?;
-    Ok((server, oha))
+    Ok((server, oha, pod))
 }
 
 /// Everything a window needs.
@@ -574,6 +677,8 @@ struct Lab {
     dbs: Vec<Db>,
     /// Where PostgreSQL's counters are read (the admin database; a service's own).
     admin: Option<Client>,
+    /// The same for each row's own cluster (`Db::cluster`).
+    cluster_admins: Vec<Client>,
     statements: bool,
     postgres: Option<CpuGroup>,
     oha_group: Option<CpuGroup>,
@@ -812,10 +917,13 @@ impl Lab {
     /// window would get another's.
     fn pg_counts(&mut self, db: Option<usize>) -> Counts {
         let mut c = Counts::default();
-        let (Some(db), Some(admin)) = (db, self.admin.as_mut()) else {
-            return c;
-        };
+        let Some(db) = db else { return c };
         let name = self.dbs[db].name.clone();
+        let admin = match self.dbs[db].cluster {
+            Some(k) => self.cluster_admins.get_mut(k),
+            None => self.admin.as_mut(),
+        };
+        let Some(admin) = admin else { return c };
         let row = admin.query_one(
             "SELECT (SELECT sessions FROM pg_stat_database WHERE datname = $1), \
                     pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
@@ -881,6 +989,7 @@ impl Lab {
         let (split, probe) = self.probe(c, w, warm, self.probe_secs, &tag)?;
         let split = &split;
         let server_before = pid.map_or((None, None), server_counts);
+        let throttled_before = self.up[c.row].pod.as_ref().and_then(PodGroup::throttling);
         let before = self.snapshot(c.row);
         let stat_out = self.dir.join(format!("{tag}.perf-stat.csv"));
         let mut counting = Children(vec![pid
@@ -891,6 +1000,7 @@ impl Lab {
         let load = self.load(c.row, &sides(w, split, true), secs, &tag)?;
         let wall = start.elapsed().as_secs_f64();
         let after = self.snapshot(c.row);
+        let throttled_after = self.up[c.row].pod.as_ref().and_then(PodGroup::throttling);
         let server_after = pid.map_or((None, None), server_counts);
         let syscalls = counting.0[0]
             .take()
@@ -1004,6 +1114,9 @@ impl Lab {
                 .speedo
                 .median_between(start, start + Duration::from_secs_f64(wall)),
             shares,
+            throttling: throttled_before
+                .zip(throttled_after)
+                .map(|(a, b)| a.until(&b)),
             counts: Counts {
                 server_syscalls: syscalls,
                 server_context_switches: server_before

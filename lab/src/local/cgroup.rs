@@ -153,6 +153,117 @@ impl Drop for CpuGroup {
     }
 }
 
+/// A row's pod resources on this machine: a group in cgroup v1's `cpu` hierarchy
+/// (`cpu.shares` from the CPU request, `cpu.cfs_quota_us` from the limit) and, with a
+/// memory limit, one in `memory` (`memory.limit_in_bytes`). The server is born in them
+/// (see [`PodGroup::join_at_exec`]), so its start-up already sees its quota, as a
+/// container's does. A memory request only places pods on Kubernetes: nothing here.
+#[derive(Debug)]
+pub struct PodGroup {
+    cpu: PathBuf,
+    memory: Option<PathBuf>,
+}
+
+pub use crate::pod::Throttling;
+
+const V1_CPU: &str = "/sys/fs/cgroup/cpu";
+const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
+
+impl PodGroup {
+    /// Groups `name` of this run with `r`'s controls (an error where cgroup v1's `cpu`
+    /// and `memory` controllers are not writable: the row cannot be run as asked).
+    pub fn create(name: &str, r: &crate::pod::Resources) -> Result<Self> {
+        if !Path::new(V1_CPU).join("cpu.shares").exists() {
+            bail!("a row's `resources` need cgroup v1's cpu controller at {V1_CPU} (this machine has none, or cgroup v2 only)");
+        }
+        let run = format!("perflab-{}", std::process::id());
+        let cpu = Path::new(V1_CPU).join(&run).join(name);
+        fs::create_dir_all(&cpu).with_context(|| format!("creating {}", cpu.display()))?;
+        let mut g = Self { cpu, memory: None };
+        write(&g.cpu.join("cpu.shares"), &r.cpu_shares().to_string())?;
+        write(
+            &g.cpu.join("cpu.cfs_period_us"),
+            &crate::pod::CFS_PERIOD_US.to_string(),
+        )?;
+        let quota = r.cpu_quota_us().map_or("-1".to_string(), |q| q.to_string());
+        write(&g.cpu.join("cpu.cfs_quota_us"), &quota)?;
+        if let Some(limit) = r.memory_limit {
+            let dir = Path::new(V1_MEMORY).join(&run).join(name);
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            g.memory = Some(dir.clone());
+            write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
+        }
+        Ok(g)
+    }
+
+    /// The `cgroup.procs` files a child writes "0" to between fork and exec, so the
+    /// server starts inside its groups.
+    pub fn join_at_exec(&self) -> Vec<PathBuf> {
+        std::iter::once(&self.cpu)
+            .chain(self.memory.as_ref())
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// Throttling so far.
+    pub fn throttling(&self) -> Option<Throttling> {
+        let text = fs::read_to_string(self.cpu.join("cpu.stat")).ok()?;
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Some(Throttling {
+            periods: field("nr_periods ")?,
+            throttled: field("nr_throttled ")?,
+            throttled_ns: field("throttled_time ")?,
+        })
+    }
+
+    /// Times the memory limit was hit (`memory.failcnt`), where there is one.
+    pub fn memory_failures(&self) -> Option<u64> {
+        fs::read_to_string(self.memory.as_ref()?.join("memory.failcnt"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).with_context(|| format!("writing {value} to {}", path.display()))
+}
+
+impl Drop for PodGroup {
+    /// Moves what is left to the hierarchy's root, removes the groups and the run's
+    /// folder once empty.
+    fn drop(&mut self) {
+        for dir in std::iter::once(&self.cpu).chain(self.memory.as_ref()) {
+            let root = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
+            for _ in 0..5 {
+                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                if procs.trim().is_empty() {
+                    break;
+                }
+                if let Some(root) = &root {
+                    for pid in procs.lines() {
+                        let _ = fs::write(root.join("cgroup.procs"), pid.trim());
+                    }
+                }
+            }
+            for _ in 0..5 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +281,33 @@ mod tests {
         g.add(child.id()).unwrap();
         child.wait().unwrap();
         assert!(g.usage_ns().unwrap() > 1_000_000, "a busy loop used CPU");
+    }
+
+    #[test]
+    fn a_pod_group_throttles_at_its_quota() {
+        let r = crate::pod::Resources {
+            cpu_limit: Some(0.1),
+            cpu_request: Some(0.1),
+            memory_request: Some(64 << 20),
+            memory_limit: Some(64 << 20),
+        };
+        let Ok(g) = PodGroup::create(&format!("test-pod-{}", std::process::id()), &r) else {
+            eprintln!("no writable cgroup v1 cpu controller here: skipped");
+            return;
+        };
+        let before = g.throttling().unwrap();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"]);
+        super::super::server::join_groups(&mut cmd, &g.join_at_exec());
+        let start = std::time::Instant::now();
+        cmd.status().unwrap();
+        let t = before.until(&g.throttling().unwrap());
+        assert!(
+            t.throttled > 0,
+            "a busy loop under 0.1 CPU was throttled: {t:?}"
+        );
+        assert!(t.throttled_ns > 0);
+        assert!(start.elapsed().as_millis() > 100);
+        assert_eq!(g.memory_failures(), Some(0));
     }
 }

@@ -19,6 +19,7 @@ use crate::results::{Host, ReferenceResult, SearchResult};
 
 pub mod blocks;
 pub mod cgroup;
+pub mod cluster;
 pub mod pg;
 pub mod pgbench;
 pub mod ports;
@@ -59,6 +60,8 @@ pub struct Local<'a> {
 
 /// What `prepare` sets up once the builds are done.
 struct Ready {
+    /// The rows' own clusters and where their settings go.
+    clusters: cluster::Clusters,
     db: postgres::Client,
     postmaster: Option<u32>,
     postgres_version: String,
@@ -208,6 +211,10 @@ impl Target for Local<'_> {
     /// Builds every row's server first (a failed build fails its row only), then
     /// connects to PostgreSQL, pins it, and writes oha's inputs.
     fn prepare(&mut self, rows: &[Row], raw: &Path) -> Result<Vec<Option<String>>> {
+        // The rows' PostgreSQL settings are checked before anything is built or started.
+        let mut db = pg::connect(&self.o.database_url)?;
+        let own = self.o.settings == pg::SettingsScope::All;
+        let splits = cluster::split_rows(&mut db, rows, own)?;
         let bin_dir = self.o.root.join("target/lab-bin");
         let mut why = Vec::new();
         for (i, row) in rows.iter().enumerate() {
@@ -228,7 +235,9 @@ impl Target for Local<'_> {
                 row.name,
                 row.features_label()
             );
-            match server::build(&self.o.root, row, &bin_dir) {
+            match server::build(&self.o.root, row, &bin_dir)
+                .and_then(|b| server::check_config(&b, row).map(|()| b))
+            {
                 Ok(b) => {
                     self.binaries.push(Some(b));
                     why.push(None);
@@ -239,7 +248,10 @@ impl Target for Local<'_> {
                 }
             }
         }
-        let mut db = pg::connect(&self.o.database_url)?;
+        let clusters = cluster::Clusters::start(self.o.pg_data.as_deref(), self.m, splits)?;
+        for c in &clusters.list {
+            pg::pin(c.postmaster, &self.m.local.postgres_cpus)?;
+        }
         let postmaster = match &self.o.pg_data {
             Some(dir) => {
                 let pid = pg::postmaster_pid(dir)?;
@@ -265,6 +277,7 @@ impl Target for Local<'_> {
             self.m.load.users,
         )?;
         self.ready = Some(Ready {
+            clusters,
             db,
             postmaster,
             postgres_version,
@@ -287,8 +300,25 @@ impl Target for Local<'_> {
         let profile_to = self.o.profile.then(|| run.raw.to_path_buf());
         let scope = self.o.settings.clone();
         let r = self.ready()?;
-        scope.apply(&mut r.db, &run.settings)?;
-        let took = pg::seed(&mut r.db, m.load.users, run.row.index)?;
+        // A row with server settings is measured in its own cluster; session settings
+        // are the server's for the row's search (reset for the next row).
+        let mut settings = m.postgres.clone();
+        settings.extend(r.clusters.session(run.row));
+        let own = r
+            .clusters
+            .of(run.row)
+            .map(|c| (c.url.clone(), c.postmaster, c.data.clone()));
+        let mut own_db = match &own {
+            Some((url, _, _)) => Some(pg::connect(url)?),
+            None => None,
+        };
+        let (database_url, postmaster, pg_dir) = match own {
+            Some((url, pid, data)) => (url, Some(pid), Some(data)),
+            None => (database_url, r.postmaster, pg_dir),
+        };
+        let db = own_db.as_mut().unwrap_or(&mut r.db);
+        scope.apply(db, &settings)?;
+        let took = pg::seed(db, m.load.users, run.row.index)?;
         (run.say)(&format!(
             "  seeded {} users (index: {}) in {:.1} s",
             m.load.users,
@@ -297,19 +327,28 @@ impl Target for Local<'_> {
         ));
         // The server under test connects as the least-privileged role the seed granted,
         // never as the superuser.
-        let app_url = pg::app_login(&mut r.db, &database_url)?;
+        let app_url = pg::app_login(db, &database_url)?;
         let log = run.raw.join(format!(
             "rep{}-{}-server.log",
             run.repetition,
             run.row.slug()
         ));
-        let launch = server::Launch {
-            cpus: &m.local.server_cpus,
-            addr: r.addr,
-            database_url: &app_url,
-            pool_size: m.local.pool_size,
-            log: &log,
+        let pod = match &run.row.resources {
+            Some(res) => Some(cgroup::PodGroup::create(
+                &format!("{}-search", run.row.slug()),
+                res,
+            )?),
+            None => None,
         };
+        let mut launch = server::Launch::of(
+            run.row,
+            &m.local.server_cpus,
+            r.addr,
+            &app_url,
+            m.local.pool_size,
+            &log,
+        );
+        launch.groups = pod.as_ref().map(|p| p.join_at_exec()).unwrap_or_default();
         let mut server = match (&run.row.external, binary) {
             (Some(external), _) => Server::start_external(&root, external, &launch)?,
             (None, Some(binary)) => Server::start(&binary, &launch)?,
@@ -320,8 +359,8 @@ impl Target for Local<'_> {
         let driver = Driver::new(&r.oha, &m.load, run.raw, run.say);
         let mut probe = LocalProbe {
             server: &server,
-            db: &mut r.db,
-            postmaster: r.postmaster,
+            db,
+            postmaster,
             pg_dir,
             profile_to,
             recording: None,
@@ -357,7 +396,9 @@ impl Target for Local<'_> {
                 (row, binary)
             })
             .collect();
+        let none = cluster::Clusters::default();
         let inputs = blocks::Inputs {
+            clusters: self.ready.as_ref().map_or(&none, |r| &r.clusters),
             m: self.m,
             settings: &self.m.blocks,
             quick: self.o.quick,

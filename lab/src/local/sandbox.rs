@@ -1,7 +1,8 @@
 //! A run against a PostgreSQL the user gave (`--database-url`) leaves it as it was.
 //!
 //! The run works in a database of its own (`perflab_run_<time>_<pid>`, and the blocks'
-//! `…_blocks` and `…_blocks_noindex`), which it creates and drops: it never touches a
+//! `…_blocks`, `…_blocks_noindex` and `…_blocks_<k>` for rows with session settings),
+//! which it creates and drops: it never touches a
 //! table it did not create. The app's role `perflab_app` is created if missing and
 //! dropped at the end, or, if it was there, its password and settings are put back.
 //! The server's settings (`ALTER SYSTEM`) change only with `--allow-settings`, and then
@@ -62,7 +63,7 @@ pub fn journal_path(root: &Path) -> PathBuf {
 /// What a run against `--database-url` changes, in words (for `--check`).
 pub fn changes(allow_settings: bool) -> Vec<String> {
     vec![
-        "creates a database of its own (perflab_run_<time>_<pid>, and …_blocks, …_blocks_noindex for the blocks) and drops them at the end".into(),
+        "creates a database of its own (perflab_run_<time>_<pid>, and …_blocks, …_blocks_noindex, …_blocks_<k> for the blocks) and drops them at the end".into(),
         format!("creates the role {APP_USER} if missing (dropped at the end), else sets its password and settings for the run and puts them back"),
         if allow_settings {
             "changes the server settings the matrix names ([postgres] and the rows', with ALTER SYSTEM) and no other, and puts each one's postgresql.auto.conf entry back at the end".into()
@@ -97,11 +98,14 @@ impl Sandbox {
         let url = pg::with_database(admin_url, &name)?;
         let journal = Journal {
             admin_url: admin_url.to_string(),
-            databases: vec![
+            databases: [
                 name.clone(),
                 format!("{name}_blocks"),
                 format!("{name}_blocks_noindex"),
-            ],
+            ]
+            .into_iter()
+            .chain((1..=super::blocks::MAX_EXTRA_DATABASES).map(|k| format!("{name}_blocks_{k}")))
+            .collect(),
             role: role_before(&mut admin)?,
             settings: match settings {
                 Some(names) => Some(auto_conf(&mut admin, names)?),

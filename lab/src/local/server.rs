@@ -12,6 +12,30 @@ use anyhow::{bail, Context, Result};
 use crate::matrix::{External, Row};
 use crate::measure::remote::Remote;
 
+/// Runs a built server with `--check-config` and `row`'s environment: a value the
+/// server would refuse is an error naming the row and the variable, before anything
+/// starts.
+pub fn check_config(binary: &Path, row: &Row) -> Result<()> {
+    let out = Command::new(binary)
+        .arg("--check-config")
+        .env_clear()
+        .env("DATABASE_URL", "postgres://check@127.0.0.1:1/check")
+        .envs(crate::pod::server_env(&row.env, row.workers))
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --check-config", binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "row {:?}: `env`: the server refuses it: {}",
+            row.name,
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("perflab: configuration error: ")
+        );
+    }
+    Ok(())
+}
+
 /// Builds the release server with exactly `row.features` and keeps a copy per row.
 pub fn build(root: &Path, row: &Row, bin_dir: &Path) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
@@ -85,6 +109,67 @@ pub struct Launch<'a> {
     pub database_url: &'a str,
     pub pool_size: u32,
     pub log: &'a Path,
+    /// The row's own environment for our server (after the lab's, so `POOL_SIZE` may
+    /// be the row's); empty for external rows, whose `env` is their own.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// `cgroup.procs` files the server joins before it runs (its pod's resources).
+    pub groups: Vec<PathBuf>,
+}
+
+impl<'a> Launch<'a> {
+    /// The launch of `row`: its CPUs (its own `cpus`, else `default_cpus`) and its
+    /// environment (`env`, `workers`).
+    pub fn of(
+        row: &'a Row,
+        default_cpus: &'a str,
+        addr: SocketAddr,
+        database_url: &'a str,
+        pool_size: u32,
+        log: &'a Path,
+    ) -> Self {
+        Launch {
+            cpus: row.cpus.as_deref().unwrap_or(default_cpus),
+            addr,
+            database_url,
+            pool_size,
+            log,
+            env: crate::pod::server_env(&row.env, row.workers),
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// Makes `cmd`'s child write "0" (itself) into each of `procs` between fork and exec:
+/// it starts inside those control groups. Only system calls run in the child (no
+/// allocation: the lab has other threads).
+pub fn join_groups(cmd: &mut Command, procs: &[PathBuf]) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let paths: Vec<std::ffi::CString> = procs
+        .iter()
+        .filter_map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok())
+        .collect();
+    if paths.is_empty() {
+        return;
+    }
+    // SAFETY: the closure only calls open, write and close, which are async-signal-safe,
+    // on memory allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for path in &paths {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let wrote = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if wrote != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 impl Server {
@@ -94,7 +179,8 @@ impl Server {
         cmd.env("DATABASE_URL", l.database_url)
             .env("LISTEN_ADDR", l.addr.to_string())
             .env("POOL_SIZE", l.pool_size.to_string())
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .envs(&l.env);
         let what = binary.display().to_string();
         Self::spawn(cmd, &what, l, "/readyz", false)
     }
@@ -123,6 +209,7 @@ impl Server {
         external: bool,
     ) -> Result<Self> {
         let out = File::create(l.log)?;
+        join_groups(&mut cmd, &l.groups);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

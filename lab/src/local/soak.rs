@@ -169,13 +169,14 @@ pub fn run(o: &Options) -> Result<Report> {
     let log = o.out.join("server.log");
     let mut server = Server::start(
         &binary,
-        &super::server::Launch {
-            cpus: &m.local.server_cpus,
+        &super::server::Launch::of(
+            row,
+            &m.local.server_cpus,
             addr,
-            database_url: &app_url,
-            pool_size: m.local.pool_size,
-            log: &log,
-        },
+            &app_url,
+            m.local.pool_size,
+            &log,
+        ),
     )?;
     server.wait_ready(Duration::from_secs(30))?;
     check_features(&server.remote, row)?;

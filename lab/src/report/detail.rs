@@ -414,6 +414,12 @@ pub fn results_md(s: &Summary) -> String {
         out.push('\n');
         out.push_str(&crate::blocks::render::mechanisms(b));
         out.push('\n');
+        let throttling = crate::blocks::render::throttling(b);
+        if !throttling.is_empty() {
+            out.push_str("## CPU throttling under the pods' limits (blocks)\n\nThe server's CPU group (`cpu.stat`: `nr_throttled` of `nr_periods`, `throttled_time`), per row that sets `resources`, summed over its windows. A CPU limit of L CPUs lets the server run L × 100 ms per 100 ms period; once used, its threads wait for the next period.\n\n");
+            out.push_str(&throttling);
+            out.push('\n');
+        }
     }
     out.push_str(&crate::charts::markdown(s));
     out.push_str("\n## Rows in detail\n\n");

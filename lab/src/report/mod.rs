@@ -264,6 +264,8 @@ mod tests {
             service: None,
             index: true,
             note: None,
+            settings: vec![],
+            versus: None,
             failures: vec![],
             workloads: vec![
                 WorkloadResult {
