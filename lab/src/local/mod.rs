@@ -235,10 +235,10 @@ impl Target for Local<'_> {
                 row.name,
                 row.features_label()
             );
-            match server::build(&self.o.root, row, &bin_dir)
-                .and_then(|b| server::check_config(&b, row).map(|()| b))
-            {
+            match server::build(&self.o.root, row, &bin_dir) {
                 Ok(b) => {
+                    // A value the server refuses is the matrix's error: nothing starts.
+                    server::check_config(&b, row)?;
                     self.binaries.push(Some(b));
                     why.push(None);
                 }
