@@ -137,11 +137,13 @@ as_pg_owner() {
 # an interrupted run leaves them empty once its processes are gone).
 cgroups_cleanup() {
   local dir
-  for dir in /sys/fs/cgroup/cpuacct/perflab-* /sys/fs/cgroup/perflab-*; do
-    [[ -d "${dir}" ]] || continue
+  # Accounting (cpuacct), a pod's CPU and memory (cpu, memory: under this process's own
+  # group there, e.g. a container's), and cgroup v2's root.
+  while IFS= read -r dir; do
     find "${dir}" -mindepth 1 -depth -type d -exec rmdir {} + 2>/dev/null || true
     rmdir "${dir}" 2>/dev/null || true
-  done
+  done < <(find /sys/fs/cgroup/cpuacct /sys/fs/cgroup/cpu /sys/fs/cgroup/memory /sys/fs/cgroup \
+    -maxdepth 4 -type d -name 'perflab-*' 2>/dev/null | sort -u)
   return 0
 }
 
@@ -217,16 +219,21 @@ pg_stop() {
     fi
   fi
   # Rows' own clusters (lab stops them; a killed lab leaves them running).
-  local extra
+  local extra extra_pid
   for extra in "${dir}"/row-cluster-*/data; do
     [[ -f "${extra}/postmaster.pid" ]] || continue
+    extra_pid="$(head -n1 "${extra}/postmaster.pid" 2>/dev/null || true)"
     as_pg_owner "${PG_BIN}/pg_ctl" -D "${extra}" -m immediate -w -t 30 stop >/dev/null 2>&1 \
       || warn "clean-up: pg_ctl stop failed for ${extra}"
+    if [[ "${extra_pid}" =~ ^[0-9]+$ ]] && ! wait_gone "${extra_pid}" 10; then
+      kill -KILL "${extra_pid}" 2>/dev/null || true
+    fi
   done
-  # A postmaster whose pid file is gone (killed mid-start) is found by its data folder.
-  if pgrep -f -- "-D ${dir}/data" >/dev/null 2>&1; then
+  # A postmaster whose pid file is gone (killed mid-start) is found by its data folder
+  # (the run's, or a row's own cluster's under it).
+  if pgrep -f -- "-D ${dir}/" >/dev/null 2>&1; then
     warn "clean-up: killing PostgreSQL processes left in ${dir}"
-    pkill -KILL -f -- "-D ${dir}/data" 2>/dev/null || true
+    pkill -KILL -f -- "-D ${dir}/" 2>/dev/null || true
     sleep 1
   fi
   remove_dir "${dir}" || warn "clean-up: could not remove ${dir}"

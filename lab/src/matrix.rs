@@ -1098,9 +1098,25 @@ fn parse_service(text: &str, name: &str, inner: &RawRow, url: &Spanned<String>) 
     Ok(service)
 }
 
+/// PostgreSQL settings the lab sets itself for every cluster it starts (where it
+/// listens, what it preloads, where its files are): a matrix cannot change them.
+const LAB_POSTGRES_SETTINGS: &[&str] = &[
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "shared_preload_libraries",
+    "data_directory",
+    "config_file",
+    "hba_file",
+    "ident_file",
+];
+
 fn settings(map: &BTreeMap<String, toml::Value>) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for (k, v) in map {
+        if LAB_POSTGRES_SETTINGS.contains(&k.as_str()) {
+            bail!("{k} is set by the lab for every PostgreSQL it starts");
+        }
         if !k
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
@@ -1115,6 +1131,11 @@ fn settings(map: &BTreeMap<String, toml::Value>) -> Result<BTreeMap<String, Stri
             toml::Value::Boolean(b) => if *b { "on" } else { "off" }.to_string(),
             _ => bail!("setting {k:?} must be a string, number or boolean"),
         };
+        // Quoted as a plain literal everywhere ('' for '): a backslash could escape it
+        // where standard_conforming_strings is off, and starts an escape in a .conf file.
+        if value.contains('\\') {
+            bail!("setting {k:?}: a value with a backslash is not supported");
+        }
         out.insert(k.clone(), value);
     }
     Ok(out)

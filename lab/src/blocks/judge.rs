@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub enum Limit {
     /// The CPUs the server runs on were saturated, mostly by the server.
     ServerCpu,
+    /// The server's pod used its CPU limit: throttled in most quota periods.
+    CpuQuota,
     /// The saturated CPUs were mostly PostgreSQL's.
     PostgresCpu,
     /// The saturated CPUs were mostly the load generator's: the cell is a lower bound.
@@ -26,6 +28,7 @@ impl Limit {
     pub fn words(self) -> &'static str {
         match self {
             Limit::ServerCpu => "server CPU",
+            Limit::CpuQuota => "server's CPU limit (throttled)",
             Limit::PostgresCpu => "PostgreSQL CPU",
             Limit::LoadGenerator => "load generator (a lower bound)",
             Limit::Connections => "waiting, no CPU saturated",
@@ -34,6 +37,10 @@ impl Limit {
         }
     }
 }
+
+/// A server throttled in at least this share of its quota periods was held by its CPU
+/// limit.
+pub const THROTTLED: f64 = 0.5;
 
 /// A CPU counts as saturated from this busy share (load window only, steal excluded).
 pub const SATURATED: f64 = 0.9;
@@ -63,6 +70,9 @@ pub struct Evidence<'a> {
     /// oha ran ahead of the others on its CPUs (a raised priority): then only a CPU of
     /// its own that it used up makes it the limit.
     pub oha_ahead: bool,
+    /// The share of the server's CPU-quota periods it was throttled in (a pod with a
+    /// CPU limit), where counted.
+    pub throttled: Option<f64>,
 }
 
 /// The limit of one window.
@@ -72,6 +82,9 @@ pub fn judge(e: &Evidence) -> Limit {
     }
     if e.p99_over_slo {
         return Limit::LatencySlo;
+    }
+    if e.throttled.is_some_and(|t| t >= THROTTLED) {
+        return Limit::CpuQuota;
     }
     let oha_total: f64 = e.shares.oha.iter().sum();
     if e.oha_cpus > 0 && oha_total >= SATURATED * e.oha_cpus as f64 {
@@ -135,7 +148,26 @@ mod tests {
             p99_over_slo: false,
             oha_cpus: 1,
             oha_ahead: false,
+            throttled: None,
         }
+    }
+
+    #[test]
+    fn a_server_throttled_in_most_periods_is_held_by_its_quota() {
+        // Half a CPU used, nothing saturated: without the quota it would read as waiting.
+        let s = shares([0.5, 0.0], [0.2, 0.2], [0.0, 0.5]);
+        let e = evidence(&[0.7, 0.7], &s);
+        assert_eq!(judge(&e), Limit::Connections);
+        let held = Evidence {
+            throttled: Some(0.9),
+            ..e.clone()
+        };
+        assert_eq!(judge(&held), Limit::CpuQuota);
+        let seldom = Evidence {
+            throttled: Some(0.1),
+            ..e
+        };
+        assert_eq!(judge(&seldom), Limit::Connections);
     }
 
     #[test]

@@ -576,19 +576,32 @@ pub fn check_rendered(yaml: &str, row: &Row, images: &Images) -> Result<()> {
         }
     }
     if !row.postgres.is_empty() {
+        // The ConfigMap the StatefulSet mounts, and in it each setting's last value.
+        let mounted = pod_spec(pg)["volumes"]
+            .as_sequence()
+            .and_then(|v| {
+                v.iter().find_map(|v| {
+                    v["configMap"]["name"]
+                        .as_str()
+                        .filter(|n| n.starts_with("postgres-config"))
+                })
+            })
+            .context("the StatefulSet mounts no postgres-config ConfigMap")?;
         let conf = objs
             .iter()
-            .find(|o| {
-                o["kind"] == "ConfigMap"
-                    && o["metadata"]["name"]
-                        .as_str()
-                        .is_some_and(|n| n.starts_with("postgres-config"))
-            })
+            .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"].as_str() == Some(mounted))
             .and_then(|o| o["data"]["postgresql.conf"].as_str())
-            .context("the postgres-config ConfigMap")?;
+            .with_context(|| format!("ConfigMap {mounted} has no postgresql.conf"))?;
+        let last = |name: &str| {
+            conf.lines()
+                .filter_map(|l| l.split_once('='))
+                .filter(|(k, _)| k.trim() == name)
+                .map(|(_, v)| v.trim().trim_matches('\'').replace("''", "'"))
+                .last()
+        };
         for (name, value) in &row.postgres {
-            if !conf.contains(&format!("{name} = '{}'", value.replace('\'', "''"))) {
-                bail!("PostgreSQL's configuration lacks the row's {name} = {value}");
+            if last(name).as_deref() != Some(value.as_str()) {
+                bail!("PostgreSQL's configuration ({mounted}) does not set the row's {name} = {value}");
             }
         }
     }

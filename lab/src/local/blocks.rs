@@ -516,6 +516,8 @@ fn add_aa_copy(rows: &mut Vec<Row>, aa: Option<&str>) -> Result<Option<usize>> {
         .with_context(|| format!("[blocks] aa = {aa:?}: no such row among those run"))?;
     let mut copy = rows[k].clone();
     copy.name = aa_name(aa);
+    // The copy is compared with its original, not with the row its original changes.
+    copy.versus = None;
     rows.push(copy);
     Ok(Some(k))
 }
@@ -1080,6 +1082,10 @@ impl Lab {
             p99_over_slo: false,
             oha_cpus: self.oha_cpus,
             oha_ahead: self.oha_ahead,
+            throttled: throttled_before
+                .zip(throttled_after)
+                .map(|(a, b)| a.until(&b))
+                .map(|t| t.throttled as f64 / t.periods.max(1) as f64),
         });
         let d = |a: Option<i64>, b: Option<i64>| Some(b? - a?);
         let good = load.get_ok + load.patch_ok;

@@ -169,15 +169,34 @@ pub use crate::pod::Throttling;
 const V1_CPU: &str = "/sys/fs/cgroup/cpu";
 const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
 
+/// This run's folder in a v1 hierarchy mounted at `mount` for `controller`: under the
+/// group this process is in (so a container's own limits still hold), `perflab-<pid>`.
+fn run_dir(mount: &str, controller: &str, probe: &str) -> Result<PathBuf> {
+    if !Path::new(mount).join(probe).exists() {
+        bail!("a row's `resources` need cgroup v1's {controller} controller at {mount} (this machine has none, or cgroup v2 only)");
+    }
+    let own = fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, list, path) = (f.next()?, f.next()?, f.next()?);
+                list.split(',')
+                    .any(|c| c == controller)
+                    .then(|| path.trim_start_matches('/').to_string())
+            })
+        })
+        .unwrap_or_default();
+    Ok(Path::new(mount)
+        .join(own)
+        .join(format!("perflab-{}", std::process::id())))
+}
+
 impl PodGroup {
     /// Groups `name` of this run with `r`'s controls (an error where cgroup v1's `cpu`
     /// and `memory` controllers are not writable: the row cannot be run as asked).
     pub fn create(name: &str, r: &crate::pod::Resources) -> Result<Self> {
-        if !Path::new(V1_CPU).join("cpu.shares").exists() {
-            bail!("a row's `resources` need cgroup v1's cpu controller at {V1_CPU} (this machine has none, or cgroup v2 only)");
-        }
-        let run = format!("perflab-{}", std::process::id());
-        let cpu = Path::new(V1_CPU).join(&run).join(name);
+        let cpu = run_dir(V1_CPU, "cpu", "cpu.shares")?.join(name);
         fs::create_dir_all(&cpu).with_context(|| format!("creating {}", cpu.display()))?;
         let mut g = Self { cpu, memory: None };
         write(&g.cpu.join("cpu.shares"), &r.cpu_shares().to_string())?;
@@ -188,10 +207,27 @@ impl PodGroup {
         let quota = r.cpu_quota_us().map_or("-1".to_string(), |q| q.to_string());
         write(&g.cpu.join("cpu.cfs_quota_us"), &quota)?;
         if let Some(limit) = r.memory_limit {
-            let dir = Path::new(V1_MEMORY).join(&run).join(name);
+            let dir = run_dir(V1_MEMORY, "memory", "memory.limit_in_bytes")?.join(name);
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             g.memory = Some(dir.clone());
             write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
+        }
+        Ok(g)
+    }
+
+    /// PostgreSQL's group beside the pods', weighted as its Guaranteed one-CPU pod is on
+    /// Kubernetes (`cpu.shares` 1024): a pod's CPU request then weighs against it on
+    /// the CPU they share (without it, each backend would weigh as much as a whole pod).
+    /// `postmasters` and their processes move in; their later backends are born in it.
+    pub fn postgres(postmasters: &[u32]) -> Result<Self> {
+        let cpu = run_dir(V1_CPU, "cpu", "cpu.shares")?.join("postgres");
+        fs::create_dir_all(&cpu).with_context(|| format!("creating {}", cpu.display()))?;
+        let g = Self { cpu, memory: None };
+        write(&g.cpu.join("cpu.shares"), "1024")?;
+        for &p in postmasters {
+            for pid in std::iter::once(p).chain(crate::measure::procfs::children(p)) {
+                let _ = fs::write(g.cpu.join("cgroup.procs"), pid.to_string());
+            }
         }
         Ok(g)
     }
@@ -235,8 +271,8 @@ fn write(path: &Path, value: &str) -> Result<()> {
 }
 
 impl Drop for PodGroup {
-    /// Moves what is left to the hierarchy's root, removes the groups and the run's
-    /// folder once empty.
+    /// Moves what is left to the group this process is in (the run folder's parent),
+    /// removes the groups and the run's folder once empty.
     fn drop(&mut self) {
         for dir in std::iter::once(&self.cpu).chain(self.memory.as_ref()) {
             let root = dir.parent().and_then(Path::parent).map(Path::to_path_buf);

@@ -199,7 +199,13 @@ impl Cluster {
                 ],
             );
             if started.is_ok() {
-                let postmaster = pg::postmaster_pid(&data)?;
+                let postmaster = match pg::postmaster_pid(&data) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        stop(&bin, &data, None);
+                        return Err(e);
+                    }
+                };
                 return Ok(Self {
                     settings: settings.clone(),
                     dir: dir.clone(),
@@ -209,6 +215,8 @@ impl Cluster {
                     postmaster,
                 });
             }
+            // A start that timed out may still be coming up: stop it before anything else.
+            stop(&bin, &data, pg::postmaster_pid(&data).ok());
             last = std::fs::read_to_string(&log).unwrap_or_default();
             if !last.contains("Address already in use") {
                 break;
@@ -230,20 +238,37 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = as_owner(
-            &self.bin.join("pg_ctl"),
-            &[
-                "-D".as_ref(),
-                self.data.as_os_str(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "-w".as_ref(),
-                "-t".as_ref(),
-                "30".as_ref(),
-                "stop".as_ref(),
-            ],
-        );
+        stop(&self.bin, &self.data, Some(self.postmaster));
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Stops the cluster in `data` at once; if its postmaster `pid` outlives that, kills it.
+fn stop(bin: &Path, data: &Path, pid: Option<u32>) {
+    let _ = as_owner(
+        &bin.join("pg_ctl"),
+        &[
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-m".as_ref(),
+            "immediate".as_ref(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            "30".as_ref(),
+            "stop".as_ref(),
+        ],
+    );
+    if let Some(pid) = pid {
+        for _ in 0..50 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // SAFETY: kill has no memory preconditions; the pid is the postmaster's.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
     }
 }
 
@@ -287,17 +312,28 @@ impl Clusters {
 
     /// The cluster `row` uses (None: the run's).
     pub fn of(&self, row: &Row) -> Option<&Cluster> {
-        let server = &self
-            .splits
-            .get(row.name.trim_end_matches(crate::blocks::AA_SUFFIX))?
-            .server;
+        let server = &self.split_of(row)?.server;
         self.list.iter().find(|c| &c.settings == server)
+    }
+
+    /// The server settings of `row`'s own cluster (empty: the run's cluster).
+    pub fn server(&self, row: &Row) -> BTreeMap<String, String> {
+        self.split_of(row)
+            .map(|s| s.server.clone())
+            .unwrap_or_default()
+    }
+
+    fn split_of(&self, row: &Row) -> Option<&Split> {
+        let name = row
+            .name
+            .strip_suffix(crate::blocks::AA_SUFFIX)
+            .unwrap_or(&row.name);
+        self.splits.get(name)
     }
 
     /// The settings `row`'s sessions start with.
     pub fn session(&self, row: &Row) -> BTreeMap<String, String> {
-        self.splits
-            .get(row.name.trim_end_matches(crate::blocks::AA_SUFFIX))
+        self.split_of(row)
             .map(|s| s.session.clone())
             .unwrap_or_default()
     }

@@ -60,6 +60,8 @@ pub struct Local<'a> {
 
 /// What `prepare` sets up once the builds are done.
 struct Ready {
+    /// PostgreSQL's CPU weight, where rows set their pods' resources (kept for the run).
+    _postgres_weight: Option<cgroup::PodGroup>,
     /// The rows' own clusters and where their settings go.
     clusters: cluster::Clusters,
     db: postgres::Client,
@@ -260,6 +262,16 @@ impl Target for Local<'_> {
             }
             None => None,
         };
+        // Pods weigh their CPU request against PostgreSQL's group (see PodGroup::postgres).
+        let postgres_weight = if rows.iter().any(|r| r.resources.is_some()) {
+            let postmasters: Vec<u32> = postmaster
+                .into_iter()
+                .chain(clusters.list.iter().map(|c| c.postmaster))
+                .collect();
+            Some(cgroup::PodGroup::postgres(&postmasters)?)
+        } else {
+            None
+        };
         let postgres_version = pg::server_version(&mut db);
         // Inputs for oha: every id once (oha picks a random line: uniform ids) and bodies.
         let addr: SocketAddr = format!("127.0.0.1:{}", ports::free_port()?).parse()?;
@@ -277,6 +289,7 @@ impl Target for Local<'_> {
             self.m.load.users,
         )?;
         self.ready = Some(Ready {
+            _postgres_weight: postgres_weight,
             clusters,
             db,
             postmaster,
@@ -302,7 +315,15 @@ impl Target for Local<'_> {
         let r = self.ready()?;
         // A row with server settings is measured in its own cluster; session settings
         // are the server's for the row's search (reset for the next row).
-        let mut settings = m.postgres.clone();
+        // In a cluster of the row's own, its server settings are in postgresql.conf:
+        // the run's ALTER SYSTEM must not override them.
+        let server = r.clusters.server(run.row);
+        let mut settings: std::collections::BTreeMap<String, String> = m
+            .postgres
+            .iter()
+            .filter(|(k, _)| !server.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         settings.extend(r.clusters.session(run.row));
         let own = r
             .clusters

@@ -162,9 +162,10 @@ pub fn join_groups(cmd: &mut Command, procs: &[PathBuf]) {
                     return Err(std::io::Error::last_os_error());
                 }
                 let wrote = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let error = std::io::Error::last_os_error();
                 libc::close(fd);
                 if wrote != 1 {
-                    return Err(std::io::Error::last_os_error());
+                    return Err(error);
                 }
             }
             Ok(())
