@@ -594,10 +594,10 @@ pub fn check_rendered(yaml: &str, row: &Row, images: &Images) -> Result<()> {
             .with_context(|| format!("ConfigMap {mounted} has no postgresql.conf"))?;
         let last = |name: &str| {
             conf.lines()
+                .rev()
                 .filter_map(|l| l.split_once('='))
-                .filter(|(k, _)| k.trim() == name)
+                .find(|(k, _)| k.trim() == name)
                 .map(|(_, v)| v.trim().trim_matches('\'').replace("''", "'"))
-                .last()
         };
         for (name, value) in &row.postgres {
             if last(name).as_deref() != Some(value.as_str()) {
