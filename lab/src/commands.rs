@@ -234,7 +234,7 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
         None if publish
             && (a.out.is_none() || out.canonicalize().ok() == root.canonicalize().ok()) =>
         {
-            Some(root.join("README.md"))
+            Some(report::page_for(&root, &a.m.matrix.to_string_lossy()))
         }
         None => None,
     };

@@ -175,23 +175,26 @@ impl Resources {
         }
         r.cpu_request = r.cpu_request.or(r.cpu_limit);
         r.memory_request = r.memory_request.or(r.memory_limit);
-        if let (Some(q), Some(l)) = (r.cpu_request, r.cpu_limit) {
-            if q > l {
-                return Err(format!(
-                    "`resources.cpu_request` ({}) is above `cpu_limit` ({})",
-                    cpu_quantity(q),
-                    cpu_quantity(l)
-                ));
-            }
-        }
-        if let (Some(q), Some(l)) = (r.memory_request, r.memory_limit) {
-            if q > l {
-                return Err(format!(
-                    "`resources.memory_request` ({}) is above `memory_limit` ({})",
-                    memory_quantity(q),
-                    memory_quantity(l)
-                ));
-            }
+        let above = [
+            (
+                "cpu",
+                r.cpu_request
+                    .zip(r.cpu_limit)
+                    .filter(|(q, l)| q > l)
+                    .map(|(q, l)| (cpu_quantity(q), cpu_quantity(l))),
+            ),
+            (
+                "memory",
+                r.memory_request
+                    .zip(r.memory_limit)
+                    .filter(|(q, l)| q > l)
+                    .map(|(q, l)| (memory_quantity(q), memory_quantity(l))),
+            ),
+        ];
+        if let Some((what, Some((q, l)))) = above.into_iter().find(|(_, v)| v.is_some()) {
+            return Err(format!(
+                "`resources.{what}_request` ({q}) is above `{what}_limit` ({l})"
+            ));
         }
         if let Some(l) = r.memory_limit {
             if l < MIN_MEMORY_LIMIT {

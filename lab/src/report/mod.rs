@@ -166,14 +166,45 @@ mod tests {
     /// names its run's date, and rendering that run's summary.json gives the block
     /// exactly (a hand edit, or a block left from code that renders differently, fails).
     #[test]
+    fn each_matrix_publishes_where_its_block_is() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let page = |m: &str| {
+            page_for(&root, m)
+                .strip_prefix(&root)
+                .unwrap()
+                .display()
+                .to_string()
+        };
+        assert_eq!(page("matrix.toml"), "README.md");
+        assert_eq!(page("matrix-peers.toml"), "README.md");
+        assert_eq!(page("matrix-resources.toml"), "docs/axes.md");
+        assert_eq!(page("matrix-postgres.toml"), "docs/axes.md");
+        assert_eq!(page("matrix-unheard-of.toml"), "README.md");
+    }
+
+    #[test]
     fn readme_blocks_are_what_their_committed_runs_render() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let readme_path = root.join("README.md");
-        let readme = std::fs::read_to_string(&readme_path).unwrap();
-        for (matrix_file, out) in [
-            ("matrix.toml", root.clone()),
-            ("matrix-peers.toml", root.join("results/matrix-peers")),
+        for (page, matrix_file, out) in [
+            ("README.md", "matrix.toml", root.clone()),
+            (
+                "README.md",
+                "matrix-peers.toml",
+                root.join("results/matrix-peers"),
+            ),
+            (
+                "docs/axes.md",
+                "matrix-resources.toml",
+                root.join("results/matrix-resources"),
+            ),
+            (
+                "docs/axes.md",
+                "matrix-postgres.toml",
+                root.join("results/matrix-postgres"),
+            ),
         ] {
+            let readme_path = root.join(page);
+            let readme = std::fs::read_to_string(&readme_path).unwrap();
             let at = Block::new(matrix_file, &out, &readme_path);
             let block = at.find(&readme).expect("README has the block");
             let date = block
@@ -195,7 +226,7 @@ mod tests {
             let rendered = update_readme(&readme, &run, &at).unwrap();
             assert!(
                 rendered == readme,
-                "README's block for {matrix_file} is not what its run ({date}) renders: run `lab render` on it"
+                "{page}'s block for {matrix_file} is not what its run ({date}) renders: run `lab render` on it"
             );
         }
     }

@@ -1,6 +1,6 @@
 //! The README's results block: where it is, replacing it, and checking a table.
 use super::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -61,6 +61,26 @@ impl Block {
         let (b, e) = (readme.find(&self.begin())?, readme.find(&self.end())?);
         readme.get(b..e)
     }
+}
+
+/// The page a matrix's published block lives on: README.md, or the page under docs/
+/// that holds its markers (long ladders are kept out of README); README.md when none does.
+pub fn page_for(root: &Path, matrix_file: &str) -> PathBuf {
+    let begin = Block::new(matrix_file, root, &root.join("README.md")).begin();
+    let readme = root.join("README.md");
+    let holds = |p: &Path| std::fs::read_to_string(p).is_ok_and(|t| t.contains(&begin));
+    if holds(&readme) {
+        return readme;
+    }
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    pages.into_iter().find(|p| holds(p)).unwrap_or(readme)
 }
 
 pub fn update_readme(readme: &str, s: &Summary, at: &Block) -> Result<String> {
