@@ -579,6 +579,9 @@ mod tests {
             env: BTreeMap::new(),
             cpus: None,
             versus: None,
+            users: None,
+            ids: crate::scale::Ids::Uniform,
+            connections: None,
         }
     }
 

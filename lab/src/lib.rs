@@ -27,5 +27,6 @@ pub mod measure;
 pub mod pod;
 pub mod report;
 pub mod results;
+pub mod scale;
 pub mod service;
 pub mod sql;

@@ -41,6 +41,8 @@ struct RawMatrix {
     postgres: BTreeMap<String, toml::Value>,
     #[serde(default)]
     blocks: Option<RawBlocks>,
+    #[serde(default)]
+    scale: Option<RawScale>,
     workload: Vec<Spanned<RawWorkload>>,
     row: Vec<Spanned<RawRow>>,
 }
@@ -79,6 +81,16 @@ struct RawBlocks {
     connections: Option<Spanned<u32>>,
     #[serde(default)]
     aa: Option<Spanned<String>>,
+    #[serde(default)]
+    fixed_qps: Option<Spanned<f64>>,
+    #[serde(default)]
+    fixed_secs: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScale {
+    axis: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -136,6 +148,15 @@ struct RawRow {
     /// The earlier row this one changes (default: the row above).
     #[serde(default)]
     versus: Option<Spanned<String>>,
+    /// Users seeded for this row (default: `[load] users`).
+    #[serde(default)]
+    users: Option<Spanned<i64>>,
+    /// How its requests pick ids: "uniform" (default) or "zipf".
+    #[serde(default)]
+    ids: Option<Spanned<String>>,
+    /// Connections of its windows in the blocks (default: `[blocks] connections`).
+    #[serde(default)]
+    connections: Option<Spanned<u32>>,
 }
 
 /// A validated matrix.
@@ -149,6 +170,9 @@ pub struct Matrix {
     pub rows: Vec<Row>,
     /// Randomized blocks (`[blocks]`; absent: none, the SLO search alone).
     pub blocks: crate::blocks::Settings,
+    /// A curve: the rows are points along one axis (`[scale]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<crate::scale::Axis>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -242,6 +266,15 @@ pub struct Row {
     /// The earlier row this rung is one change from (`versus`); `None`: the row above.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versus: Option<String>,
+    /// Users seeded for this row; `None`: `[load] users`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<i64>,
+    /// How its requests pick ids.
+    #[serde(default, skip_serializing_if = "crate::scale::Ids::is_uniform")]
+    pub ids: crate::scale::Ids,
+    /// Connections of its windows in the blocks; `None`: `[blocks] connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
 }
 
 /// A `url` row: a service already running, which speaks the API contract and whose
@@ -401,6 +434,15 @@ impl Row {
         if let Some(c) = &self.cpus {
             v.push(format!("CPUs {c}"));
         }
+        if let Some(u) = self.users {
+            v.push(format!("{u} users"));
+        }
+        if !self.ids.is_uniform() {
+            v.push(self.ids.label().into());
+        }
+        if let Some(c) = self.connections {
+            v.push(format!("{c} connections"));
+        }
         v.extend(self.env.iter().map(|(k, x)| format!("{k}={x}")));
         v.extend(self.postgres.iter().map(|(k, x)| format!("{k} = {x}")));
         v
@@ -440,12 +482,24 @@ impl Matrix {
             );
         }
         Ok(Matrix {
-            load: parse_load(text, &raw.load)?,
+            load: parse_load(
+                text,
+                &raw.load,
+                raw.blocks.as_ref().is_some_and(|b| *b.blocks.get_ref() > 0),
+            )?,
             local: parse_local(text, &raw.local)?,
             postgres: settings(&raw.postgres).map_err(|e| anyhow::anyhow!("[postgres]: {e}"))?,
             workloads: parse_workloads(text, &raw.workload)?,
             blocks: parse_blocks(text, raw.blocks.as_ref(), &rows)?,
+            scale: parse_scale(text, raw.scale.as_ref(), raw.blocks.is_some())?,
             rows,
+        })
+        .and_then(|m| {
+            crate::scale::check_blocks_only(&m)?;
+            if let Some(axis) = m.scale {
+                crate::scale::check(&m, axis)?;
+            }
+            Ok(m)
         })
     }
 
@@ -499,6 +553,9 @@ impl Matrix {
             env: BTreeMap::new(),
             cpus: None,
             versus: None,
+            users: None,
+            ids: crate::scale::Ids::Uniform,
+            connections: None,
         }];
         self.blocks.aa = None;
         Ok(())
@@ -542,10 +599,14 @@ impl Matrix {
         }
         self.load.warmup_secs = self.load.warmup_secs.min(0.5);
         self.load.duration_secs = self.load.duration_secs.min(1.5);
-        self.load.repetitions = 1;
         self.load.max_steps = self.load.max_steps.min(3);
         self.load.precision = self.load.precision.max(1.5);
         self.load.users = self.load.users.min(10_000);
+        for r in &mut self.rows {
+            r.users = r.users.map(|u| u.min(10_000));
+            r.connections = r.connections.map(|c| c.min(256));
+        }
+        self.load.repetitions = self.load.repetitions.min(1);
         // One repetition cannot judge noise, and a smoke run does not confirm either.
         self.load.confirmations = 0;
         self.load.common_secs = self.load.common_secs.min(1.5);
@@ -557,7 +618,7 @@ fn yes() -> bool {
 }
 
 /// `[load]`: every number within its bounds.
-fn parse_load(text: &str, l: &RawLoad) -> Result<Load> {
+fn parse_load(text: &str, l: &RawLoad, has_blocks: bool) -> Result<Load> {
     let at = |span: Range<usize>| line_of(text, span.start);
     positive_f(text, &l.warmup_secs, "warmup_secs", true)?;
     positive_f(text, &l.duration_secs, "duration_secs", false)?;
@@ -567,9 +628,9 @@ fn parse_load(text: &str, l: &RawLoad) -> Result<Load> {
     if *l.users.get_ref() < 1 {
         bail!("line {}: users must be at least 1", at(l.users.span()));
     }
-    if *l.repetitions.get_ref() < 1 {
+    if *l.repetitions.get_ref() < u32::from(!has_blocks) {
         bail!(
-            "line {}: repetitions must be at least 1",
+            "line {}: repetitions must be at least 1 (0, the blocks alone, needs [blocks])",
             at(l.repetitions.span())
         );
     }
@@ -680,7 +741,34 @@ fn parse_blocks(
         }
         s.aa = Some(aa.get_ref().clone());
     }
+    if let Some(q) = &raw.fixed_qps {
+        positive_f(text, q, "fixed_qps", false)?;
+        s.fixed_qps = Some(*q.get_ref());
+    }
+    if let Some(w) = &raw.fixed_secs {
+        positive_f(text, w, "fixed_secs", false)?;
+        if *w.get_ref() > 60.0 {
+            bail!("line {}: fixed_secs must be at most 60", at(w.span()));
+        }
+        s.fixed_secs = *w.get_ref();
+    }
     Ok(s)
+}
+
+/// `[scale]`: the axis the rows are points on (needs `[blocks]`, which measure them).
+fn parse_scale(
+    text: &str,
+    raw: Option<&RawScale>,
+    blocks: bool,
+) -> Result<Option<crate::scale::Axis>> {
+    let Some(raw) = raw else { return Ok(None) };
+    let at = line_of(text, raw.axis.span().start);
+    if !blocks {
+        bail!("line {at}: [scale] needs [blocks]: the blocks measure its points");
+    }
+    crate::scale::Axis::parse(raw.axis.get_ref())
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("line {at}: axis: {e}"))
 }
 
 /// `[local]`: CPU lists that parse, a pool size within bounds.
@@ -827,10 +915,10 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
             ),
         };
         let row = Row {
-            name,
+            name: name.clone(),
             features,
             external,
-            service,
+            service: service.clone(),
             index,
             note: inner.note.clone(),
             postgres: settings(&inner.postgres)
@@ -841,7 +929,36 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
             env: pod.env,
             cpus: pod.cpus,
             versus,
+            users: match &inner.users {
+                None => None,
+                Some(u) if (1..=crate::scale::MAX_USERS).contains(u.get_ref()) => Some(*u.get_ref()),
+                Some(u) => bail!(
+                    "line {}: row {name:?}: `users` must be 1 to {}",
+                    at(u.span()),
+                    crate::scale::MAX_USERS
+                ),
+            },
+            ids: match &inner.ids {
+                None => crate::scale::Ids::Uniform,
+                Some(i) => crate::scale::Ids::parse(i.get_ref())
+                    .map_err(|e| anyhow::anyhow!("line {}: row {name:?}: `ids`: {e}", at(i.span())))?,
+            },
+            connections: match &inner.connections {
+                None => None,
+                Some(c) if (2..=crate::scale::MAX_CONNECTIONS).contains(c.get_ref()) => Some(*c.get_ref()),
+                Some(c) => bail!(
+                    "line {}: row {name:?}: `connections` must be 2 to {}",
+                    at(c.span()),
+                    crate::scale::MAX_CONNECTIONS
+                ),
+            },
         };
+        if service.is_some() && (row.users.is_some() || !row.ids.is_uniform()) {
+            bail!(
+                "line {}: row {name:?}: `users` and `ids` are for rows whose database the lab seeds",
+                at(r.span())
+            );
+        }
         if rows.iter().any(|x| x.slug() == row.slug()) {
             bail!(
                 "line {}: row {:?} has the same file name as another row",

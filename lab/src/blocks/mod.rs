@@ -38,6 +38,17 @@ pub struct Settings {
     pub aa: Option<String>,
     /// The family-wise error rate of the intervals (0.05: 95%).
     pub alpha: f64,
+    /// Each closed-loop window is followed by one at this offered rate (open loop): its
+    /// p99, CPU per request and the server's memory at a rate every row can carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_qps: Option<f64>,
+    /// Length of each fixed-rate window, s.
+    #[serde(default = "default_fixed_secs")]
+    pub fixed_secs: f64,
+}
+
+fn default_fixed_secs() -> f64 {
+    3.0
 }
 
 impl Default for Settings {
@@ -48,6 +59,8 @@ impl Default for Settings {
             connections: 64,
             aa: None,
             alpha: 0.05,
+            fixed_qps: None,
+            fixed_secs: default_fixed_secs(),
         }
     }
 }
@@ -204,6 +217,49 @@ pub struct Window {
     /// `sum(version)` grew by this much (None: not checked, e.g. the memory store).
     pub applied_writes: Option<i64>,
     pub limit: Limit,
+    /// The server's resident memory, highest over the window (sampled every 100 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_rss_bytes: Option<u64>,
+    /// The window at the fixed rate that followed it (`[blocks] fixed_qps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<FixedWindow>,
+}
+
+/// One open-loop window at the run's fixed rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FixedWindow {
+    pub offered_qps: f64,
+    pub secs: f64,
+    pub connections: u32,
+    /// Good replies per second.
+    pub achieved_qps: f64,
+    pub good: u64,
+    /// Non-2xx replies and transport errors (refused connections among them).
+    pub failed: u64,
+    /// Over every request of both methods, from each request's scheduled time
+    /// (oha's latency correction), ms.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub server_ns: Option<u64>,
+    pub postgres_ns: Option<u64>,
+    pub server_rss_bytes: Option<u64>,
+    /// The server's open file descriptors, highest over the window: the client
+    /// connections it actually held (plus its pool and a few files).
+    pub server_fds: Option<u64>,
+    /// PATCHes answered 200, and answered otherwise or not at all.
+    pub patch_ok: u64,
+    pub patch_unacked: u64,
+    /// `sum(version)` grew by this much over it (None: not checked).
+    pub applied_writes: Option<i64>,
+}
+
+impl FixedWindow {
+    pub fn server_us(&self) -> Option<f64> {
+        (self.good > 0).then(|| self.server_ns.map(|n| n as f64 / 1e3 / self.good as f64))?
+    }
+    pub fn postgres_us(&self) -> Option<f64> {
+        (self.good > 0).then(|| self.postgres_ns.map(|n| n as f64 / 1e3 / self.good as f64))?
+    }
 }
 
 impl Window {
@@ -232,6 +288,17 @@ impl Window {
     /// What the per-window integrity check found wrong, if anything (the probe's
     /// PATCHes included).
     pub fn integrity(&self) -> Option<String> {
+        if let Some(f) = &self.fixed {
+            if let Some(applied) = f.applied_writes {
+                let (lo, hi) = (f.patch_ok as i64, (f.patch_ok + f.patch_unacked) as i64);
+                if applied < lo || applied > hi {
+                    return Some(format!(
+                        "block {} window {} at the fixed rate: {} PATCHes answered 200 ({} others) but sum(version) grew by {applied}",
+                        self.block, self.position, f.patch_ok, f.patch_unacked
+                    ));
+                }
+            }
+        }
         let applied = self.applied_writes?;
         let ok = self.patch_ok + self.probe.patch_ok;
         let other = self.patch_unacked + self.probe.patch_unacked;
@@ -311,6 +378,77 @@ pub struct CellResult {
     pub lower_bound: bool,
     /// The achieved GET share, lowest and highest over its windows.
     pub get_share_range: Option<(f64, f64)>,
+    /// The server's peak resident memory in the closed-loop windows, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_rss_mib: Option<Interval>,
+    /// Its windows at the fixed rate (`[blocks] fixed_qps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<FixedCell>,
+}
+
+/// A cell's windows at the fixed rate, over the blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FixedCell {
+    pub offered_qps: f64,
+    pub connections: u32,
+    pub windows: usize,
+    pub p50_ms: Option<Interval>,
+    pub p99_ms: Option<Interval>,
+    pub server_us_per_request: Option<Interval>,
+    pub postgres_us_per_request: Option<Interval>,
+    pub server_rss_mib: Option<Interval>,
+    /// The server's open file descriptors at their peak: the connections it held.
+    pub server_fds: Option<Interval>,
+    /// Good replies over the offered rate, median over blocks.
+    pub achieved_share: f64,
+    /// Failed requests over all requests, median over blocks.
+    pub failed_share: f64,
+}
+
+/// A measure's median and the 95% interval of its geometric mean over blocks.
+fn interval_of(v: &[f64], alpha: f64) -> Option<Interval> {
+    let med = effects::median(v)?;
+    Some(match effects::geometric_interval(v, alpha) {
+        Some((g, lo, hi)) => Interval {
+            median: med,
+            geomean: g,
+            ci_low: lo,
+            ci_high: hi,
+        },
+        None => Interval {
+            median: med,
+            geomean: med,
+            ci_low: med,
+            ci_high: med,
+        },
+    })
+}
+
+/// The fixed-rate windows of one cell, summarised.
+fn fixed_cell(ws: &[&Window], alpha: f64) -> Option<FixedCell> {
+    let fs: Vec<&FixedWindow> = ws.iter().filter_map(|w| w.fixed.as_ref()).collect();
+    let first = fs.first()?;
+    let of = |f: &dyn Fn(&FixedWindow) -> Option<f64>| {
+        let v: Vec<f64> = fs.iter().filter_map(|w| f(w)).filter(|x| *x > 0.0).collect();
+        interval_of(&v, alpha)
+    };
+    let med = |f: &dyn Fn(&FixedWindow) -> f64| {
+        let v: Vec<f64> = fs.iter().map(|w| f(w)).collect();
+        effects::median(&v).unwrap_or(0.0)
+    };
+    Some(FixedCell {
+        offered_qps: first.offered_qps,
+        connections: first.connections,
+        windows: fs.len(),
+        p50_ms: of(&|w| w.p50_ms),
+        p99_ms: of(&|w| w.p99_ms),
+        server_us_per_request: of(&|w| w.server_us()),
+        postgres_us_per_request: of(&|w| w.postgres_us()),
+        server_rss_mib: of(&|w| w.server_rss_bytes.map(|b| b as f64 / 1048576.0)),
+        server_fds: of(&|w| w.server_fds.map(|n| n as f64)),
+        achieved_share: med(&|w| w.achieved_qps / w.offered_qps.max(1e-9)),
+        failed_share: med(&|w| w.failed as f64 / (w.failed + w.good).max(1) as f64),
+    })
 }
 
 /// The blocks of one run.
@@ -468,23 +606,7 @@ impl Blocks {
             for (i, row) in self.rows.iter().enumerate() {
                 let ws: Vec<&Window> = self.cell_windows(row, workload).collect();
                 let tp: Vec<f64> = ws.iter().map(|w| w.throughput).collect();
-                let interval = |v: &[f64]| {
-                    let med = effects::median(v)?;
-                    Some(match effects::geometric_interval(v, alpha) {
-                        Some((g, lo, hi)) => Interval {
-                            median: med,
-                            geomean: g,
-                            ci_low: lo,
-                            ci_high: hi,
-                        },
-                        None => Interval {
-                            median: med,
-                            geomean: med,
-                            ci_low: med,
-                            ci_high: med,
-                        },
-                    })
-                };
+                let interval = |v: &[f64]| interval_of(v, alpha);
                 let server: Vec<f64> = ws.iter().filter_map(|w| w.server_us()).collect();
                 let postgres: Vec<f64> = ws.iter().filter_map(|w| w.postgres_us()).collect();
                 let limits: Vec<Limit> = ws.iter().map(|w| w.limit).collect();
@@ -536,6 +658,13 @@ impl Blocks {
                         .copied()
                         .reduce(f64::min)
                         .zip(shares.iter().copied().reduce(f64::max)),
+                    server_rss_mib: interval(
+                        &ws.iter()
+                            .filter_map(|w| w.server_rss_bytes)
+                            .map(|b| b as f64 / 1048576.0)
+                            .collect::<Vec<_>>(),
+                    ),
+                    fixed: fixed_cell(&ws, alpha),
                 });
             }
         }
@@ -697,6 +826,8 @@ pub(crate) mod tests {
             },
             applied_writes: Some((n - n * 9 / 10) as i64),
             limit: Limit::ServerCpu,
+            server_rss_bytes: None,
+            fixed: None,
         }
     }
 

@@ -16,6 +16,7 @@ mod capacity;
 mod cpu;
 mod curves;
 mod latency;
+mod scale;
 mod style;
 
 use capacity::*;
@@ -46,12 +47,14 @@ pub const CHARTS: [(&str, &str); 4] = [
 
 /// The Markdown that shows the charts (paths relative to results.md and README.md).
 pub fn markdown(s: &Summary) -> String {
+    let curve = crate::scale::curve(s).map(|_| format!("![{}]({})\n", SCALE.1, SCALE.0));
     let blocks = s
         .blocks
         .is_some()
         .then(|| format!("![{}]({})\n", THROUGHPUT.1, THROUGHPUT.0));
-    blocks
+    curve
         .into_iter()
+        .chain(blocks)
         .chain(
             CHARTS
                 .iter()
@@ -66,6 +69,12 @@ pub const THROUGHPUT: (&str, &str) = (
     "Saturation throughput per row in randomized blocks: the geometric-mean bar, its 95% interval, every block a dot",
 );
 
+/// A curve's chart, drawn for runs whose matrix has `[scale]`.
+pub const SCALE: (&str, &str) = (
+    "results-scale.svg",
+    "One build along the curve's axis: saturation throughput, p99 at the fixed rate, CPU per request and server memory, each with its 95% interval over blocks",
+);
+
 /// Draws the four charts into `out`; `steps` is the run's steps.json (None: the curves
 /// chart says the steps were not kept). Returns the files written.
 pub fn write_all(
@@ -75,6 +84,12 @@ pub fn write_all(
 ) -> Result<Vec<PathBuf>> {
     let drawn = [capacity(s)?, curves(s, steps)?, latency(s)?, cpu(s)?];
     let mut files = Vec::new();
+    if let Some((axis, points)) = crate::scale::curve(s) {
+        let path = out.join(SCALE.0);
+        std::fs::write(&path, scale::scale(s, axis, &points)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        files.push(path);
+    }
     if let Some(b) = &s.blocks {
         let path = out.join(THROUGHPUT.0);
         std::fs::write(&path, throughput(s, b)?)

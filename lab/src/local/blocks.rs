@@ -13,17 +13,17 @@ use postgres::Client;
 
 use crate::blocks::design::{self, Cell, Split};
 use crate::blocks::judge::{self, Evidence, Shares};
-use crate::blocks::{aa_name, Blocks, Counts, Probe, Settings, Window};
+use crate::blocks::{aa_name, Blocks, Counts, FixedWindow, Probe, Settings, Window};
 use crate::matrix::{Matrix, Row, Workload};
 use crate::measure::contract;
-use crate::measure::driver::write_inputs;
+use crate::measure::driver::{write_inputs, write_inputs_with};
 use crate::measure::oha::{parse_summary, Oha, Side};
 
 use super::cgroup::{CpuGroup, PodGroup};
 use super::cluster::Clusters;
 use super::server::{Launch, Server};
 use super::{pg, ports, profile};
-use crate::measure::procfs::cpu_ticks;
+use crate::measure::procfs::{cpu_ticks, RssPeak};
 use crate::measure::speedo::Speedometer;
 
 /// How long after a window PostgreSQL's counters are read: the window's last
@@ -72,8 +72,14 @@ struct Db {
     cluster: Option<usize>,
     /// Settings each session on it starts with (`ALTER DATABASE … SET`).
     session: BTreeMap<String, String>,
+    /// Users seeded.
+    users: i64,
     client: Client,
 }
+
+/// What a database of the blocks is keyed by: its cluster, the index, session
+/// settings, users.
+type DbKey = (Option<usize>, bool, BTreeMap<String, String>, i64);
 
 /// Databases the blocks may create beyond `<prefix>_blocks` and `…_noindex`, named
 /// `<prefix>_blocks_<k>` (a sandbox's journal lists them all to drop).
@@ -104,6 +110,14 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     let m = i.m;
     let dir = i.raw.join("blocks");
     std::fs::create_dir_all(&dir)?;
+    let most = i
+        .rows
+        .iter()
+        .filter_map(|(r, _)| r.connections)
+        .chain([i.settings.connections])
+        .max()
+        .unwrap_or(0);
+    raise_open_files(u64::from(most) + 1024)?;
     let mut admin = pg::connect(i.database_url)?;
     i.postgres_scope.apply(&mut admin, &m.postgres)?;
     let statements = enable_statements(&mut admin, i.postgres_scope.allows(TRACK_PLANNING));
@@ -127,11 +141,11 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
                 .and_then(|c| i.clusters.list.iter().position(|x| std::ptr::eq(x, c))),
             row.index,
             i.clusters.session(row),
+            row.users.unwrap_or(m.load.users),
         );
-        let k = match dbs
-            .iter()
-            .position(|d| (d.cluster, d.index, &d.session) == (key.0, key.1, &key.2))
-        {
+        let k = match dbs.iter().position(|d| {
+            (d.cluster, d.index, &d.session, d.users) == (key.0, key.1, &key.2, key.3)
+        }) {
             Some(k) => k,
             None => {
                 let client = match key.0 {
@@ -258,6 +272,34 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
     Ok((b, failed))
 }
 
+/// Raises this process's open-file limit (which the servers and oha inherit) to
+/// `need`, or says why the rows' connections cannot be opened.
+fn raise_open_files(need: u64) -> Result<()> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        bail!("cannot read the open-file limit");
+    }
+    if l.rlim_cur >= need {
+        return Ok(());
+    }
+    let raised = libc::rlimit {
+        rlim_cur: need,
+        rlim_max: l.rlim_max.max(need),
+    };
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        bail!(
+            "the rows' connections need {need} open files, and this process may open {} (hard limit {}): raise it (ulimit -n {need}, as root) or lower the rows' `connections`",
+            l.rlim_cur,
+            l.rlim_max
+        );
+    }
+    Ok(())
+}
+
 /// Every CPU the server, PostgreSQL or oha is pinned to.
 fn all_cpus(m: &Matrix) -> Vec<usize> {
     let mut v: Vec<usize> = [
@@ -347,7 +389,8 @@ fn measure_blocks(
     ));
     for c in &cells {
         let w = &m.workloads[c.workload];
-        match lab.calibrate(*c, w, settings.connections, warm) {
+        let connections = lab.up[c.row].row.connections.unwrap_or(settings.connections);
+        match lab.calibrate(*c, w, connections, warm) {
             Ok(s) => {
                 b.splits
                     .push((lab.up[c.row].row.name.clone(), w.name.clone(), s));
@@ -374,7 +417,25 @@ fn measure_blocks(
             };
             let w = &m.workloads[c.workload];
             match lab.window(*c, w, split, secs, block, pos as u32) {
-                Ok(win) => b.windows.push(win),
+                Ok(mut win) => {
+                    if let Some(qps) = settings.fixed_qps {
+                        let connections =
+                            lab.up[c.row].row.connections.unwrap_or(settings.connections);
+                        let fixed_secs = if quick {
+                            1.0
+                        } else {
+                            fixed_secs(settings.fixed_secs, qps, connections)
+                        };
+                        match lab.fixed(*c, w, qps, fixed_secs, connections, block) {
+                            Ok(f) => win.fixed = Some(f),
+                            Err(e) => eprintln!(
+                                "warning: block {block}, {:?} {}: fixed-rate window lost: {e:#}",
+                                lab.up[c.row].row.name, w.name
+                            ),
+                        }
+                    }
+                    b.windows.push(win)
+                }
                 Err(e) => eprintln!(
                     "warning: block {block}, {:?} {}: window lost: {e:#}",
                     lab.up[c.row].row.name, w.name
@@ -424,6 +485,7 @@ pub fn run_services(i: &ServiceInputs) -> Result<crate::blocks::Outcome> {
                 index: true,
                 cluster: None,
                 session: BTreeMap::new(),
+                users: m.load.users,
                 client,
             };
             (vec![db], Some(pg::connect(url)?))
@@ -571,10 +633,11 @@ fn database(
     admin: &mut Client,
     i: &Inputs,
     url: &str,
-    (cluster, index, session): (Option<usize>, bool, BTreeMap<String, String>),
+    (cluster, index, session, users): DbKey,
     n: usize,
 ) -> Result<Db> {
-    let name = match (cluster, session.is_empty(), index) {
+    let usual = users == i.m.load.users;
+    let name = match (cluster, session.is_empty() && usual, index) {
         (None, true, true) => format!("{}_blocks", i.db_prefix),
         (None, true, false) => format!("{}_blocks_noindex", i.db_prefix),
         _ if n >= MAX_EXTRA_DATABASES => {
@@ -591,12 +654,19 @@ fn database(
         ))?;
     }
     let mut client = pg::connect(&pg::with_database(url, &name)?)?;
-    pg::seed(&mut client, i.m.load.users, index)?;
+    let took = pg::seed(&mut client, users, index)?;
+    if !usual {
+        (i.say)(&format!(
+            "blocks: seeded {users} users into {name} in {:.1} s",
+            took.as_secs_f64()
+        ));
+    }
     Ok(Db {
         name,
         index,
         cluster,
         session,
+        users,
         client,
     })
 }
@@ -656,7 +726,8 @@ fn start(
             .trim_end_matches(crate::blocks::AA_SUFFIX)
             .to_string();
     }
-    contract::check_server(&server.remote, &checked, i.m.load.users)?;
+    let users = row.users.unwrap_or(i.m.load.users);
+    contract::check_server(&server.remote, &checked, users)?;
     let oha = Oha {
         binary: i.oha.to_path_buf(),
         nice: Some(OHA_NICE),
@@ -664,11 +735,12 @@ fn start(
         urls_file: dir.join(format!("{}-urls.txt", row.slug())),
         bodies_file: bodies.to_path_buf(),
     };
-    write_inputs(
+    write_inputs_with(
         &oha.urls_file,
         &oha.bodies_file,
         &format!("http://{addr}"),
-        i.m.load.users,
+        users,
+        row.ids,
     )?;
     Ok((server, oha, pod))
 }
@@ -999,7 +1071,10 @@ impl Lab {
             .and_then(|pid| profile::count_syscalls(pid, secs, &stat_out).ok())]);
         let start = Instant::now();
         self.speedo.forget_before(start);
-        let load = self.load(c.row, &sides(w, split, true), secs, &tag)?;
+        let rss = RssPeak::start(pid);
+        let load = self.load(c.row, &sides(w, split, true), secs, &tag);
+        let (server_rss_bytes, _) = rss.stop();
+        let load = load?;
         let wall = start.elapsed().as_secs_f64();
         let after = self.snapshot(c.row);
         let throttled_after = self.up[c.row].pod.as_ref().and_then(PodGroup::throttling);
@@ -1145,8 +1220,104 @@ impl Lab {
             },
             applied_writes: d(applied_before, applied_after),
             limit,
+            server_rss_bytes,
+            fixed: None,
         })
     }
+
+    /// One open-loop window of cell `c` at `qps`, over `connections` shared out by the
+    /// mix: p99 over both methods (from each request's scheduled time), CPU per request,
+    /// the server's peak memory, and its writes checked.
+    fn fixed(
+        &mut self,
+        c: Cell,
+        w: &Workload,
+        qps: f64,
+        secs: f64,
+        connections: u32,
+        block: u32,
+    ) -> Result<FixedWindow> {
+        let tag = format!("b{block}-{}-{}-fixed", self.up[c.row].row.slug(), w.name);
+        let pid = self.up[c.row].pid;
+        let plan = fixed_sides(w, qps, connections);
+        let applied_before = self.applied(c.row);
+        let before = self.snapshot(c.row);
+        let rss = RssPeak::start(pid);
+        let results = self.up[c.row].oha.run(&plan, secs, &self.dir, &tag);
+        let (server_rss_bytes, server_fds) = rss.stop();
+        let after = self.snapshot(c.row);
+        for side in &plan {
+            let _ = std::fs::remove_file(crate::measure::oha::db_path(&self.dir, &tag, side.method));
+        }
+        let results = results?;
+        std::thread::sleep(STATS_FLUSH);
+        let applied_after = self.applied(c.row);
+        let mut all = crate::measure::stats::Latencies::new();
+        let (mut good, mut failed, mut patch_ok, mut patch_unacked) = (0, 0, 0, 0);
+        for (side, r) in plan.iter().zip(&results) {
+            let _ = all.merge(&r.latencies);
+            good += r.good();
+            failed += r.replies() - r.good() + r.transport_errors();
+            if side.method == "PATCH" {
+                patch_ok += r.count(200);
+                patch_unacked += r.replies() - r.count(200) + r.transport_errors();
+            }
+        }
+        let ns = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+        Ok(FixedWindow {
+            offered_qps: qps,
+            secs,
+            connections,
+            achieved_qps: good as f64 / secs,
+            good,
+            failed,
+            p50_ms: all.quantile_ms(0.50),
+            p99_ms: all.quantile_ms(0.99),
+            server_ns: ns(before.server, after.server),
+            postgres_ns: ns(before.postgres, after.postgres),
+            server_rss_bytes,
+            server_fds,
+            patch_ok,
+            patch_unacked,
+            applied_writes: applied_before
+                .zip(applied_after)
+                .map(|(a, b)| b - a),
+        })
+    }
+}
+
+/// How long a fixed-rate window lasts: `secs`, or long enough for each connection to
+/// carry 1.5 requests on average (oha opens a connection when it first sends on it, so
+/// a shorter window would hold fewer connections than asked).
+fn fixed_secs(secs: f64, qps: f64, connections: u32) -> f64 {
+    secs.max(1.5 * f64::from(connections) / qps.max(1.0))
+}
+
+/// The sides of a fixed-rate window: each method at its share of `qps`, the
+/// connections shared out by the mix (one at least per method).
+fn fixed_sides(w: &Workload, qps: f64, connections: u32) -> Vec<Side> {
+    let share = w.get_share();
+    let get = ((f64::from(connections) * share).round() as u32).clamp(1, connections.max(2) - 1);
+    let mut v = Vec::new();
+    if w.get_percent > 0 {
+        v.push(Side {
+            method: "GET",
+            rate: qps * share,
+            connections: if w.patch_percent > 0 { get } else { connections },
+        });
+    }
+    if w.patch_percent > 0 {
+        v.push(Side {
+            method: "PATCH",
+            rate: qps * (1.0 - share),
+            connections: if w.get_percent > 0 {
+                connections - get
+            } else {
+                connections
+            },
+        });
+    }
+    v
 }
 
 /// A process tree's CPU time so far, ns (from `/proc` ticks: a process the lab did not

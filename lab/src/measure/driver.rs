@@ -652,15 +652,23 @@ fn summarize(
     }
 }
 
-/// Every id once (oha picks a random line per request, so ids are uniform) and a set
-/// of distinct valid emails (oha picks a random body line per PATCH).
+/// Every id once (oha picks a random line per request, so ids are uniform; past
+/// `scale::MAX_URL_LINES` users, that many drawn uniformly) and a set of distinct valid
+/// emails (oha picks a random body line per PATCH).
 pub fn write_inputs(urls: &Path, bodies: &Path, base: &str, users: i64) -> Result<()> {
+    write_inputs_with(urls, bodies, base, users, crate::scale::Ids::Uniform)
+}
+
+/// [`write_inputs`] with the ids drawn from `ids`.
+pub fn write_inputs_with(
+    urls: &Path,
+    bodies: &Path,
+    base: &str,
+    users: i64,
+    ids: crate::scale::Ids,
+) -> Result<()> {
     use std::io::Write as _;
-    let mut u = std::io::BufWriter::new(std::fs::File::create(urls)?);
-    for id in 1..=users {
-        writeln!(u, "{base}/users/{id}")?;
-    }
-    u.flush()?;
+    crate::scale::write_urls(urls, base, ids, users)?;
     let mut b = std::io::BufWriter::new(std::fs::File::create(bodies)?);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..10_000 {

@@ -199,9 +199,76 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Resident set size now (VmRSS) in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The highest resident memory of a process while it runs, sampled every 100 ms on a
+/// thread of its own (its lifetime peak, VmHWM, would carry an earlier window's).
+pub struct RssPeak {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(Option<u64>, Option<u64>)>>,
+}
+
+/// Open file descriptors of a process now (its sockets among them).
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+impl RssPeak {
+    pub fn start(pid: Option<u32>) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = pid.map(|pid| {
+            std::thread::spawn(move || {
+                let (mut peak, mut fds) = (rss_kib(pid), open_fds(pid));
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    peak = peak.max(rss_kib(pid));
+                    fds = fds.max(open_fds(pid));
+                }
+                (peak.map(|k| k * 1024), fds)
+            })
+        });
+        RssPeak { stop, handle }
+    }
+
+    /// The peaks: resident memory, bytes, and open file descriptors.
+    pub fn stop(mut self) -> (Option<u64>, Option<u64>) {
+        self.stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or((None, None))
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        self.stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_has_a_resident_memory_peak() {
+        let peak = RssPeak::start(Some(std::process::id()));
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let (rss, fds) = peak.stop();
+        assert!(rss.is_some_and(|b| b > 1024 * 1024));
+        assert!(fds.is_some_and(|n| n >= 3));
+        assert_eq!(RssPeak::start(None).stop(), (None, None));
+    }
 
     #[test]
     fn steal_is_neither_busy_nor_counted() {

@@ -406,6 +406,11 @@ pub fn results_md(s: &Summary) -> String {
         out.push_str(&crate::blocks::render::method(b));
     }
     out.push('\n');
+    if let Some(curve) = curve_table(s) {
+        out.push_str("## The curve (blocks)\n\nOne build at each point of the axis, every point side by side in each block. Each closed-loop window is followed by an open-loop window at the fixed rate (oha's latency correction: latency from each request's scheduled time); memory and file descriptors are the server's highest over the window (sampled every 100 ms).\n\n");
+        out.push_str(&curve);
+        out.push('\n');
+    }
     out.push_str(&table(s));
     out.push('\n');
     if let Some(b) = &s.blocks {

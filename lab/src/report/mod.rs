@@ -11,12 +11,14 @@ mod csv;
 mod detail;
 mod limits;
 mod readme;
+mod scale;
 mod table;
 
 pub use csv::*;
 pub use detail::*;
 pub use limits::*;
 pub use readme::*;
+pub use scale::*;
 pub use table::*;
 
 pub const BEGIN: &str =

@@ -94,6 +94,10 @@ pub fn update_readme(readme: &str, s: &Summary, at: &Block) -> Result<String> {
         .as_ref()
         .map(|b| crate::blocks::render::headline(s, b))
         .unwrap_or_default();
+    let headline = match super::curve_table(s) {
+        Some(curve) => format!("{curve}\n{headline}"),
+        None => headline,
+    };
     let block = format!(
         "{begin}\n_Run of {} on {} (commit `{}`); full details in [results.md]({dir}results.md)._\n\n{headline}{}\n{charts}{end}",
         s.environment.date, s.environment.host.describe(), s.environment.git_commit, table(s)
