@@ -207,6 +207,22 @@ run_pod_matrix() {
   rm -rf "${out_dir}"
 }
 
+# A --quick run of a curve (tests/scale-matrix.toml): rows with their own users, ids
+# and connections, each window followed by one at the fixed rate; the curve's table
+# and chart written.
+run_scale_matrix() {
+  require_oha
+  local out_dir
+  out_dir="$(mktemp -d "${TMPDIR:-/tmp}/perflab-scale.XXXXXX")"
+  cp "${ROOT}/README.md" "${out_dir}/README.md"
+  log "end-to-end: a --quick run of tests/scale-matrix.toml (a curve: users, Zipf ids, connections, fixed-rate windows) into ${out_dir}"
+  "${ROOT}/scripts/run-matrix.sh" --quick --matrix "${ROOT}/tests/scale-matrix.toml" \
+    --out "${out_dir}" --readme "${out_dir}/README.md"
+  cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/scale-matrix.toml" \
+    --out "${out_dir}" --readme "${out_dir}/README.md" --blocks
+  rm -rf "${out_dir}"
+}
+
 # A --quick run against a PostgreSQL of "yours" (--database-url): the lab works in a
 # database of its own and puts back what it changed. The cluster holds a users table,
 # a server setting and the app's role (password and settings) of its own; after the
@@ -327,6 +343,8 @@ main() {
     run_quick_matrix
     e2e=$((e2e + 1))
     run_pod_matrix
+    e2e=$((e2e + 1))
+    run_scale_matrix
     e2e=$((e2e + 1))
     run_user_database_check
     e2e=$((e2e + 1))

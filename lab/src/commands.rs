@@ -200,6 +200,12 @@ pub fn run(a: &RunArgs) -> Result<Outcome> {
     if let Some(url) = &a.url {
         matrix.measure_service(url).map_err(usage)?;
     }
+    if matrix.load.repetitions == 0 && a.target == TargetName::K8s {
+        return Err(usage(anyhow::anyhow!(
+            "this matrix is measured by the blocks alone (repetitions = 0{}), which the Kubernetes target does not run yet: run it with --target local",
+            if matrix.scale.is_some() { ": a curve" } else { "" }
+        )));
+    }
     if matrix.measures_services() && a.target == TargetName::K8s {
         return Err(usage(anyhow::anyhow!(
             "`url` rows are services already running, measured from this machine: run them with --target local"
@@ -559,6 +565,53 @@ fn check_pods(summary: &crate::results::Summary, m: &Matrix, own: &[String]) -> 
     Ok(())
 }
 
+/// A curve's run (`[scale]`): every row's windows have their fixed-rate window with
+/// its p99, memory and file descriptors, and results.md shows the curve's table and
+/// chart.
+fn check_curve(summary: &crate::results::Summary, m: &Matrix, md: &str, out: &Path) -> Result<()> {
+    if m.scale.is_none() {
+        return Ok(());
+    }
+    let b = summary
+        .blocks
+        .as_ref()
+        .context("a curve's run measured no blocks")?;
+    for row in &m.rows {
+        let windows: Vec<_> = b.windows.iter().filter(|w| w.row == row.name).collect();
+        let complete = |w: &&crate::blocks::Window| {
+            w.fixed.as_ref().is_some_and(|f| {
+                f.p99_ms.is_some() && f.server_rss_bytes.is_some() && f.server_fds.is_some()
+            })
+        };
+        if windows.is_empty() || !windows.iter().all(complete) {
+            bail!(
+                "row {:?}: not every window has its fixed-rate window (p99, memory, file descriptors)",
+                row.name
+            );
+        }
+    }
+    let points = crate::scale::curve(summary)
+        .context("the run's record has no curve")?
+        .1
+        .len();
+    anyhow::ensure!(
+        points == m.rows.len() * m.workloads.len(),
+        "the curve has {points} points, not one per row and workload"
+    );
+    anyhow::ensure!(
+        md.contains("## The curve") && md.contains(crate::charts::SCALE.0),
+        "results.md shows no curve"
+    );
+    let svg = std::fs::read_to_string(out.join(crate::charts::SCALE.0))
+        .with_context(|| format!("{} was not written", crate::charts::SCALE.0))?;
+    anyhow::ensure!(
+        svg.starts_with("<svg"),
+        "{} is not an SVG",
+        crate::charts::SCALE.0
+    );
+    Ok(())
+}
+
 pub fn verify(a: &VerifyArgs) -> Result<bool> {
     let mut matrix = load_matrix(&a.m)?;
     if let Some(url) = &a.url {
@@ -599,6 +652,7 @@ pub fn verify(a: &VerifyArgs) -> Result<bool> {
         bail!("the run's writes were not checked (it had no --database-url)");
     }
     check_pods(&summary, &matrix, &a.expect_own_cluster)?;
+    check_curve(&summary, &matrix, &md, &a.out)?;
     let graphs = md.matches("[flame graph](").count();
     let wanted = names.len() * matrix.workloads.len();
     if a.profiled && graphs < wanted {

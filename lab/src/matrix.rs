@@ -931,7 +931,9 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
             versus,
             users: match &inner.users {
                 None => None,
-                Some(u) if (1..=crate::scale::MAX_USERS).contains(u.get_ref()) => Some(*u.get_ref()),
+                Some(u) if (1..=crate::scale::MAX_USERS).contains(u.get_ref()) => {
+                    Some(*u.get_ref())
+                }
                 Some(u) => bail!(
                     "line {}: row {name:?}: `users` must be 1 to {}",
                     at(u.span()),
@@ -940,12 +942,15 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
             },
             ids: match &inner.ids {
                 None => crate::scale::Ids::Uniform,
-                Some(i) => crate::scale::Ids::parse(i.get_ref())
-                    .map_err(|e| anyhow::anyhow!("line {}: row {name:?}: `ids`: {e}", at(i.span())))?,
+                Some(i) => crate::scale::Ids::parse(i.get_ref()).map_err(|e| {
+                    anyhow::anyhow!("line {}: row {name:?}: `ids`: {e}", at(i.span()))
+                })?,
             },
             connections: match &inner.connections {
                 None => None,
-                Some(c) if (2..=crate::scale::MAX_CONNECTIONS).contains(c.get_ref()) => Some(*c.get_ref()),
+                Some(c) if (2..=crate::scale::MAX_CONNECTIONS).contains(c.get_ref()) => {
+                    Some(*c.get_ref())
+                }
                 Some(c) => bail!(
                     "line {}: row {name:?}: `connections` must be 2 to {}",
                     at(c.span()),
@@ -1368,6 +1373,11 @@ postgres = { work_mem = "8MB", jit = false }
         Matrix::parse(text).unwrap_err().to_string()
     }
 
+    /// `text` with its rows replaced by `rows`.
+    fn with_rows_of(text: &str, rows: &str) -> String {
+        format!("{}{rows}", &text[..text.find("[[row]]").unwrap()])
+    }
+
     /// GOOD with its rows replaced by `rows`.
     fn with_rows(rows: &str) -> String {
         format!("{}{rows}", &GOOD[..GOOD.find("[[row]]").unwrap()])
@@ -1505,6 +1515,60 @@ index = true
             "\n[[row]]\nname = \"x\"\ncommand = [\"p\", \"{port}\"]\nindex = true\nworkers = 2\n",
         ));
         assert!(e.contains("`workers`"), "{e}");
+    }
+
+    #[test]
+    fn a_curve_parses_its_points_and_refuses_bad_ones() {
+        // The three shipped curves parse, each with its axis and a point per row.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for (file, axis, first) in [
+            ("scale-users.toml", crate::scale::Axis::Users, 1e5),
+            (
+                "scale-connections.toml",
+                crate::scale::Axis::Connections,
+                10.0,
+            ),
+            ("scale-cpus.toml", crate::scale::Axis::Cpus, 0.25),
+        ] {
+            let m = Matrix::load_file(&root.join(file)).unwrap();
+            assert_eq!(m.scale, Some(axis), "{file}");
+            assert_eq!(m.load.repetitions, 0, "{file}: the blocks alone");
+            assert!(m.blocks.fixed_qps.is_some(), "{file}");
+            assert_eq!(axis.x(&m, &m.rows[0]), Some(first), "{file}");
+        }
+        let blocks_only = GOOD.replace("repetitions = 3", "repetitions = 0").replace(
+            "[[row]]",
+            "[blocks]\nblocks = 2\nfixed_qps = 500\n\n[scale]\naxis = \"users\"\n\n[[row]]",
+        );
+        let curve = |rows: &str| with_rows_of(&blocks_only, rows);
+        let two = "[[row]]\nname = \"a\"\nfeatures = [\"pool\"]\nindex = true\nusers = 1000\n\n[[row]]\nname = \"b\"\nfeatures = [\"pool\"]\nindex = true\nusers = 2000\nids = \"zipf\"\nconnections = 500\n";
+        let m = Matrix::parse(&curve(two)).expect("a curve");
+        assert_eq!(m.rows[1].ids, crate::scale::Ids::Zipf);
+        assert_eq!(m.rows[1].connections, Some(500));
+        assert!(m.rows[1].settings_words().contains(&"Zipf ids".to_string()));
+        for (bad, says) in [
+            ("users = 0", "`users` must be"),
+            ("ids = \"pareto\"", "`ids`"),
+            ("connections = 1", "`connections` must be"),
+        ] {
+            let e = err(&curve(&two.replace("users = 2000", bad)));
+            assert!(
+                e.contains(says) && e.contains("row \"b\"") && e.contains("line "),
+                "{bad}: {e}"
+            );
+        }
+        // One point is no curve; a CPU curve needs every row's limit; the SLO search
+        // does not take a row's users; [scale] needs the blocks.
+        let e = err(&curve(&two.replace("users = 2000", "users = 1000")));
+        assert!(e.contains("two points"), "{e}");
+        let e = err(&curve(two).replace("axis = \"users\"", "axis = \"cpus\""));
+        assert!(e.contains("cpu_limit"), "{e}");
+        let e = err(&curve(two).replace("repetitions = 0", "repetitions = 1"));
+        assert!(e.contains("repetitions = 0"), "{e}");
+        let e = err(&GOOD.replacen("[[row]]", "[scale]\naxis = \"users\"\n\n[[row]]", 1));
+        assert!(e.contains("[scale] needs [blocks]"), "{e}");
+        let e = err(&GOOD.replace("repetitions = 3", "repetitions = 0"));
+        assert!(e.contains("needs [blocks]"), "{e}");
     }
 
     #[test]

@@ -43,9 +43,7 @@ impl Axis {
             "users" => Ok(Axis::Users),
             "connections" => Ok(Axis::Connections),
             "cpus" => Ok(Axis::Cpus),
-            _ => Err(format!(
-                "{s:?} is not an axis (users, connections or cpus)"
-            )),
+            _ => Err(format!("{s:?} is not an axis (users, connections or cpus)")),
         }
     }
 
@@ -314,8 +312,12 @@ mod tests {
     #[test]
     fn axes_parse_and_name_their_points() {
         assert_eq!(Axis::parse("users"), Ok(Axis::Users));
-        assert!(Axis::parse("memory").unwrap_err().contains("users, connections or cpus"));
-        assert!(Ids::parse("pareto").unwrap_err().contains("uniform or zipf"));
+        assert!(Axis::parse("memory")
+            .unwrap_err()
+            .contains("users, connections or cpus"));
+        assert!(Ids::parse("pareto")
+            .unwrap_err()
+            .contains("uniform or zipf"));
         assert!(Axis::Users.logarithmic() && !Axis::Cpus.logarithmic());
     }
 }

@@ -99,6 +99,9 @@ pub enum Counter {
     /// The share of the server's CPU-quota periods in which it was throttled (a pod's
     /// CPU limit).
     ServerThrottledPeriods,
+    /// Time the server's threads waited on a run queue per request, µs (a pod's CPU
+    /// request: its weight against the others on the CPU).
+    ServerRunDelay,
 }
 
 impl Counter {
@@ -114,6 +117,7 @@ impl Counter {
             Counter::ServerContextSwitches => "server context switches per request",
             Counter::PgBufferReads => "shared-buffer reads per request",
             Counter::ServerThrottledPeriods => "share of CPU-quota periods throttled",
+            Counter::ServerRunDelay => "server run-queue wait per request, µs",
         }
     }
 
@@ -135,6 +139,9 @@ impl Counter {
                 per(c.server_context_switches.map(|x| x as i64), w.requests())
             }
             Counter::PgBufferReads => per(c.pg_buffer_reads, requests),
+            Counter::ServerRunDelay => {
+                per(c.server_run_delay_ns.map(|x| x as i64), w.requests()).map(|ns| ns / 1000.0)
+            }
             // A pod without a CPU limit has no quota periods: never throttled.
             Counter::ServerThrottledPeriods => w
                 .throttling
@@ -429,7 +436,11 @@ fn fixed_cell(ws: &[&Window], alpha: f64) -> Option<FixedCell> {
     let fs: Vec<&FixedWindow> = ws.iter().filter_map(|w| w.fixed.as_ref()).collect();
     let first = fs.first()?;
     let of = |f: &dyn Fn(&FixedWindow) -> Option<f64>| {
-        let v: Vec<f64> = fs.iter().filter_map(|w| f(w)).filter(|x| *x > 0.0).collect();
+        let v: Vec<f64> = fs
+            .iter()
+            .filter_map(|w| f(w))
+            .filter(|x| *x > 0.0)
+            .collect();
         interval_of(&v, alpha)
     };
     let med = |f: &dyn Fn(&FixedWindow) -> f64| {
@@ -776,9 +787,7 @@ fn per_request(ws: &[&Window]) -> PerRequest {
     PerRequest {
         server_syscalls: of(Counter::ServerSyscalls),
         server_context_switches: of(Counter::ServerContextSwitches),
-        server_run_delay_us: med(&|w| {
-            per(w.counts.server_run_delay_ns.map(|x| x as i64), w.requests()).map(|x| x / 1000.0)
-        }),
+        server_run_delay_us: of(Counter::ServerRunDelay),
         pg_backends_started: of(Counter::PgBackendsStarted),
         pg_commits: med(&|w| per(w.counts.pg_commits, w.counted().0)),
         pg_commits_per_patch: of(Counter::PgCommitsPerPatch),

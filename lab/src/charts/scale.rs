@@ -31,7 +31,10 @@ pub(super) fn scale(s: &Summary, axis: Axis, points: &[Point]) -> Result<String>
     };
     let mut series: Vec<(String, &str)> = Vec::new();
     for p in points {
-        if !series.iter().any(|(n, w)| *n == p.series && *w == p.workload) {
+        if !series
+            .iter()
+            .any(|(n, w)| *n == p.series && *w == p.workload)
+        {
             series.push((p.series.clone(), p.workload));
         }
     }
@@ -94,7 +97,7 @@ pub(super) fn scale(s: &Summary, axis: Axis, points: &[Point]) -> Result<String>
         swatch: false,
     });
     let (pw, ph, top) = (560_i32, 380_i32, 50_i32);
-    let legend_h = legend_rows(keys.len(), 3);
+    let legend_h = legend_rows(keys.len(), 2);
     let (w, h) = (pw * 2, top + ph * 2 + legend_h + 10);
     let xs: Vec<f64> = points.iter().map(|p| p.x).collect();
     let (x_lo, x_hi) = (
@@ -134,9 +137,9 @@ pub(super) fn scale(s: &Summary, axis: Axis, points: &[Point]) -> Result<String>
             ),
         ];
         for (area, (caption, unit, log_y, ls)) in areas.iter().zip(panels) {
-            curve_panel(area, caption, unit, log_y, axis, (x_lo, x_hi), ls, n)?;
+            curve_panel(root, area, caption, unit, log_y, axis, (x_lo, x_hi), ls, n)?;
         }
-        legend(root, (40, top + ph * 2 + 16), w - 60, 3, &keys)?;
+        legend(root, (40, top + ph * 2 + 16), w - 60, 2, &keys)?;
         Ok(())
     };
     svg_string(draw, (w as u32, h as u32))
@@ -145,6 +148,7 @@ pub(super) fn scale(s: &Summary, axis: Axis, points: &[Point]) -> Result<String>
 /// One panel: every line with its markers and interval bars.
 #[allow(clippy::too_many_arguments)]
 fn curve_panel(
+    root: &Area,
     area: &Area,
     caption: &str,
     unit: &str,
@@ -171,10 +175,20 @@ fn curve_panel(
         return Ok(());
     }
     let y_hi = ys.iter().copied().fold(0.0, f64::max) * 1.15;
+    // A log axis spans a decade at least, so that it has labels.
     let y_lo = if log_y {
-        ys.iter().copied().fold(f64::INFINITY, f64::min) / 1.3
+        (ys.iter().copied().fold(f64::INFINITY, f64::min) / 1.3).min(y_hi / 10.0)
     } else {
         0.0
+    };
+    let y_label = |v: &f64| {
+        if *v >= 100.0 {
+            format!("{v:.0}")
+        } else if *v >= 1.0 {
+            format!("{v:.1}")
+        } else {
+            format!("{v:.2}")
+        }
     };
     let x_label = |v: &f64| {
         if *v >= 1e6 {
@@ -199,6 +213,9 @@ fn curve_panel(
                 .x_desc(axis.label())
                 .y_desc(unit)
                 .x_label_formatter(&x_label)
+                .x_labels(8)
+                .y_labels(8)
+                .y_label_formatter(&y_label)
                 .label_style((FONT, 12))
                 .axis_desc_style((FONT, 13))
                 .light_line_style(RGBColor(240, 240, 240))
@@ -219,20 +236,26 @@ fn curve_panel(
                                 )
                             };
                             let t0 = f64::from(k) / 8.0;
-                            area.draw(&PathElement::new(vec![f(t0), f(t0 + 1.0 / 16.0)], style))?;
+                            root.draw(&PathElement::new(vec![f(t0), f(t0 + 1.0 / 16.0)], style))?;
                         }
                     }
                 } else {
                     chart.draw_series(LineSeries::new(pts.clone(), style))?;
                 }
                 for p in &l.points {
-                    chart.draw_series(LineSeries::new([(p.0, p.2), (p.0, p.3)], color.stroke_width(1)))?;
+                    chart.draw_series(LineSeries::new(
+                        [(p.0, p.2), (p.0, p.3)],
+                        color.stroke_width(1),
+                    ))?;
                     let fill = if l.dashed {
-                        ShapeStyle { filled: false, ..color.stroke_width(1) }
+                        ShapeStyle {
+                            filled: false,
+                            ..color.stroke_width(1)
+                        }
                     } else {
                         color.filled()
                     };
-                    marker(area, chart.backend_coord(&(p.0, p.1)), l.key, 4, fill)?;
+                    marker(root, chart.backend_coord(&(p.0, p.1)), l.key, 4, fill)?;
                 }
             }
         }};
@@ -243,7 +266,9 @@ fn curve_panel(
         (0.0, x_hi * 1.1)
     };
     match (axis.logarithmic(), log_y) {
-        (true, true) => draw!(b.build_cartesian_2d((xa..xb).log_scale(), (y_lo..y_hi).log_scale())?),
+        (true, true) => {
+            draw!(b.build_cartesian_2d((xa..xb).log_scale(), (y_lo..y_hi).log_scale())?)
+        }
         (true, false) => draw!(b.build_cartesian_2d((xa..xb).log_scale(), y_lo..y_hi)?),
         (false, true) => draw!(b.build_cartesian_2d(xa..xb, (y_lo..y_hi).log_scale())?),
         (false, false) => draw!(b.build_cartesian_2d(xa..xb, y_lo..y_hi)?),

@@ -389,7 +389,10 @@ fn measure_blocks(
     ));
     for c in &cells {
         let w = &m.workloads[c.workload];
-        let connections = lab.up[c.row].row.connections.unwrap_or(settings.connections);
+        let connections = lab.up[c.row]
+            .row
+            .connections
+            .unwrap_or(settings.connections);
         match lab.calibrate(*c, w, connections, warm) {
             Ok(s) => {
                 b.splits
@@ -402,6 +405,8 @@ fn measure_blocks(
             ),
         }
     }
+    // Rows whose fixed-rate window failed once (oha stopped at its bound): not tried again.
+    let mut no_fixed = std::collections::BTreeSet::new();
     for (k, order) in design::blocks(lab.up.len(), m.workloads.len(), count, seed)
         .into_iter()
         .enumerate()
@@ -418,9 +423,11 @@ fn measure_blocks(
             let w = &m.workloads[c.workload];
             match lab.window(*c, w, split, secs, block, pos as u32) {
                 Ok(mut win) => {
-                    if let Some(qps) = settings.fixed_qps {
-                        let connections =
-                            lab.up[c.row].row.connections.unwrap_or(settings.connections);
+                    if let Some(qps) = settings.fixed_qps.filter(|_| !no_fixed.contains(&c.row)) {
+                        let connections = lab.up[c.row]
+                            .row
+                            .connections
+                            .unwrap_or(settings.connections);
                         let fixed_secs = if quick {
                             1.0
                         } else {
@@ -428,10 +435,13 @@ fn measure_blocks(
                         };
                         match lab.fixed(*c, w, qps, fixed_secs, connections, block) {
                             Ok(f) => win.fixed = Some(f),
-                            Err(e) => eprintln!(
-                                "warning: block {block}, {:?} {}: fixed-rate window lost: {e:#}",
-                                lab.up[c.row].row.name, w.name
-                            ),
+                            Err(e) => {
+                                eprintln!(
+                                    "warning: block {block}, {:?} {}: fixed-rate window lost, and its later ones are not run: {e:#}",
+                                    lab.up[c.row].row.name, w.name
+                                );
+                                no_fixed.insert(c.row);
+                            }
                         }
                     }
                     b.windows.push(win)
@@ -922,7 +932,7 @@ impl Lab {
         };
         for (k, (method, json)) in jsons.into_iter().enumerate() {
             let child = running.0[k].take().context("oha was waited for twice")?;
-            let out = child.wait_with_output().context("waiting for oha")?;
+            let out = crate::measure::oha::wait_bounded(child, secs)?;
             if !out.status.success() {
                 bail!(
                     "oha failed ({}): {}",
@@ -1247,7 +1257,8 @@ impl Lab {
         let (server_rss_bytes, server_fds) = rss.stop();
         let after = self.snapshot(c.row);
         for side in &plan {
-            let _ = std::fs::remove_file(crate::measure::oha::db_path(&self.dir, &tag, side.method));
+            let _ =
+                std::fs::remove_file(crate::measure::oha::db_path(&self.dir, &tag, side.method));
         }
         let results = results?;
         std::thread::sleep(STATS_FLUSH);
@@ -1279,9 +1290,7 @@ impl Lab {
             server_fds,
             patch_ok,
             patch_unacked,
-            applied_writes: applied_before
-                .zip(applied_after)
-                .map(|(a, b)| b - a),
+            applied_writes: applied_before.zip(applied_after).map(|(a, b)| b - a),
         })
     }
 }
@@ -1303,7 +1312,11 @@ fn fixed_sides(w: &Workload, qps: f64, connections: u32) -> Vec<Side> {
         v.push(Side {
             method: "GET",
             rate: qps * share,
-            connections: if w.patch_percent > 0 { get } else { connections },
+            connections: if w.patch_percent > 0 {
+                get
+            } else {
+                connections
+            },
         });
     }
     if w.patch_percent > 0 {

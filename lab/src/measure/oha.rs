@@ -10,6 +10,32 @@ use serde::Serialize;
 
 use crate::measure::stats::Latencies;
 
+/// How long past its `-z` an oha process may run (its start-up with many connections,
+/// its last replies, its SQLite log) before the lab stops it: oha in rate mode can wait
+/// forever for requests on connections the server closed, and no load loop here runs
+/// unbounded.
+pub const GRACE_SECS: f64 = 20.0;
+
+/// Waits for oha, stopping it (and failing) once it has run `secs` + [`GRACE_SECS`].
+pub fn wait_bounded(mut child: std::process::Child, secs: f64) -> Result<std::process::Output> {
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs_f64(secs + GRACE_SECS);
+    loop {
+        if child.try_wait().context("waiting for oha")?.is_some() {
+            return child.wait_with_output().context("waiting for oha");
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "oha did not finish within {:.0} s of its {secs} s and was stopped (it waits for replies on connections the server closed)",
+                GRACE_SECS
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// What one oha process saw.
 #[derive(Debug, Clone, Default)]
 pub struct SideResult {
@@ -174,9 +200,26 @@ impl Oha {
                 .with_context(|| format!("starting {}", self.binary.display()))?;
             running.push((child, json, db));
         }
+        // On any error the sides not yet waited for are stopped: an oha left running
+        // would load the server during the next window.
+        struct StopRest(Vec<Option<std::process::Child>>);
+        impl Drop for StopRest {
+            fn drop(&mut self) {
+                for mut c in self.0.drain(..).flatten() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        let (children, files): (Vec<_>, Vec<_>) = running
+            .into_iter()
+            .map(|(c, j, d)| (Some(c), (j, d)))
+            .unzip();
+        let mut rest = StopRest(children);
         let mut results = Vec::new();
-        for (child, json, db) in running {
-            let out = child.wait_with_output().context("waiting for oha")?;
+        for (k, (json, db)) in files.into_iter().enumerate() {
+            let child = rest.0[k].take().context("oha was waited for twice")?;
+            let out = wait_bounded(child, secs)?;
             if !out.status.success() {
                 bail!(
                     "oha failed ({}): {}",

@@ -240,8 +240,7 @@ impl RssPeak {
 
     /// The peaks: resident memory, bytes, and open file descriptors.
     pub fn stop(mut self) -> (Option<u64>, Option<u64>) {
-        self.stop
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle
             .take()
             .and_then(|h| h.join().ok())
@@ -251,8 +250,7 @@ impl RssPeak {
 
 impl Drop for RssPeak {
     fn drop(&mut self) {
-        self.stop
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

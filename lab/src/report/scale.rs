@@ -72,7 +72,12 @@ pub fn curve_table(s: &Summary) -> Option<String> {
     });
     let at = points
         .iter()
-        .find_map(|p| p.cell.fixed.as_ref().map(|f| format!("{:.0}/s", f.offered_qps)))
+        .find_map(|p| {
+            p.cell
+                .fixed
+                .as_ref()
+                .map(|f| format!("{:.0}/s", f.offered_qps))
+        })
         .unwrap_or_else(|| "the fixed rate".into());
     let mut out = format!(
         "| Series | Workload | {} | Saturation throughput, requests/s [95%] | p99 at {at}, ms [95%] | p50 at {at}, ms | Server µs/request at {at} | PostgreSQL µs/request at {at} | Server MiB at {at} (closed loop) | Server file descriptors at {at} | Failed at {at} | {} |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
