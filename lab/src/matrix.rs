@@ -1546,12 +1546,16 @@ index = true
         assert_eq!(m.rows[1].ids, crate::scale::Ids::Zipf);
         assert_eq!(m.rows[1].connections, Some(500));
         assert!(m.rows[1].settings_words().contains(&"Zipf ids".to_string()));
-        for (bad, says) in [
-            ("users = 0", "`users` must be"),
-            ("ids = \"pareto\"", "`ids`"),
-            ("connections = 1", "`connections` must be"),
+        for (good, bad, says) in [
+            ("users = 2000", "users = 0", "`users` must be"),
+            ("ids = \"zipf\"", "ids = \"pareto\"", "`ids`"),
+            (
+                "connections = 500",
+                "connections = 1",
+                "`connections` must be",
+            ),
         ] {
-            let e = err(&curve(&two.replace("users = 2000", bad)));
+            let e = err(&curve(&two.replace(good, bad)));
             assert!(
                 e.contains(says) && e.contains("row \"b\"") && e.contains("line "),
                 "{bad}: {e}"

@@ -226,6 +226,11 @@ pub struct Point<'a> {
     pub workload: &'a str,
     pub x: f64,
     pub cell: &'a crate::blocks::CellResult,
+    /// The share of its closed-loop windows' requests that failed (503s of the
+    /// server's bounds among them), median over blocks.
+    pub closed_failed: Option<f64>,
+    /// Connections the server refused per closed-loop window (past its bounds), median.
+    pub refused: Option<f64>,
 }
 
 /// A run's curve, where its matrix has `[scale]`: the axis and every cell with its
@@ -240,7 +245,21 @@ pub fn curve(s: &crate::results::Summary) -> Option<(Axis, Vec<Point<'_>>)> {
     for row in &rows {
         let x = axis.x_of(row, users, connections)?;
         for c in b.cells.iter().filter(|c| c.row == row.name) {
+            let failed: Vec<f64> = b
+                .windows
+                .iter()
+                .filter(|w| w.row == c.row && w.workload == c.workload)
+                .map(|w| w.failed as f64 / (w.failed + w.requests()).max(1) as f64)
+                .collect();
+            let refused: Vec<f64> = b
+                .windows
+                .iter()
+                .filter(|w| w.row == c.row && w.workload == c.workload)
+                .filter_map(|w| w.counts.server_refused.map(|n| n as f64))
+                .collect();
             points.push(Point {
+                refused: crate::blocks::effects::median(&refused),
+                closed_failed: crate::blocks::effects::median(&failed),
                 row: &c.row,
                 series: axis.series(row),
                 workload: &c.workload,

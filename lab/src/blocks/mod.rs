@@ -169,6 +169,10 @@ pub struct Counts {
     pub pg_statements: Option<i64>,
     pub pg_buffer_hits: Option<i64>,
     pub pg_buffer_reads: Option<i64>,
+    /// Connections the server closed at once past its bounds (its `/metrics`, where
+    /// the build has them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_refused: Option<u64>,
 }
 
 /// What the probe just before a window answered (its counters are in the window's).

@@ -52,12 +52,18 @@ pub fn markdown(s: &Summary) -> String {
         .blocks
         .is_some()
         .then(|| format!("![{}]({})\n", THROUGHPUT.1, THROUGHPUT.0));
+    // The search's charts, where the run searched (a curve measures the blocks alone).
+    let searched = s
+        .rows
+        .iter()
+        .any(|r| r.workloads.iter().any(|w| !w.searches.is_empty()));
     curve
         .into_iter()
         .chain(blocks)
         .chain(
             CHARTS
                 .iter()
+                .filter(|_| searched)
                 .map(|(file, alt)| format!("![{alt}]({file})\n")),
         )
         .collect()

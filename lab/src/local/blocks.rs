@@ -1044,6 +1044,15 @@ impl Lab {
         c
     }
 
+    /// The connections the row's server has refused so far, where it counts them.
+    fn refused(&self, row: usize) -> Option<u64> {
+        let u = &self.up[row];
+        if !u.row.features.iter().any(|f| f == "metrics") {
+            return None;
+        }
+        u.server.as_ref()?.remote.scrape().ok().map(|s| s.refused)
+    }
+
     fn applied(&mut self, row: usize) -> Option<i64> {
         if !self.up[row].row.writes_to_postgres() {
             return None;
@@ -1072,6 +1081,7 @@ impl Lab {
         let applied_before = self.applied(c.row);
         let (split, probe) = self.probe(c, w, warm, self.probe_secs, &tag)?;
         let split = &split;
+        let refused_before = self.refused(c.row);
         let server_before = pid.map_or((None, None), server_counts);
         let throttled_before = self.up[c.row].pod.as_ref().and_then(PodGroup::throttling);
         let before = self.snapshot(c.row);
@@ -1089,6 +1099,7 @@ impl Lab {
         let after = self.snapshot(c.row);
         let throttled_after = self.up[c.row].pod.as_ref().and_then(PodGroup::throttling);
         let server_after = pid.map_or((None, None), server_counts);
+        let refused_after = self.refused(c.row);
         let syscalls = counting.0[0]
             .take()
             .and_then(|c| profile::syscalls_counted(c, &stat_out));
@@ -1227,6 +1238,9 @@ impl Lab {
                 pg_statements: d(pg_before.pg_statements, pg_after.pg_statements),
                 pg_buffer_hits: d(pg_before.pg_buffer_hits, pg_after.pg_buffer_hits),
                 pg_buffer_reads: d(pg_before.pg_buffer_reads, pg_after.pg_buffer_reads),
+                server_refused: refused_before
+                    .zip(refused_after)
+                    .map(|(a, b)| b.saturating_sub(a)),
             },
             applied_writes: d(applied_before, applied_after),
             limit,

@@ -108,6 +108,8 @@ pub struct Scrape {
     /// (batches, requests batched) for reads and for writes, with `coalesce`.
     pub read_batches: (u64, u64),
     pub write_batches: (u64, u64),
+    /// Connections closed at once past `MAX_CONNECTIONS` or `MAX_CONNECTIONS_PER_PEER`.
+    pub refused: u64,
 }
 
 impl Scrape {
@@ -133,6 +135,8 @@ impl Scrape {
             served: (served("GET"), served("PATCH")),
             read_batches: batches("read"),
             write_batches: batches("write"),
+            refused: value(r#"perflab_connections_refused_total{reason="peer"}"#)
+                + value(r#"perflab_connections_refused_total{reason="cap"}"#),
         }
     }
 }
@@ -152,5 +156,9 @@ mod tests {
             "perflab_db_batch_size_count{kind=\"write\"} 10\nperflab_db_batch_size_sum{kind=\"write\"} 45\n",
         );
         assert_eq!(b.write_batches, (10, 45));
+        let r = super::Scrape::parse(
+            "perflab_connections_refused_total{reason=\"peer\"} 7\nperflab_connections_refused_total{reason=\"cap\"} 2\n",
+        );
+        assert_eq!(r.refused, 9);
     }
 }

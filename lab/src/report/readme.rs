@@ -94,8 +94,9 @@ pub fn update_readme(readme: &str, s: &Summary, at: &Block) -> Result<String> {
         .as_ref()
         .map(|b| crate::blocks::render::headline(s, b))
         .unwrap_or_default();
+    // A curve's points are not rungs: its table, not a ladder's headline.
     let headline = match super::curve_table(s) {
-        Some(curve) => format!("{curve}\n{headline}"),
+        Some(curve) => format!("{curve}\n"),
         None => headline,
     };
     let block = format!(

@@ -47,15 +47,21 @@ fn derived(axis: Axis, first: &Point, p: &Point) -> String {
             _ => "—".into(),
         },
         Axis::Connections => {
+            let refused = p
+                .refused
+                .filter(|n| *n > 0.0)
+                .map(|n| format!("; {n:.0} connections refused per closed-loop window"))
+                .unwrap_or_default();
             let fixed = |q: &Point| {
                 let f = q.cell.fixed.as_ref()?;
                 Some((f.server_rss_mib?.median, f.server_fds?.median))
             };
             match (fixed(first), fixed(p)) {
                 (Some((m0, f0)), Some((m1, f1))) if f1 > f0 + 50.0 => format!(
-                    "{:.1} KiB per connection held",
+                    "{:.1} KiB per connection held{refused}",
                     (m1 - m0) * 1024.0 / (f1 - f0)
                 ),
+                _ if !refused.is_empty() => refused.trim_start_matches("; ").to_string(),
                 _ => "—".into(),
             }
         }
@@ -80,7 +86,7 @@ pub fn curve_table(s: &Summary) -> Option<String> {
         })
         .unwrap_or_else(|| "the fixed rate".into());
     let mut out = format!(
-        "| Series | Workload | {} | Saturation throughput, requests/s [95%] | p99 at {at}, ms [95%] | p50 at {at}, ms | Server µs/request at {at} | PostgreSQL µs/request at {at} | Server MiB at {at} (closed loop) | Server file descriptors at {at} | Failed at {at} | {} |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| Series | Workload | {} | Saturation throughput, requests/s [95%] | p99 at {at}, ms [95%] | p50 at {at}, ms | Server µs/request at {at} | PostgreSQL µs/request at {at} | Server MiB at {at} (closed loop) | Server file descriptors at {at} | Failed at {at} (closed loop) | {} |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         axis.label(),
         match axis {
             Axis::Users => "Shared-buffer reads",
@@ -96,7 +102,7 @@ pub fn curve_table(s: &Summary) -> Option<String> {
         let f = p.cell.fixed.as_ref();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} ({}) | {} |",
             p.series,
             p.workload,
             axis_value(axis, p.x),
@@ -116,6 +122,8 @@ pub fn curve_table(s: &Summary) -> Option<String> {
             f.and_then(|f| f.server_fds)
                 .map_or("—".into(), |i| format!("{:.0}", i.median)),
             f.map_or("—".into(), |f| format!("{:.2}%", f.failed_share * 100.0)),
+            p.closed_failed
+                .map_or("—".into(), |x| format!("{:.1}%", x * 100.0)),
             derived(axis, first, p),
         );
     }

@@ -189,6 +189,10 @@ pub(super) fn change_cell(prev: Option<&RowResult>, row: &RowResult) -> String {
 /// capacities, the cost at the common rate, the change and the limit in a few words.
 pub fn table(s: &Summary) -> String {
     match &s.blocks {
+        // Blocks alone (repetitions = 0, a curve): no search, no secondary table.
+        Some(b) if s.rows.iter().all(|r| r.workloads.iter().all(|w| w.searches.is_empty())) => {
+            crate::blocks::render::table(s, b)
+        }
         Some(b) => format!(
             "{}\n**This machine's capacity** (secondary: the open-loop SLO search, one per row and repetition):\n\n{}",
             crate::blocks::render::table(s, b),
