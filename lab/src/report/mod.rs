@@ -204,6 +204,21 @@ mod tests {
                 "matrix-postgres.toml",
                 root.join("results/matrix-postgres"),
             ),
+            (
+                "docs/scale.md",
+                "scale-users.toml",
+                root.join("results/scale-users"),
+            ),
+            (
+                "docs/scale.md",
+                "scale-connections.toml",
+                root.join("results/scale-connections"),
+            ),
+            (
+                "docs/scale.md",
+                "scale-cpus.toml",
+                root.join("results/scale-cpus"),
+            ),
         ] {
             let readme_path = root.join(page);
             let readme = std::fs::read_to_string(&readme_path).unwrap();
