@@ -590,6 +590,13 @@ fn check_curve(summary: &crate::results::Summary, m: &Matrix, md: &str, out: &Pa
             );
         }
     }
+    for row in m.rows.iter().filter(|r| r.postgres_memory_limit.is_some()) {
+        anyhow::ensure!(
+            b.own_clusters.contains(&row.name),
+            "row {:?} sets postgres_memory_limit but did not run in a PostgreSQL of its own",
+            row.name
+        );
+    }
     let points = crate::scale::curve(summary)
         .context("the run's record has no curve")?
         .1

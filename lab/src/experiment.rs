@@ -582,6 +582,7 @@ mod tests {
             users: None,
             ids: crate::scale::Ids::Uniform,
             connections: None,
+            postgres_memory_limit: None,
         }
     }
 

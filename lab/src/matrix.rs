@@ -157,6 +157,9 @@ struct RawRow {
     /// Connections of its windows in the blocks (default: `[blocks] connections`).
     #[serde(default)]
     connections: Option<Spanned<u32>>,
+    /// The memory limit of PostgreSQL's pod (a cluster of the row's own).
+    #[serde(default)]
+    postgres_memory_limit: Option<Spanned<toml::Value>>,
 }
 
 /// A validated matrix.
@@ -275,6 +278,10 @@ pub struct Row {
     /// Connections of its windows in the blocks; `None`: `[blocks] connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u32>,
+    /// PostgreSQL's pod memory limit, bytes: the row gets a cluster of its own in a
+    /// memory group with this limit (its page cache bounded with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_memory_limit: Option<u64>,
 }
 
 /// A `url` row: a service already running, which speaks the API contract and whose
@@ -443,6 +450,12 @@ impl Row {
         if let Some(c) = self.connections {
             v.push(format!("{c} connections"));
         }
+        if let Some(b) = self.postgres_memory_limit {
+            v.push(format!(
+                "PostgreSQL memory limit {}",
+                crate::pod::memory_quantity(b)
+            ));
+        }
         v.extend(self.env.iter().map(|(k, x)| format!("{k}={x}")));
         v.extend(self.postgres.iter().map(|(k, x)| format!("{k} = {x}")));
         v
@@ -556,6 +569,7 @@ impl Matrix {
             users: None,
             ids: crate::scale::Ids::Uniform,
             connections: None,
+            postgres_memory_limit: None,
         }];
         self.blocks.aa = None;
         Ok(())
@@ -946,6 +960,21 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
                     anyhow::anyhow!("line {}: row {name:?}: `ids`: {e}", at(i.span()))
                 })?,
             },
+            postgres_memory_limit: match &inner.postgres_memory_limit {
+                None => None,
+                Some(v) => {
+                    let b = crate::pod::memory_amount("postgres_memory_limit", v.get_ref())
+                        .map_err(|e| anyhow::anyhow!("line {}: row {name:?}: {e}", at(v.span())))?;
+                    if b < crate::scale::MIN_POSTGRES_MEMORY {
+                        bail!(
+                            "line {}: row {name:?}: `postgres_memory_limit` must be at least {} (the cluster's 256 MB of shared_buffers live in it)",
+                            at(v.span()),
+                            crate::pod::memory_quantity(crate::scale::MIN_POSTGRES_MEMORY)
+                        );
+                    }
+                    Some(b)
+                }
+            },
             connections: match &inner.connections {
                 None => None,
                 Some(c) if (2..=crate::scale::MAX_CONNECTIONS).contains(c.get_ref()) => {
@@ -958,9 +987,11 @@ fn parse_rows(text: &str, raw: &[Spanned<RawRow>]) -> Result<Vec<Row>> {
                 ),
             },
         };
-        if service.is_some() && (row.users.is_some() || !row.ids.is_uniform()) {
+        if service.is_some()
+            && (row.users.is_some() || !row.ids.is_uniform() || row.postgres_memory_limit.is_some())
+        {
             bail!(
-                "line {}: row {name:?}: `users` and `ids` are for rows whose database the lab seeds",
+                "line {}: row {name:?}: `users`, `ids` and `postgres_memory_limit` are for rows whose database the lab seeds",
                 at(r.span())
             );
         }
@@ -1553,6 +1584,16 @@ index = true
                 "connections = 500",
                 "connections = 1",
                 "`connections` must be",
+            ),
+            (
+                "connections = 500",
+                "postgres_memory_limit = \"100Mi\"",
+                "at least 384Mi",
+            ),
+            (
+                "connections = 500",
+                "postgres_memory_limit = \"lots\"",
+                "`postgres_memory_limit` must be bytes",
             ),
         ] {
             let e = err(&curve(&two.replace(good, bad)));

@@ -247,6 +247,12 @@ fn cpu(key: &str, v: &toml::Value) -> Result<f64, String> {
     Ok(x)
 }
 
+/// A memory amount for the key `label` (outside `resources`).
+pub fn memory_amount(label: &str, v: &toml::Value) -> Result<u64, String> {
+    memory(label, v)
+        .map_err(|_| format!("`{label}` must be bytes or an amount like \"512Mi\" or \"1Gi\""))
+}
+
 /// A memory amount: bytes, or with a suffix Ki Mi Gi (powers of 1024) or K M G.
 fn memory(key: &str, v: &toml::Value) -> Result<u64, String> {
     let bad = || format!("`resources.{key}` must be bytes or an amount like \"256Mi\" or \"1Gi\"");

@@ -16,6 +16,10 @@ pub const MAX_USERS: i64 = 50_000_000;
 /// them, and says so if it cannot).
 pub const MAX_CONNECTIONS: u32 = 50_000;
 
+/// The smallest memory limit a row's PostgreSQL may have (`postgres_memory_limit`):
+/// its 256 MB of shared buffers and a few backends fit, with some page cache.
+pub const MIN_POSTGRES_MEMORY: u64 = 384 * 1024 * 1024;
+
 /// The exponent of the Zipf distribution (`ids = "zipf"`): the id of rank k is
 /// requested in proportion to 1/k (with 10⁶ users, the top 1% get ≈ 68% of requests).
 pub const ZIPF_EXPONENT: f64 = 1.0;
@@ -78,7 +82,14 @@ impl Axis {
     /// The series a row's point belongs to: rows that differ in more than the axis.
     pub fn series(self, row: &Row) -> String {
         match self {
-            Axis::Users => row.ids.label().into(),
+            Axis::Users => match row.postgres_memory_limit {
+                None => row.ids.label().into(),
+                Some(b) => format!(
+                    "{}, PostgreSQL memory limit {}",
+                    row.ids.label(),
+                    crate::pod::memory_quantity(b)
+                ),
+            },
             Axis::Connections if row.env.is_empty() => "the server's defaults".into(),
             Axis::Connections => row
                 .env
@@ -205,13 +216,15 @@ pub fn write_urls(path: &Path, base: &str, ids: Ids, users: i64) -> Result<()> {
 /// Rows that set `users`, `ids` or `connections` are measured by the blocks alone:
 /// the SLO search seeds and loads every row alike.
 pub fn check_blocks_only(m: &Matrix) -> Result<()> {
-    let own = m
-        .rows
-        .iter()
-        .find(|r| r.users.is_some() || !r.ids.is_uniform() || r.connections.is_some());
+    let own = m.rows.iter().find(|r| {
+        r.users.is_some()
+            || !r.ids.is_uniform()
+            || r.connections.is_some()
+            || r.postgres_memory_limit.is_some()
+    });
     if let (Some(r), true) = (own, m.load.repetitions > 0) {
         bail!(
-            "row {:?} sets `users`, `ids` or `connections`, which the blocks measure alone: set [load] repetitions = 0",
+            "row {:?} sets `users`, `ids`, `connections` or `postgres_memory_limit`, which the blocks measure alone: set [load] repetitions = 0",
             r.name
         );
     }

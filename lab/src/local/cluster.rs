@@ -24,6 +24,16 @@ pub struct Split {
     pub session: BTreeMap<String, String>,
     /// The server's: a cluster of the row's own.
     pub server: BTreeMap<String, String>,
+    /// PostgreSQL's pod memory limit (bytes): a cluster of the row's own, in a memory
+    /// group with that limit.
+    pub memory: Option<u64>,
+}
+
+impl Split {
+    /// Whether the row needs a cluster of its own.
+    pub fn own_cluster(&self) -> bool {
+        !self.server.is_empty() || self.memory.is_some()
+    }
 }
 
 /// PostgreSQL's `pg_settings.context` values a session can set for itself (so
@@ -36,8 +46,20 @@ const SESSION_CONTEXTS: &[&str] = &["user", "superuser"];
 /// settings may get a cluster of their own); else they are refused.
 pub fn split_rows(admin: &mut Client, rows: &[Row], own: bool) -> Result<BTreeMap<String, Split>> {
     let mut out = BTreeMap::new();
-    for row in rows.iter().filter(|r| !r.postgres.is_empty()) {
-        let mut split = Split::default();
+    for row in rows
+        .iter()
+        .filter(|r| !r.postgres.is_empty() || r.postgres_memory_limit.is_some())
+    {
+        let mut split = Split {
+            memory: row.postgres_memory_limit,
+            ..Split::default()
+        };
+        if split.memory.is_some() && !own {
+            bail!(
+                "row {:?}: postgres_memory_limit gives the row a PostgreSQL of the lab's own, and this run uses yours (--database-url)",
+                row.name
+            );
+        }
         for (name, value) in &row.postgres {
             let context: Option<String> = admin
                 .query_opt("SELECT context FROM pg_settings WHERE name = $1", &[name])?
@@ -103,12 +125,16 @@ fn db_message(e: &postgres::Error) -> String {
 /// and removed when dropped.
 pub struct Cluster {
     pub settings: BTreeMap<String, String>,
+    /// Its pod's memory limit, bytes.
+    pub memory: Option<u64>,
     dir: PathBuf,
     bin: PathBuf,
     /// A superuser URL over TCP.
     pub url: String,
     pub data: PathBuf,
     pub postmaster: u32,
+    /// Its memory group, where it has a limit (dropped after the cluster stops).
+    _group: Option<super::cgroup::MemoryGroup>,
 }
 
 /// The configuration every cluster of the lab starts with: what `scripts/lib.sh`'s
@@ -136,6 +162,7 @@ impl Cluster {
         beside: &Path,
         m: &Matrix,
         settings: &BTreeMap<String, String>,
+        memory: Option<u64>,
         n: usize,
     ) -> Result<Self> {
         let main = pg::postmaster_pid(beside)?;
@@ -206,8 +233,26 @@ impl Cluster {
                         return Err(e);
                     }
                 };
+                let group = match memory {
+                    None => None,
+                    Some(limit) => {
+                        match super::cgroup::MemoryGroup::create(
+                            &format!("postgres-{n}"),
+                            limit,
+                            &[postmaster],
+                        ) {
+                            Ok(g) => Some(g),
+                            Err(e) => {
+                                stop(&bin, &data, Some(postmaster));
+                                return Err(e.context("PostgreSQL's memory limit"));
+                            }
+                        }
+                    }
+                };
                 return Ok(Self {
                     settings: settings.clone(),
+                    memory,
+                    _group: group,
                     dir: dir.clone(),
                     bin: bin.clone(),
                     url: format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"),
@@ -289,19 +334,27 @@ impl Clusters {
     ) -> Result<Self> {
         let mut list: Vec<Cluster> = Vec::new();
         for (row, split) in &splits {
-            if split.server.is_empty() || list.iter().any(|c| c.settings == split.server) {
+            if !split.own_cluster()
+                || list
+                    .iter()
+                    .any(|c| c.settings == split.server && c.memory == split.memory)
+            {
                 continue;
             }
             let beside = beside.context(
                 "a row's server settings need the run's own cluster's data directory (--pg-data)",
             )?;
-            let c = Cluster::start(beside, m, &split.server, list.len() + 1)
+            let c = Cluster::start(beside, m, &split.server, split.memory, list.len() + 1)
                 .map_err(|e| anyhow::anyhow!("row {row:?}: {e:#}"))?;
             eprintln!(
                 "==> row {row:?}: a PostgreSQL of its own with {}",
                 c.settings
                     .iter()
                     .map(|(k, v)| format!("{k} = {v}"))
+                    .chain(c.memory.map(|b| format!(
+                        "a memory limit of {} (cgroup v1)",
+                        crate::pod::memory_quantity(b)
+                    )))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -312,8 +365,10 @@ impl Clusters {
 
     /// The cluster `row` uses (None: the run's).
     pub fn of(&self, row: &Row) -> Option<&Cluster> {
-        let server = &self.split_of(row)?.server;
-        self.list.iter().find(|c| &c.settings == server)
+        let split = self.split_of(row)?;
+        self.list
+            .iter()
+            .find(|c| c.settings == split.server && c.memory == split.memory)
     }
 
     /// The server settings of `row`'s own cluster (empty: the run's cluster).
