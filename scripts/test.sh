@@ -191,36 +191,34 @@ run_quick_matrix() {
     --out "${out_dir}" --readme "${out_dir}/README.md" --profiled --blocks --expect-failed "broken peer"
 }
 
-# A --quick run of rows that set their pod (a CPU limit the server is throttled at,
-# worker threads, a pool size) and their database (a setting that needs a restart: a
-# cluster of the row's own; one a session takes: on the row's database).
-run_pod_matrix() {
+# quick_matrix_check NAME WHAT [VERIFY-ARGS...]: a --quick run of tests/NAME.toml into a
+# folder of its own (with a copy of README for its block), checked by `lab verify`.
+quick_matrix_check() {
   require_oha
-  local out_dir
-  out_dir="$(mktemp -d "${TMPDIR:-/tmp}/perflab-pod.XXXXXX")"
+  local name="$1" what="$2" out_dir
+  shift 2
+  out_dir="$(mktemp -d "${TMPDIR:-/tmp}/perflab-${name}.XXXXXX")"
   cp "${ROOT}/README.md" "${out_dir}/README.md"
-  log "end-to-end: a --quick run of tests/pod-matrix.toml (resources, workers, env, a row's own PostgreSQL) into ${out_dir}"
-  "${ROOT}/scripts/run-matrix.sh" --quick --matrix "${ROOT}/tests/pod-matrix.toml" \
+  log "end-to-end: a --quick run of tests/${name}.toml (${what}) into ${out_dir}"
+  "${ROOT}/scripts/run-matrix.sh" --quick --matrix "${ROOT}/tests/${name}.toml" \
     --out "${out_dir}" --readme "${out_dir}/README.md"
-  cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/pod-matrix.toml" \
-    --out "${out_dir}" --readme "${out_dir}/README.md" --blocks --expect-own-cluster "own cluster"
+  cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/${name}.toml" \
+    --out "${out_dir}" --readme "${out_dir}/README.md" --blocks "$@"
   rm -rf "${out_dir}"
 }
 
-# A --quick run of a curve (tests/scale-matrix.toml): rows with their own users, ids
-# and connections, each window followed by one at the fixed rate; the curve's table
-# and chart written.
+# Rows that set their pod (a CPU limit the server is throttled at, worker threads, a
+# pool size) and their database (a setting that needs a restart: a cluster of the
+# row's own; one a session takes: on the row's database).
+run_pod_matrix() {
+  quick_matrix_check pod-matrix "resources, workers, env, a row's own PostgreSQL" \
+    --expect-own-cluster "own cluster"
+}
+
+# A curve: rows with their own users, ids, connections and PostgreSQL memory limit,
+# each window followed by one at the fixed rate; the curve's table and chart written.
 run_scale_matrix() {
-  require_oha
-  local out_dir
-  out_dir="$(mktemp -d "${TMPDIR:-/tmp}/perflab-scale.XXXXXX")"
-  cp "${ROOT}/README.md" "${out_dir}/README.md"
-  log "end-to-end: a --quick run of tests/scale-matrix.toml (a curve: users, Zipf ids, connections, fixed-rate windows) into ${out_dir}"
-  "${ROOT}/scripts/run-matrix.sh" --quick --matrix "${ROOT}/tests/scale-matrix.toml" \
-    --out "${out_dir}" --readme "${out_dir}/README.md"
-  cargo run --locked --quiet -p lab -- verify --matrix "${ROOT}/tests/scale-matrix.toml" \
-    --out "${out_dir}" --readme "${out_dir}/README.md" --blocks
-  rm -rf "${out_dir}"
+  quick_matrix_check scale-matrix "a curve: users, Zipf ids, connections, a memory-limited PostgreSQL, fixed-rate windows"
 }
 
 # A --quick run against a PostgreSQL of "yours" (--database-url): the lab works in a

@@ -258,18 +258,15 @@ pub fn curve(s: &crate::results::Summary) -> Option<(Axis, Vec<Point<'_>>)> {
     for row in &rows {
         let x = axis.x_of(row, users, connections)?;
         for c in b.cells.iter().filter(|c| c.row == row.name) {
-            let failed: Vec<f64> = b
+            let (mut failed, mut refused) = (Vec::new(), Vec::new());
+            for w in b
                 .windows
                 .iter()
                 .filter(|w| w.row == c.row && w.workload == c.workload)
-                .map(|w| w.failed as f64 / (w.failed + w.requests()).max(1) as f64)
-                .collect();
-            let refused: Vec<f64> = b
-                .windows
-                .iter()
-                .filter(|w| w.row == c.row && w.workload == c.workload)
-                .filter_map(|w| w.counts.server_refused.map(|n| n as f64))
-                .collect();
+            {
+                failed.push(w.failed as f64 / (w.failed + w.requests()).max(1) as f64);
+                refused.extend(w.counts.server_refused.map(|n| n as f64));
+            }
             points.push(Point {
                 refused: crate::blocks::effects::median(&refused),
                 closed_failed: crate::blocks::effects::median(&failed),

@@ -301,28 +301,8 @@ impl MemoryGroup {
 }
 
 impl Drop for MemoryGroup {
-    /// Moves what is left to the group this process is in, removes the group.
     fn drop(&mut self) {
-        let root = self
-            .dir
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf);
-        let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
-        if let Some(root) = &root {
-            for pid in procs.lines() {
-                let _ = fs::write(root.join("cgroup.procs"), pid.trim());
-            }
-        }
-        for _ in 0..5 {
-            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        if let Some(parent) = self.dir.parent() {
-            let _ = fs::remove_dir(parent);
-        }
+        remove_group(&self.dir);
     }
 }
 
@@ -331,32 +311,36 @@ fn write(path: &Path, value: &str) -> Result<()> {
 }
 
 impl Drop for PodGroup {
-    /// Moves what is left to the group this process is in (the run folder's parent),
-    /// removes the groups and the run's folder once empty.
     fn drop(&mut self) {
         for dir in std::iter::once(&self.cpu).chain(self.memory.as_ref()) {
-            let root = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
-            for _ in 0..5 {
-                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                if procs.trim().is_empty() {
-                    break;
-                }
-                if let Some(root) = &root {
-                    for pid in procs.lines() {
-                        let _ = fs::write(root.join("cgroup.procs"), pid.trim());
-                    }
-                }
-            }
-            for _ in 0..5 {
-                if fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            if let Some(parent) = dir.parent() {
-                let _ = fs::remove_dir(parent);
+            remove_group(dir);
+        }
+    }
+}
+
+/// Moves what is left in the group at `dir` to the group this process is in (the run
+/// folder's parent), removes the group and the run's folder once empty.
+fn remove_group(dir: &Path) {
+    let root = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
+    for _ in 0..5 {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() {
+            break;
+        }
+        if let Some(root) = &root {
+            for pid in procs.lines() {
+                let _ = fs::write(root.join("cgroup.procs"), pid.trim());
             }
         }
+    }
+    for _ in 0..5 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if let Some(parent) = dir.parent() {
+        let _ = fs::remove_dir(parent);
     }
 }
 
