@@ -85,6 +85,8 @@ struct RawBlocks {
     fixed_qps: Option<Spanned<f64>>,
     #[serde(default)]
     fixed_secs: Option<Spanned<f64>>,
+    #[serde(default)]
+    order: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -765,6 +767,10 @@ fn parse_blocks(
             bail!("line {}: fixed_secs must be at most 60", at(w.span()));
         }
         s.fixed_secs = *w.get_ref();
+    }
+    if let Some(o) = &raw.order {
+        s.order = crate::blocks::design::Order::parse(o.get_ref())
+            .map_err(|e| anyhow::anyhow!("line {}: order: {e}", at(o.span())))?;
     }
     Ok(s)
 }

@@ -27,10 +27,36 @@ pub struct StealAdjustment {
     pub server_us_r: f64,
 }
 
-/// The covariate adjustment for the host's speed: x = ln(unit time / the run's median).
+/// Which figure of the host's speed a run's adjustment uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostSource {
+    /// The speedometer's arithmetic unit, timed during the window (runs before the
+    /// memory probe). The row can move it (its load shares the CPUs).
+    #[default]
+    Unit,
+    /// The memory probe's ns per load, just before and after the window, nothing else
+    /// running: the row cannot move it, except by what it leaves behind.
+    Gap,
+}
+
+impl HostSource {
+    /// A window's figure of this source.
+    pub fn of(self, w: &Window) -> Option<f64> {
+        match self {
+            HostSource::Unit => w.host_unit_ns,
+            HostSource::Gap => w.host_gap_ns,
+        }
+    }
+}
+
+/// The covariate adjustment for the host's speed: x = ln(figure / the run's median).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HostAdjustment {
-    /// The run's median unit time, ns: every window is moved to it.
+    /// Which figure: the memory probe between windows where every window has it.
+    #[serde(default)]
+    pub source: HostSource,
+    /// The run's median figure, ns: every window is moved to it.
     pub reference_unit_ns: f64,
     /// d ln(throughput) / d ln(unit time), and the within-cell (simple) correlation.
     /// Measured here it is ≈ −11, not −1: the unit is a weak stand-in for what slows
@@ -82,9 +108,10 @@ pub fn steal_of(w: &Window) -> f64 {
     }
 }
 
-/// A window's host covariate: ln(unit time / reference); 0 without a unit time.
-fn host_of(w: &Window, reference: f64) -> f64 {
-    w.host_unit_ns
+/// A window's host covariate: ln(figure / reference); 0 without one.
+fn host_of(w: &Window, reference: f64, source: HostSource) -> f64 {
+    source
+        .of(w)
         .filter(|u| *u > 0.0 && reference > 0.0)
         .map_or(0.0, |u| (u / reference).ln())
 }
@@ -109,7 +136,7 @@ pub fn factor(
             Measure::Throughput => h.throughput_slope,
             Measure::ServerUs => h.server_us_slope,
         };
-        e -= slope * host_of(w, h.reference_unit_ns);
+        e -= slope * host_of(w, h.reference_unit_ns, h.source);
     }
     e.exp()
 }
@@ -199,18 +226,19 @@ fn slopes(s: &Sums) -> Option<Vec<(f64, f64)>> {
 /// varies within cells (steal is often 0 throughout; runs before the speedometer have
 /// no unit times).
 pub fn fit(ws: &[Window]) -> (Option<StealAdjustment>, Option<HostAdjustment>) {
-    let mut units: Vec<f64> = ws.iter().filter_map(|w| w.host_unit_ns).collect();
+    // The host covariate needs every window to carry it: the memory probe between
+    // windows where the run has it, else the speedometer's unit.
+    let source = if ws.iter().all(|w| w.host_gap_ns.is_some()) {
+        HostSource::Gap
+    } else {
+        HostSource::Unit
+    };
+    let mut units: Vec<f64> = ws.iter().filter_map(|w| source.of(w)).collect();
     units.sort_by(f64::total_cmp);
     let reference = units.get(units.len() / 2).copied().unwrap_or(0.0);
-    let with_host: Vec<Window> = ws
-        .iter()
-        .filter(|w| w.host_unit_ns.is_some())
-        .cloned()
-        .collect();
-    // The host covariate needs every window to carry it (a run with the speedometer).
-    let host_used = !units.is_empty() && with_host.len() == ws.len();
+    let host_used = !units.is_empty() && units.len() == ws.len();
     let steal = |w: &Window| steal_of(w);
-    let host = |w: &Window| host_of(w, reference);
+    let host = |w: &Window| host_of(w, reference, source);
     let varies = |x: &dyn Fn(&Window) -> f64| {
         let s = sums(ws, |w| Some(w.throughput), &[x]);
         s.xx[0][0] > 1e-12
@@ -244,8 +272,9 @@ pub fn fit(ws: &[Window]) -> (Option<StealAdjustment>, Option<HostAdjustment>) {
     let host_adj = host_used.then(|| {
         let s = sums(ws, |w| Some(w.throughput), &[&host]);
         let within_sd = (s.xx[0][0] / s.df.max(1.0)).sqrt();
-        let (row_sd, row_sd_chance) = row_spread(ws, reference);
+        let (row_sd, row_sd_chance) = row_spread(ws, reference, source);
         HostAdjustment {
+            source,
             reference_unit_ns: reference,
             throughput_slope: t[i].0,
             throughput_r: t[i].1,
@@ -263,17 +292,17 @@ pub fn fit(ws: &[Window]) -> (Option<StealAdjustment>, Option<HostAdjustment>) {
 /// x is taken relative to the mean of its block and workload (every row has one window
 /// there, so the host's drift and the workload cancel); the residuals around the rows'
 /// means give the chance level: their sd over √(windows per row).
-fn row_spread(ws: &[Window], reference: f64) -> (f64, f64) {
+fn row_spread(ws: &[Window], reference: f64, source: HostSource) -> (f64, f64) {
     use std::collections::BTreeMap;
     let mut strata: BTreeMap<(u32, &str), (f64, f64)> = BTreeMap::new();
     for w in ws {
         let e = strata.entry((w.block, w.workload.as_str())).or_default();
-        e.0 += host_of(w, reference);
+        e.0 += host_of(w, reference, source);
         e.1 += 1.0;
     }
     let r = |w: &Window| {
         let (sum, n) = strata[&(w.block, w.workload.as_str())];
-        host_of(w, reference) - sum / n
+        host_of(w, reference, source) - sum / n
     };
     let mut rows: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     for w in ws {

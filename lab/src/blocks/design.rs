@@ -60,6 +60,76 @@ pub fn blocks(rows: usize, workloads: usize, count: usize, seed: u64) -> Vec<Vec
         .collect()
 }
 
+/// How a block orders one workload's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// A fresh random permutation (runs before the walk).
+    #[default]
+    Shuffle,
+    /// The rows in matrix order, the A/A copy beside its original (before or after it
+    /// at random), cut at a random row and walked in a random direction, wrapping
+    /// around: every rung is measured next to the row it is compared with (except at
+    /// the cut), so the machine's drift between them is one window's, not a block's.
+    /// Measured in the committed runs, the noise of a same-workload pair grew from
+    /// 8–9% (adjacent) to 11–12% (the shuffle's typical distance) and 13% (8 apart).
+    Walk,
+}
+
+impl Order {
+    pub fn parse(s: &str) -> Result<Order, String> {
+        match s {
+            "walk" => Ok(Order::Walk),
+            "shuffle" => Ok(Order::Shuffle),
+            _ => Err(format!("{s:?} is not an order (walk or shuffle)")),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::Shuffle => "shuffle",
+            Order::Walk => "walk",
+        }
+    }
+}
+
+/// Every block's order as a walk (`Order::Walk`): the workloads in a random order,
+/// each one's rows walked along the ladder. `aa` is (the copy, its original).
+pub fn walks(
+    rows: usize,
+    aa: Option<(usize, usize)>,
+    workloads: usize,
+    count: usize,
+    seed: u64,
+) -> Vec<Vec<Cell>> {
+    let mut rng = Rng::new(seed);
+    let ladder: Vec<usize> = (0..rows)
+        .filter(|r| aa.is_none_or(|(c, _)| c != *r))
+        .collect();
+    (0..count)
+        .map(|_| {
+            let mut ws: Vec<usize> = (0..workloads).collect();
+            rng.shuffle(&mut ws);
+            ws.into_iter()
+                .flat_map(|workload| {
+                    let mut seq = ladder.clone();
+                    if let Some((copy, original)) = aa {
+                        let at = seq.iter().position(|r| *r == original).unwrap_or(0);
+                        seq.insert(at + rng.below(2), copy);
+                    }
+                    if !seq.is_empty() {
+                        let cut = rng.below(seq.len());
+                        seq.rotate_left(cut);
+                    }
+                    if rng.below(2) == 1 {
+                        seq.reverse();
+                    }
+                    seq.into_iter().map(move |row| Cell { row, workload })
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// How a mix is driven in a closed loop: the majority method closed-loop on a fixed
 /// number of connections, the minority open-loop at the rate that keeps the mix, from
 /// the majority's throughput measured just before (oha's two processes would each run
@@ -106,6 +176,45 @@ pub fn split(share: f64, connections: u32, majority_qps: f64) -> Split {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_walk_measures_every_rung_beside_the_row_above() {
+        // 12 rows; row 11 is the A/A copy of row 3.
+        let b = walks(12, Some((11, 3)), 2, 400, 9);
+        let (mut cut, mut pairs, mut first) = (0, 0, [0usize; 12]);
+        let (mut copy_before, mut reversed) = (0, 0);
+        for block in &b {
+            let mut seen: Vec<Cell> = block.clone();
+            seen.sort_by_key(|c| (c.row, c.workload));
+            seen.dedup();
+            assert_eq!(seen.len(), 24, "every cell once");
+            for half in block.chunks(12) {
+                assert!(half.iter().all(|c| c.workload == half[0].workload));
+                first[half[0].row] += 1;
+                let pos = |r: usize| half.iter().position(|c| c.row == r).unwrap() as i64;
+                // Rungs 1..=10 against the row above; the copy against its original.
+                for r in (1..11).chain([11]) {
+                    let above = if r == 11 { 3 } else { r - 1 };
+                    pairs += 1;
+                    if (pos(r) - pos(above)).abs() != 1 {
+                        cut += 1;
+                    }
+                }
+                copy_before += usize::from(pos(11) < pos(3));
+                reversed += usize::from(pos(1) < pos(0));
+            }
+        }
+        // At most two pairs per walk are split (the cut, and the copy's neighbour).
+        assert!(cut <= 2 * 800, "{cut} of {pairs}");
+        assert!(cut < pairs / 5, "{cut} of {pairs}");
+        // Direction, the copy's side and the starting row are balanced.
+        assert!((300..500).contains(&copy_before), "{copy_before}");
+        assert!((300..500).contains(&reversed), "{reversed}");
+        assert!(first.iter().all(|n| (30..110).contains(n)), "{first:?}");
+        assert_eq!(b, walks(12, Some((11, 3)), 2, 400, 9));
+        assert_eq!(Order::parse("walk"), Ok(Order::Walk));
+        assert!(Order::parse("random").is_err());
+    }
 
     #[test]
     fn every_block_holds_every_cell_once_in_its_own_order() {

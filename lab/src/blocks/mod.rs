@@ -45,6 +45,9 @@ pub struct Settings {
     /// Length of each fixed-rate window, s.
     #[serde(default = "default_fixed_secs")]
     pub fixed_secs: f64,
+    /// How a block orders its windows (runs before the walk: shuffled).
+    #[serde(default)]
+    pub order: design::Order,
 }
 
 fn default_fixed_secs() -> f64 {
@@ -61,6 +64,7 @@ impl Default for Settings {
             alpha: 0.05,
             fixed_qps: None,
             fixed_secs: default_fixed_secs(),
+            order: design::Order::Walk,
         }
     }
 }
@@ -220,6 +224,11 @@ pub struct Window {
     /// None in runs before it, or with too few units).
     #[serde(default)]
     pub host_unit_ns: Option<f64>,
+    /// The host's memory latency between windows, ns per dependent load: the mean of
+    /// a probe just before the window and one just after it, nothing else running
+    /// (`measure::speedo::MemoryProbe`; None in runs before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_gap_ns: Option<f64>,
     pub shares: Shares,
     /// The server's CPU throttling in the window, where its row sets a pod's resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -549,7 +558,8 @@ impl Blocks {
     /// (uncorrected, so the guard errs towards not adjusting). Where they did, the row
     /// may be moving the speedometer, and their comparison is not adjusted for it.
     fn host_moved(&self, a: &str, b: &str, workload: &str) -> bool {
-        let pairs = self.pairs(a, b, workload, &|w| w.host_unit_ns);
+        let source = self.host.map_or(covariates::HostSource::Unit, |h| h.source);
+        let pairs = self.pairs(a, b, workload, &|w| source.of(w));
         effects::paired_ratio(&pairs, self.settings.alpha, 1)
             .is_some_and(|r| r.ci_low > 1.0 || r.ci_high < 1.0)
     }
@@ -831,6 +841,7 @@ pub(crate) mod tests {
             cpu_busy: vec![1.0, 0.8],
             cpu_steal: vec![0.0, 0.0],
             host_unit_ns: None,
+            host_gap_ns: None,
             shares: Shares::default(),
             throttling: None,
             counts: Counts {

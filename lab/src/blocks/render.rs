@@ -4,7 +4,7 @@
 //! parsed back.
 use std::fmt::Write as _;
 
-use super::covariates::ROW_SD_LIMIT;
+use super::covariates::{HostSource, ROW_SD_LIMIT};
 use super::effects::Change;
 use super::{aa_name, Blocks, CellResult, Interval};
 use crate::results::{RowResult, Summary};
@@ -295,12 +295,16 @@ fn legend(b: &Blocks) -> String {
         " Effects are not adjusted for steal (too few blocks to fit it)."
     };
     let host = b.host.map_or(String::new(), |h| {
+        let (how, figure) = match h.source {
+            HostSource::Unit => ("a thread on each CPU times a fixed unit of arithmetic every 20 ms, and its median over a window", "unit time"),
+            HostSource::Gap => ("a thread on each CPU times a chain of dependent loads through 64 MiB just before and just after each window, while nothing else runs, and its mean", "load time"),
+        };
         let measured = format!(
-            " The host's speed is a second covariate, measured outside the server and PostgreSQL: a thread on each CPU times a fixed unit of arithmetic every 20 ms, and its median over a window varied by {:.1}% (sd) within a cell; log throughput moved by {:.2} per unit of log unit time (simple r = {:.2}), log server µs/req by {:.2} (r = {:.2}).",
+            " The host's speed is a second covariate, measured outside the server and PostgreSQL: {how} varied by {:.1}% (sd) within a cell; log throughput moved by {:.2} per unit of log {figure} (simple r = {:.2}), log server µs/req by {:.2} (r = {:.2}).",
             h.within_sd * 100.0, h.throughput_slope, h.throughput_r, h.server_us_slope, h.server_us_r
         );
         let rows = format!(
-            "the rows' mean unit times spread by {:.2}% (sd) where chance alone gives {:.2}%",
+            "the rows' mean {figure}s spread by {:.2}% (sd) where chance alone gives {:.2}%",
             h.row_sd * 100.0,
             h.row_sd_chance * 100.0
         );
@@ -316,7 +320,11 @@ fn legend(b: &Blocks) -> String {
             } else {
                 format!(" Not adjusted for it, because their two rows ran at different speeds (paired, 95%): {}.", withheld.join(", "))
             };
-            format!("{measured} Every window is moved to the run's median unit time ({:.0} µs) before the ratios; {rows}: no evidence beyond chance that the row moves it.{withheld}", h.reference_unit_ns / 1000.0)
+            let reference = match h.source {
+                HostSource::Unit => format!("{:.0} µs", h.reference_unit_ns / 1000.0),
+                HostSource::Gap => format!("{:.0} ns", h.reference_unit_ns),
+            };
+            format!("{measured} Every window is moved to the run's median {figure} ({reference}) before the ratios; {rows}: no evidence beyond chance that the row moves it.{withheld}")
         } else {
             format!("{measured} The windows are not adjusted for it: {rows}, more than {ROW_SD_LIMIT}× chance, so the row may be moving it.")
         }

@@ -24,10 +24,12 @@ use super::cluster::Clusters;
 use super::server::{Launch, Server};
 use super::{pg, ports, profile};
 use crate::measure::procfs::{cpu_ticks, RssPeak};
-use crate::measure::speedo::Speedometer;
+use crate::measure::speedo::{MemoryProbe, Speedometer};
 
 /// How long after a window PostgreSQL's counters are read: the window's last
 /// connections (a connection per request, in the first rows) end and are counted.
+/// How long the host's memory is probed before and after each window.
+const GAP_PROBE: Duration = Duration::from_millis(120);
 const STATS_FLUSH: Duration = Duration::from_millis(crate::blocks::STATS_FLUSH_MS);
 
 /// oha's niceness in the blocks: ahead of PostgreSQL on the CPU they share, so the
@@ -247,6 +249,8 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
         },
         owned: true,
         speedo: Speedometer::start(&all_cpus(m)),
+        memory: MemoryProbe::new(),
+        host_cpus: all_cpus(m),
     };
     measure_blocks(&mut lab, &mut b, m, i.settings, i.quick, seed, i.say)?;
     for u in &mut lab.up {
@@ -407,10 +411,18 @@ fn measure_blocks(
     }
     // Rows whose fixed-rate window failed once (oha stopped at its bound): not tried again.
     let mut no_fixed = std::collections::BTreeSet::new();
-    for (k, order) in design::blocks(lab.up.len(), m.workloads.len(), count, seed)
-        .into_iter()
-        .enumerate()
-    {
+    let orders = match settings.order {
+        design::Order::Shuffle => design::blocks(lab.up.len(), m.workloads.len(), count, seed),
+        design::Order::Walk => {
+            let index = |name: &str| lab.up.iter().position(|u| u.row.name == name);
+            let aa = settings
+                .aa
+                .as_deref()
+                .and_then(|a| index(&aa_name(a)).zip(index(a)));
+            design::walks(lab.up.len(), aa, m.workloads.len(), count, seed)
+        }
+    };
+    for (k, order) in orders.into_iter().enumerate() {
         let block = k as u32 + 1;
         say(&format!(
             "block {block}/{count}: {} windows of {secs} s",
@@ -539,6 +551,8 @@ pub fn run_services(i: &ServiceInputs) -> Result<crate::blocks::Outcome> {
         oha_ahead: false,
         perf: profile::available(),
         speedo: Speedometer::start(&all),
+        memory: MemoryProbe::new(),
+        host_cpus: all.clone(),
         pinned: (all.clone(), Vec::new(), all),
         owned: false,
     };
@@ -777,6 +791,9 @@ struct Lab {
     pinned: (Vec<usize>, Vec<usize>, Vec<usize>),
     /// Times a fixed unit on every CPU they use: the host's speed, a covariate.
     speedo: Speedometer,
+    /// Times the host's memory between windows, on `host_cpus`: the covariate.
+    memory: MemoryProbe,
+    host_cpus: Vec<usize>,
     /// The servers and databases are the lab's: settled between blocks, stopped and
     /// dropped at the end. Not so for services already running.
     owned: bool,
@@ -1077,6 +1094,8 @@ impl Lab {
         // PostgreSQL's counters span the probe and the window (it reports a probe's
         // statistics up to a second late); the CPU figures and the server's counters
         // the window alone.
+        // The host's memory while nothing runs, just before and just after the window.
+        let gap_before = self.memory.run(&self.host_cpus, GAP_PROBE);
         let pg_before = self.pg_counts(db);
         let applied_before = self.applied(c.row);
         let (split, probe) = self.probe(c, w, warm, self.probe_secs, &tag)?;
@@ -1103,7 +1122,9 @@ impl Lab {
         let syscalls = counting.0[0]
             .take()
             .and_then(|c| profile::syscalls_counted(c, &stat_out));
-        std::thread::sleep(STATS_FLUSH);
+        let flush = Instant::now();
+        let gap_after = self.memory.run(&self.host_cpus, GAP_PROBE);
+        std::thread::sleep(STATS_FLUSH.saturating_sub(flush.elapsed()));
         let pg_after = self.pg_counts(db);
         let applied_after = self.applied(c.row);
         let wall_ns = wall * 1e9;
@@ -1215,6 +1236,7 @@ impl Lab {
             host_unit_ns: self
                 .speedo
                 .median_between(start, start + Duration::from_secs_f64(wall)),
+            host_gap_ns: gap_before.zip(gap_after).map(|(a, b)| (a + b) / 2.0),
             shares,
             throttling: throttled_before
                 .zip(throttled_after)

@@ -118,6 +118,86 @@ fn unit(buf: &mut [u64; BUFFER_WORDS], mut x: u64) -> u64 {
     std::hint::black_box(x)
 }
 
+/// A probe of the host's memory between windows: on each CPU at once, a chain of
+/// dependent loads through a buffer far larger than the caches, timed in the thread's
+/// CPU time. Run while nothing else is, it cannot be moved by the row just measured
+/// (the speedometer's unit, timed during the load, is), and a shared machine's memory
+/// system is what moved most here (a random read took 32 to 257 ns between searches,
+/// docs/studies.md, while the arithmetic unit stayed within 0.1%).
+pub struct MemoryProbe {
+    /// `next[i]` is the slot read after slot `i`: one cycle through every slot.
+    next: Vec<Slot>,
+}
+
+/// One cache line holding the index of the next: every load misses a different line.
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct Slot(u32);
+
+/// The probe's buffer: 64 MiB, beyond any L3 share a virtual machine gets.
+const PROBE_SLOTS: usize = 1 << 20;
+
+/// Loads timed together (≈ 1–3 ms each at DRAM latency).
+const PROBE_CHUNK: u32 = 20_000;
+
+impl MemoryProbe {
+    /// Builds the chain: one random cycle through every slot (Sattolo's shuffle).
+    pub fn new() -> MemoryProbe {
+        let mut order: Vec<u32> = (0..PROBE_SLOTS as u32).collect();
+        let mut x = 0x2545_F491_4F6C_DD1D_u64;
+        for i in (1..order.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % i as u64) as usize);
+        }
+        MemoryProbe {
+            next: order.into_iter().map(Slot).collect(),
+        }
+    }
+
+    /// Nanoseconds per dependent load: each CPU's median over chunks of loads for
+    /// `span`, averaged over `cpus` (None if no CPU timed a chunk).
+    pub fn run(&self, cpus: &[usize], span: Duration) -> Option<f64> {
+        let per_cpu: Vec<Option<f64>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = cpus
+                .iter()
+                .map(|&cpu| scope.spawn(move || self.chase(cpu, span)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().ok().flatten())
+                .collect()
+        });
+        let v: Vec<f64> = per_cpu.into_iter().flatten().collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    }
+
+    fn chase(&self, cpu: usize, span: Duration) -> Option<f64> {
+        let _ = pin_and_raise(cpu);
+        let mut at = (cpu * 7919) % PROBE_SLOTS;
+        let mut chunks = Vec::new();
+        let end = Instant::now() + span;
+        while Instant::now() < end {
+            let before = thread_cpu_ns()?;
+            for _ in 0..PROBE_CHUNK {
+                at = self.next[at].0 as usize;
+            }
+            at = std::hint::black_box(at);
+            let after = thread_cpu_ns()?;
+            chunks.push(after.saturating_sub(before) as f64 / f64::from(PROBE_CHUNK));
+        }
+        chunks.sort_by(f64::total_cmp);
+        chunks.get(chunks.len() / 2).copied()
+    }
+}
+
+impl Default for MemoryProbe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// This thread's CPU time, ns.
 fn thread_cpu_ns() -> Option<u64> {
     let mut ts = libc::timespec {
@@ -154,6 +234,22 @@ fn pin_and_raise(cpu: usize) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_probe_is_one_cycle_and_times_its_loads() {
+        let p = MemoryProbe::new();
+        let (mut at, mut steps) = (0usize, 0usize);
+        loop {
+            at = p.next[at].0 as usize;
+            steps += 1;
+            if at == 0 {
+                break;
+            }
+        }
+        assert_eq!(steps, PROBE_SLOTS, "every slot on the one cycle");
+        let ns = p.run(&[0], Duration::from_millis(30)).expect("timed");
+        assert!(ns > 0.1 && ns < 10_000.0, "{ns}");
+    }
 
     #[test]
     fn records_units_and_takes_the_median_of_a_span() {
