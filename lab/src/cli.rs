@@ -146,7 +146,7 @@ pub struct ImageArgs {
     #[arg(long)]
     pub registry: Option<String>,
     /// docker, buildah, or auto (docker when its daemon answers; the default).
-    #[arg(long)]
+    #[arg(long, value_parser = ["docker", "buildah", "auto"])]
     pub engine: Option<String>,
     /// The oha binary (for the load-generator image, and the local target's load).
     #[arg(long, default_value = "oha")]

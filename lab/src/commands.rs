@@ -966,6 +966,10 @@ mod tests {
         // Given on purpose, even with the default's value, it is a Kubernetes flag.
         assert!(parse(&["lab", "run", "--registry", "localhost"]).is_err());
         assert!(parse(&["lab", "run", "--engine", "auto"]).is_err());
+        // An engine the lab does not drive is refused by the parser itself.
+        let podman = ["lab", "run", "--target", "k8s", "--engine", "podman"];
+        assert!(crate::cli::Cli::try_parse_from(podman).is_err());
+        assert!(parse(&["lab", "run", "--target", "k8s", "--engine", "buildah"]).is_ok());
         let url = ["lab", "run", "--url", "http://127.0.0.1:1"];
         assert!(parse(&url).is_ok());
         assert!(parse(&[&url[..], &["--database-url", "x"]].concat()).is_ok());

@@ -424,7 +424,18 @@ impl Row {
     /// Whether the row's PATCHes reach PostgreSQL, where the lab checks every one of
     /// them (not so for the `memory-store` reference).
     pub fn writes_to_postgres(&self) -> bool {
-        !self.features.iter().any(|f| f == "memory-store")
+        !self.has_feature("memory-store")
+    }
+
+    /// Whether the row's build has `feature` (a name from [`KNOWN_FEATURES`]).
+    pub fn has_feature(&self, feature: &str) -> bool {
+        debug_assert!(KNOWN_FEATURES.contains(&feature), "{feature}");
+        self.features.iter().any(|f| f == feature)
+    }
+
+    /// Whether the row's server answers `/metrics` (the `metrics` feature).
+    pub fn serves_metrics(&self) -> bool {
+        self.has_feature("metrics")
     }
 
     /// What the row sets beyond its build, in words, one item each: its pod's

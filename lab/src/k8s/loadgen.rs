@@ -186,7 +186,7 @@ fn measure(o: &Options, plan: &Plan, oha: &Oha, report: &mut Report) -> Result<(
     let driver = Driver::new(oha, &plan.load, &raw, &progress);
     let mut probe = RemoteProbe {
         remote: &remote,
-        metrics: plan.row.features.iter().any(|f| f == "metrics"),
+        metrics: plan.row.serves_metrics(),
         peak_rss_kib: None,
     };
     report.searches = driver.search_row(

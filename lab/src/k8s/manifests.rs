@@ -88,10 +88,10 @@ pub fn write_overlay(
     let base = relative(&dir, &root.join("k8s/base"));
     let comp = relative(&dir, &root.join("k8s/components"));
     let mut components = vec!["guaranteed"];
-    if row.features.iter().any(|f| f == "pool") {
+    if row.has_feature("pool") {
         components.push("pool");
     }
-    if row.features.iter().any(|f| f == "metrics") {
+    if row.serves_metrics() {
         components.push("metrics");
     }
     let mut k = String::new();
@@ -644,13 +644,13 @@ pub fn check_rendered(yaml: &str, row: &Row, images: &Images) -> Result<()> {
         .as_sequence()
         .map(|s| s.iter().filter_map(|e| e["name"].as_str()).collect())
         .unwrap_or_default();
-    let has_pool = row.features.iter().any(|f| f == "pool");
+    let has_pool = row.has_feature("pool");
     if env_names.contains(&"POOL_SIZE") != has_pool {
         bail!("POOL_SIZE must be set exactly when the row has `pool`");
     }
     let scraped =
         app["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true";
-    if scraped != row.features.iter().any(|f| f == "metrics") {
+    if scraped != row.serves_metrics() {
         bail!("Prometheus scrape annotations must be present exactly when the row has `metrics`");
     }
     Ok(())

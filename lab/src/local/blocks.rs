@@ -17,7 +17,7 @@ use crate::blocks::{aa_name, Blocks, Counts, FixedWindow, Probe, Settings, Windo
 use crate::matrix::{Matrix, Row, Workload};
 use crate::measure::contract;
 use crate::measure::driver::{write_inputs, write_inputs_with};
-use crate::measure::oha::{parse_summary, Oha, Side};
+use crate::measure::oha::{parse_summary, Method, Oha, Side};
 
 use super::cgroup::{CpuGroup, PodGroup};
 use super::cluster::Clusters;
@@ -836,9 +836,9 @@ impl Load {
 /// The majority and minority sides of a cell's mix.
 fn sides(w: &Workload, split: &Split, with_minority: bool) -> Vec<Side> {
     let (major, minor) = if w.get_percent >= w.patch_percent {
-        ("GET", "PATCH")
+        (Method::Get, Method::Patch)
     } else {
-        ("PATCH", "GET")
+        (Method::Patch, Method::Get)
     };
     let mut v = vec![Side {
         method: major,
@@ -926,7 +926,7 @@ impl Lab {
         for side in sides {
             let json = self
                 .dir
-                .join(format!("{tag}-{}.json", side.method.to_lowercase()));
+                .join(format!("{tag}-{}.json", side.method.lower()));
             let mut cmd = oha.command(side, secs, &json);
             let child = cmd
                 .stdin(Stdio::null())
@@ -966,7 +966,7 @@ impl Lab {
             }
             let failed = side.replies() - side.good() + side.transport_errors();
             load.failed += failed;
-            if method == "GET" {
+            if method == Method::Get {
                 load.get_ok += side.good();
             } else {
                 load.patch_ok += side.count(200);
@@ -1064,7 +1064,7 @@ impl Lab {
     /// The connections the row's server has refused so far, where it counts them.
     fn refused(&self, row: usize) -> Option<u64> {
         let u = &self.up[row];
-        if !u.row.features.iter().any(|f| f == "metrics") {
+        if !u.row.serves_metrics() {
             return None;
         }
         u.server.as_ref()?.remote.scrape().ok().map(|s| s.refused)
@@ -1305,7 +1305,7 @@ impl Lab {
             let _ = all.merge(&r.latencies);
             good += r.good();
             failed += r.replies() - r.good() + r.transport_errors();
-            if side.method == "PATCH" {
+            if side.method == Method::Patch {
                 patch_ok += r.count(200);
                 patch_unacked += r.replies() - r.count(200) + r.transport_errors();
             }
@@ -1346,7 +1346,7 @@ fn fixed_sides(w: &Workload, qps: f64, connections: u32) -> Vec<Side> {
     let mut v = Vec::new();
     if w.get_percent > 0 {
         v.push(Side {
-            method: "GET",
+            method: Method::Get,
             rate: qps * share,
             connections: if w.patch_percent > 0 {
                 get
@@ -1357,7 +1357,7 @@ fn fixed_sides(w: &Workload, qps: f64, connections: u32) -> Vec<Side> {
     }
     if w.patch_percent > 0 {
         v.push(Side {
-            method: "PATCH",
+            method: Method::Patch,
             rate: qps * (1.0 - share),
             connections: if w.get_percent > 0 {
                 connections - get
@@ -1407,9 +1407,9 @@ mod tests {
         let v = sides(&w, &s, true);
         assert_eq!(
             (v[0].method, v[0].rate, v[0].connections),
-            ("PATCH", 0.0, 64)
+            (Method::Patch, 0.0, 64)
         );
-        assert_eq!(v[1].method, "GET");
+        assert_eq!(v[1].method, Method::Get);
         assert!((v[1].rate - 1000.0).abs() < 1e-9);
         assert_eq!(sides(&w, &s, false).len(), 1);
         let load = Load {

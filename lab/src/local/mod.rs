@@ -31,6 +31,27 @@ pub mod soak;
 use pgbench::Pgbench;
 use server::Server;
 
+/// Seeds `db` for `row` and gives the app's role a fresh password: the URL the row's
+/// server connects with (the least-privileged role the seed granted, never the
+/// superuser), and how long the seed took. `run` and `soak` prepare a row this way.
+pub(crate) fn seed_for(
+    db: &mut postgres::Client,
+    database_url: &str,
+    users: i64,
+    row: &Row,
+) -> Result<(String, Duration)> {
+    let took = pg::seed(db, users, row.index)?;
+    let app_url = pg::app_login(db, database_url)?;
+    Ok((app_url, took))
+}
+
+/// Waits for a started server and checks the API's contract (and a build's features)
+/// before anything is measured: `run` and `soak` accept a server this way.
+pub(crate) fn ready_and_checked(server: &mut Server, row: &Row, users: i64) -> Result<()> {
+    server.wait_ready(Duration::from_secs(30))?;
+    contract::check_server(&server.remote, row, users)
+}
+
 /// What the local target needs beyond the experiment.
 pub struct Options {
     pub root: PathBuf,
@@ -339,16 +360,13 @@ impl Target for Local<'_> {
         };
         let db = own_db.as_mut().unwrap_or(&mut r.db);
         scope.apply(db, &settings)?;
-        let took = pg::seed(db, m.load.users, run.row.index)?;
+        let (app_url, took) = seed_for(db, &database_url, m.load.users, run.row)?;
         (run.say)(&format!(
             "  seeded {} users (index: {}) in {:.1} s",
             m.load.users,
             run.row.index,
             took.as_secs_f64()
         ));
-        // The server under test connects as the least-privileged role the seed granted,
-        // never as the superuser.
-        let app_url = pg::app_login(db, &database_url)?;
         let log = run.raw.join(format!(
             "rep{}-{}-server.log",
             run.repetition,
@@ -375,8 +393,7 @@ impl Target for Local<'_> {
             (None, Some(binary)) => Server::start(&binary, &launch)?,
             (None, None) => anyhow::bail!("row {:?} has no binary", run.row.name),
         };
-        server.wait_ready(Duration::from_secs(30))?;
-        contract::check_server(&server.remote, run.row, m.load.users)?;
+        ready_and_checked(&mut server, run.row, m.load.users)?;
         let driver = Driver::new(&r.oha, &m.load, run.raw, run.say);
         let mut probe = LocalProbe {
             server: &server,

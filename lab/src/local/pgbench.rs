@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::matrix::{Load, Workload};
-use crate::measure::search::{Search, MIN_QPS};
+use crate::measure::search::{common_rate, Measured, Search, MIN_QPS};
 use crate::measure::stats::Latencies;
 use crate::measure::{procfs, MIX_TOLERANCE};
 use crate::results::ReferenceCommon;
@@ -106,6 +106,18 @@ pub fn judge(offered: f64, target_read_share: f64, run: &PgbenchRun, load: &Load
     }
 }
 
+impl Measured for PgbenchStep {
+    fn offered(&self) -> f64 {
+        self.offered
+    }
+    fn achieved(&self) -> f64 {
+        self.achieved
+    }
+    fn passed(&self) -> bool {
+        self.passed
+    }
+}
+
 pub struct Pgbench<'a> {
     pub url: &'a str,
     pub cpus: &'a str,
@@ -185,20 +197,12 @@ impl Pgbench<'_> {
             dir.join(format!("{tag}-steps.json")),
             serde_json::to_string_pretty(&steps)?,
         )?;
-        let capacity = s.best().and_then(|b| {
-            steps
-                .iter()
-                .filter(|st| st.passed && st.offered == b)
-                .min_by(|x, y| x.achieved.total_cmp(&y.achieved))
-                .map(|st| (b, st.clone()))
-        });
+        let capacity = s
+            .weakest_at_best(&steps)
+            .map(|st| (st.offered, st.clone()));
         let common = match (&capacity, load.common_qps > 0.0) {
             (Some((cap, _)), true) => {
-                let (rate, reduced) = if *cap >= load.common_qps {
-                    (load.common_qps, false)
-                } else {
-                    ((cap / 2.0).round().max(MIN_QPS), true)
-                };
+                let (rate, reduced) = common_rate(*cap, load.common_qps);
                 let run = self.run(
                     w,
                     Some(rate),

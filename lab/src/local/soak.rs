@@ -17,8 +17,7 @@ use crate::environment;
 use crate::matrix::{Matrix, Row, Workload};
 use crate::measure::driver::{sides, write_inputs, Driver, Tally};
 use crate::measure::ids::{check_ids, IdCheck, PatchOutcomes};
-use crate::measure::oha::{self, Oha};
-use crate::measure::remote::check_features;
+use crate::measure::oha::{self, Method, Oha};
 use crate::measure::{evaluate, procfs};
 
 pub struct Options {
@@ -153,8 +152,7 @@ pub fn run(o: &Options) -> Result<Report> {
         None => None,
     };
     pg::apply_settings(&mut db, &crate::experiment::settings_for(m, row))?;
-    pg::seed(&mut db, m.load.users, row.index)?;
-    let app_url = pg::app_login(&mut db, &o.database_url)?;
+    let (app_url, _) = super::seed_for(&mut db, &o.database_url, m.load.users, row)?;
 
     let addr: SocketAddr = format!("127.0.0.1:{}", ports::free_port()?).parse()?;
     let (urls, bodies) = (o.out.join("urls.txt"), o.out.join("bodies.txt"));
@@ -178,8 +176,7 @@ pub fn run(o: &Options) -> Result<Report> {
             &log,
         ),
     )?;
-    server.wait_ready(Duration::from_secs(30))?;
-    check_features(&server.remote, row)?;
+    super::ready_and_checked(&mut server, row, m.load.users)?;
 
     let (capacity, capacity_source, rate) = match o.rate {
         Some(r) => (None, "given with --rate".to_string(), r),
@@ -250,8 +247,11 @@ fn soak(
     while began.elapsed() + o.interval <= o.duration + Duration::from_secs(1) {
         n += 1;
         let tag = format!("soak{n:04}");
+        // Counted as the matrix counts them: the server's whole process tree, all of
+        // PostgreSQL's processes.
+        let server_ticks = |pid| procfs::tree_split(pid).map(|s| s.user + s.system);
         let (s0, p0, t0) = (
-            procfs::process_ticks(server.pid),
+            server_ticks(server.pid),
             postmaster.and_then(procfs::postgres_ticks),
             Instant::now(),
         );
@@ -260,11 +260,11 @@ fn soak(
         let per_sec = |a: Option<u64>, b: Option<u64>| {
             Some(b?.saturating_sub(a?) as f64 / procfs::TICKS_PER_SEC / wall)
         };
-        let server_cpu = per_sec(s0, procfs::process_ticks(server.pid));
+        let server_cpu = per_sec(s0, server_ticks(server.pid));
         let postgres_cpu = per_sec(p0, postmaster.and_then(procfs::postgres_ticks));
         for side in &plan {
             let db = oha::db_path(&o.out, &tag, side.method);
-            if side.method == "PATCH" {
+            if side.method == Method::Patch {
                 for (url, status) in oha::read_outcomes(&db)? {
                     patches.record(&url, status)?;
                 }
@@ -274,7 +274,7 @@ fn soak(
         let paired: Vec<_> = plan.iter().cloned().zip(results).collect();
         patches.transport_errors += paired
             .iter()
-            .filter(|(s, _)| s.method == "PATCH")
+            .filter(|(s, _)| s.method == Method::Patch)
             .map(|(_, r)| r.transport_errors())
             .sum::<u64>();
         let step = evaluate(rate, secs, w.get_share(), &paired, &m.load);

@@ -38,19 +38,24 @@ const CHASE_WORDS: usize = 4 << 20;
 /// Dependent reads timed per chase.
 const CHASE_READS: usize = 1 << 20;
 
-/// Nanoseconds per random memory read: a chase through one random cycle over
-/// [`CHASE_WORDS`] (each read's address comes from the previous one, so none overlap).
-pub fn memory_ns_per_read() -> f64 {
-    // Sattolo's shuffle gives one cycle through every word; a fixed xorshift seed
-    // makes it the same cycle every time.
-    let mut next: Vec<u32> = (0..CHASE_WORDS as u32).collect();
+/// `next` for a chase through `n` slots: Sattolo's shuffle gives one cycle through
+/// every slot, and a fixed xorshift seed the same cycle every time.
+pub fn one_cycle(n: usize) -> Vec<u32> {
+    let mut next: Vec<u32> = (0..n as u32).collect();
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    for i in (1..CHASE_WORDS).rev() {
+    for i in (1..n).rev() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         next.swap(i, (x % i as u64) as usize);
     }
+    next
+}
+
+/// Nanoseconds per random memory read: a chase through one random cycle over
+/// [`CHASE_WORDS`] (each read's address comes from the previous one, so none overlap).
+pub fn memory_ns_per_read() -> f64 {
+    let next = one_cycle(CHASE_WORDS);
     let mut at = 0u32;
     let t = Instant::now();
     for _ in 0..CHASE_READS {

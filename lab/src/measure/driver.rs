@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::matrix::{Load, Row, Workload};
 use crate::measure::ids::{check_ids, IdCheck, PatchOutcomes};
-use crate::measure::oha::{Oha, Side, SideResult};
+use crate::measure::oha::{Method, Oha, Side, SideResult};
 use crate::measure::procfs;
 use crate::measure::remote::Scrape;
 use crate::measure::search::Search;
@@ -97,7 +97,7 @@ pub struct Tally {
 impl Tally {
     fn add(&mut self, results: &[(Side, SideResult)]) {
         for (side, r) in results {
-            if side.method == "PATCH" {
+            if side.method == Method::Patch {
                 self.acked += r.count(200);
                 self.unacked += r.replies() - r.count(200) + r.transport_errors();
             }
@@ -154,14 +154,14 @@ pub fn sides(w: &Workload, rate: f64, connections: u32, slo_p99_ms: f64) -> Vec<
     };
     if w.get_percent > 0 {
         v.push(Side {
-            method: "GET",
+            method: Method::Get,
             rate: rate * share,
             connections: conns(share),
         });
     }
     if w.patch_percent > 0 {
         v.push(Side {
-            method: "PATCH",
+            method: Method::Patch,
             rate: rate * (1.0 - share),
             connections: conns(1.0 - share),
         });
@@ -226,7 +226,7 @@ impl Driver<'_> {
         tally: &mut Tally,
     ) -> Result<SearchResult> {
         let l = self.load;
-        let metrics = row.features.iter().any(|f| f == "metrics");
+        let metrics = row.serves_metrics();
         // Warm-up and probe: a closed-loop run (every connection busy) warms caches and
         // connections, and its throughput (an upper bound of what passes the SLO) seeds
         // the first repetition's search. Not measured.
@@ -394,8 +394,8 @@ impl Driver<'_> {
             }
         }
         if w.writes() && (applied.is_some() || served.is_some()) {
-            let find = |m: &str| paired.iter().find(|(s, _)| s.method == m).map(|(_, r)| r);
-            let (get, patch) = (find("GET"), find("PATCH"));
+            let find = |m: Method| paired.iter().find(|(s, _)| s.method == m).map(|(_, r)| r);
+            let (get, patch) = (find(Method::Get), find(Method::Patch));
             let acked = patch.map_or(0, |p| p.count(200));
             let unacked = patch.map_or(0, |p| p.replies() - p.count(200) + p.transport_errors());
             let transport: u64 = paired.iter().map(|(_, r)| r.transport_errors()).sum();
@@ -441,16 +441,7 @@ impl Driver<'_> {
         profiled: bool,
     ) -> Result<(CommonLoad, Vec<String>)> {
         let l = self.load;
-        let (rate, reduced) = if capacity >= l.common_qps {
-            (l.common_qps, false)
-        } else {
-            (
-                (capacity / 2.0)
-                    .round()
-                    .max(crate::measure::search::MIN_QPS),
-                true,
-            )
-        };
+        let (rate, reduced) = crate::measure::search::common_rate(capacity, l.common_qps);
         let plan = sides(w, rate, l.connections, l.slo_p99_ms);
         let window = if profiled { "profile" } else { "common" };
         let tag = format!("rep{rep}-{}-{}-{window}", row.slug(), w.name);
@@ -576,7 +567,7 @@ impl Driver<'_> {
             .versions()?
             .context("the database answered versions before the step, not after")?;
         let mut patches = PatchOutcomes::default();
-        for (side, r) in paired.iter().filter(|(s, _)| s.method == "PATCH") {
+        for (side, r) in paired.iter().filter(|(s, _)| s.method == Method::Patch) {
             let db = crate::measure::oha::db_path(self.raw, tag, side.method);
             for (url, status) in crate::measure::oha::read_outcomes(&db)? {
                 patches.record(&url, status)?;
@@ -608,12 +599,7 @@ fn summarize(
     writes_checked: u64,
 ) -> SearchResult {
     // The confirmed rate's weakest passing step: what the build sustained every time.
-    let best = s.best().and_then(|b| {
-        steps
-            .iter()
-            .filter(|st| st.passed && st.offered == b)
-            .min_by(|x, y| x.achieved.total_cmp(&y.achieved))
-    });
+    let best = s.weakest_at_best(steps);
     let limit_step = steps
         .iter()
         .filter(|st| !st.passed && s.best().is_none_or(|b| st.offered > b))
@@ -702,7 +688,7 @@ mod tests {
         // 90/10 at 20k/s: PATCH carries 2000/s; at a 50 ms SLO it needs 100 connections,
         // far more than its 10% of 96.
         let s = sides(&mix(90), 20_000.0, 96, 50.0);
-        let patch = s.iter().find(|s| s.method == "PATCH").unwrap();
+        let patch = s.iter().find(|s| s.method == Method::Patch).unwrap();
         assert!((patch.rate - 2000.0).abs() < 1e-6);
         assert_eq!(patch.connections, 100);
         // The rule holds for every mix and rate: the minority's connections carry its

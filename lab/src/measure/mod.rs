@@ -22,7 +22,7 @@ pub mod stats;
 
 use crate::matrix::Load;
 use crate::measure::failure::{StepFailure, Unsent};
-use crate::measure::oha::SideResult;
+use crate::measure::oha::{Method, SideResult};
 use crate::measure::stats::Latencies;
 
 /// Largest accepted distance between the achieved and the requested GET share...
@@ -121,6 +121,18 @@ pub struct Step {
     pub reasons: Vec<String>,
 }
 
+impl search::Measured for Step {
+    fn offered(&self) -> f64 {
+        self.offered
+    }
+    fn achieved(&self) -> f64 {
+        self.achieved
+    }
+    fn passed(&self) -> bool {
+        self.passed
+    }
+}
+
 /// Judges a step from what the oha processes saw.
 pub fn evaluate(
     offered: f64,
@@ -141,7 +153,7 @@ pub fn evaluate(
         good += r.good();
         replies += r.replies();
         failed += (r.replies() - r.good()) + r.transport_errors();
-        if side.method == "GET" {
+        if side.method == Method::Get {
             get_replies += r.replies();
         }
         counts.push(SideCounts {
@@ -360,7 +372,12 @@ mod tests {
             .load
     }
 
-    fn side(method: &'static str, ok: u64, errors: u64, latency: f64) -> (Side, SideResult) {
+    fn side(method: &str, ok: u64, errors: u64, latency: f64) -> (Side, SideResult) {
+        let method = if method == "GET" {
+            Method::Get
+        } else {
+            Method::Patch
+        };
         let mut r = SideResult::default();
         r.status.insert(200, ok);
         if errors > 0 {

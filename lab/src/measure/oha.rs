@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::measure::stats::Latencies;
 
@@ -122,10 +122,42 @@ impl SideResult {
     }
 }
 
+/// The HTTP method one oha process sends: the API's two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Method {
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "PATCH")]
+    Patch,
+}
+
+impl Method {
+    /// As HTTP spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Patch => "PATCH",
+        }
+    }
+    /// As file names spell it.
+    pub fn lower(self) -> &'static str {
+        match self {
+            Method::Get => "get",
+            Method::Patch => "patch",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One process of a pair; `rate` 0 runs it closed loop.
 #[derive(Debug, Clone, Serialize)]
 pub struct Side {
-    pub method: &'static str,
+    pub method: Method,
     pub rate: f64,
     pub connections: u32,
 }
@@ -174,8 +206,8 @@ impl Oha {
             .arg(side.connections.to_string())
             .args(["--output-format", "json", "-o"])
             .arg(json)
-            .args(["-m", side.method]);
-        if side.method == "PATCH" {
+            .args(["-m", side.method.as_str()]);
+        if side.method == Method::Patch {
             cmd.args(["-T", "application/json", "-Z"])
                 .arg(&self.bodies_file);
         }
@@ -239,8 +271,8 @@ impl Oha {
 }
 
 /// Where a run tagged `tag` leaves the per-request log of its `method` side.
-pub fn db_path(dir: &Path, tag: &str, method: &str) -> PathBuf {
-    dir.join(format!("{tag}-{}.sqlite", method.to_lowercase()))
+pub fn db_path(dir: &Path, tag: &str, method: Method) -> PathBuf {
+    dir.join(format!("{tag}-{}.sqlite", method.lower()))
 }
 
 /// (URL, status) of every reply in a per-request log (transport errors are not in it).

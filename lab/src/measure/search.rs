@@ -39,6 +39,23 @@ enum Phase {
 /// The lowest rate worth trying; below it a build is reported as sustaining nothing.
 pub const MIN_QPS: f64 = 5.0;
 
+/// A step of a search, by either load generator (oha's `Step`, pgbench's).
+pub trait Measured {
+    fn offered(&self) -> f64;
+    fn achieved(&self) -> f64;
+    fn passed(&self) -> bool;
+}
+
+/// The rate at which a build's cost is compared: the run's common rate where the
+/// build's capacity reaches it; else half its capacity (and `true`: reduced).
+pub fn common_rate(capacity: f64, common_qps: f64) -> (f64, bool) {
+    if capacity >= common_qps {
+        (common_qps, false)
+    } else {
+        ((capacity / 2.0).round().max(MIN_QPS), true)
+    }
+}
+
 impl Search {
     pub fn new(
         start: f64,
@@ -196,6 +213,16 @@ impl Search {
         }
     }
 
+    /// Of `steps`, the weakest (lowest achieved) that passed at the best rate: what
+    /// the build sustained every time it was offered that rate.
+    pub fn weakest_at_best<'a, T: Measured>(&self, steps: &'a [T]) -> Option<&'a T> {
+        let best = self.best()?;
+        steps
+            .iter()
+            .filter(|st| st.passed() && st.offered() == best)
+            .min_by(|x, y| x.achieved().total_cmp(&y.achieved()))
+    }
+
     pub fn steps(&self) -> u32 {
         self.steps
     }
@@ -204,6 +231,34 @@ impl Search {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct S(f64, f64, bool);
+    impl Measured for S {
+        fn offered(&self) -> f64 {
+            self.0
+        }
+        fn achieved(&self) -> f64 {
+            self.1
+        }
+        fn passed(&self) -> bool {
+            self.2
+        }
+    }
+
+    #[test]
+    fn the_best_rate_keeps_its_weakest_passing_step_and_the_common_rate_halves() {
+        // Without confirmation the best rate is the highest that passed.
+        let mut s = Search::new(1000.0, None, 10_000.0, 1.1, 3);
+        let steps = [S(1000.0, 990.0, true), S(1000.0, 970.0, true), S(2000.0, 1500.0, false)];
+        for st in &steps {
+            s.record(st.0, st.2);
+        }
+        let best = s.weakest_at_best(&steps).expect("a rate passed");
+        assert_eq!((best.0, best.1), (1000.0, 970.0));
+        assert_eq!(common_rate(5000.0, 1500.0), (1500.0, false));
+        assert_eq!(common_rate(1000.0, 1500.0), (500.0, true));
+        assert_eq!(common_rate(10.0, 1500.0), (MIN_QPS, true));
+    }
 
     /// Runs a search against a server that sustains exactly `capacity`.
     fn run(capacity: f64, hint: Option<f64>, max_steps: u32) -> (Option<f64>, u32, Vec<f64>) {

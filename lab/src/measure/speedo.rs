@@ -141,18 +141,13 @@ const PROBE_SLOTS: usize = 1 << 20;
 const PROBE_CHUNK: u32 = 20_000;
 
 impl MemoryProbe {
-    /// Builds the chain: one random cycle through every slot (Sattolo's shuffle).
+    /// Builds the chain: one random cycle through every slot.
     pub fn new() -> MemoryProbe {
-        let mut order: Vec<u32> = (0..PROBE_SLOTS as u32).collect();
-        let mut x = 0x2545_F491_4F6C_DD1D_u64;
-        for i in (1..order.len()).rev() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            order.swap(i, (x % i as u64) as usize);
-        }
         MemoryProbe {
-            next: order.into_iter().map(Slot).collect(),
+            next: super::calibrate::one_cycle(PROBE_SLOTS)
+                .into_iter()
+                .map(Slot)
+                .collect(),
         }
     }
 
