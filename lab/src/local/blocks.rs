@@ -924,9 +924,7 @@ impl Lab {
         let mut running = Children::default();
         let mut jsons = Vec::new();
         for side in sides {
-            let json = self
-                .dir
-                .join(format!("{tag}-{}.json", side.method.lower()));
+            let json = self.dir.join(format!("{tag}-{}.json", side.method.lower()));
             let mut cmd = oha.command(side, secs, &json);
             let child = cmd
                 .stdin(Stdio::null())

@@ -197,9 +197,7 @@ impl Pgbench<'_> {
             dir.join(format!("{tag}-steps.json")),
             serde_json::to_string_pretty(&steps)?,
         )?;
-        let capacity = s
-            .weakest_at_best(&steps)
-            .map(|st| (st.offered, st.clone()));
+        let capacity = s.weakest_at_best(&steps).map(|st| (st.offered, st.clone()));
         let common = match (&capacity, load.common_qps > 0.0) {
             (Some((cap, _)), true) => {
                 let (rate, reduced) = common_rate(*cap, load.common_qps);

@@ -249,7 +249,11 @@ mod tests {
     fn the_best_rate_keeps_its_weakest_passing_step_and_the_common_rate_halves() {
         // Without confirmation the best rate is the highest that passed.
         let mut s = Search::new(1000.0, None, 10_000.0, 1.1, 3);
-        let steps = [S(1000.0, 990.0, true), S(1000.0, 970.0, true), S(2000.0, 1500.0, false)];
+        let steps = [
+            S(1000.0, 990.0, true),
+            S(1000.0, 970.0, true),
+            S(2000.0, 1500.0, false),
+        ];
         for st in &steps {
             s.record(st.0, st.2);
         }
