@@ -44,18 +44,31 @@ impl Rng {
 /// same workload, adjacent rows) stay close in time, so the machine's drift within a
 /// block adds less to their ratio.
 pub fn blocks(rows: usize, workloads: usize, count: usize, seed: u64) -> Vec<Vec<Cell>> {
+    per_workload(workloads, count, seed, |rng| {
+        let mut rs: Vec<usize> = (0..rows).collect();
+        rng.shuffle(&mut rs);
+        rs
+    })
+}
+
+/// `count` blocks: in each, the workloads in a random order, each one's rows together
+/// in the order `rows` draws for it.
+fn per_workload(
+    workloads: usize,
+    count: usize,
+    seed: u64,
+    mut rows: impl FnMut(&mut Rng) -> Vec<usize>,
+) -> Vec<Vec<Cell>> {
     let mut rng = Rng::new(seed);
     (0..count)
         .map(|_| {
             let mut ws: Vec<usize> = (0..workloads).collect();
             rng.shuffle(&mut ws);
-            ws.into_iter()
-                .flat_map(|workload| {
-                    let mut rs: Vec<usize> = (0..rows).collect();
-                    rng.shuffle(&mut rs);
-                    rs.into_iter().map(move |row| Cell { row, workload })
-                })
-                .collect()
+            let mut block = Vec::new();
+            for workload in ws {
+                block.extend(rows(&mut rng).into_iter().map(|row| Cell { row, workload }));
+            }
+            block
         })
         .collect()
 }
@@ -101,33 +114,24 @@ pub fn walks(
     count: usize,
     seed: u64,
 ) -> Vec<Vec<Cell>> {
-    let mut rng = Rng::new(seed);
     let ladder: Vec<usize> = (0..rows)
         .filter(|r| aa.is_none_or(|(c, _)| c != *r))
         .collect();
-    (0..count)
-        .map(|_| {
-            let mut ws: Vec<usize> = (0..workloads).collect();
-            rng.shuffle(&mut ws);
-            ws.into_iter()
-                .flat_map(|workload| {
-                    let mut seq = ladder.clone();
-                    if let Some((copy, original)) = aa {
-                        let at = seq.iter().position(|r| *r == original).unwrap_or(0);
-                        seq.insert(at + rng.below(2), copy);
-                    }
-                    if !seq.is_empty() {
-                        let cut = rng.below(seq.len());
-                        seq.rotate_left(cut);
-                    }
-                    if rng.below(2) == 1 {
-                        seq.reverse();
-                    }
-                    seq.into_iter().map(move |row| Cell { row, workload })
-                })
-                .collect()
-        })
-        .collect()
+    per_workload(workloads, count, seed, |rng| {
+        let mut seq = ladder.clone();
+        if let Some((copy, original)) = aa {
+            let at = seq.iter().position(|r| *r == original).unwrap_or(0);
+            seq.insert(at + rng.below(2), copy);
+        }
+        if !seq.is_empty() {
+            let cut = rng.below(seq.len());
+            seq.rotate_left(cut);
+        }
+        if rng.below(2) == 1 {
+            seq.reverse();
+        }
+        seq
+    })
 }
 
 /// How a mix is driven in a closed loop: the majority method closed-loop on a fixed
