@@ -225,6 +225,7 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
         .filter(|u| u.db.is_some_and(|d| dbs[d].cluster.is_some()))
         .map(|u| u.row.name.clone())
         .collect();
+    let host_cpus = all_cpus(m);
     let mut lab = Lab {
         up,
         dbs,
@@ -248,9 +249,9 @@ pub fn run(i: &Inputs) -> Result<crate::blocks::Outcome> {
             )
         },
         owned: true,
-        speedo: Speedometer::start(&all_cpus(m)),
+        speedo: Speedometer::start(&host_cpus),
         memory: MemoryProbe::new(),
-        host_cpus: all_cpus(m),
+        host_cpus,
     };
     measure_blocks(&mut lab, &mut b, m, i.settings, i.quick, seed, i.say)?;
     for u in &mut lab.up {

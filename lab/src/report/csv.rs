@@ -91,6 +91,6 @@ pub fn csv(s: &Summary) -> String {
                 .expect("a CSV record of plain fields");
         }
     }
-    let bytes = out.into_inner().unwrap_or_default();
-    String::from_utf8(bytes).unwrap_or_default()
+    let bytes = out.into_inner().expect("flushing into memory cannot fail");
+    String::from_utf8(bytes).expect("the records are UTF-8 strings and numbers")
 }
