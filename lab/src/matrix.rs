@@ -87,6 +87,8 @@ struct RawBlocks {
     fixed_secs: Option<Spanned<f64>>,
     #[serde(default)]
     order: Option<Spanned<String>>,
+    #[serde(default)]
+    duet_secs: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,6 +430,13 @@ impl Row {
     }
 
     /// Whether the row's build has `feature` (a name from [`KNOWN_FEATURES`]).
+    /// A reference line, not a rung (the HTTP-alone server: no database).
+    pub fn is_reference(&self) -> bool {
+        self.features
+            .iter()
+            .any(|f| REFERENCE_FEATURES.contains(&f.as_str()))
+    }
+
     pub fn has_feature(&self, feature: &str) -> bool {
         debug_assert!(KNOWN_FEATURES.contains(&feature), "{feature}");
         self.features.iter().any(|f| f == feature)
@@ -623,6 +632,7 @@ impl Matrix {
         if self.blocks.blocks > 0 {
             self.blocks.blocks = 1;
             self.blocks.window_secs = self.blocks.window_secs.min(1.0);
+            self.blocks.duet_secs = self.blocks.duet_secs.map(|d| d.min(1.0));
         }
         self.load.warmup_secs = self.load.warmup_secs.min(0.5);
         self.load.duration_secs = self.load.duration_secs.min(1.5);
@@ -782,6 +792,13 @@ fn parse_blocks(
     if let Some(o) = &raw.order {
         s.order = crate::blocks::design::Order::parse(o.get_ref())
             .map_err(|e| anyhow::anyhow!("line {}: order: {e}", at(o.span())))?;
+    }
+    if let Some(d) = &raw.duet_secs {
+        positive_f(text, d, "duet_secs", true)?;
+        if *d.get_ref() > 60.0 {
+            bail!("line {}: duet_secs must be at most 60", at(d.span()));
+        }
+        s.duet_secs = Some(*d.get_ref()).filter(|d| *d > 0.0);
     }
     Ok(s)
 }

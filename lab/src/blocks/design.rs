@@ -134,6 +134,48 @@ pub fn walks(
     })
 }
 
+/// One duet of a block: rows `first` and `second` loaded at once in `workload`, the
+/// load of `first` started first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuetCell {
+    pub first: usize,
+    pub second: usize,
+    pub workload: usize,
+}
+
+/// Every block's duets: each pair (a row, the row it is compared with) once per
+/// workload, in a fresh random order, and which of the two starts first drawn at
+/// random (the side that starts first runs ≈ 1% slower here: a role bias that the
+/// draw turns into noise instead of an effect).
+pub fn duets(
+    pairs: &[(usize, usize)],
+    workloads: usize,
+    count: usize,
+    seed: u64,
+) -> Vec<Vec<DuetCell>> {
+    let mut rng = Rng::new(seed ^ 0xD0E7_D0E7);
+    (0..count)
+        .map(|_| {
+            let mut block: Vec<DuetCell> = (0..workloads)
+                .flat_map(|workload| {
+                    pairs.iter().map(move |&(a, b)| DuetCell {
+                        first: a,
+                        second: b,
+                        workload,
+                    })
+                })
+                .collect();
+            rng.shuffle(&mut block);
+            for d in &mut block {
+                if rng.below(2) == 1 {
+                    std::mem::swap(&mut d.first, &mut d.second);
+                }
+            }
+            block
+        })
+        .collect()
+}
+
 /// How a mix is driven in a closed loop: the majority method closed-loop on a fixed
 /// number of connections, the minority open-loop at the rate that keeps the mix, from
 /// the majority's throughput measured just before (oha's two processes would each run
@@ -180,6 +222,49 @@ pub fn split(share: f64, connections: u32, majority_qps: f64) -> Split {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duets_pair_each_rung_once_per_workload_with_roles_drawn() {
+        let pairs = [(0, 1), (1, 2), (2, 3), (1, 4)];
+        let b = duets(&pairs, 2, 400, 3);
+        assert_eq!(b, duets(&pairs, 2, 400, 3), "reproducible from the seed");
+        let mut first_is_a = 0;
+        let mut leading = [0usize; 8];
+        for block in &b {
+            assert_eq!(block.len(), 8);
+            let mut seen: Vec<(usize, usize, usize)> = block
+                .iter()
+                .map(|d| {
+                    let (a, b) = (d.first.min(d.second), d.first.max(d.second));
+                    (a, b, d.workload)
+                })
+                .collect();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), 8, "every pair × workload once");
+            first_is_a += block
+                .iter()
+                .filter(|d| pairs.contains(&(d.first, d.second)))
+                .count();
+            let k = pairs
+                .iter()
+                .position(|&(a, b)| {
+                    (a, b)
+                        == (
+                            block[0].first.min(block[0].second),
+                            block[0].first.max(block[0].second),
+                        )
+                })
+                .unwrap();
+            leading[k + 4 * block[0].workload] += 1;
+        }
+        let share = first_is_a as f64 / (400.0 * 8.0);
+        assert!((share - 0.5).abs() < 0.04, "roles drawn at random: {share}");
+        assert!(
+            leading.iter().all(|n| (25..=75).contains(n)),
+            "orders drawn: {leading:?}"
+        );
+    }
 
     #[test]
     fn a_walk_measures_every_rung_beside_the_row_above() {

@@ -42,6 +42,10 @@ pub struct Change {
     /// at different host speeds (`Blocks::host_moved`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_withheld: bool,
+    /// From duets: the two rows loaded at the same time (`blocks::Duet`), one pair
+    /// per duet; else from their windows one after the other.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_once: bool,
 }
 
 impl Change {
@@ -345,6 +349,7 @@ mod tests {
             comparisons: 1,
             blocks: 8,
             host_withheld: false,
+            at_once: false,
         };
         assert_eq!(c(r(1.38, 1.31, 1.45)).words(), "+38% [+31, +45]");
         assert_eq!(c(r(0.9, 0.85, 0.95)).words(), "−10% [−15, −5]");

@@ -48,6 +48,10 @@ pub struct Settings {
     /// How a block orders its windows (runs before the walk: shuffled).
     #[serde(default)]
     pub order: design::Order,
+    /// Each block also loads every rung at once with the row it is compared with, in
+    /// windows of this length, s (a duet: `Duet`); None: no duets (and in runs before them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duet_secs: Option<f64>,
 }
 
 fn default_fixed_secs() -> f64 {
@@ -65,6 +69,7 @@ impl Default for Settings {
             fixed_qps: None,
             fixed_secs: default_fixed_secs(),
             order: design::Order::Walk,
+            duet_secs: None,
         }
     }
 }
@@ -282,6 +287,90 @@ impl FixedWindow {
     }
 }
 
+/// One side of a duet: a row's load in a window shared with another row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DuetSide {
+    pub row: String,
+    pub get_ok: u64,
+    pub patch_ok: u64,
+    /// Non-2xx replies and transport errors.
+    pub failed: u64,
+    /// PATCHes answered with something other than 200, or not at all.
+    pub patch_unacked: u64,
+    /// Good replies per second of load time.
+    pub throughput: f64,
+    /// GETs among the good replies.
+    pub get_share: f64,
+    /// Its server's CPU time over the window (its CPU group).
+    pub server_ns: Option<u64>,
+    /// Its PATCHes reach the database `Duet::applied_writes` counts (with its probe's).
+    pub checked: bool,
+    /// The probe just before the window (in `applied_writes`).
+    pub probe: Probe,
+}
+
+impl DuetSide {
+    pub fn requests(&self) -> u64 {
+        self.get_ok + self.patch_ok
+    }
+    pub fn server_us(&self) -> Option<f64> {
+        let n = self.requests();
+        (n > 0).then_some(())?;
+        self.server_ns.map(|ns| ns as f64 / 1000.0 / n as f64)
+    }
+}
+
+/// Two rows loaded at the same time, each by its own oha processes at the exact mix
+/// (duet benchmarking: Bulej et al., ICPE 2020): a slow moment of the host slows both,
+/// so their ratio keeps little of it. `sides[0]` is the row whose load started first
+/// (drawn at random).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Duet {
+    pub block: u32,
+    /// Its place among the block's duets (0-based).
+    pub position: u32,
+    pub workload: String,
+    pub secs: f64,
+    pub sides: [DuetSide; 2],
+    /// `sum(version)` grew by this much over the probe and the window, in the
+    /// databases of the checked sides (None: no side checked).
+    pub applied_writes: Option<i64>,
+}
+
+impl Duet {
+    /// The sides of rows `a` and `b`, in that order, if this duet is theirs.
+    pub fn of(&self, a: &str, b: &str, workload: &str) -> Option<(&DuetSide, &DuetSide)> {
+        if self.workload != workload {
+            return None;
+        }
+        let [x, y] = &self.sides;
+        match (x.row == a && y.row == b, x.row == b && y.row == a) {
+            (true, _) => Some((x, y)),
+            (_, true) => Some((y, x)),
+            _ => None,
+        }
+    }
+
+    /// What the write check found wrong, if anything.
+    pub fn integrity(&self) -> Option<String> {
+        let applied = self.applied_writes?;
+        let checked = self.sides.iter().filter(|s| s.checked);
+        let (ok, other) = checked.fold((0, 0), |(ok, other), s| {
+            (
+                ok + s.patch_ok + s.probe.patch_ok,
+                other + s.patch_unacked + s.probe.patch_unacked,
+            )
+        });
+        let (lo, hi) = (ok as i64, (ok + other) as i64);
+        (applied < lo || applied > hi).then(|| {
+            format!(
+                "block {} duet {}: {ok} PATCHes answered 200 ({other} others) but sum(version) grew by {applied}",
+                self.block, self.position
+            )
+        })
+    }
+}
+
 impl Window {
     pub fn requests(&self) -> u64 {
         self.get_ok + self.patch_ok
@@ -392,6 +481,13 @@ pub struct CellResult {
     pub change_vs_baseline: Option<Change>,
     /// The server's CPU per request against the previous row's.
     pub server_us_vs_previous: Option<Change>,
+    /// Throughput against the previous row's in their duets: the two loaded at once
+    /// (`Duet`; absent in runs without duets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_at_once: Option<Change>,
+    /// The server's CPU per request against the previous row's, in their duets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_us_at_once: Option<Change>,
     pub counters: PerRequest,
     pub limit: Option<Limit>,
     /// Most of its windows were limited by the load generator: ≥.
@@ -423,6 +519,30 @@ pub struct FixedCell {
     pub achieved_share: f64,
     /// Failed requests over all requests, median over blocks.
     pub failed_share: f64,
+}
+
+/// The row `rows[i]` is compared with: the row its `versus` names, else the rung above
+/// it on `ladder` (matrix order, failed rows left out); the A/A copy, its original;
+/// a row off the ladder (a reference), the row above it in `rows`. The effects and
+/// the duets both pair rows by this rule.
+pub fn previous_of(
+    rows: &[String],
+    ladder: &[String],
+    versus: &std::collections::BTreeMap<String, String>,
+    aa: Option<&str>,
+    i: usize,
+) -> Option<String> {
+    let row = &rows[i];
+    if let Some(v) = versus.get(row) {
+        return Some(v.clone());
+    }
+    if let Some(k) = ladder.iter().position(|r| r == row) {
+        return k.checked_sub(1).map(|k| ladder[k].clone());
+    }
+    if let Some(a) = aa.filter(|a| aa_name(a) == *row) {
+        return Some(a.to_string());
+    }
+    (i > 0).then(|| rows[i - 1].clone())
 }
 
 /// A measure's median and the 95% interval of its geometric mean over blocks.
@@ -486,8 +606,14 @@ pub struct Blocks {
     pub references: Vec<String>,
     pub workloads: Vec<String>,
     pub windows: Vec<Window>,
+    /// Rungs loaded at once with the rows they are compared with (`Settings::duet_secs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duets: Vec<Duet>,
     pub cells: Vec<CellResult>,
     pub aa_check: Option<AaCheck>,
+    /// The A/A check from the pair's duets (runs with duets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aa_check_at_once: Option<AaCheck>,
     /// The minority rate each cell ran at, from the warm-up (requests/s).
     pub splits: Vec<(String, String, design::Split)>,
     /// Each rung's hypothesis: the counter it should move.
@@ -583,6 +709,22 @@ impl Blocks {
         out
     }
 
+    /// (a, b) of a measure over the duets of rows `a` and `b`: one pair per duet.
+    fn duet_pairs(&self, a: &str, b: &str, workload: &str, measure: Measure) -> Vec<(f64, f64)> {
+        let of = |s: &DuetSide| match measure {
+            Measure::Throughput => Some(s.throughput).filter(|t| *t > 0.0),
+            Measure::ServerUs => s.server_us(),
+        };
+        self.duets
+            .iter()
+            .filter_map(|d| d.of(a, b, workload))
+            .filter_map(|(x, y)| Some((of(x)?, of(y)?)))
+            .collect()
+    }
+
+    /// Row `b` against row `a` in one workload: from their windows one after the other
+    /// (adjusted where the run's adjustments apply), or, `at_once`, from their duets
+    /// (nothing to adjust: both sides share the moment; None without duets).
     fn change(
         &self,
         a: &str,
@@ -590,13 +732,18 @@ impl Blocks {
         workload: &str,
         measure: Measure,
         m: usize,
+        at_once: bool,
     ) -> Option<Change> {
         let host = self
             .host
             .as_ref()
-            .filter(|h| h.applied() && !self.host_moved(a, b, workload));
+            .filter(|h| !at_once && h.applied() && !self.host_moved(a, b, workload));
         let f = |w: &Window| self.adjusted(w, measure, host);
-        let pairs = self.pairs(a, b, workload, &f);
+        let pairs = if at_once {
+            self.duet_pairs(a, b, workload, measure)
+        } else {
+            self.pairs(a, b, workload, &f)
+        };
         let ratio = effects::paired_ratio(&pairs, self.settings.alpha, m);
         Some(Change {
             verdict: effects::verdict(ratio.as_ref()),
@@ -610,7 +757,8 @@ impl Blocks {
             })?,
             comparisons: m,
             blocks: pairs.len(),
-            host_withheld: self.host.is_some_and(|h| h.applied()) && host.is_none(),
+            host_withheld: !at_once && self.host.is_some_and(|h| h.applied()) && host.is_none(),
+            at_once,
         })
     }
 
@@ -624,7 +772,6 @@ impl Blocks {
         if self.windows.iter().map(|w| w.block).max().unwrap_or(0) >= 3 {
             (self.steal, self.host) = covariates::fit(&self.windows);
         }
-        let throughput = |w: &Window| Some(self.adjusted_throughput(w));
         let m = ladder.len().saturating_sub(1).max(1);
         let mut cells = Vec::new();
         for workload in &self.workloads {
@@ -636,21 +783,13 @@ impl Blocks {
                 let postgres: Vec<f64> = ws.iter().filter_map(|w| w.postgres_us()).collect();
                 let limits: Vec<Limit> = ws.iter().map(|w| w.limit).collect();
                 let limit = judge::majority(&limits);
-                let previous = self.versus.get(row).cloned().or_else(|| {
-                    ladder
-                        .iter()
-                        .position(|r| r == row)
-                        .and_then(|k| k.checked_sub(1))
-                        .map(|k| ladder[k].clone())
-                        .or_else(|| {
-                            // The A/A copy: against its original; another row off the
-                            // ladder (a reference): against the row above it in the run.
-                            let aa = self.settings.aa.as_ref().filter(|a| aa_name(a) == *row);
-                            aa.cloned().or_else(|| {
-                                (i > 0 && !ladder.contains(row)).then(|| self.rows[i - 1].clone())
-                            })
-                        })
-                });
+                let previous = previous_of(
+                    &self.rows,
+                    ladder,
+                    &self.versus,
+                    self.settings.aa.as_deref(),
+                    i,
+                );
                 let server_interval = interval(&server);
                 let shares: Vec<f64> = ws.iter().map(|w| w.get_share).collect();
                 cells.push(CellResult {
@@ -667,14 +806,20 @@ impl Blocks {
                     postgres_us_per_request: interval(&postgres),
                     change_vs_previous: previous
                         .as_ref()
-                        .and_then(|p| self.change(p, row, workload, Measure::Throughput, m)),
+                        .and_then(|p| self.change(p, row, workload, Measure::Throughput, m, false)),
+                    change_at_once: previous
+                        .as_ref()
+                        .and_then(|p| self.change(p, row, workload, Measure::Throughput, m, true)),
+                    server_us_at_once: previous
+                        .as_ref()
+                        .and_then(|p| self.change(p, row, workload, Measure::ServerUs, m, true)),
                     change_vs_baseline: ladder
                         .first()
                         .filter(|b| *b != row)
-                        .and_then(|b| self.change(b, row, workload, Measure::Throughput, m)),
+                        .and_then(|b| self.change(b, row, workload, Measure::Throughput, m, false)),
                     server_us_vs_previous: previous
                         .as_ref()
-                        .and_then(|p| self.change(p, row, workload, Measure::ServerUs, m)),
+                        .and_then(|p| self.change(p, row, workload, Measure::ServerUs, m, false)),
                     counters: per_request(&ws),
                     lower_bound: limit == Some(Limit::LoadGenerator),
                     limit,
@@ -693,45 +838,62 @@ impl Blocks {
                 });
             }
         }
-        let aa_check = self.settings.aa.as_ref().and_then(|a| {
-            let copy = aa_name(a);
-            let mut per = Vec::new();
-            // Per block, the copy's log ratio averaged over the workloads: the block is
-            // the unit, not the window.
-            let mut by_block: std::collections::BTreeMap<u32, Vec<f64>> = Default::default();
-            for workload in &self.workloads {
-                let pairs = self.pairs(a, &copy, workload, &throughput);
-                // One block gives no interval, in a workload or over both.
-                per.push((workload.clone(), effects::paired_ratio(&pairs, alpha, 1)?));
+        self.cells = cells;
+        self.aa_check = self.aa(false);
+        self.aa_check_at_once = self.aa(true);
+    }
+
+    /// The A/A check: per block, the copy's log ratio to its original averaged over
+    /// the workloads (the block is the unit, not the window), from their windows one
+    /// after the other or, `at_once`, from their duets.
+    fn aa(&self, at_once: bool) -> Option<AaCheck> {
+        let alpha = self.settings.alpha;
+        let a = self.settings.aa.as_ref()?;
+        let copy = aa_name(a);
+        let mut per = Vec::new();
+        let mut by_block: std::collections::BTreeMap<u32, Vec<f64>> = Default::default();
+        for workload in &self.workloads {
+            let mut blocks_pairs: Vec<(u32, f64, f64)> = Vec::new();
+            if at_once {
+                for d in &self.duets {
+                    if let Some((x, y)) = d.of(a, &copy, workload) {
+                        blocks_pairs.push((d.block, x.throughput, y.throughput));
+                    }
+                }
+            } else {
                 for wa in self.cell_windows(a, workload) {
                     if let Some(wb) = self
                         .cell_windows(&copy, workload)
                         .find(|w| w.block == wa.block)
                     {
                         let (x, y) = (self.adjusted_throughput(wa), self.adjusted_throughput(wb));
-                        if x > 0.0 && y > 0.0 {
-                            by_block.entry(wa.block).or_default().push((y / x).ln());
-                        }
+                        blocks_pairs.push((wa.block, x, y));
                     }
                 }
             }
-            let logs: Vec<f64> = by_block
-                .values()
-                .map(|v| v.iter().sum::<f64>() / v.len() as f64)
-                .collect();
-            let (m, lo, hi) = effects::mean_interval(&logs, alpha, 1)?;
-            Some(AaCheck {
-                row: a.clone(),
-                workloads: per,
-                ratio: Ratio {
-                    ratio: m.exp(),
-                    ci_low: lo.exp(),
-                    ci_high: hi.exp(),
-                },
-            })
-        });
-        self.cells = cells;
-        self.aa_check = aa_check;
+            let pairs: Vec<(f64, f64)> = blocks_pairs.iter().map(|(_, x, y)| (*x, *y)).collect();
+            // One block gives no interval, in a workload or over both.
+            per.push((workload.clone(), effects::paired_ratio(&pairs, alpha, 1)?));
+            for (block, x, y) in blocks_pairs {
+                if x > 0.0 && y > 0.0 {
+                    by_block.entry(block).or_default().push((y / x).ln());
+                }
+            }
+        }
+        let logs: Vec<f64> = by_block
+            .values()
+            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+            .collect();
+        let (m, lo, hi) = effects::mean_interval(&logs, alpha, 1)?;
+        Some(AaCheck {
+            row: a.clone(),
+            workloads: per,
+            ratio: Ratio {
+                ratio: m.exp(),
+                ci_low: lo.exp(),
+                ci_high: hi.exp(),
+            },
+        })
     }
 
     /// A counter of `row` against `previous` in one workload: the medians over blocks
@@ -778,13 +940,19 @@ impl Blocks {
     }
 
     pub fn integrity_failures(&self) -> Vec<String> {
-        self.windows
-            .iter()
-            .filter_map(|w| {
-                w.integrity()
-                    .map(|f| format!("{} / {} / {f}", w.row, w.workload))
+        let windows = self.windows.iter().filter_map(|w| {
+            w.integrity()
+                .map(|f| format!("{} / {} / {f}", w.row, w.workload))
+        });
+        let duets = self.duets.iter().filter_map(|d| {
+            d.integrity().map(|f| {
+                format!(
+                    "{} with {} / {} / {f}",
+                    d.sides[0].row, d.sides[1].row, d.workload
+                )
             })
-            .collect()
+        });
+        windows.chain(duets).collect()
     }
 }
 
@@ -880,8 +1048,10 @@ pub(crate) mod tests {
             references: vec![],
             workloads: vec!["read-heavy".into()],
             windows: ws,
+            duets: vec![],
             cells: vec![],
             aa_check: None,
+            aa_check_at_once: None,
             splits: vec![],
             hypotheses: vec![],
             own_clusters: Vec::new(),
@@ -915,8 +1085,10 @@ pub(crate) mod tests {
             references: vec![],
             workloads: vec!["read-heavy".into()],
             windows: vec![],
+            duets: vec![],
             cells: vec![],
             aa_check: None,
+            aa_check_at_once: None,
             splits: vec![],
             hypotheses: vec![],
             own_clusters: Vec::new(),
@@ -957,5 +1129,116 @@ pub(crate) mod tests {
         let mut bad = window(1, "A", 1000.0, 1);
         bad.applied_writes = Some(0);
         assert!(bad.integrity().is_some());
+    }
+
+    fn side(row: &str, throughput: f64, server_ns: u64) -> DuetSide {
+        let n = (throughput * 2.0) as u64;
+        DuetSide {
+            row: row.into(),
+            get_ok: n * 9 / 10,
+            patch_ok: n - n * 9 / 10,
+            failed: 0,
+            patch_unacked: 0,
+            throughput,
+            get_share: 0.9,
+            server_ns: Some(server_ns),
+            checked: true,
+            probe: Probe::default(),
+        }
+    }
+
+    #[test]
+    fn duets_give_changes_at_once_beside_the_solo_ones() {
+        let mut b = Blocks {
+            settings: Settings {
+                aa: Some("A".into()),
+                duet_secs: Some(2.0),
+                ..Settings::default()
+            },
+            seed: 1,
+            rows: vec!["A".into(), "B".into(), aa_name("A")],
+            references: vec![aa_name("A")],
+            workloads: vec!["read-heavy".into()],
+            windows: vec![],
+            duets: vec![],
+            cells: vec![],
+            aa_check: None,
+            aa_check_at_once: None,
+            splits: vec![],
+            hypotheses: vec![],
+            own_clusters: Vec::new(),
+            versus: Default::default(),
+            elapsed_secs: 0.0,
+            steal: None,
+            host: None,
+        };
+        // Solo windows one after the other: B/A swings between 0.9 and 1.3.
+        // At once: B is 10% faster within ±1%, whichever side starts first.
+        let solo = [
+            (1000.0, 900.0),
+            (1000.0, 1300.0),
+            (800.0, 1000.0),
+            (1200.0, 1140.0),
+        ];
+        let at_once = [1.09, 1.11, 1.10, 1.10];
+        for (k, ((a, bb), r)) in solo.iter().zip(at_once).enumerate() {
+            let k = k as u32 + 1;
+            b.windows.push(window(k, "A", *a, 1_000_000_000));
+            b.windows.push(window(k, "B", *bb, 1_000_000_000));
+            b.windows
+                .push(window(k, &aa_name("A"), *a * 1.2, 1_000_000_000));
+            let (x, y) = (
+                side("A", 500.0, 1_000_000_000),
+                side("B", 500.0 * r, 1_000_000_000),
+            );
+            let sides = if k % 2 == 0 { [y, x] } else { [x, y] };
+            let copy = side(
+                &aa_name("A"),
+                500.0 * (1.0 + 0.002 * f64::from(k)),
+                1_000_000_000,
+            );
+            let aa_sides = [side("A", 500.0, 1_000_000_000), copy];
+            for (position, sides) in [sides, aa_sides].into_iter().enumerate() {
+                let applied = sides.iter().map(|s| s.patch_ok as i64).sum();
+                b.duets.push(Duet {
+                    block: k,
+                    position: position as u32,
+                    workload: "read-heavy".into(),
+                    secs: 2.0,
+                    sides,
+                    applied_writes: Some(applied),
+                });
+            }
+        }
+        b.derive(&["A".into(), "B".into()], &|_, _| None);
+        let cell = b.cell("B", "read-heavy").unwrap();
+        // One after the other: the solo windows' ratios, wide.
+        let solo = cell.change_vs_previous.unwrap();
+        assert!(!solo.at_once);
+        assert_eq!(solo.verdict, effects::Verdict::NotResolved);
+        let change = cell.change_at_once.unwrap();
+        assert!(change.at_once);
+        // The geometric mean of 1.09, 1.11, 1.10, 1.10.
+        let g = (1.09f64 * 1.11 * 1.10 * 1.10).powf(0.25);
+        assert!((change.ratio.ratio - g).abs() < 1e-9, "{change:?}");
+        assert_eq!(change.verdict, effects::Verdict::Changed);
+        assert_eq!(change.blocks, 4);
+        // Same CPU for 10% more requests: 1/1.1 µs per request.
+        let us = cell.server_us_at_once.unwrap();
+        assert!(us.at_once && (us.ratio.ratio - 1.0 / g).abs() < 1e-9);
+        let aa = b.aa_check_at_once.as_ref().unwrap();
+        assert!(aa.ratio.ratio > 1.004 && aa.ratio.ratio < 1.006, "{aa:?}");
+        assert!(aa.ratio.ci_high < 1.01, "{aa:?}");
+        // The solo A/A check reads the windows: the copy's 1.2.
+        assert!((b.aa_check.as_ref().unwrap().ratio.ratio - 1.2).abs() < 1e-9);
+        // The write check covers both sides' PATCHes.
+        assert!(b.integrity_failures().is_empty());
+        b.duets[0].applied_writes = Some(150); // 100 + 109 answered 200
+        assert_eq!(b.integrity_failures().len(), 1);
+        // Without duets, nothing is reported at once.
+        b.duets.clear();
+        b.derive(&["A".into(), "B".into()], &|_, _| None);
+        assert!(b.cell("B", "read-heavy").unwrap().change_at_once.is_none());
+        assert!(b.aa_check_at_once.is_none());
     }
 }

@@ -115,15 +115,22 @@ pub fn table(s: &Summary, b: &Blocks) -> String {
         }
         let _ = write!(out, " {t} throughput, req/s [95% CI] |");
     }
+    // Runs with duets get a column of changes measured at once (others render as before).
+    let duets = !b.duets.is_empty();
+    let _ = write!(out, " Change vs previous row ({names}) |");
+    if duets {
+        let _ = write!(out, " Change at once, duets ({names}) |");
+    }
     let _ = writeln!(
         out,
-        " Change vs previous row ({names}) | Server µs/req ({names}) | Req/s per server CPU ({names}) | PostgreSQL µs/req ({names}) | Limit ({names}) |"
+        " Server µs/req ({names}) | Req/s per server CPU ({names}) | PostgreSQL µs/req ({names}) | Limit ({names}) |"
     );
     out.push_str("|---|---|");
     for _ in &b.workloads {
         out.push_str("---:|");
     }
-    out.push_str("---|---:|---:|---:|---|\n");
+    out.push_str(if duets { "---|---|" } else { "---|" });
+    out.push_str("---:|---:|---:|---|\n");
     let mut prev: Option<&RowResult> = None;
     for row in &s.rows {
         let measured = b.rows.contains(&row.name);
@@ -140,6 +147,9 @@ pub fn table(s: &Summary, b: &Blocks) -> String {
             for _ in &b.workloads {
                 out.push_str(" failed |");
             }
+            if duets {
+                out.push_str(" — |");
+            }
             out.push_str(" — | — | — | — | **FAILED** (see results.md) |\n");
             continue;
         }
@@ -150,10 +160,21 @@ pub fn table(s: &Summary, b: &Blocks) -> String {
                 b.cell(&row.name, w).map_or("—".into(), throughput_cell)
             );
         }
+        let _ = write!(
+            out,
+            " {} |",
+            per_workload(b, &row.name, &|c| change(&c.change_vs_previous))
+        );
+        if duets {
+            let _ = write!(
+                out,
+                " {} |",
+                per_workload(b, &row.name, &|c| change(&c.change_at_once))
+            );
+        }
         let _ = writeln!(
             out,
-            " {} | {} | {} | {} | {} |",
-            per_workload(b, &row.name, &|c| change(&c.change_vs_previous)),
+            " {} | {} | {} | {} |",
             per_workload(b, &row.name, &|c| us(&c.server_us_per_request)),
             per_workload(b, &row.name, &|c| c.qps_per_cpu.map_or("—".into(), qps)),
             per_workload(b, &row.name, &|c| us(&c.postgres_us_per_request)),
@@ -204,6 +225,31 @@ pub fn headline(s: &Summary, b: &Blocks) -> String {
             None => writeln!(out, "- **{w}:** no rung resolved a win in this run."),
         };
     }
+    if !b.duets.is_empty() {
+        let tally: Vec<String> = b
+            .workloads
+            .iter()
+            .map(|w| {
+                let verdicts: Vec<Verdict> = rungs
+                    .iter()
+                    .filter_map(|r| Some(b.cell(&r.name, w)?.change_at_once?.verdict))
+                    .collect();
+                let n = |v: Verdict| verdicts.iter().filter(|x| **x == v).count();
+                format!(
+                    "{}: {} changed, {} ≈ (±5%), {} not resolved",
+                    short(w),
+                    n(Verdict::Changed),
+                    n(Verdict::Equivalent),
+                    n(Verdict::NotResolved) + n(Verdict::TooFewBlocks)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "- **Rungs against the row above, at once (duets):** {}.",
+            tally.join("; ")
+        );
+    }
     if let Some(top) = rungs.iter().max_by(|x, y| {
         let t = |r: &&RowResult| {
             b.workloads
@@ -243,7 +289,17 @@ pub fn headline(s: &Summary, b: &Blocks) -> String {
 
 /// The run's own false-alarm check.
 pub fn aa_line(b: &Blocks) -> String {
-    let Some(aa) = &b.aa_check else {
+    let solo = aa_words(b, b.aa_check.as_ref(), false);
+    match (&b.aa_check_at_once, b.duets.is_empty()) {
+        (_, true) => solo,
+        (None, false) => solo + "A/A check at once: not enough duets for an interval.\n\n",
+        (Some(aa), false) => solo + &aa_words(b, Some(aa), true),
+    }
+}
+
+/// One A/A check in words, from the windows one after the other or from the duets.
+fn aa_words(b: &Blocks, check: Option<&super::AaCheck>, at_once: bool) -> String {
+    let Some(aa) = check else {
         return if b.settings.aa.is_some() {
             "A/A check: not enough blocks for an interval.\n\n".into()
         } else {
@@ -266,7 +322,8 @@ pub fn aa_line(b: &Blocks) -> String {
         .collect();
     let holds = aa.ratio.ci_low <= 1.0 && aa.ratio.ci_high >= 1.0;
     format!(
-        "A/A check ({:?} measured twice under two names, {}): {:+.1}% [{:+.1}, {:+.1}] over both workloads ({}); {}.\n\n",
+        "A/A check{} ({:?} measured twice under two names, {}): {:+.1}% [{:+.1}, {:+.1}] over both workloads ({}); {}.\n\n",
+        if at_once { " at once (the pair's duets)" } else { "" },
         aa.row,
         aa_name(&aa.row),
         pct(aa.ratio.ratio),
@@ -339,6 +396,17 @@ fn legend(b: &Blocks) -> String {
     format!(
         "Throughput: good replies per second in {} s closed-loop windows ({} connections on the majority method, the minority open-loop at the rate that keeps the mix), geometric mean over {blocks} randomized block(s) [its 95% interval]. Change: geometric mean of the per-block ratios to the row above, with a t interval corrected for the {m} comparisons of a workload (Bonferroni); \"≈ (±5%)\": the whole interval lies within ±5%; \"not resolved\": the interval straddles no change and is wider. µs/req: CPU time per good reply from each party's CPU group over the window. Req/s per server CPU = 10⁶ / server µs per request. Limit: the party that used most of the saturated CPUs (≥ 90% busy, steal excluded).{steal}{host}\n",
         b.settings.window_secs, b.settings.connections
+    ) + &duet_legend(b)
+}
+
+/// What the change columns mean when they come from duets (nothing for runs without).
+fn duet_legend(b: &Blocks) -> String {
+    let Some(secs) = b.settings.duet_secs.filter(|_| !b.duets.is_empty()) else {
+        return String::new();
+    };
+    format!(
+        "\n**Changes from duets.** Each block also loads every rung at the same time as the row it is compared with (the A/A copy with its original): {secs} s windows, each side on half the connections at the exact mix (its minority rate set by a probe of both at once), both servers on the server CPUs, which side starts first drawn at random; {} duets in all. \"Change at once\" and the second A/A check are the per-duet throughput ratios (one per block, the same interval and correction; no host or steal adjustment, since both sides share the moment). A duet's ratio is the two builds' relative speed under the same contention (server CPU and PostgreSQL shared), not the ratio of their solo saturation throughputs, which \"Change vs previous row\" gives: it is far more precise, and it shrinks a large effect (the slower side's load slows the faster one too), so read its sign and interval as the verdict of which build is faster under the same conditions, and the solo change for how much.\n",
+        b.duets.len()
     )
 }
 
@@ -466,5 +534,7 @@ pub fn method(b: &Blocks) -> String {
         b.elapsed_secs / 60.0,
         b.settings.connections,
         super::STATS_FLUSH_MS,
-    )
+    ) + &b.settings.duet_secs.filter(|_| !b.duets.is_empty()).map_or(String::new(), |secs| {
+        format!("- Duets: after its windows, each block loads every pair (a rung and the row it is compared with) at once, {secs} s each, in a fresh random order with the side that starts first drawn at random (seed {}); each side's achieved mix and its server's CPU are recorded per duet, and the write check covers both.\n", b.seed)
+    })
 }

@@ -19,6 +19,8 @@ use crate::measure::contract;
 use crate::measure::driver::{write_inputs, write_inputs_with};
 use crate::measure::oha::{parse_summary, Method, Oha, Side};
 
+mod duet;
+
 use super::cgroup::{CpuGroup, PodGroup};
 use super::cluster::Clusters;
 use super::server::{Launch, Server};
@@ -337,8 +339,10 @@ fn new_blocks(up: &[Up], settings: &Settings, m: &Matrix, seed: u64) -> Blocks {
             .collect(),
         workloads: m.workloads.iter().map(|w| w.name.clone()).collect(),
         windows: Vec::new(),
+        duets: Vec::new(),
         cells: Vec::new(),
         aa_check: None,
+        aa_check_at_once: None,
         splits: Vec::new(),
         hypotheses: up
             .iter()
@@ -423,6 +427,12 @@ fn measure_blocks(
             design::walks(lab.up.len(), aa, m.workloads.len(), count, seed)
         }
     };
+    let duets = design::duets(
+        &duet::pairs(lab, settings.aa.as_deref()),
+        m.workloads.len(),
+        count,
+        seed,
+    );
     for (k, order) in orders.into_iter().enumerate() {
         let block = k as u32 + 1;
         say(&format!(
@@ -463,6 +473,30 @@ fn measure_blocks(
                     "warning: block {block}, {:?} {}: window lost: {e:#}",
                     lab.up[c.row].row.name, w.name
                 ),
+            }
+        }
+        if let Some(duet_secs) = settings.duet_secs {
+            let secs = if quick { duet_secs.min(1.0) } else { duet_secs };
+            let ds = &duets[k];
+            say(&format!(
+                "block {block}/{count}: {} duets of {secs} s",
+                ds.len()
+            ));
+            for (pos, d) in ds.iter().enumerate() {
+                let (Some(first), Some(second)) = (
+                    splits.get(&(d.first, d.workload)),
+                    splits.get(&(d.second, d.workload)),
+                ) else {
+                    continue;
+                };
+                let w = &m.workloads[d.workload];
+                match lab.duet(*d, w, [first, second], secs, block, pos as u32) {
+                    Ok(duet) => b.duets.push(duet),
+                    Err(e) => eprintln!(
+                        "warning: block {block}, duet of {:?} and {:?} {}: lost: {e:#}",
+                        lab.up[d.first].row.name, lab.up[d.second].row.name, w.name
+                    ),
+                }
             }
         }
         if lab.owned {
@@ -919,6 +953,12 @@ impl Lab {
     /// Runs oha's sides against row `row` for `secs`; the raw JSON stays in the run's
     /// blocks folder under `tag`.
     fn load(&mut self, row: usize, sides: &[Side], secs: f64, tag: &str) -> Result<Load> {
+        let running = self.spawn(row, sides, secs, tag)?;
+        running.finish()
+    }
+
+    /// Starts oha's sides against row `row` (see [`Lab::load`]).
+    fn spawn(&mut self, row: usize, sides: &[Side], secs: f64, tag: &str) -> Result<Running> {
         let oha = &self.up[row].oha;
         // Every side is waited for, and on any error the others are killed: an oha
         // left running would load this server during another row's window.
@@ -939,6 +979,30 @@ impl Lab {
             running.0.push(Some(child));
             jsons.push((side.method, json));
         }
+        Ok(Running {
+            children: running,
+            jsons,
+            secs,
+        })
+    }
+}
+
+/// oha's processes for one row's load, started: waited for by [`Running::finish`],
+/// killed if dropped first.
+struct Running {
+    children: Children,
+    jsons: Vec<(Method, PathBuf)>,
+    secs: f64,
+}
+
+impl Running {
+    /// Waits for every side (bounded) and adds up what they answered.
+    fn finish(self) -> Result<Load> {
+        let Running {
+            children: mut running,
+            jsons,
+            secs,
+        } = self;
         let mut load = Load {
             secs: 0.0,
             get_ok: 0,
@@ -974,7 +1038,9 @@ impl Lab {
         }
         Ok(load)
     }
+}
 
+impl Lab {
     /// The warm-up of one cell: the majority alone, then with the minority at the rate
     /// that keeps the mix against it; the second measurement sets the split.
     fn calibrate(&mut self, c: Cell, w: &Workload, connections: u32, secs: f64) -> Result<Split> {
