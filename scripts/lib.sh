@@ -156,11 +156,24 @@ pg_start() {
     log "creating the postgres system user"
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
   fi
+  # Its Unix socket lives in PG_DIR (mode 700: only its owner and root get in), where
+  # connections are trusted; TCP connections authenticate with scram-sha-256 and a
+  # password made for this cluster, so no other local user is a superuser during a
+  # run and the app role's password is checked.
   PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/perflab-pg.XXXXXX")"
-  chmod 755 "${PG_DIR}"
+  chmod 700 "${PG_DIR}"
   if is_root; then chown postgres: "${PG_DIR}"; fi
-  as_pg_owner "${PG_BIN}/initdb" -D "${PG_DIR}/data" -U postgres -A trust -E UTF8 --no-sync >"${PG_DIR}/initdb.log" 2>&1 \
-    || { cat "${PG_DIR}/initdb.log" >&2; cannot_start "initdb failed"; }
+  local password
+  password="$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n')"
+  (umask 077 && printf '%s\n' "${password}" >"${PG_DIR}/pwfile")
+  if is_root; then chown postgres: "${PG_DIR}/pwfile"; fi
+  if ! as_pg_owner "${PG_BIN}/initdb" -D "${PG_DIR}/data" -U postgres --auth-local=trust \
+    --auth-host=scram-sha-256 --pwfile="${PG_DIR}/pwfile" -E UTF8 --no-sync >"${PG_DIR}/initdb.log" 2>&1; then
+    rm -f "${PG_DIR}/pwfile"
+    cat "${PG_DIR}/initdb.log" >&2
+    cannot_start "initdb failed"
+  fi
+  rm -f "${PG_DIR}/pwfile"
   local extra="" setting attempt
   for setting in "$@"; do
     extra="${extra} -c ${setting}"
@@ -173,7 +186,7 @@ pg_start() {
       -o "-c listen_addresses=127.0.0.1 -p ${PG_PORT} -k ${PG_DIR} -c max_connections=300 -c shared_buffers=256MB${extra}" \
       start >/dev/null; then
       # This cluster has no TLS: say so, rather than have clients ask for it first.
-      PG_URL="postgres://postgres@127.0.0.1:${PG_PORT}/postgres?sslmode=disable"
+      PG_URL="postgres://postgres:${password}@127.0.0.1:${PG_PORT}/postgres?sslmode=disable"
       return 0
     fi
     if grep -q "Address already in use" "${PG_DIR}/server.log" && [[ "${attempt}" -lt 5 ]]; then

@@ -18,6 +18,8 @@ main() {
   local lab="${ROOT}/target/release/lab"
   # What to bootstrap depends on a few flags; lab defines and checks them all.
   local target="local" dry_run=0 own_db=1 service=0 prev="" arg
+  # Your PostgreSQL, named on the command line or (password off argv) in the environment.
+  if [[ -n "${PERFLAB_DATABASE_URL:-}" ]]; then own_db=0; fi
   for arg in "$@"; do
     case "${arg}" in
       -h | --help) exec "${lab}" run --help ;;
@@ -76,7 +78,9 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
     pg_start shared_preload_libraries=pg_stat_statements
-    db_args=(--database-url "${PG_URL}" --pg-data "${PG_DIR}/data" --own-cluster)
+    # The URL (with the cluster's password) goes by the environment, not argv.
+    export PERFLAB_DATABASE_URL="${PG_URL}"
+    db_args=(--pg-data "${PG_DIR}/data" --own-cluster)
   else
     # Your PostgreSQL: lab works in a database of its own and puts back what it changed;
     # if it is stopped (Ctrl-C) before it could, this does it from this run's journal.

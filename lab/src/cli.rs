@@ -240,8 +240,9 @@ pub struct RunArgs {
     pub url: Option<String>,
     /// local: a superuser URL of the PostgreSQL to use. The run works in a database
     /// of its own there, which it drops at the end, and puts back what it changed
-    /// (`--check` lists it).
-    #[arg(long)]
+    /// (`--check` lists it). Also read from PERFLAB_DATABASE_URL, which keeps a
+    /// password off the command line (where `ps` shows it).
+    #[arg(long, env = "PERFLAB_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// local, with your --database-url: let the run change the server's settings (the
     /// matrix's [postgres], with ALTER SYSTEM); they are put back at the end.

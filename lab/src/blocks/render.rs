@@ -246,7 +246,7 @@ pub fn headline(s: &Summary, b: &Blocks) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "- **Rungs against the row above, at once (duets):** {}.",
+            "- **Rungs against the row above, at once (duets, which follow the server's CPU per request):** {}.",
             tally.join("; ")
         );
     }
@@ -405,9 +405,36 @@ fn duet_legend(b: &Blocks) -> String {
         return String::new();
     };
     format!(
-        "\n**Changes from duets.** Each block also loads every rung at the same time as the row it is compared with (the A/A copy with its original): {secs} s windows, each side on half the connections at the exact mix (its minority rate set by a probe of both at once), both servers on the server CPUs, which side starts first drawn at random; {} duets in all. \"Change at once\" and the second A/A check are the per-duet throughput ratios (one per block, the same interval and correction; no host or steal adjustment, since both sides share the moment). A duet's ratio is the two builds' relative speed under the same contention (server CPU and PostgreSQL shared), not the ratio of their solo saturation throughputs, which \"Change vs previous row\" gives: it is far more precise, and it shrinks a large effect (the slower side's load slows the faster one too), so read its sign and interval as the verdict of which build is faster under the same conditions, and the solo change for how much.\n",
-        b.duets.len()
+        "\n**Change at once (duets).** Each block also loads every rung at the same time as the row it is compared with (the A/A copy with its original): {secs} s windows, each side on half the connections at the exact mix (its minority rate set by a probe of both at once), both servers sharing the server CPUs, which side starts first drawn at random; {} duets in all. The column is the per-duet throughput ratio (one per block, the same interval and correction; no host or steal adjustment, since both sides share the moment). What it measures: the two servers get equal shares of the server CPU, so their throughput ratio follows the inverse ratio of their server CPU per request ({agree}), while work saved in PostgreSQL (an index, prepared plans) is shared by both sides and barely shows. Read it as the change in the server's requests per CPU-second, measured precisely, and \"Change vs previous row\" as the change in this machine's saturation throughput.\n",
+        b.duets.len(),
+        agree = duet_cpu_agreement(b)
     )
+}
+
+/// How closely a duet's throughput ratio followed the inverse ratio of the two servers'
+/// CPU per request in this run: the median and largest gap over the comparisons (as a
+/// log ratio, in %).
+fn duet_cpu_agreement(b: &Blocks) -> String {
+    let mut gaps: Vec<f64> = b
+        .cells
+        .iter()
+        .filter_map(|c| {
+            let t = c.change_at_once?.ratio.ratio;
+            let u = c.server_us_at_once?.ratio.ratio;
+            Some((t.ln() + u.ln()).abs() * 100.0)
+        })
+        .collect();
+    match super::effects::median(&gaps) {
+        Some(m) => {
+            gaps.sort_by(f64::total_cmp);
+            format!(
+                "in this run the two ratios differ by a median of {m:.1}% over the {} comparisons, at most {:.0}%; `server_us_at_once` in summary.json",
+                gaps.len(),
+                gaps.last().copied().unwrap_or(0.0)
+            )
+        }
+        None => "`server_us_at_once` in summary.json".into(),
+    }
 }
 
 /// The counters per request, for the detail of results.md.

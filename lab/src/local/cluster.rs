@@ -175,23 +175,39 @@ impl Cluster {
         let dir = parent.join(format!("row-cluster-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Its Unix socket lives here: only the owner (and root) may reach it.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         give_to_owner(&dir)?;
         let data = dir.join("data");
-        as_owner(
+        // TCP connections authenticate with scram-sha-256 and a fresh password (the Unix
+        // socket, in a folder only its owner and root can enter, is trusted): no other
+        // local user is a superuser during the run, and the app role's password is checked.
+        let password = crate::sql::random_password()?;
+        let pwfile = dir.join("pwfile");
+        write_private(&pwfile, &format!("{password}\n"))?;
+        give_to_owner(&pwfile)?;
+        let mut pwarg = std::ffi::OsString::from("--pwfile=");
+        pwarg.push(&pwfile);
+        let made = as_owner(
             &bin.join("initdb"),
             &[
                 "-D".as_ref(),
                 data.as_os_str(),
                 "-U".as_ref(),
                 "postgres".as_ref(),
-                "-A".as_ref(),
-                "trust".as_ref(),
+                "--auth-local=trust".as_ref(),
+                "--auth-host=scram-sha-256".as_ref(),
+                &pwarg,
                 "-E".as_ref(),
                 "UTF8".as_ref(),
                 "--no-sync".as_ref(),
             ],
-        )
-        .context("initdb for a row's own PostgreSQL")?;
+        );
+        let _ = std::fs::remove_file(&pwfile);
+        made.context("initdb for a row's own PostgreSQL")?;
         let mut last = String::new();
         for _ in 0..3 {
             let port = super::ports::free_port()?;
@@ -255,7 +271,9 @@ impl Cluster {
                     _group: group,
                     dir: dir.clone(),
                     bin: bin.clone(),
-                    url: format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"),
+                    url: format!(
+                        "postgres://postgres:{password}@127.0.0.1:{port}/postgres?sslmode=disable"
+                    ),
                     data,
                     postmaster,
                 });
@@ -420,6 +438,20 @@ fn as_owner(program: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Writes a file only its owner may read (mode 0600 from the start).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 fn give_to_owner(path: &Path) -> Result<()> {
