@@ -987,6 +987,34 @@ fn per_request(ws: &[&Window]) -> PerRequest {
 pub(crate) mod tests {
     use super::*;
 
+    /// A run of one workload with these rows and windows, nothing derived yet.
+    fn blocks_of(
+        settings: Settings,
+        rows: Vec<String>,
+        references: Vec<String>,
+        windows: Vec<Window>,
+    ) -> Blocks {
+        Blocks {
+            settings,
+            seed: 1,
+            rows,
+            references,
+            workloads: vec!["read-heavy".into()],
+            windows,
+            duets: vec![],
+            cells: vec![],
+            aa_check: None,
+            aa_check_at_once: None,
+            splits: vec![],
+            hypotheses: vec![],
+            own_clusters: Vec::new(),
+            versus: Default::default(),
+            elapsed_secs: 0.0,
+            steal: None,
+            host: None,
+        }
+    }
+
     pub(crate) fn window(block: u32, row: &str, throughput: f64, server_ns: u64) -> Window {
         let n = (throughput * 4.0) as u64;
         Window {
@@ -1041,25 +1069,12 @@ pub(crate) mod tests {
         let a = covariates::fit(&ws).0.unwrap();
         assert!((a.throughput_slope + 4.0).abs() < 1e-9, "{a:?}");
         assert!((a.throughput_r + 1.0).abs() < 1e-9, "{a:?}");
-        let mut b = Blocks {
-            settings: Settings::default(),
-            seed: 1,
-            rows: vec!["A".into(), "B".into()],
-            references: vec![],
-            workloads: vec!["read-heavy".into()],
-            windows: ws,
-            duets: vec![],
-            cells: vec![],
-            aa_check: None,
-            aa_check_at_once: None,
-            splits: vec![],
-            hypotheses: vec![],
-            own_clusters: Vec::new(),
-            versus: Default::default(),
-            elapsed_secs: 0.0,
-            steal: None,
-            host: None,
-        };
+        let mut b = blocks_of(
+            Settings::default(),
+            vec!["A".into(), "B".into()],
+            vec![],
+            ws,
+        );
         b.derive(&["A".into(), "B".into()], &|_, _| None);
         assert!(b.steal.is_some());
         let c = b
@@ -1074,29 +1089,16 @@ pub(crate) mod tests {
 
     #[test]
     fn cells_get_intervals_changes_and_the_aa_check() {
-        let mut b = Blocks {
-            settings: Settings {
+        let mut b = blocks_of(
+            Settings {
                 blocks: 4,
                 aa: Some("A".into()),
                 ..Default::default()
             },
-            seed: 1,
-            rows: vec!["A".into(), "B".into(), aa_name("A")],
-            references: vec![],
-            workloads: vec!["read-heavy".into()],
-            windows: vec![],
-            duets: vec![],
-            cells: vec![],
-            aa_check: None,
-            aa_check_at_once: None,
-            splits: vec![],
-            hypotheses: vec![],
-            own_clusters: Vec::new(),
-            versus: Default::default(),
-            elapsed_secs: 0.0,
-            steal: None,
-            host: None,
-        };
+            vec!["A".into(), "B".into(), aa_name("A")],
+            vec![],
+            vec![],
+        );
         for (k, drift) in [1.0, 0.95, 1.05, 1.0].iter().enumerate() {
             let k = k as u32 + 1;
             b.windows
@@ -1149,29 +1151,16 @@ pub(crate) mod tests {
 
     #[test]
     fn duets_give_changes_at_once_beside_the_solo_ones() {
-        let mut b = Blocks {
-            settings: Settings {
+        let mut b = blocks_of(
+            Settings {
                 aa: Some("A".into()),
                 duet_secs: Some(2.0),
                 ..Settings::default()
             },
-            seed: 1,
-            rows: vec!["A".into(), "B".into(), aa_name("A")],
-            references: vec![aa_name("A")],
-            workloads: vec!["read-heavy".into()],
-            windows: vec![],
-            duets: vec![],
-            cells: vec![],
-            aa_check: None,
-            aa_check_at_once: None,
-            splits: vec![],
-            hypotheses: vec![],
-            own_clusters: Vec::new(),
-            versus: Default::default(),
-            elapsed_secs: 0.0,
-            steal: None,
-            host: None,
-        };
+            vec!["A".into(), "B".into(), aa_name("A")],
+            vec![aa_name("A")],
+            vec![],
+        );
         // Solo windows one after the other: B/A swings between 0.9 and 1.3.
         // At once: B is 10% faster within ±1%, whichever side starts first.
         let solo = [
@@ -1191,7 +1180,7 @@ pub(crate) mod tests {
                 side("A", 500.0, 1_000_000_000),
                 side("B", 500.0 * r, 1_000_000_000),
             );
-            let sides = if k % 2 == 0 { [y, x] } else { [x, y] };
+            let sides = if k.is_multiple_of(2) { [y, x] } else { [x, y] };
             let copy = side(
                 &aa_name("A"),
                 500.0 * (1.0 + 0.002 * f64::from(k)),

@@ -866,6 +866,30 @@ impl Load {
         };
         ok as f64 / self.secs.max(1e-9)
     }
+
+    /// Good replies per second of load time.
+    fn throughput(&self) -> f64 {
+        (self.get_ok + self.patch_ok) as f64 / self.secs.max(1e-9)
+    }
+
+    /// GETs among the good replies (0 without any).
+    fn get_share(&self) -> f64 {
+        let good = self.get_ok + self.patch_ok;
+        if good == 0 {
+            0.0
+        } else {
+            self.get_ok as f64 / good as f64
+        }
+    }
+
+    /// What a probe answered, as a window records it.
+    fn as_probe(&self) -> Probe {
+        Probe {
+            get_ok: self.get_ok,
+            patch_ok: self.patch_ok,
+            patch_unacked: self.patch_unacked,
+        }
+    }
 }
 
 /// The majority and minority sides of a cell's mix.
@@ -1270,7 +1294,6 @@ impl Lab {
                 .map(|t| t.throttled as f64 / t.periods.max(1) as f64),
         });
         let d = |a: Option<i64>, b: Option<i64>| Some(b? - a?);
-        let good = load.get_ok + load.patch_ok;
         Ok(Window {
             block,
             position,
@@ -1282,17 +1305,9 @@ impl Lab {
             patch_ok: load.patch_ok,
             failed: load.failed,
             patch_unacked: load.patch_unacked,
-            probe: Probe {
-                get_ok: probe.get_ok,
-                patch_ok: probe.patch_ok,
-                patch_unacked: probe.patch_unacked,
-            },
-            throughput: good as f64 / load.secs.max(1e-9),
-            get_share: if good == 0 {
-                0.0
-            } else {
-                load.get_ok as f64 / good as f64
-            },
+            probe: probe.as_probe(),
+            throughput: load.throughput(),
+            get_share: load.get_share(),
             server_ns: ns(before.server, after.server),
             postgres_ns: ns(before.postgres, after.postgres),
             oha_ns: ns(before.oha, after.oha),

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::{sides, Lab, Load, Running};
 use crate::blocks::design::{self, DuetCell, Split};
-use crate::blocks::{Duet, DuetSide, Probe};
+use crate::blocks::{Duet, DuetSide};
 use crate::matrix::Workload;
 
 /// Each row's split for a duet: half its solo connections, its minority at half its
@@ -144,27 +144,18 @@ impl Lab {
         let after = rows.map(|r| self.server_ns(r));
         let (applied_after, _) = self.applied_over(rows);
         let side = |k: usize| {
-            let (l, p) = (&loads[k], &probe[k]);
-            let good = l.get_ok + l.patch_ok;
+            let l = &loads[k];
             DuetSide {
                 row: self.up[rows[k]].row.name.clone(),
                 get_ok: l.get_ok,
                 patch_ok: l.patch_ok,
                 failed: l.failed,
                 patch_unacked: l.patch_unacked,
-                throughput: good as f64 / l.secs.max(1e-9),
-                get_share: if good == 0 {
-                    0.0
-                } else {
-                    l.get_ok as f64 / good as f64
-                },
+                throughput: l.throughput(),
+                get_share: l.get_share(),
                 server_ns: before[k].zip(after[k]).map(|(x, y)| y.saturating_sub(x)),
                 checked: checked[k],
-                probe: Probe {
-                    get_ok: p.get_ok,
-                    patch_ok: p.patch_ok,
-                    patch_unacked: p.patch_unacked,
-                },
+                probe: probe[k].as_probe(),
             }
         };
         Ok(Duet {
