@@ -229,7 +229,7 @@ run_user_database_check() {
   require_psql_tools
   pg_start
   local admin="${PG_URL}" yours out before after
-  yours="postgres://postgres@127.0.0.1:${PG_PORT}/yours?sslmode=disable"
+  yours="${PG_URL/\/postgres?//yours?}"
   log "end-to-end: a --quick run against your own PostgreSQL leaves it as it was"
   psql -X -q -v ON_ERROR_STOP=1 "${admin}" -c "CREATE DATABASE yours" \
     -c "ALTER SYSTEM SET work_mem = '7MB'" -c "SELECT pg_reload_conf()" \
@@ -316,7 +316,9 @@ main() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
   start_run_scope
-  pg_start
+  # The tests' cluster trusts loopback: tests connect as the app role (and others they
+  # make) without passwords. The lab's clusters, below and in run-matrix.sh, use scram.
+  PG_AUTH_HOST=trust pg_start
   export TEST_DATABASE_URL="${PG_URL}"
   # tests/restarts.rs restarts this cluster with its own pg_ctl.
   export TEST_PG_BIN="${PG_BIN}"
