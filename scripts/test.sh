@@ -229,7 +229,7 @@ run_user_database_check() {
   require_psql_tools
   pg_start
   local admin="${PG_URL}" yours out before after
-  yours="${PG_URL/\/postgres?//yours?}"
+  yours="${PG_URL/\/postgres\?//yours?}"
   log "end-to-end: a --quick run against your own PostgreSQL leaves it as it was"
   psql -X -q -v ON_ERROR_STOP=1 "${admin}" -c "CREATE DATABASE yours" \
     -c "ALTER SYSTEM SET work_mem = '7MB'" -c "SELECT pg_reload_conf()" \
