@@ -149,8 +149,10 @@ cgroups_cleanup() {
 
 # pg_start [extra postgres -c settings...]: starts a throwaway cluster on a free
 # loopback port; sets PG_DIR, PG_PORT, PG_URL. Pair it with pg_stop in a trap. A start
-# that loses its port to another program retries on another port. TCP connections use
-# scram-sha-256 unless PG_AUTH_HOST names another method (the tests' cluster: trust).
+# that loses its port to another program retries on another port. TCP connections are
+# trusted unless PG_AUTH_HOST names another method (scram-sha-256: a row of a `users`
+# curve does not start under it yet, so it is not the default); the URL carries the
+# cluster's fresh password either way.
 pg_start() {
   find_pg_bin
   if is_root && ! id postgres >/dev/null 2>&1; then
@@ -169,7 +171,7 @@ pg_start() {
   (umask 077 && printf '%s\n' "${password}" >"${PG_DIR}/pwfile")
   if is_root; then chown postgres: "${PG_DIR}/pwfile"; fi
   if ! as_pg_owner "${PG_BIN}/initdb" -D "${PG_DIR}/data" -U postgres --auth-local=trust \
-    --auth-host="${PG_AUTH_HOST:-scram-sha-256}" --pwfile="${PG_DIR}/pwfile" -E UTF8 --no-sync >"${PG_DIR}/initdb.log" 2>&1; then
+    --auth-host="${PG_AUTH_HOST:-trust}" --pwfile="${PG_DIR}/pwfile" -E UTF8 --no-sync >"${PG_DIR}/initdb.log" 2>&1; then
     rm -f "${PG_DIR}/pwfile"
     cat "${PG_DIR}/initdb.log" >&2
     cannot_start "initdb failed"

@@ -318,7 +318,7 @@ main() {
   start_run_scope
   # The tests' cluster trusts loopback: tests connect as the app role (and others they
   # make) without passwords. The lab's clusters, below and in run-matrix.sh, use scram.
-  PG_AUTH_HOST=trust pg_start
+  pg_start
   export TEST_DATABASE_URL="${PG_URL}"
   # tests/restarts.rs restarts this cluster with its own pg_ctl.
   export TEST_PG_BIN="${PG_BIN}"
